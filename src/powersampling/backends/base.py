@@ -1,0 +1,132 @@
+"""The small protocol every sampler talks to.
+
+A backend knows one thing: given token prefixes, draw continuations from the model at a temperature and report,
+for every drawn token, its log-probability under the base model (temperature 1, ``logp``) and under the
+distribution it was actually drawn from (``logq``). Both come from the same forward pass, so a Metropolis-Hastings
+or SMC ratio computed from them is exact.
+
+Backends are free to reuse work between calls (a KV cache keyed by token prefix, an engine's prefix cache): the
+protocol is stateless from the sampler's side, so correctness never depends on the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class Continuation:
+    """Tokens drawn after one prefix, with per-token log-probabilities (natural log).
+
+    ``logp[i]`` is log p(token_ids[i] | prefix, token_ids[:i]) at temperature 1 (after the constraint mask, when
+    one is used); ``logq[i]`` is the log-probability under the proposal the token was drawn from.
+    ``stopped`` is True when the last token is a stop token. ``interrupted`` is True when a deadline cut the
+    decode short.
+    """
+
+    token_ids: list[int]
+    logp: np.ndarray
+    logq: np.ndarray
+    stopped: bool = False
+    interrupted: bool = False
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+class ConstraintState(Protocol):
+    """Where a constraint stands after the tokens fed to it so far."""
+
+    def allowed_tokens(self) -> np.ndarray:
+        """Boolean mask over the vocabulary of tokens allowed next."""
+
+    def advance(self, token_id: int) -> None:
+        """Consume one token (which must be allowed)."""
+
+    def is_finished(self) -> bool:
+        """True when the constraint accepts the text so far as complete and nothing more may follow."""
+
+
+class TokenConstraint(Protocol):
+    """A constraint on generated tokens (for example a JSON schema grammar).
+
+    ``start(generated)`` returns a state after the already generated tokens (prompt excluded). Constraints make
+    the target the step-wise renormalized masked model: at each step both p and q are renormalized over the
+    allowed tokens.
+    """
+
+    def start(self, generated: Sequence[int]) -> ConstraintState: ...
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a chat-formatted prompt, ending where the assistant's reply starts."""
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What samplers need from a model."""
+
+    name: str
+    vocab_size: int
+    stop_token_ids: frozenset[int]
+    tokenizer: Tokenizer | None
+
+    def sample(
+        self,
+        requests: Sequence["ContinuationRequest"],
+        temperature: float,
+        rng: np.random.Generator,
+        *,
+        deadline: float | None = None,
+    ) -> list[Continuation]:
+        """Draw one continuation per request, all rows decoded together where the engine allows.
+
+        ``temperature == 0`` means greedy (``logq`` is then 0 for the chosen token). Decoding of a row stops at a
+        stop token, at the request's ``max_new_tokens``, when its constraint finishes, or at ``deadline``
+        (``time.monotonic()`` seconds).
+        """
+        ...
+
+
+@dataclass
+class ContinuationRequest:
+    """One row to decode: the full prefix (prompt and generated tokens), and how many new tokens at most.
+
+    ``generated_start`` is where the prompt ends inside ``prefix``; a constraint is started on
+    ``prefix[generated_start:]``.
+    """
+
+    prefix: Sequence[int]
+    max_new_tokens: int
+    generated_start: int = 0
+    constraint: TokenConstraint | None = None
+    tags: dict = field(default_factory=dict)
+
+
+def temperature_logprobs(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log p at temperature 1, log q at ``temperature``) for a vector or batch of logits, in float64.
+
+    Disallowed tokens carry ``-inf`` logits; the distributions are renormalized over the rest.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    logp = logits - _logsumexp(logits)
+    if temperature == 0:
+        return logp, logp
+    scaled = logits / temperature
+    return logp, scaled - _logsumexp(scaled)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))

@@ -1,0 +1,76 @@
+"""``load_model``: one entry point from a path (or nothing, for the embedded model) to a backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from .embedded import EMBEDDED_MODEL_NAME, convert_gguf, embedded_gguf_path, embedded_model_dir, cache_root
+
+log = logging.getLogger("powersampling.backends")
+
+BACKENDS = ("auto", "transformers", "llama.cpp")
+
+
+def llama_cpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def load_model(path: str | None = None, *, backend: str = "auto", device: str = "cpu", **kwargs):
+    """Load a model for sampling.
+
+    ``path`` is a local transformers folder or a GGUF file; None means the embedded SmolLM2-135M-Instruct.
+    ``backend="auto"`` picks llama.cpp for GGUF files when llama-cpp-python is installed, transformers otherwise.
+    """
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if path is None:
+        gguf = embedded_gguf_path()
+        if backend == "llama.cpp" or (backend == "auto" and llama_cpp_available() and device == "cpu"):
+            return _load_llamacpp(gguf, name=EMBEDDED_MODEL_NAME, **kwargs)
+        return _load_transformers(embedded_model_dir(), device=device, name=EMBEDDED_MODEL_NAME, **kwargs)
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"model path {path!r} does not exist")
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise ModelLoadError(f"{path!r} is a file but not a .gguf model; pass a GGUF file or a model folder")
+        if backend == "llama.cpp" or (backend == "auto" and llama_cpp_available() and device == "cpu"):
+            return _load_llamacpp(p, **kwargs)
+        converted = cache_root() / "models" / f"{p.stem}-{p.stat().st_size}"
+        folder = converted if (converted / "config.json").is_file() else convert_gguf(p, converted)
+        return _load_transformers(folder, device=device, name=p.stem, **kwargs)
+    if backend == "llama.cpp":
+        raise ModelLoadError(f"the llama.cpp backend needs a .gguf file, got folder {path!r}")
+    if not (p / "config.json").is_file():
+        raise ModelLoadError(f"{path!r} is not a transformers model folder (no config.json)")
+    return _load_transformers(p, device=device, **kwargs)
+
+
+def _load_transformers(folder: Path, *, device: str, name: str | None = None, dtype=None, **kwargs):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .hf import TransformersLM
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if dtype is None:
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load transformers model from {folder}: {exc}") from exc
+    return TransformersLM(model, tokenizer, name=name or folder.name, **kwargs)
+
+
+def _load_llamacpp(path: Path, **kwargs):
+    try:
+        from .llamacpp import load_llamacpp
+    except ImportError as exc:
+        raise ModelLoadError(f"the llama.cpp backend is not available: {exc}") from exc
+    return load_llamacpp(str(path), **kwargs)

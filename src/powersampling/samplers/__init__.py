@@ -1,0 +1,13 @@
+"""Samplers: pure algorithms over the backend protocol."""
+
+from .base import Sampler, prompt_ids
+from .baselines import TemperatureSampler
+from .config import PowerSamplingConfig, SamplingConfig
+from .mh import PowerSampler
+from .registry import available_methods, build_sampler, register_method
+from .result import Completion, ProgressEvent, SampleResult
+
+__all__ = [
+    "Completion", "PowerSampler", "PowerSamplingConfig", "ProgressEvent", "SampleResult", "Sampler",
+    "SamplingConfig", "TemperatureSampler", "available_methods", "build_sampler", "prompt_ids", "register_method",
+]

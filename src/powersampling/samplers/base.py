@@ -1,0 +1,130 @@
+"""What all samplers share: prompt handling, text decoding, evaluator calls, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..backends.base import LanguageModel, TokenConstraint
+from .result import ProgressEvent, SampleResult
+
+log = logging.getLogger("powersampling.samplers")
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def prompt_ids(
+    model: LanguageModel, prompt: str, *, chat: bool | None = None, system: str | None = None
+) -> list[int]:
+    """Token ids for a text prompt: the model's chat template when it has one (or ``chat=True``), raw text otherwise."""
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError(f"model {model.name!r} has no tokenizer; pass token ids instead of text")
+    use_chat = chat if chat is not None else bool(getattr(tok, "has_chat_template", False))
+    if use_chat:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return list(tok.chat_prompt(messages))
+    return list(tok.encode(((system + "\n\n") if system else "") + prompt))
+
+
+class Sampler:
+    """Base class: subclasses implement ``sample(prompt_ids, constraint=None, progress=None)``."""
+
+    method: str = "sampler"
+
+    def __init__(self, model: LanguageModel) -> None:
+        self.model = model
+
+    def sample(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        constraint: TokenConstraint | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> SampleResult:
+        raise NotImplementedError
+
+    def sample_text(
+        self, prompt: str, *, chat: bool | None = None, system: str | None = None, **kwargs
+    ) -> SampleResult:
+        return self.sample(prompt_ids(self.model, prompt, chat=chat, system=system), **kwargs)
+
+    async def asample(self, prompt_ids: Sequence[int], **kwargs) -> SampleResult:
+        """``sample`` in a worker thread, so an event loop stays responsive while the model runs."""
+        return await asyncio.to_thread(self.sample, prompt_ids, **kwargs)
+
+    async def asample_text(self, prompt: str, **kwargs) -> SampleResult:
+        return await asyncio.to_thread(self.sample_text, prompt, **kwargs)
+
+    # helpers for subclasses
+
+    def _decode(self, token_ids: Sequence[int]) -> str:
+        ids = list(token_ids)
+        if ids and ids[-1] in self.model.stop_token_ids:
+            ids = ids[:-1]
+        tok = self.model.tokenizer
+        return tok.decode(ids) if tok is not None else " ".join(map(str, ids))
+
+
+class EvaluatorTracker:
+    """Calls a quality evaluator on complete texts, caches scores, never lets an evaluator error escape."""
+
+    def __init__(self, evaluator: Callable[[str], float] | None) -> None:
+        self.evaluator = evaluator
+        self.errors = 0
+        self.calls = 0
+        self._cache: dict[tuple[int, ...], float | None] = {}
+        self.best_score: float | None = None
+        self.best_key: tuple[int, ...] | None = None
+        self.best_payload: object = None
+
+    def score(self, key: tuple[int, ...], text: str) -> float | None:
+        if self.evaluator is None:
+            return None
+        if key in self._cache:
+            return self._cache[key]
+        self.calls += 1
+        try:
+            value = float(self.evaluator(text))
+            if not np.isfinite(value):
+                raise ValueError(f"evaluator returned {value}")
+        except Exception as exc:  # the evaluator is user code: log, count, carry on
+            self.errors += 1
+            log.warning("quality evaluator failed (%s: %s); sample kept unscored", type(exc).__name__, exc)
+            value = None
+        self._cache[key] = value
+        return value
+
+    def offer(self, key: tuple[int, ...], text: str, payload: object) -> None:
+        value = self.score(key, text)
+        if value is not None and (self.best_score is None or value > self.best_score):
+            self.best_score, self.best_key, self.best_payload = value, key, payload
+
+
+class Deadline:
+    """An overall deadline plus an optional per-step timeout, on the monotonic clock."""
+
+    def __init__(self, total_s: float | None, step_s: float | None = None) -> None:
+        self.start = time.monotonic()
+        self.end = self.start + total_s if total_s else None
+        self.step_s = step_s
+
+    def expired(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+    def for_step(self) -> float | None:
+        step_end = time.monotonic() + self.step_s if self.step_s else None
+        ends = [e for e in (self.end, step_end) if e is not None]
+        return min(ends) if ends else None
+
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.start) * 1000.0
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The seed actually used: the given one, or fresh entropy (recorded in metadata so the run can be replayed)."""
+    return int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)

@@ -1,0 +1,49 @@
+"""Shared fixtures: enumerable toy models and a tiny random transformers model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from powersampling import FunctionLM
+
+
+def random_table_lm(vocab: int = 4, eos: int = 0, max_len: int = 5, scale: float = 0.6, seed: int = 3) -> FunctionLM:
+    """A FunctionLM whose next-token logits are random but fixed per prefix; EOS is forced once the prefix
+    (prompt included) reaches ``max_len`` tokens, so every completion is finite and lengths differ."""
+    rng = np.random.default_rng(seed)
+    table: dict[tuple[int, ...], np.ndarray] = {}
+
+    def next_token_logprobs(prefix):
+        if prefix not in table:
+            logits = rng.normal(size=vocab) * scale
+            if len(prefix) >= max_len:
+                logits = np.full(vocab, -np.inf)
+                logits[eos] = 0.0
+            table[prefix] = logits
+        return table[prefix]
+
+    return FunctionLM(vocab, eos, next_token_logprobs, name="random-table")
+
+
+@pytest.fixture
+def toy_lm() -> FunctionLM:
+    return random_table_lm()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf():
+    """A 2-layer random Llama with a 6-token vocabulary: real transformers code paths, small enough to enumerate."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, eos_token_id=0, bos_token_id=1, pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # larger weights than the init so the distribution is far from uniform
+        for p in model.parameters():
+            p.mul_(8.0)
+    return model.eval()
