@@ -1,0 +1,103 @@
+"""The transformers backend: log p / log q equal a fresh full forward pass, whatever the cache did."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from powersampling.backends.base import ContinuationRequest
+from powersampling.backends.hf import TransformersLM
+
+
+def _reference(model, prefix, tokens, temperature):
+    with torch.no_grad():
+        logits = model(torch.tensor([list(prefix) + list(tokens)])).logits[0].double()
+    n = len(prefix)
+    lp = torch.log_softmax(logits, -1)
+    lq = torch.log_softmax(logits / temperature, -1)
+    return (np.array([lp[n - 1 + i, t].item() for i, t in enumerate(tokens)]),
+            np.array([lq[n - 1 + i, t].item() for i, t in enumerate(tokens)]))
+
+
+@pytest.fixture
+def lm(tiny_hf):
+    model = TransformersLM(tiny_hf, None, name="tiny")
+    model.stop_token_ids = frozenset()  # decode full lengths to exercise the cache
+    return model
+
+
+def test_batched_rows_with_cache_reuse_match_full_forward(lm, tiny_hf):
+    rng = np.random.default_rng(0)
+    prompts = [[1, 2, 3], [1, 2], [1, 4, 4, 5, 2]]
+    first = lm.sample([ContinuationRequest(p, 6) for p in prompts], 0.7, rng)
+    # second call: prefixes that share prefixes with the first call's rows (MH cuts), different lengths
+    second_prefixes = [prompts[0] + first[0].token_ids[:2], prompts[2] + first[2].token_ids[:5], [1, 2, 3]]
+    reused_before = lm.reused_tokens
+    second = lm.sample([ContinuationRequest(p, 5) for p in second_prefixes], 0.7, rng)
+    assert lm.reused_tokens - reused_before >= len(second_prefixes[0]) + len(second_prefixes[1]) - 2
+    for prefixes, conts in ((prompts, first), (second_prefixes, second)):
+        for prefix, cont in zip(prefixes, conts):
+            ref_p, ref_q = _reference(tiny_hf, prefix, cont.token_ids, 0.7)
+            np.testing.assert_allclose(cont.logp, ref_p, atol=2e-4)
+            np.testing.assert_allclose(cont.logq, ref_q, atol=2e-4)
+
+
+def test_max_new_tokens_stop_tokens_and_greedy(tiny_hf):
+    lm = TransformersLM(tiny_hf, None, name="tiny")
+    assert lm.stop_token_ids == frozenset({0})
+    rng = np.random.default_rng(1)
+    conts = lm.sample([ContinuationRequest([1, 2], 30)] * 20, 1.0, rng)
+    for c in conts:
+        assert len(c) <= 30
+        assert (0 in c.token_ids) == c.stopped
+        if c.stopped:
+            assert c.token_ids.index(0) == len(c) - 1
+    g1 = lm.sample([ContinuationRequest([1, 2], 8)], 0.0, rng)[0]
+    g2 = lm.sample([ContinuationRequest([1, 2], 8)], 0.0, rng)[0]
+    assert g1.token_ids == g2.token_ids
+    with torch.no_grad():
+        first = int(tiny_hf(torch.tensor([[1, 2]])).logits[0, -1].argmax())
+    assert g1.token_ids[0] == first
+
+
+def test_constraint_mask_is_honoured_and_renormalizes(lm, tiny_hf):
+    class OnlyEven:
+        def start(self, generated):
+            return self
+
+        def allowed_tokens(self):
+            return np.array([i % 2 == 0 for i in range(6)])
+
+        def advance(self, token):
+            assert token % 2 == 0
+
+        def is_finished(self):
+            return False
+
+    rng = np.random.default_rng(2)
+    cont = lm.sample([ContinuationRequest([1, 3], 6, generated_start=2, constraint=OnlyEven())], 1.0, rng)[0]
+    assert all(t % 2 == 0 for t in cont.token_ids)
+    with torch.no_grad():
+        logits = tiny_hf(torch.tensor([[1, 3] + cont.token_ids])).logits[0].double()
+    logits[:, 1::2] = -float("inf")
+    ref = [torch.log_softmax(logits[1 + i], -1)[t].item() for i, t in enumerate(cont.token_ids)]
+    np.testing.assert_allclose(cont.logp, ref, atol=2e-4)
+
+
+def test_seeded_rng_reproduces_and_deadline_interrupts(lm):
+    a = lm.sample([ContinuationRequest([1, 2], 10)], 1.0, np.random.default_rng(5))[0]
+    lm.clear_cache()
+    b = lm.sample([ContinuationRequest([1, 2], 10)], 1.0, np.random.default_rng(5))[0]
+    assert a.token_ids == b.token_ids
+    cut = lm.sample([ContinuationRequest([1, 2], 40)], 1.0, np.random.default_rng(5), deadline=0.0)[0]
+    assert cut.interrupted and len(cut) == 1
+
+
+def test_cache_pool_respects_its_token_budget(tiny_hf):
+    lm = TransformersLM(tiny_hf, None, name="tiny", cache_tokens=40)
+    lm.stop_token_ids = frozenset()
+    rng = np.random.default_rng(3)
+    for start in range(1, 6):
+        lm.sample([ContinuationRequest([start, 2, 3], 10)], 1.0, rng)
+    assert lm._pool.tokens <= 40
