@@ -1,6 +1,6 @@
 """One power sample next to one plain sample of the same length, on the same model, in one run.
 
-    python benchmarks/power_vs_plain.py [--backend transformers] [--proposal-batch N ...]
+    python benchmarks/power_vs_plain.py [--backend transformers] [--variants random:1 random:10 sorted]
 
 Settings follow the reference measurement in shared/docs/power-sampling.md (alpha=4, n_mcmc=10, block 16,
 96 new tokens): the authors' implementation took 105 s here against 5.9 s for a plain sample (17.7x). EOS is
@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("--n-mcmc", type=int, default=10)
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--proposal-batch", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--variants", nargs="+", default=["random:1", "random:10", "sorted"],
+                    help="MH variants as scan[:proposal_batch]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep-eos", action="store_true", help="let samples stop at EOS (lengths then differ)")
     ap.add_argument("--out", default="benchmarks/results/power_vs_plain.json")
@@ -52,17 +53,19 @@ def main() -> None:
     plain(), getattr(lm, "clear_cache", lambda: None)()  # warm-up
     runs = {}
     plain_before, r_plain = plain()
-    for width in args.proposal_batch:
+    for variant in args.variants:
+        scan, _, width = variant.partition(":")
         getattr(lm, "clear_cache", lambda: None)()
         cfg = PowerSamplingConfig(alpha=args.alpha, n_mcmc=args.n_mcmc, block_size=args.block_size,
-                                  max_new_tokens=args.max_new_tokens, seed=args.seed, proposal_batch=width)
+                                  max_new_tokens=args.max_new_tokens, seed=args.seed, scan=scan,
+                                  proposal_batch=int(width) if width else None)
         t = time.perf_counter()
         r = PowerSampler(lm, cfg).sample(ids)
         wall = time.perf_counter() - t
-        runs[f"power_batch{width}"] = {
+        runs[f"power_{scan}" + (f"_batch{width}" if width else "")] = {
             "wall_s": wall, "tokens_decoded": r.metadata["tokens_generated"], "final_tokens": len(r.token_ids),
             "acceptance_rate": r.metadata["acceptance_rate"], "backend_calls": r.metadata["backend_calls"],
-            "proposals_discarded": r.metadata["proposals_discarded"],
+            "proposals_discarded": r.metadata["proposals_discarded"], "identity_steps": r.metadata["identity_steps"],
         }
     plain_after, _ = plain()
     plain_s = float(np.mean([plain_before, plain_after]))

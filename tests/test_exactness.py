@@ -43,6 +43,9 @@ def _mh_tv(lm, alpha, **cfg):
         (2.0, dict(n_mcmc=12, block_size=2, proposal_temperature=1.0)),  # proposal != 1/alpha
         (3.0, dict(n_mcmc=12, block_size=2, proposal_temperature=0.25)),
         (2.0, dict(n_mcmc=8, block_size=2, proposal_batch=1)),  # strictly sequential proposals
+        (2.0, dict(n_mcmc=8, block_size=2, scan="sorted")),  # one batched call per block
+        (4.0, dict(n_mcmc=12, block_size=1, scan="sorted")),
+        (3.0, dict(n_mcmc=40, block_size=2, scan="sorted", proposal_temperature=1.0)),
     ],
 )
 def test_mh_matches_exact_power_distribution(alpha, cfg):
@@ -78,12 +81,13 @@ def test_mh_on_a_real_transformers_model_matches_exact(tiny_hf):
     reference = FunctionLM(6, 0, exact_logits)
     prompt, max_new, alpha, chains = [1, 3], 3, 2.0, 1500
     target = power_distribution(enumerate_completions(reference, prompt, max_new), alpha)
-    config = PowerSamplingConfig(alpha=alpha, max_new_tokens=max_new, n_mcmc=8, block_size=1, n_chains=chains, seed=5)
-    result = PowerSampler(lm, config).sample(prompt)
-    emp = empirical(c.token_ids for c in result.samples)
-    tv = total_variation(emp, target)
     bound = exact_sampler_tv_quantile(target, chains, quantile=0.999)
+    for scan in ("random", "sorted"):
+        config = PowerSamplingConfig(alpha=alpha, max_new_tokens=max_new, n_mcmc=8, block_size=1, n_chains=chains,
+                                     seed=5, scan=scan)
+        result = PowerSampler(lm, config).sample(prompt)
+        tv = total_variation(empirical(c.token_ids for c in result.samples), target)
+        assert tv <= bound, f"{scan}: TV {tv:.4f} above {bound:.4f}"
     low_temp = tokenwise_tempered_distribution(reference, prompt, max_new, alpha)
-    assert tv <= bound
     assert total_variation(low_temp, target) > 2 * bound
     assert np.isclose(sum(target.values()), 1.0)

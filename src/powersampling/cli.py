@@ -84,6 +84,11 @@ class SamplerProgress:
     def __call__(self, event) -> None:
         if event.kind == "done":
             return
+        if self.progress.disable:  # not a terminal: one plain line per block instead of a live bar
+            if event.kind == "block":
+                stderr.print(f"block {event.block}/{event.blocks_total}: tokens {event.tokens_generated}, "
+                             f"accepted {event.accepted}/{event.proposed}", highlight=False)
+            return
         info = f"tokens {event.tokens_generated}"
         if event.proposed:
             info += f"  accept {event.accepted}/{event.proposed} ({event.acceptance_rate:.0%})"

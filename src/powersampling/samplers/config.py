@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -49,6 +49,12 @@ class PowerSamplingConfig(_Config):
     n_chains: int = Field(1, ge=1, le=4096, description="independent chains, decoded as batched rows")
     proposal_batch: Optional[int] = Field(
         None, ge=1, description="MH proposals drawn per chain in one batched call (default: n_mcmc)"
+    )
+    scan: Literal["random", "sorted"] = Field(
+        "random",
+        description="random: the paper's cut, uniform over the current tokens, one step at a time (proposals for "
+        "upcoming steps prefetched in batches); sorted: the block's n_mcmc cuts drawn uniform over the block's "
+        "positions and applied from the last position backwards, so all of them are drawn in one batched call",
     )
     seed: Optional[int] = Field(None, ge=0, lt=2**63)
     step_timeout_s: Optional[float] = Field(None, gt=0)

@@ -10,11 +10,18 @@ and accepts with
 where n' is the proposal's length. Suffixes are compared over their full lengths, and the log n - log n' term is
 the reverse/forward ratio of the uniform cut choice when a stop token makes the lengths differ.
 
-Speed without approximation: proposals for several upcoming steps are drawn from the current state in one
-batched backend call. Step t's proposal stays valid after an earlier step changed the state as long as the state
-still has the same length and the same first m_t tokens (the proposal depends on nothing else), so it is used as
-is; otherwise a fresh one is drawn. Each step's cut comes from its own uniform u_t, drawn independently of the
-chain, so the sequence of moves is exactly that of sequential MH.
+Speed without approximation, two scans:
+
+* ``scan="random"`` (the paper's): proposals for several upcoming steps are drawn from the current state in one
+  batched backend call. Step t's proposal stays valid after an earlier step changed the state as long as the state
+  still has the same length and the same first m_t tokens (the proposal depends on nothing else), so it is used as
+  is; otherwise a fresh one is drawn. Each step's cut comes from its own uniform u_t, drawn independently of the
+  chain, so the sequence of moves is exactly that of sequential MH.
+* ``scan="sorted"``: for a fixed cut m, "redraw the suffix after m and accept with the ratio above without the
+  log n - log n' term" leaves p^alpha invariant on its own (the reverse move uses the same m; a state with m or fewer
+  tokens is left as is). So the block's n_mcmc cuts are drawn uniform over the block's positions, independently of
+  the chain, and applied in descending order: a step at cut m only changes tokens from m on, so every later step's
+  prefix is still the one its proposal was drawn from, and all proposals of a block come from one batched call.
 """
 
 from __future__ import annotations
@@ -106,7 +113,7 @@ class _Run:
         self.blocks_total = math.ceil(cfg.max_new_tokens / cfg.block_size)
         self.tokens_generated = self.backend_calls = 0
         self.proposed = self.accepted = self.discarded = self.step_timeouts = 0
-        self.blocks_generated = 0
+        self.blocks_generated = self.identity_steps = 0
         self.hit_deadline = False
 
     # the loop
@@ -133,7 +140,10 @@ class _Run:
                     chain.limit = cfg.max_new_tokens if chain.final_phase else limit
                     chain.steps_left = cfg.n_mcmc if chain.tokens else 0
                     chain.pending.clear()
-                self._mh_steps(active, block)
+                if cfg.scan == "sorted":
+                    self._mh_sorted_scan(active, block)
+                else:
+                    self._mh_steps(active, block)
                 self._notify(ProgressEvent("block", block=block + 1, blocks_total=self.blocks_total,
                                            accepted=self.accepted, proposed=self.proposed,
                                            tokens_generated=self.tokens_generated))
@@ -169,6 +179,26 @@ class _Run:
                 self.hit_deadline = True
                 return
             self._draw_proposals(waiting)
+
+    def _mh_sorted_scan(self, chains: list[_Chain], block: int) -> None:
+        requests, owners = [], []
+        for chain in chains:
+            if not chain.steps_left:
+                continue
+            cuts = sorted(self.rng.integers(0, chain.limit, size=chain.steps_left).tolist(), reverse=True)
+            live = [c for c in cuts if c < len(chain.tokens)]  # a cut past the end is a move that changes nothing
+            self.identity_steps += len(cuts) - len(live)
+            chain.steps_left = 0
+            for cut in live:
+                requests.append(self._request(chain.tokens[:cut], chain.limit - cut))
+                owners.append((chain, cut))
+        with span("power_sampling proposals", {"power_sampling.rows": len(requests)}):
+            conts = self._call(requests, self.deadline.for_step())
+        for step, ((chain, cut), cont) in enumerate(zip(owners, conts), start=1):
+            self._step(chain, _Proposal(len(chain.tokens), cut, chain.tokens[:cut], cont), cut_ratio=False)
+            self._notify(ProgressEvent("mh_step", block=block + 1, blocks_total=self.blocks_total, step=step,
+                                       steps_total=len(owners), accepted=self.accepted, proposed=self.proposed,
+                                       tokens_generated=self.tokens_generated))
 
     def _draw_proposals(self, chains: list[_Chain]) -> None:
         requests, owners = [], []
@@ -206,7 +236,7 @@ class _Run:
         self.discarded += len(chain.pending)
         chain.pending.clear()
 
-    def _step(self, chain: _Chain, proposal: _Proposal) -> None:
+    def _step(self, chain: _Chain, proposal: _Proposal, cut_ratio: bool = True) -> None:
         cont, cut = proposal.continuation, proposal.cut
         self.proposed += 1
         if cont.interrupted:
@@ -219,7 +249,7 @@ class _Run:
         log_accept = (
             alpha * (float(cont.logp.sum()) - float(chain.logp[cut:].sum()))
             + float(chain.logq[cut:].sum()) - float(cont.logq.sum())
-            + math.log(n_old) - math.log(n_new)
+            + ((math.log(n_old) - math.log(n_new)) if cut_ratio else 0.0)
         )
         if log_accept >= 0 or math.log(self.rng.random()) < log_accept:
             self.accepted += 1
@@ -301,7 +331,9 @@ class _Run:
             "tokens_generated": self.tokens_generated,
             "final_tokens": len(tokens),
             "cost_multiplier": self.tokens_generated / final_lengths if final_lengths else 0.0,
+            "scan": self.cfg.scan,
             "proposals_discarded": self.discarded,
+            "identity_steps": self.identity_steps,
             "step_timeouts": self.step_timeouts,
             "backend_calls": self.backend_calls,
             "latency_ms": self.deadline.elapsed_ms(),
