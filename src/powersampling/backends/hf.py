@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .base import Continuation, ContinuationRequest
 
@@ -56,6 +57,53 @@ def stop_token_ids_of(hf_model, hf_tokenizer) -> frozenset[int]:
         vocab = hf_tokenizer.get_vocab()
         ids.update(vocab[t] for t in _FIRST_TOKEN_STOPS if t in vocab and t in hf_tokenizer.chat_template)
     return frozenset(int(i) for i in ids)
+
+
+class _GrowingLayer(DynamicLayer):
+    """A KV cache layer that writes new keys into spare capacity instead of concatenating the whole cache at every
+    step (DynamicLayer's torch.cat copies all past keys per token, which dominates batched decoding on CPU)."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._kbuf = self._vbuf = None
+        self._len = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        need = self._len + key_states.shape[-2]
+        if self._kbuf is None or need > self._kbuf.shape[-2] or self._kbuf.shape[0] != key_states.shape[0]:
+            capacity = max(need + 64, 2 * self._len)
+            kbuf = key_states.new_empty(*key_states.shape[:-2], capacity, key_states.shape[-1])
+            vbuf = value_states.new_empty(*value_states.shape[:-2], capacity, value_states.shape[-1])
+            if self._len:
+                kbuf[..., : self._len, :] = self.keys
+                vbuf[..., : self._len, :] = self.values
+            self._kbuf, self._vbuf = kbuf, vbuf
+        self._kbuf[..., self._len : need, :] = key_states
+        self._vbuf[..., self._len : need, :] = value_states
+        self._len = need
+        self.keys, self.values = self._kbuf[..., :need, :], self._vbuf[..., :need, :]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._len if self.is_initialized else 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized and self._kbuf is not None:
+            self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
+            self.keys, self.values = self._kbuf[..., : self._len, :], self._vbuf[..., : self._len, :]
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("rows are cropped by building a new cache from the pool")
+
+
+def _new_cache(layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> DynamicCache:
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _GrowingLayer
+    for index, (k, v) in enumerate(layers or []):
+        cache.update(k, v, index)
+    return cache
 
 
 class _CachePool:
@@ -193,10 +241,8 @@ class TransformersLM:
             inputs[i, rest_len - len(rest) :] = torch.as_tensor(rest, device=self.device)
             positions[i, rest_len - len(rest) :] = torch.arange(common, common + len(rest), device=self.device)
             self.prefill_tokens += len(rest)
-        from transformers import DynamicCache
-
         if cached_len == 0:
-            return DynamicCache(), mask, positions, inputs
+            return _new_cache(), mask, positions, inputs
         layers = []
         for layer in range(self._n_layers()):
             ks, vs = [], []
@@ -206,7 +252,7 @@ class TransformersLM:
                 ks.append(torch.nn.functional.pad(k[:, :common], (0, 0, pad, 0)))
                 vs.append(torch.nn.functional.pad(v[:, :common], (0, 0, pad, 0)))
             layers.append((torch.stack(ks), torch.stack(vs)))
-        return DynamicCache(layers), mask, positions, inputs
+        return _new_cache(layers), mask, positions, inputs
 
     def _empty_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         # any entry gives the shape; rows without a cached prefix use zero length
@@ -231,16 +277,25 @@ class TransformersLM:
                 if a is not None:
                     full[j] = torch.as_tensor(a[: logits.shape[1]], device=logits.device)
             logits = logits.masked_fill(~full, float("-inf"))
-        logp_all = torch.log_softmax(logits, dim=-1)
+        # log p and log q of the drawn token only need each distribution's normalizer: one exp pass apiece
+        log_z = torch.logsumexp(logits, dim=-1)
         if temperature == 0:
             tokens = torch.argmax(logits, dim=-1)
-            logq = torch.zeros(len(rows), device=logits.device)
+            logq = torch.zeros(len(rows), dtype=torch.float64, device=logits.device)
         else:
-            logq_all = torch.log_softmax(logits / temperature, dim=-1)
-            tokens = torch.multinomial(logq_all.exp(), 1, generator=generator).squeeze(1)
-            logq = logq_all.gather(1, tokens[:, None]).squeeze(1)
-        logp = logp_all.gather(1, tokens[:, None]).squeeze(1)
-        return tokens.tolist(), logp.double().tolist(), logq.double().tolist()
+            scaled = logits / temperature
+            peak = scaled.max(dim=-1, keepdim=True).values
+            weights = torch.exp(scaled - peak)
+            cdf = torch.cumsum(weights, dim=-1)
+            u = torch.rand(len(rows), 1, generator=generator, device=logits.device, dtype=cdf.dtype) * cdf[:, -1:]
+            tokens = torch.searchsorted(cdf, u).squeeze(1).clamp_(max=logits.shape[1] - 1)
+            # a zero-weight token can only be hit at a CDF plateau's edge; step back to the token that owns it
+            tokens = torch.where(weights.gather(1, tokens[:, None]).squeeze(1) > 0, tokens,
+                                 torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1))
+            log_zq = peak.squeeze(1) + torch.log(cdf[:, -1])
+            logq = (scaled.gather(1, tokens[:, None]).squeeze(1) - log_zq).double()
+        logp = (logits.gather(1, tokens[:, None]).squeeze(1) - log_z).double()
+        return tokens.tolist(), logp.tolist(), logq.tolist()
 
 
 class _Row:
