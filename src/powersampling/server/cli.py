@@ -1,0 +1,70 @@
+"""``powersampling serve``: load a model and run the HTTP service with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import typer
+
+from ..errors import PowerSamplingError
+
+
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes the server to the network)"),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port"),
+    model: Optional[str] = typer.Option(None, help="local model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)"),
+    backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp"),
+    device: str = typer.Option("cpu", help="torch device for the transformers backend"),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="POWERSAMPLING_API_KEY", help="require 'Authorization: Bearer KEY' on /v1/* (or set POWERSAMPLING_API_KEY)"),
+    served_model_name: Optional[str] = typer.Option(None, help="model id in /v1/models (default: the model's name)"),
+    default_method: str = typer.Option("power", help="decoding method when a request names none"),
+    workers: int = typer.Option(1, min=1, max=64, help="sampling threads (1 for transformers and llama.cpp models)"),
+    max_queue: int = typer.Option(16, min=0, help="requests waiting for a worker before answering 429"),
+    request_timeout: float = typer.Option(120.0, help="seconds per request, queueing included, before 504"),
+    max_tokens_limit: int = typer.Option(2048, min=1, help="largest max_tokens a request may ask for"),
+    log_prompts: bool = typer.Option(False, "--log-prompts", help="log prompts and completions (off by default)"),
+    log_level: str = typer.Option("info", help="debug, info, warning, error"),
+) -> None:
+    """Serve OpenAI-compatible completions with power sampling, the planner, /metrics and /health."""
+    from ..cli import fail, load_model_or_fail
+    from ..observability.tracing import configure_tracing_from_env
+    from ..samplers import available_methods
+    from .settings import ServerSettings
+
+    if default_method not in available_methods():
+        fail(f"unknown method {default_method!r}; choose one of: {', '.join(available_methods())}")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        fail(f"unknown log level {log_level!r}; choose debug, info, warning or error")
+    try:
+        settings = ServerSettings(
+            model_name=served_model_name, api_key=api_key, default_method=default_method, workers=workers,
+            max_queue=max_queue, request_timeout_s=request_timeout, max_tokens_limit=max_tokens_limit,
+            log_prompts=log_prompts,
+        )
+    except ValueError as exc:
+        fail(_first_error(exc))
+    try:
+        configure_tracing_from_env()
+    except ValueError as exc:
+        fail(str(exc))
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lm = load_model_or_fail(model, backend, device)
+    import uvicorn
+
+    from .app import create_app
+
+    try:
+        app = create_app(lm, settings)
+    except PowerSamplingError as exc:
+        fail(str(exc))
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=True)
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"invalid server setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
+    return f"invalid server setting: {exc}"

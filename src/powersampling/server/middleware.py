@@ -1,0 +1,128 @@
+"""Pure ASGI middlewares (no BaseHTTPMiddleware: it would hide client disconnects from the handlers)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any, Awaitable, Callable
+
+from ..observability.metrics import record_request, status_of_http
+from .errors import error_object
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+# request path -> endpoint label of the requests_total metric
+METERED_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/plan": "plan"}
+
+
+async def send_error(send, status: int, message: str, *, code: str | None = None,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"error": error_object(status, message, code=code)}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetricsMiddleware:
+    """Counts every request to a sampling or planning endpoint, whatever answered it (auth, size limit,
+    validation, the handler), and observes its end-to-end latency after the last byte (streams included).
+
+    Handlers refine the labels through ``request.state.metrics`` (method, route, and a status such as
+    ``cancelled`` that the HTTP code alone cannot tell)."""
+
+    def __init__(self, app: ASGIApp, model_name: str) -> None:
+        self.app, self.model_name = app, model_name
+
+    async def __call__(self, scope, receive, send) -> None:
+        endpoint = METERED_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        labels: dict[str, Any] = {"method": "none", "route": None, "status": None}
+        scope.setdefault("state", {})["metrics"] = labels
+        code = 500
+        start = time.perf_counter()
+
+        async def send_recording(message: dict) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording)
+        finally:
+            record_request(model_name=self.model_name, endpoint=endpoint, method=labels["method"],
+                           route=labels["route"], status=labels["status"] or status_of_http(code),
+                           latency_s=time.perf_counter() - start)
+
+
+class BearerAuthMiddleware:
+    """``Authorization: Bearer <key>`` on every /v1/ path when a key is set; 401 with an error object otherwise."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.expected is None or scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if not hmac.compare_digest(given, self.expected):
+            message = "missing API key: send 'Authorization: Bearer <key>'" if not given else "invalid API key"
+            await send_error(send, 401, message, code="invalid_api_key",
+                             headers=[(b"www-authenticate", b'Bearer realm="powersampling"')])
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Reads a request body up to ``max_bytes`` (413 beyond it, whether or not Content-Length says so) and replays
+    it to the app; after the body, ``receive`` is the server's again, so disconnects still reach the handler."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        too_large = f"request body larger than {self.max_bytes} bytes"
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > self.max_bytes:
+                    await send_error(send, 413, too_large, code="body_too_large")
+                    return
+            except ValueError:
+                await send_error(send, 400, "invalid Content-Length header", code="invalid_header")
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await send_error(send, 413, too_large, code="body_too_large")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,223 @@
+"""From an OpenAI-style request to a sampler run and back: parameters, prompt ids, the run on a worker, the
+response body."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..backends.base import LanguageModel
+from ..errors import PowerSamplingError
+from ..observability.metrics import StepTimer
+from ..samplers import available_methods, build_sampler
+from ..samplers.result import ProgressEvent, SampleResult
+from .errors import APIError
+from .executor import Job
+from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from .settings import ServerSettings
+
+# power_sampling fields that map onto sampler parameters under the same name
+_SAME_NAME = ("alpha", "n_mcmc", "block_size", "proposal_temperature", "scan")
+
+
+@dataclass
+class SamplingCall:
+    """A validated request, ready to run."""
+
+    method: str
+    params: dict[str, Any]
+    prompt_ids: list[int]
+    client_budget_s: float | None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerSettings, model: LanguageModel) -> SamplingCall:
+    """Sampler method and parameters for ``body``; every problem is a 400 naming the parameter."""
+    problem = body.unsupported()
+    if problem:
+        raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
+    method = body.method or settings.default_method
+    if method not in available_methods():
+        raise APIError(400, f"unknown method {method!r}; choose one of: {', '.join(available_methods())}",
+                       param="method", code="invalid_value")
+    ps = body.power_sampling
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or settings.default_max_tokens
+    if max_tokens > settings.max_tokens_limit:
+        raise APIError(400, f"max_tokens must be <= {settings.max_tokens_limit} on this server (got {max_tokens})",
+                       param="max_tokens", code="invalid_value")
+    params: dict[str, Any] = {"max_new_tokens": max_tokens}
+    seed = ps.seed if ps is not None and ps.seed is not None else body.seed
+    if seed is not None:
+        params["seed"] = seed
+    if method in ("sample", "best-of-n") and body.temperature is not None:
+        params["temperature"] = body.temperature
+    if ps is not None:
+        given = ps.model_dump(exclude_none=True)
+        for name in _SAME_NAME:
+            if name in given:
+                params[name] = given[name]
+        if ps.n_mcmc is not None and ps.n_mcmc > settings.max_n_mcmc:
+            raise APIError(400, f"power_sampling.n_mcmc must be <= {settings.max_n_mcmc} on this server "
+                                f"(got {ps.n_mcmc})", param="power_sampling.n_mcmc", code="invalid_value")
+        for name in ("chains", "n"):
+            value = given.get(name)
+            if value is not None and value > settings.max_chains:
+                raise APIError(400, f"power_sampling.{name} must be <= {settings.max_chains} on this server "
+                                    f"(got {value})", param=f"power_sampling.{name}", code="invalid_value")
+        if ps.chains is not None:
+            if method not in ("power", "smc"):
+                raise APIError(400, f"power_sampling.chains applies to methods power and smc, not {method!r}",
+                               param="power_sampling.chains", code="invalid_value")
+            params["n_chains" if method == "power" else "n_particles"] = ps.chains
+        if ps.n is not None:
+            params["n"] = ps.n
+    try:
+        build_sampler(method, model, strict=True, **params)  # validation only; the run builds its own
+    except (PowerSamplingError, ValueError) as exc:
+        raise APIError(400, str(exc), param="power_sampling", code="invalid_value") from None
+    return SamplingCall(method, params, prompt_ids, ps.deadline_s if ps is not None else None)
+
+
+def completion_prompt_ids(body: CompletionRequest, model: LanguageModel, settings: ServerSettings) -> list[int]:
+    prompt = body.prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        bad = [t for t in prompt if not 0 <= t < model.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {model.vocab_size})",
+                           param="prompt", code="invalid_value")
+        ids = list(prompt)
+    else:
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise APIError(400, "batched prompts are not supported: send one prompt per request",
+                               param="prompt", code="invalid_value")
+            prompt = prompt[0]
+        if not prompt.strip():
+            raise APIError(400, "the prompt is empty", param="prompt", code="invalid_value")
+        ids = _encode(model, lambda tok: tok.encode(prompt), "prompt")
+    return _check_length(ids, settings, "prompt")
+
+
+def chat_prompt_ids(body: ChatCompletionRequest, model: LanguageModel, settings: ServerSettings) -> list[int]:
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    if not any(m["content"].strip() for m in messages):
+        raise APIError(400, "all messages are empty", param="messages", code="invalid_value")
+    return _check_length(_encode(model, lambda tok: tok.chat_prompt(messages), "messages"), settings, "messages")
+
+
+def _encode(model: LanguageModel, fn: Callable[[Any], Sequence[int]], param: str) -> list[int]:
+    if model.tokenizer is None:
+        raise APIError(400, f"model {model.name!r} has no tokenizer: send token ids as the prompt", param=param,
+                       code="unsupported")
+    try:
+        ids = [int(t) for t in fn(model.tokenizer)]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise APIError(400, f"could not tokenize the {param}: {exc}", param=param, code="invalid_value") from None
+    except Exception as exc:  # tokenizers raise their own types (e.g. no chat template)
+        raise APIError(400, f"could not tokenize the {param}: {type(exc).__name__}: {exc}", param=param,
+                       code="invalid_value") from None
+    if not ids:
+        raise APIError(400, f"the {param} tokenizes to nothing", param=param, code="invalid_value")
+    return ids
+
+
+def _check_length(ids: list[int], settings: ServerSettings, param: str) -> list[int]:
+    if len(ids) > settings.max_prompt_tokens:
+        raise APIError(400, f"the {param} has {len(ids)} tokens; this server accepts at most "
+                            f"{settings.max_prompt_tokens}", param=param, code="context_length_exceeded")
+    return ids
+
+
+def run_call(model: LanguageModel, model_name: str, call: SamplingCall, job: Job,
+             forward: Callable[[ProgressEvent], None] | None = None) -> tuple[SampleResult, bool]:
+    """Runs in a worker thread. Returns the result and whether the server's deadline (not the client's own
+    budget) cut it short."""
+    remaining = job.remaining_s()
+    budget = call.client_budget_s
+    deadline_s = min(remaining, budget) if budget is not None else remaining
+    server_cut = budget is None or remaining < budget
+    sampler = build_sampler(call.method, model, strict=True, **call.params, deadline_s=max(deadline_s, 1e-3))
+    timer = StepTimer(model_name, call.method, forward)
+
+    def progress(event: ProgressEvent) -> None:
+        job.check_cancelled()  # raising here unwinds the sampler between steps
+        timer(event)
+
+    job.check_cancelled()
+    result = sampler.sample(call.prompt_ids, progress=progress)
+    return result, server_cut and result.metadata.get("stopped_by") == "deadline"
+
+
+def finish_reason(result: SampleResult) -> str:
+    return "stop" if result.metadata.get("stopped_by") == "eos" else "length"
+
+
+def usage(call: SamplingCall, result: SampleResult) -> dict[str, int]:
+    completion = len(result.token_ids)
+    return {"prompt_tokens": len(call.prompt_ids), "completion_tokens": completion,
+            "total_tokens": len(call.prompt_ids) + completion}
+
+
+def run_metadata(result: SampleResult, job: Job) -> dict[str, Any]:
+    out = {k: _json_safe(v) for k, v in result.metadata.items()}
+    if job.started_at is not None:
+        out["queue_ms"] = round((job.started_at - job.submitted_at) * 1000.0, 3)
+    return out
+
+
+def completion_body(kind: str, model_name: str, call: SamplingCall, result: SampleResult, job: Job) -> dict[str, Any]:
+    """The non-streamed response: ``kind`` is 'completions' or 'chat'."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason(result), "logprobs": None}
+    if kind == "chat":
+        choice["message"] = {"role": "assistant", "content": result.text}
+        prefix, obj = "chatcmpl", "chat.completion"
+    else:
+        choice["text"] = result.text
+        prefix, obj = "cmpl", "text_completion"
+    return {"id": f"{prefix}-{call.request_id}", "object": obj, "created": call.created, "model": model_name,
+            "choices": [choice], "usage": usage(call, result), "power_sampling": run_metadata(result, job)}
+
+
+def chunk(kind: str, model_name: str, call: SamplingCall, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    prefix, obj = ("chatcmpl", "chat.completion.chunk") if kind == "chat" else ("cmpl", "text_completion")
+    return {"id": f"{prefix}-{call.request_id}", "object": obj, "created": call.created, "model": model_name,
+            "choices": choices, **extra}
+
+
+def final_choice(kind: str, result: SampleResult) -> dict[str, Any]:
+    if kind == "chat":
+        return {"index": 0, "delta": {"content": result.text}, "finish_reason": finish_reason(result),
+                "logprobs": None}
+    return {"index": 0, "text": result.text, "finish_reason": finish_reason(result), "logprobs": None}
+
+
+def progress_payload(event: ProgressEvent) -> dict[str, Any]:
+    out = {"event": "progress", "kind": event.kind, "block": event.block, "blocks_total": event.blocks_total,
+           "step": event.step, "steps_total": event.steps_total, "accepted": event.accepted,
+           "proposed": event.proposed, "acceptance_rate": event.acceptance_rate,
+           "tokens_generated": event.tokens_generated}
+    out.update({k: _json_safe(v) for k, v in event.extra.items()})
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return [_json_safe(v) for v in value.tolist()]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)

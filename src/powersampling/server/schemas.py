@@ -1,0 +1,131 @@
+"""OpenAI wire format for requests and responses, plus the power-sampling extensions.
+
+Extensions travel in extra body fields so the official clients can send them (``extra_body=``): ``method`` picks
+the decoding method and ``power_sampling`` holds its parameters. Fields the server cannot honour exactly (stop
+sequences, top_p, n > 1, logprobs, echo) are refused with a 400 instead of being silently ignored: truncating or
+filtering a power sample would change the distribution it was drawn from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PowerSamplingParams(_Strict):
+    alpha: Optional[float] = Field(None, gt=0, le=64, description="power of the target p^alpha")
+    n_mcmc: Optional[int] = Field(None, ge=1, description="MH steps after each block")
+    block_size: Optional[int] = Field(None, ge=1, le=100_000, description="tokens per block")
+    chains: Optional[int] = Field(None, ge=1, description="independent MH chains (or SMC particles)")
+    n: Optional[int] = Field(None, ge=1, description="candidates for best-of-n")
+    seed: Optional[int] = Field(None, ge=0, lt=2**63)
+    deadline_s: Optional[float] = Field(
+        None, gt=0, le=86_400,
+        description="the client's time budget: when it runs out the best state so far is returned with status 200",
+    )
+    proposal_temperature: Optional[float] = Field(None, gt=0, le=100)
+    scan: Optional[Literal["random", "sorted"]] = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _SamplingFields(_Strict):
+    model: str = Field(..., min_length=1, max_length=256)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2, description="for method sample and best-of-n")
+    top_p: Optional[float] = Field(None, ge=0, le=1)
+    n: Optional[int] = Field(None, ge=1, le=128)
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    seed: Optional[int] = Field(None, ge=0, lt=2**63)
+    stop: Optional[Union[str, list[str]]] = None
+    logprobs: Optional[Union[bool, int]] = None
+    user: Optional[str] = Field(None, max_length=256)
+    method: Optional[str] = Field(None, max_length=64, description="decoding method: power, sample, greedy, ...")
+    power_sampling: Optional[PowerSamplingParams] = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(field, reason) for the first field the server cannot honour exactly, or None."""
+        if self.top_p is not None and self.top_p != 1:
+            return "top_p", "top_p other than 1 is not supported (it would change the target distribution)"
+        if self.n not in (None, 1):
+            return "n", "n > 1 is not supported; use power_sampling.chains or method best-of-n"
+        if self.stop:
+            return "stop", "stop sequences are not supported (truncation would change the sampled distribution)"
+        if self.logprobs:
+            return "logprobs", "logprobs are not supported yet"
+        if self.stream_options is not None and not self.stream:
+            return "stream_options", "stream_options is only allowed with stream: true"
+        return None
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: Union[str, list[str], list[int]] = Field(..., description="text, a one-element list of text, or token ids")
+    echo: Optional[bool] = None
+    suffix: Optional[str] = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.echo:
+            return "echo", "echo is not supported"
+        if self.suffix:
+            return "suffix", "suffix (insertion) is not supported"
+        return super().unsupported()
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+    name: Optional[str] = Field(None, max_length=256)
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _last_is_not_assistant(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if messages and messages[-1].role == "assistant":
+            raise ValueError("the last message must not be from the assistant (continuing a reply is not supported)")
+        return messages
+
+
+class PlanRequest(_Strict):
+    request: str = Field(..., min_length=1, max_length=20_000, description="what to plan")
+    model: Optional[str] = Field(None, max_length=256)
+    route: Optional[Literal["auto", "baseline", "power_sampling"]] = Field(
+        "auto", description="auto: the feature flag and rollout percentage decide"
+    )
+    power_sampling: Optional[PowerSamplingParams] = None
+    max_tasks: Optional[int] = Field(None, ge=1, le=1000)
+    max_depth: Optional[int] = Field(None, ge=1, le=20)
+    seed: Optional[int] = Field(None, ge=0, lt=2**63)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+    partial: Optional[dict[str, Any]] = None

@@ -1,0 +1,31 @@
+"""Server settings: limits that keep one process safe under load and bad input."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: Optional[str] = Field(None, description="name served in /v1/models (default: the model's name)")
+    api_key: Optional[str] = Field(None, description="bearer token required on /v1/* when set")
+    default_method: str = Field("power", description="decoding method when a request names none")
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="sampling threads; keep 1 for backends that are not thread-safe (transformers, llama.cpp)",
+    )
+    max_queue: int = Field(16, ge=0, le=100_000, description="requests waiting for a worker before 429")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="server deadline per request, queueing included; past it: 504 with what was reached"
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_prompt_tokens: int = Field(8192, ge=1)
+    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(64, ge=1)
+    max_chains: int = Field(16, ge=1, description="largest power_sampling.chains (or best-of-n n) a request may ask for")
+    max_n_mcmc: int = Field(64, ge=1, description="largest power_sampling.n_mcmc a request may ask for")
+    log_prompts: bool = Field(False, description="log prompt and completion text (off: only sizes and timings)")
+    progress_interval_s: float = Field(0.2, ge=0, description="at most one streamed MH-step progress event per interval")
