@@ -1,0 +1,133 @@
+"""JSON-schema constrained decoding with xgrammar, as a ``TokenConstraint``.
+
+A state can start after any generated prefix (``start(generated)`` replays the prefix through a fresh matcher),
+which is what Metropolis-Hastings needs: it resamples suffixes from arbitrary cuts. Compiled grammars and tokenizer
+tables are cached, so building a constraint for a schema seen before is free.
+
+What the target becomes under a mask: both p and q are renormalized over the allowed tokens at every step, so the
+sampled distribution is the step-wise renormalized masked model, and MH targets that model raised to alpha. This
+is not p^alpha conditioned on "the text is valid JSON" (that would need the probability mass of every valid
+future, which nobody computes); it is the standard constrained-decoding distribution, sharpened.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import CapabilityError, ConfigError
+
+_LOCK = threading.Lock()
+_COMPILERS: dict[tuple[int, int, tuple[int, ...]], tuple[Any, Any, Any]] = {}
+_GRAMMARS: "OrderedDict[tuple, Any]" = OrderedDict()
+_MAX_GRAMMARS = 64
+
+
+def _compiler_for(hf_tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
+    import xgrammar as xgr
+
+    key = (id(hf_tokenizer), int(vocab_size), tuple(sorted(int(i) for i in stop_token_ids)))
+    with _LOCK:
+        entry = _COMPILERS.get(key)
+        if entry is None or entry[0] is not hf_tokenizer:
+            info = xgr.TokenizerInfo.from_huggingface(hf_tokenizer, vocab_size=int(vocab_size),
+                                                      stop_token_ids=list(key[2]) or None)
+            # the tokenizer is kept alive so its id cannot be reused by another object while cached
+            entry = (hf_tokenizer, info, xgr.GrammarCompiler(info))
+            _COMPILERS[key] = entry
+        return key, entry[1], entry[2]
+
+
+class JsonSchemaConstraint:
+    """Generated text must be one JSON value matching ``schema``, then a stop token.
+
+    ``any_whitespace=False`` gives compact JSON (``", "`` and ``": "`` separators): no tokens are spent on
+    layout, and once the closing brace is out the only allowed token is a stop token.
+    """
+
+    def __init__(
+        self,
+        hf_tokenizer,
+        schema: Mapping[str, Any] | str,
+        *,
+        vocab_size: int,
+        stop_token_ids: Sequence[int],
+        any_whitespace: bool = False,
+    ) -> None:
+        if hf_tokenizer is None:
+            raise CapabilityError("grammar-constrained decoding needs the model's Hugging Face tokenizer")
+        if not stop_token_ids:
+            raise CapabilityError("grammar-constrained decoding needs at least one stop token id")
+        schema_text = schema if isinstance(schema, str) else json.dumps(schema)  # key order is the output order
+        self.schema_text = schema_text
+        self.vocab_size = int(vocab_size)
+        self.stop_token_ids = frozenset(int(i) for i in stop_token_ids)
+        key, self.tokenizer_info, compiler = _compiler_for(hf_tokenizer, vocab_size, list(self.stop_token_ids))
+        grammar_key = (key, schema_text, any_whitespace)
+        with _LOCK:
+            compiled = _GRAMMARS.get(grammar_key)
+            if compiled is not None:
+                _GRAMMARS.move_to_end(grammar_key)
+        if compiled is None:
+            try:
+                compiled = compiler.compile_json_schema(schema_text, any_whitespace=any_whitespace)
+            except Exception as exc:  # xgrammar raises RuntimeError/ValueError with the converter's message
+                raise ConfigError(f"the response schema cannot be compiled to a grammar: {exc}") from None
+            with _LOCK:
+                _GRAMMARS[grammar_key] = compiled
+                while len(_GRAMMARS) > _MAX_GRAMMARS:
+                    _GRAMMARS.popitem(last=False)
+        self.compiled = compiled
+
+    @classmethod
+    def for_model(cls, model, schema: Mapping[str, Any] | str, **kwargs) -> "JsonSchemaConstraint":
+        """The constraint for ``model``'s tokenizer, vocabulary size and stop tokens."""
+        hf_tokenizer = getattr(getattr(model, "tokenizer", None), "hf_tokenizer", None)
+        if hf_tokenizer is None:
+            raise CapabilityError(f"model {getattr(model, 'name', model)!r} has no Hugging Face tokenizer; "
+                                  "grammar-constrained decoding is not available for it")
+        return cls(hf_tokenizer, schema, vocab_size=model.vocab_size, stop_token_ids=sorted(model.stop_token_ids),
+                   **kwargs)
+
+    def start(self, generated: Sequence[int]) -> "GrammarState":
+        return GrammarState(self, generated)
+
+    def accepts(self, token_ids: Sequence[int]) -> bool:
+        """True when ``token_ids`` is a complete match (with or without the final stop token)."""
+        try:
+            state = self.start(token_ids)
+        except ValueError:
+            return False
+        return state.matcher.is_completed() or state.matcher.is_terminated()
+
+
+class GrammarState:
+    """Matcher state after a token prefix; implements ``ConstraintState``."""
+
+    def __init__(self, constraint: JsonSchemaConstraint, generated: Sequence[int]) -> None:
+        import xgrammar as xgr
+
+        self.constraint = constraint
+        self.matcher = xgr.GrammarMatcher(constraint.compiled)
+        self._bitmask = xgr.allocate_token_bitmask(1, constraint.vocab_size)
+        for position, token in enumerate(generated):
+            if not self.matcher.accept_token(int(token)):
+                raise ValueError(f"token {int(token)} at generated position {position} does not match the grammar")
+
+    def allowed_tokens(self) -> np.ndarray:
+        if self.matcher.is_terminated():
+            return np.zeros(self.constraint.vocab_size, dtype=bool)
+        self.matcher.fill_next_token_bitmask(self._bitmask)
+        bits = np.unpackbits(self._bitmask.numpy().view(np.uint8), bitorder="little")
+        return bits[: self.constraint.vocab_size].astype(bool)
+
+    def advance(self, token_id: int) -> None:
+        if not self.matcher.accept_token(int(token_id)):
+            raise ValueError(f"token {int(token_id)} is not allowed by the grammar here")
+
+    def is_finished(self) -> bool:
+        return self.matcher.is_terminated()

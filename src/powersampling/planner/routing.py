@@ -1,0 +1,103 @@
+"""Which route plans a request: the feature flag, the percentage rollout, and the power-sampling knobs from the
+environment.
+
+* ``POWER_SAMPLING_HTDAG_ENABLED``: true/false (also 1/0, yes/no, on/off); default false.
+* ``POWER_SAMPLING_ROLLOUT_PERCENT``: 0-100, default 100: the share of requests (by a stable hash of the request
+  key) that take the power route while the flag is on. The same key always gets the same route, and raising the
+  percentage only adds keys (a key in at 20% stays in at 50%).
+* ``POWER_SAMPLING_N_MCMC``, ``POWER_SAMPLING_ALPHA``, ``POWER_SAMPLING_BLOCK_SIZE``: MH settings.
+
+Bad values raise ``ConfigError`` when the config is read (at start), naming the variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..errors import ConfigError
+from ..samplers.config import PowerSamplingConfig
+
+ROUTES = ("baseline", "power", "best-of-n", "smc")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    route: str
+    reason: str
+    bucket: float | None = None
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    enabled: bool = False
+    rollout_percent: float = 100.0
+    n_mcmc: int = 10
+    alpha: float = 4.0
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rollout_percent <= 100:
+            raise ConfigError(f"POWER_SAMPLING_ROLLOUT_PERCENT must be between 0 and 100, got {self.rollout_percent}")
+        # the sampler's own validation, so the limits live in one place
+        PowerSamplingConfig(n_mcmc=self.n_mcmc, alpha=self.alpha, block_size=self.block_size)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "RoutingConfig":
+        env = os.environ if env is None else env
+        return cls(
+            enabled=_parse_bool(env, "POWER_SAMPLING_HTDAG_ENABLED", False),
+            rollout_percent=_parse_number(env, "POWER_SAMPLING_ROLLOUT_PERCENT", float, 100.0, 0, 100),
+            n_mcmc=_parse_number(env, "POWER_SAMPLING_N_MCMC", int, 10, 1, 10_000),
+            alpha=_parse_number(env, "POWER_SAMPLING_ALPHA", float, 4.0, 0, 64, exclusive_low=True),
+            block_size=_parse_number(env, "POWER_SAMPLING_BLOCK_SIZE", int, 16, 1, 1_000_000),
+        )
+
+    def decide(self, request_key: str) -> RouteDecision:
+        """The route for one request when the caller did not ask for one."""
+        if not self.enabled:
+            return RouteDecision("baseline", "flag_disabled")
+        bucket = rollout_bucket(request_key)
+        if bucket < self.rollout_percent:
+            return RouteDecision("power", "rollout_included", bucket)
+        return RouteDecision("baseline", "rollout_excluded", bucket)
+
+
+def rollout_bucket(request_key: str) -> float:
+    """A stable number in [0, 100) for a key (SHA-256, so it does not change between processes or versions)."""
+    digest = hashlib.sha256(request_key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 / 100.0
+
+
+def _parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false (or 1/0, yes/no, on/off), got {raw!r}")
+
+
+def _parse_number(env: Mapping[str, str], name: str, kind: type, default, low, high, exclusive_low: bool = False):
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    if kind is float and value != value:  # NaN
+        raise ConfigError(f"{name} must be a number, got {raw!r}")
+    too_low = value <= low if exclusive_low else value < low
+    if too_low or value > high:
+        bound = f"> {low}" if exclusive_low else f">= {low}"
+        raise ConfigError(f"{name} must be {bound} and <= {high}, got {raw!r}")
+    return value
