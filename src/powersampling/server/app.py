@@ -304,6 +304,8 @@ async def _stream(state: ServerState, request: Request, kind: str, call: Samplin
             getter.cancel()
             if not done:
                 raise APIError(504, "the request overran its deadline", code="deadline_exceeded")
+        while not events.empty():  # the last events arrive together with the result
+            yield _sse(chunk(kind, name, call, [], power_sampling=events.get_nowait()))
         result, server_cut = _job_result(future)
         record_sample(result, name, kind, prompt_tokens=len(call.prompt_ids), count_request=False)
         if server_cut:
