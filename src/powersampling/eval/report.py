@@ -1,0 +1,190 @@
+"""The report of a results file: accuracy with Wilson intervals, paired tests, cost, a plot and a markdown summary.
+
+Costs are measured, never assumed: decoded tokens are what the backend actually drew (every MH proposal, every
+best-of-n candidate), wall time is the sampler call's elapsed time. Multipliers are relative to plain sampling
+("sample", T=1) on the same problems when it is in the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .runner import RESULTS_FILE, SETTINGS_FILE, read_rows
+from .stats import mcnemar_exact, paired_bootstrap, wilson_interval
+
+PLOT_FILE = "accuracy_vs_cost.png"
+SUMMARY_MD = "summary.md"
+SUMMARY_JSON = "summary.json"
+
+
+def summarize(rows: list[dict], methods: Sequence[str] | None = None, problem_ids: Sequence[str] | None = None,
+              *, n_boot: int = 10_000) -> dict:
+    """Per-method accuracy and cost, and paired comparisons over the problems every method has finished."""
+    if problem_ids is not None:
+        wanted = set(problem_ids)
+        rows = [r for r in rows if r["problem_id"] in wanted]
+    if methods is None:
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+    by_method = {m: {r["problem_id"]: r for r in rows if r["method"] == m} for m in methods}
+    per_method = {}
+    for m in methods:
+        mrows = list(by_method[m].values())
+        n = len(mrows)
+        k = sum(bool(r["correct"]) for r in mrows)
+        lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
+        entry = {
+            "problems": n,
+            "correct": k,
+            "accuracy": k / n if n else None,
+            "ci95": [lo, hi],
+            "mean_tokens_decoded": _mean(r["tokens_generated"] for r in mrows),
+            "mean_final_tokens": _mean(r["final_tokens"] for r in mrows),
+            "mean_wall_s": _mean(r["wall_s"] for r in mrows),
+            "total_wall_s": float(sum(r["wall_s"] for r in mrows)),
+        }
+        acc = [r["metadata"].get("acceptance_rate") for r in mrows if "acceptance_rate" in r.get("metadata", {})]
+        if acc:
+            entry["mean_acceptance_rate"] = float(np.mean(acc))
+        if m == "best-of-n" and mrows:
+            entry["n_values"] = sorted({r.get("n") for r in mrows})
+            entry["oracle_pass_at_n"] = sum(r.get("candidates_correct", 0) > 0 for r in mrows) / n
+        per_method[m] = entry
+
+    if "sample" in by_method and by_method["sample"]:
+        for m in methods:
+            common = set(by_method[m]) & set(by_method["sample"])
+            if not common:
+                continue
+            tok_m = sum(by_method[m][p]["tokens_generated"] for p in common)
+            tok_s = sum(by_method["sample"][p]["tokens_generated"] for p in common)
+            wall_m = sum(by_method[m][p]["wall_s"] for p in common)
+            wall_s = sum(by_method["sample"][p]["wall_s"] for p in common)
+            per_method[m]["token_cost_vs_sample"] = tok_m / tok_s if tok_s else None
+            per_method[m]["time_cost_vs_sample"] = wall_m / wall_s if wall_s else None
+
+    comparisons = []
+    for a, b in itertools.combinations(methods, 2):
+        common = sorted(set(by_method[a]) & set(by_method[b]))
+        if not common:
+            continue
+        ca = [bool(by_method[a][p]["correct"]) for p in common]
+        cb = [bool(by_method[b][p]["correct"]) for p in common]
+        mc = mcnemar_exact(ca, cb)
+        bs = paired_bootstrap(ca, cb, n_boot=n_boot, seed=0)
+        comparisons.append({
+            "a": a, "b": b, "problems": len(common),
+            "accuracy_a": float(np.mean(ca)), "accuracy_b": float(np.mean(cb)),
+            "difference_b_minus_a": bs.difference, "bootstrap_ci95": [bs.ci_low, bs.ci_high],
+            "bootstrap_p": bs.p_value, "only_a_correct": mc.only_a, "only_b_correct": mc.only_b,
+            "mcnemar_exact_p": mc.p_value,
+        })
+    return {"methods": per_method, "comparisons": comparisons}
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+def plot_accuracy_vs_cost(summary: dict, path: Path, title: str) -> Path | None:
+    """Accuracy (Wilson 95% interval) against mean decoded tokens per problem, log-scaled x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(m, s) for m, s in summary["methods"].items() if s["problems"] and s["mean_tokens_decoded"]]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for m, s in points:
+        x, y = s["mean_tokens_decoded"], s["accuracy"]
+        lo, hi = s["ci95"]
+        ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=4, label=f"{m} (n={s['problems']})")
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("decoded tokens per problem (log scale)")
+    ax.set_ylabel("accuracy (95% Wilson interval)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value, spec: str = ".1f", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None) -> str:
+    lines = ["# Evaluation summary", ""]
+    if settings:
+        s = settings
+        lines += [
+            f"- task **{s['task']}**, model **{s['model']}**, prompt style {s['style']}"
+            + (f", {s['shots']} shots" if s.get("shots") is not None else ""),
+            f"- alpha {s['alpha']} (low-temp T = {1 / s['alpha']:.3g}), MH steps per block {s['n_mcmc']}, block size "
+            f"{s['block_size']}, max new tokens {s['max_new_tokens']}, run seed {s['seed']}"
+            + (f", extra sampler parameters {s['extra_params']}" if s.get("extra_params") else ""),
+            "",
+        ]
+    lines += [
+        "| method | problems | correct | accuracy | 95% CI (Wilson) | decoded tokens / problem | token cost x sample "
+        "| wall s / problem | time x sample | final tokens | MH acceptance |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, s in summary["methods"].items():
+        lo, hi = s["ci95"]
+        acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
+        name = m + (f" (n={','.join(map(str, s['n_values']))})" if s.get("n_values") else "")
+        lines.append(
+            f"| {name} | {s['problems']} | {s['correct']} | {acc} | {lo:.1%} - {hi:.1%} | "
+            f"{_fmt(s['mean_tokens_decoded'])} | {_fmt(s.get('token_cost_vs_sample'), '.2f')} | "
+            f"{_fmt(s['mean_wall_s'], '.2f')} | {_fmt(s.get('time_cost_vs_sample'), '.2f')} | "
+            f"{_fmt(s['mean_final_tokens'])} | {_fmt(s.get('mean_acceptance_rate'), '.1%')} |"
+        )
+    bon = summary["methods"].get("best-of-n")
+    if bon and bon.get("oracle_pass_at_n") is not None:
+        lines += ["", f"best-of-n picks by mean log-probability; with an oracle picking any correct candidate it would "
+                      f"score {bon['oracle_pass_at_n']:.1%} (pass@n, not a fair comparison)."]
+    if summary["comparisons"]:
+        lines += [
+            "", "## Paired comparisons (same problems)", "",
+            "| A | B | problems | acc A | acc B | B - A | bootstrap 95% CI | only A right | only B right "
+            "| McNemar exact p | bootstrap p |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in summary["comparisons"]:
+            lo, hi = c["bootstrap_ci95"]
+            lines.append(
+                f"| {c['a']} | {c['b']} | {c['problems']} | {c['accuracy_a']:.1%} | {c['accuracy_b']:.1%} | "
+                f"{c['difference_b_minus_a']:+.1%} | {lo:+.1%} .. {hi:+.1%} | {c['only_a_correct']} | "
+                f"{c['only_b_correct']} | {c['mcnemar_exact_p']:.3g} | {c['bootstrap_p']:.3g} |"
+            )
+    if plot_name:
+        lines += ["", f"![accuracy against cost]({plot_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, *, methods: Sequence[str] | None = None,
+                 problem_ids: Sequence[str] | None = None) -> dict:
+    """Summarize ``out_dir/results.jsonl`` into summary.json, summary.md and the accuracy-vs-cost plot."""
+    out = Path(out_dir)
+    rows = read_rows(out / RESULTS_FILE)
+    settings_path = out / SETTINGS_FILE
+    settings = json.loads(settings_path.read_text())["settings"] if settings_path.is_file() else None
+    summary = summarize(rows, methods, problem_ids)
+    title = f"{settings['task']} - {settings['model']}" if settings else "accuracy against cost"
+    plot = plot_accuracy_vs_cost(summary, out / PLOT_FILE, title)
+    summary["settings"] = settings
+    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_MD).write_text(markdown_summary(summary, settings, plot.name if plot else None))
+    return summary

@@ -1,0 +1,354 @@
+"""``run_eval``: every (problem, method) pair sampled, graded and appended to a JSONL file as it finishes.
+
+Resuming: rows already in ``results.jsonl`` are skipped, so an interrupted run continues where it stopped.
+``run.json`` holds the settings that decide what a row means (task, model, prompt style, sampler parameters, seed);
+resuming with different ones is refused instead of mixing incomparable rows.
+
+Seeds: each (problem, method) gets its own seed derived from the run seed, the problem index and the method name,
+recorded in its row, so any row can be replayed alone and a resumed run draws what an uninterrupted one would have.
+
+Best-of-n at matched cost: unless ``best_of_n`` fixes n, n is the running ratio of the tokens power sampling
+decoded to the tokens one plain sample decoded on the problems done so far (power runs first on each problem).
+Candidates are ranked by mean base-model log-probability per token, not by the grader: the grader is an oracle;
+how many candidates were correct is recorded separately (``candidates_correct``) as pass@n.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..errors import ConfigError
+from .datasets import TASKS, Problem, load_problems
+from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, StopStringConstraint, build_prompt, grade_completion, resolve_style
+
+RESULTS_FILE = "results.jsonl"
+SETTINGS_FILE = "run.json"
+
+# power (and smc) run before best-of-n on each problem so its matched n can use this problem's cost too
+_METHOD_ORDER = {"sample": 0, "greedy": 1, "low-temp": 2, "power": 3, "smc": 4, "best-of-n": 9}
+BEST_OF_N_RANGE = (2, 64)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a results row depends on. Two runs with equal settings produce comparable (and resumable) rows."""
+
+    task: str
+    model: str
+    style: str
+    shots: int | None
+    alpha: float
+    n_mcmc: int
+    block_size: int
+    max_new_tokens: int
+    seed: int
+    best_of_n: int | None
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+    def differences(self, other: "RunSettings") -> list[str]:
+        mine, theirs = asdict(self), asdict(other)
+        return [f"{k}: {theirs[k]!r} in the directory, {mine[k]!r} now" for k in mine if mine[k] != theirs[k]]
+
+
+def method_seed(run_seed: int, problem_index: int, method: str) -> int:
+    state = np.random.SeedSequence([run_seed, problem_index, zlib.crc32(method.encode())]).generate_state(2)
+    return int((int(state[0]) << 32 | int(state[1])) >> 1)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a results file; a torn last line (the process died mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ConfigError(f"{path} line {i + 1} is not valid JSON; fix or remove that line") from None
+    return rows
+
+
+def _append_row(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a results row")
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Drop a partial last line so the next append starts on a fresh line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def matched_best_of_n(rows: Iterable[dict]) -> tuple[int, str]:
+    """n for best-of-n so its decoded tokens match power sampling's, from the rows so far."""
+    by_problem: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_problem.setdefault(r["problem_id"], {})[r["method"]] = r
+    power = [p["power"]["tokens_generated"] for p in by_problem.values() if "power" in p and "sample" in p]
+    plain = [p["sample"]["tokens_generated"] for p in by_problem.values() if "power" in p and "sample" in p]
+    lo, hi = BEST_OF_N_RANGE
+    if power and sum(plain) > 0:
+        ratio = sum(power) / sum(plain)
+        rule = f"power/sample decoded tokens {ratio:.2f} over {len(power)} problems"
+    else:
+        multipliers = [p["power"]["metadata"].get("cost_multiplier", 0.0) for p in by_problem.values() if "power" in p]
+        if not multipliers:
+            raise ConfigError("best-of-n at matched cost needs power sampling in the methods (or set best_of_n)")
+        ratio = float(np.mean(multipliers))
+        rule = f"power cost multiplier {ratio:.2f} over {len(multipliers)} problems (no plain-sample rows)"
+    n = int(min(hi, max(lo, round(ratio))))
+    return n, rule
+
+
+class _Progress:
+    """A rich progress bar with running accuracy per method; plain lines when stderr is not a terminal."""
+
+    def __init__(self, total: int, done: int, methods: list[str], rows: list[dict], enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.live = enabled and self.console.is_terminal
+        self.enabled = enabled
+        self.methods = methods
+        self.tally = {m: [0, 0] for m in methods}
+        for r in rows:
+            if r["method"] in self.tally:
+                self.tally[r["method"]][0] += bool(r["correct"])
+                self.tally[r["method"]][1] += 1
+        self.total, self.done = total, done
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"), console=self.console, disable=not self.live,
+        )
+        self.bar = None
+        self.inner = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.bar = self.progress.add_task("eval", total=self.total, completed=self.done, info=self._accuracy())
+        self.inner = self.progress.add_task("", total=None, info="", visible=False)
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def _accuracy(self) -> str:
+        parts = [f"{m} {c}/{n}" + (f" ({c / n:.0%})" if n else "") for m, (c, n) in self.tally.items()]
+        return "  ".join(parts)
+
+    def starting(self, problem: Problem, method: str) -> None:
+        self.progress.update(self.inner, description=f"  {problem.problem_id} {method}", info="", visible=True,
+                             total=None, completed=0)
+
+    def sampler_event(self, event) -> None:
+        if not self.live or event.kind == "done":
+            return
+        info = f"tokens {event.tokens_generated}"
+        if event.proposed:
+            info += f"  accept {event.accepted}/{event.proposed}"
+        self.progress.update(self.inner, total=event.blocks_total or None, completed=event.block, info=info)
+
+    def finished(self, row: dict) -> None:
+        c = self.tally.setdefault(row["method"], [0, 0])
+        c[0] += bool(row["correct"])
+        c[1] += 1
+        self.done += 1
+        self.progress.update(self.bar, completed=self.done, info=self._accuracy())
+        if self.enabled and not self.live:
+            verdict = "correct" if row["correct"] else "wrong"
+            self.console.print(
+                f"[{self.done}/{self.total}] {row['problem_id']} {row['method']}: {verdict}, "
+                f"{row['tokens_generated']} tokens decoded, {row['wall_s']:.1f} s | {self._accuracy()}",
+                highlight=False, soft_wrap=True,
+            )
+
+
+def _validate(task: str, methods: list[str], limit: int | None) -> None:
+    from ..samplers import available_methods
+
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    if not methods:
+        raise ConfigError("no methods given")
+    unknown = [m for m in methods if m not in available_methods()]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available_methods())}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"methods repeat: {', '.join(methods)}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (got {limit})")
+
+
+def run_eval(
+    task: str,
+    methods: list[str],
+    limit: int | None,
+    model,
+    out_dir: str | Path,
+    *,
+    alpha: float = 4.0,
+    n_mcmc: int = 10,
+    block_size: int | None = None,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    style: str = "auto",
+    shots: int | None = None,
+    best_of_n: int | None = None,
+    offset: int = 0,
+    extra_params: dict[str, Any] | None = None,
+    exec_limits: ExecLimits = ExecLimits(),
+    progress: bool = True,
+    write_report: bool = True,
+    on_row: Callable[[dict], None] | None = None,
+) -> dict:
+    """Evaluate ``methods`` on the first ``limit`` problems of ``task`` and return the report summary.
+
+    ``model`` is a loaded ``LanguageModel`` or a path (None: the embedded model). Results go to
+    ``out_dir/results.jsonl`` (one row per problem and method), the report to ``out_dir/summary.md``,
+    ``summary.json`` and ``accuracy_vs_cost.png``.
+    """
+    from ..samplers import build_sampler
+
+    methods = list(methods)
+    _validate(task, methods, limit)
+    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]
+    block_size = block_size or max(1, math.ceil(max_new_tokens / 16))  # the paper's K=16 blocks
+    extra_params = dict(extra_params or {})
+    if best_of_n is not None and best_of_n < 1:
+        raise ConfigError(f"best_of_n must be >= 1 (got {best_of_n})")
+    base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
+    for method in methods:  # validate every sampler's parameters before loading anything slow
+        build_sampler(method, None, **base, **extra_params, seed=0, **({"n": 2} if method == "best-of-n" else {}))
+    problems = load_problems(task, limit, offset)
+
+    if model is None or isinstance(model, (str, Path)):
+        from ..backends import load_model
+
+        model = load_model(None if model is None else str(model))
+    resolved_style = resolve_style(style, model)
+    settings = RunSettings(task, model.name, resolved_style, shots, float(alpha), n_mcmc, block_size, max_new_tokens,
+                           seed, best_of_n, extra_params)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
+    if settings_path.is_file():
+        stored = json.loads(settings_path.read_text())
+        previous = RunSettings(**stored["settings"])
+        diffs = settings.differences(previous)
+        if diffs:
+            raise ConfigError(f"{out} holds a run with other settings ({'; '.join(diffs)}); use another --out")
+    else:
+        settings_path.write_text(json.dumps({
+            "settings": asdict(settings),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(), "python": platform.python_version(),
+        }, indent=2))
+    _repair_torn_tail(results_path)
+    rows = read_rows(results_path)
+    done = {(r["problem_id"], r["method"]) for r in rows}
+    ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 5))
+    todo = [(p, m) for p in problems for m in ordered if (p.problem_id, m) not in done]
+    wanted_ids = {p.problem_id for p in problems}
+    rows_in_scope = [r for r in rows if r["problem_id"] in wanted_ids and r["method"] in methods]
+
+    with _Progress(len(problems) * len(methods), len(rows_in_scope), ordered, rows_in_scope, progress) as bar:
+        plans: dict[str, Any] = {}
+        for problem, method in todo:
+            if problem.problem_id not in plans:
+                plans = {problem.problem_id: build_prompt(problem, model, resolved_style, shots)}
+            plan = plans[problem.problem_id]
+            bar.starting(problem, method)
+            row = _run_one(problem, method, plan, model, settings, base, extra_params, rows, exec_limits, bar)
+            _append_row(results_path, row)
+            rows.append(row)
+            bar.finished(row)
+            if on_row is not None:
+                on_row(row)
+
+    if write_report:
+        from .report import write_report as _write
+
+        return _write(out, methods=methods, problem_ids=[p.problem_id for p in problems])
+    return {}
+
+
+def _run_one(problem, method, plan, model, settings, base, extra_params, rows, limits, bar) -> dict:
+    from ..samplers import build_sampler
+
+    seed = method_seed(settings.seed, problem.index, method)
+    params = {**base, **extra_params, "seed": seed}
+    n_rule = None
+    if method == "sample":
+        params["temperature"] = 1.0
+    if method == "best-of-n":
+        params["temperature"] = 1.0
+        if settings.best_of_n is not None:
+            params["n"], n_rule = settings.best_of_n, "fixed"
+        else:
+            params["n"], n_rule = matched_best_of_n(rows)
+    sampler = build_sampler(method, model, **params)
+    constraint = StopStringConstraint(model.tokenizer, plan.stops, model.vocab_size) if plan.stops else None
+    start = time.perf_counter()
+    result = sampler.sample(plan.ids, constraint=constraint, progress=bar.sampler_event)
+    wall = time.perf_counter() - start
+    grade = grade_completion(problem, result.text, plan, limits)
+    md = result.metadata
+    row = {
+        "task": problem.task,
+        "problem_id": problem.problem_id,
+        "index": problem.index,
+        "method": method,
+        "seed": seed,
+        "correct": grade.correct,
+        "extracted": grade.extracted,
+        "reference": problem.reference if problem.task in ("gsm8k", "math500") else None,
+        "grade_detail": grade.detail,
+        "text": result.text,
+        "prompt_tokens": len(plan.ids),
+        "final_tokens": len(result.token_ids),
+        "tokens_generated": int(md.get("tokens_generated", len(result.token_ids))),
+        "wall_s": wall,
+        "style": plan.style,
+        "model": settings.model,
+        "params": {k: v for k, v in params.items() if k != "seed"},
+        "metadata": md,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if method == "best-of-n":
+        row["n"] = params["n"]
+        row["n_rule"] = n_rule
+        row["candidates_correct"] = sum(
+            grade_completion(problem, c.text, plan, limits).correct for c in result.samples
+        )
+    return row

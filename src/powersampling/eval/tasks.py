@@ -1,0 +1,183 @@
+"""Prompting and grading per task: few-shot text for base models, the chat template for instruct models.
+
+Stop strings (few-shot prompts end a completion at the next "Question:") are enforced while decoding by
+``StopStringConstraint``: a constraint that allows every token and only declares the completion finished once a
+stop string appears. It masks nothing, so the sampled distribution is the model's own, and the target of power
+sampling becomes p^alpha over completions that end at the first stop string (the part that gets graded) instead of
+over whatever the model writes after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from .datasets import Problem, gsm8k_fewshot_examples, math_fewshot_examples
+from .grading import (
+    Grade,
+    grade_gsm8k,
+    grade_math,
+    grade_program,
+    humaneval_program,
+    mbpp_program,
+    truncate_at_stops,
+)
+
+STYLES = ("auto", "chat", "fewshot")
+
+DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 256, "math500": 512, "humaneval": 384, "mbpp": 384}
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    ids: list[int]
+    stops: tuple[str, ...]
+    style: str  # "chat" or "fewshot"
+    text: str  # the prompt as text (for the results file)
+
+
+@dataclass(frozen=True)
+class ExecLimits:
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+
+
+class StopStringConstraint:
+    """Finishes a completion when its decoded text contains a stop string; allows every token."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], vocab_size: int) -> None:
+        if not stops:
+            raise ValueError("StopStringConstraint needs at least one stop string")
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.allowed = np.ones(vocab_size, dtype=bool)
+        # a stop string spans at most one token per character; a few more cover partial byte tokens at the edge
+        self.window = max(len(s) for s in self.stops) + 4
+
+    def start(self, generated: Sequence[int]) -> "_StopState":
+        return _StopState(self, list(generated))
+
+
+class _StopState:
+    def __init__(self, owner: StopStringConstraint, tokens: list[int]) -> None:
+        self.owner = owner
+        self.tokens = tokens
+        self.finished = self._tail_has_stop()
+
+    def allowed_tokens(self) -> np.ndarray:
+        return self.owner.allowed
+
+    def advance(self, token_id: int) -> None:
+        self.tokens.append(int(token_id))
+        self.finished = self.finished or self._tail_has_stop()
+
+    def is_finished(self) -> bool:
+        return self.finished
+
+    def _tail_has_stop(self) -> bool:
+        if not self.tokens:
+            return False
+        tail = self.owner.tokenizer.decode(self.tokens[-self.owner.window:])
+        return any(stop in tail for stop in self.owner.stops)
+
+
+def resolve_style(style: str, model) -> str:
+    if style not in STYLES:
+        raise ConfigError(f"unknown prompt style {style!r}; choose one of: {', '.join(STYLES)}")
+    if style != "auto":
+        return style
+    return "chat" if getattr(model.tokenizer, "has_chat_template", False) else "fewshot"
+
+
+def _chat_ids(model, messages: list[dict[str, str]]) -> list[int]:
+    try:
+        return list(model.tokenizer.chat_prompt(messages))
+    except ValueError as exc:
+        raise ConfigError(f"model {model.name!r} cannot format a chat prompt ({exc}); use --style fewshot") from None
+
+
+def _shots(examples, shots: int | None, default: int):
+    k = default if shots is None else shots
+    if k < 0:
+        raise ConfigError(f"shots must be >= 0 (got {k})")
+    return examples[:k]
+
+
+GSM8K_INSTRUCTION = "Solve the problem step by step. End with the sentence 'So the answer is N.' where N is a number."
+MATH_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
+HUMANEVAL_INSTRUCTION = ("Complete the following Python function. Reply with the whole function in one "
+                         "```python code block.")
+MBPP_INSTRUCTION = "Write a Python function for the task. Reply with the code in one ```python code block."
+
+
+def build_prompt(problem: Problem, model, style: str, shots: int | None = None) -> PromptPlan:
+    """The prompt for ``problem`` in ``style`` ('chat' or 'fewshot'; resolve 'auto' first)."""
+    tok = model.tokenizer
+    task = problem.task
+    if task == "gsm8k":
+        examples = gsm8k_fewshot_examples(problem.fields["fewshot_context"])
+        if style == "chat":
+            messages = []
+            for ex in _shots(examples, shots, 0):
+                messages += [{"role": "user", "content": f"{ex.question}\n{GSM8K_INSTRUCTION}"},
+                             {"role": "assistant", "content": ex.answer}]
+            messages.append({"role": "user", "content": f"{problem.question}\n{GSM8K_INSTRUCTION}"})
+            return _chat_plan(model, messages, ())
+        text = "".join(f"Question: {ex.question}\nAnswer: {ex.answer}\n\n" for ex in _shots(examples, shots, 8))
+        return _text_plan(tok, text + f"Question: {problem.question}\nAnswer:", ("Question:", "\n\n"))
+    if task == "math500":
+        examples = math_fewshot_examples(problem.fields["fewshot_context"])
+        if style == "chat":
+            messages = []
+            for ex in _shots(examples, shots, 0):
+                messages += [{"role": "user", "content": f"{ex.question}\n\n{MATH_INSTRUCTION}"},
+                             {"role": "assistant", "content": ex.answer}]
+            messages.append({"role": "user", "content": f"{problem.question}\n\n{MATH_INSTRUCTION}"})
+            return _chat_plan(model, messages, ())
+        text = "".join(f"Problem:\n{ex.question}\n\nSolution: {ex.answer}\n\n" for ex in _shots(examples, shots, 4))
+        return _text_plan(tok, text + f"Problem:\n{problem.question}\n\nSolution:",
+                          ("\nProblem:", "I hope it is correct."))
+    if task == "humaneval":
+        prompt = problem.fields["prompt"]
+        if style == "chat":
+            content = f"{HUMANEVAL_INSTRUCTION}\n```python\n{prompt}```"
+            return _chat_plan(model, [{"role": "user", "content": content}], ())
+        return _text_plan(tok, prompt, ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"))
+    if task == "mbpp":
+        tests = "\n".join(problem.fields["tests"])
+        if style == "chat":
+            content = f"{problem.question}\nYour code should pass these tests:\n{tests}\n{MBPP_INSTRUCTION}"
+            return _chat_plan(model, [{"role": "user", "content": content}], ())
+        fewshot = problem.fields["fewshot_context"] if (shots is None or shots > 0) else ""
+        return _text_plan(tok, f"{fewshot}{problem.question}\n```python\n", ("```",))
+    raise ConfigError(f"unknown task {task!r}")
+
+
+def _chat_plan(model, messages, stops) -> PromptPlan:
+    ids = _chat_ids(model, messages)
+    return PromptPlan(ids, tuple(stops), "chat", model.tokenizer.decode(ids))
+
+
+def _text_plan(tok, text: str, stops) -> PromptPlan:
+    return PromptPlan(list(tok.encode(text)), tuple(stops), "fewshot", text)
+
+
+def grade_completion(problem: Problem, text: str, plan: PromptPlan, limits: ExecLimits = ExecLimits()) -> Grade:
+    """Grade a completion; the text is first cut at the prompt's stop strings."""
+    graded = truncate_at_stops(text, plan.stops)
+    chat = plan.style == "chat"
+    if problem.task == "gsm8k":
+        return grade_gsm8k(problem.reference, graded)
+    if problem.task == "math500":
+        return grade_math(problem.reference, graded)
+    if problem.task == "humaneval":
+        f = problem.fields
+        program = humaneval_program(f["prompt"], graded, f["test"], f["entry_point"], chat=chat)
+        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb)
+    if problem.task == "mbpp":
+        program = mbpp_program(graded, problem.fields["tests"], problem.fields["setup"], chat=chat)
+        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb)
+    raise ConfigError(f"unknown task {problem.task!r}")
