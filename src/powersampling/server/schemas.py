@@ -110,7 +110,7 @@ class ChatCompletionRequest(_SamplingFields):
 class PlanRequest(_Strict):
     request: str = Field(..., min_length=1, max_length=20_000, description="what to plan")
     model: Optional[str] = Field(None, max_length=256)
-    route: Optional[Literal["auto", "baseline", "power_sampling"]] = Field(
+    route: Optional[Literal["auto", "baseline", "power", "best-of-n", "smc"]] = Field(
         "auto", description="auto: the feature flag and rollout percentage decide"
     )
     power_sampling: Optional[PowerSamplingParams] = None

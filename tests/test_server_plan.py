@@ -1,0 +1,95 @@
+"""/v1/plan: the planner behind the server's queue, with its route, fallback and quality reported and metered.
+The model is the planner tests' ScriptedLM (a real LanguageModel with the SmolLM2 tokenizer whose samples follow
+scripted answers); samplers and the grammar run for real."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from powersampling import FunctionLM
+from powersampling.server import ServerSettings, create_app
+from powersampling.server.background import BackgroundServer
+from test_planner_helpers import ScriptedLM, answer
+
+TASKS = (("Choose a date for the party", []), ("Book a venue for the party", [1]),
+         ("Send invitations to friends", [1, 2]))
+
+
+def _answers(prompt: str) -> str:
+    return answer(*TASKS)
+
+
+def _metric(url: str, name: str, **labels) -> float:
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def _serve(model, name: str):
+    return BackgroundServer(create_app(model, ServerSettings(model_name=name, request_timeout_s=300)))
+
+
+def test_plan_on_the_baseline_route():
+    with _serve(ScriptedLM(_answers), "plan-baseline") as server:
+        response = httpx.post(server.url + "/v1/plan", timeout=300, json={
+            "request": "Plan a birthday party", "route": "baseline", "max_depth": 1, "seed": 0})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["object"] == "plan" and body["route"] == "baseline" and body["fallback"] is None
+        assert [t["description"] for t in body["plan"]["tasks"]] == [d for d, _ in TASKS]
+        assert body["plan"]["tasks"][2]["dependencies"] == ["t1", "t2"]
+        assert 0 < body["quality_score"] <= 1 and body["usage"]["model_calls"] == 1
+        labels = dict(model_name="plan-baseline", route="baseline")
+        assert _metric(server.url, "powersampling_plan_quality_score_count", **labels) == 1
+        assert _metric(server.url, "powersampling_plan_quality_score_sum", **labels) == pytest.approx(body["quality_score"])
+        assert _metric(server.url, "powersampling_requests_total", endpoint="plan", status="ok", method="sample",
+                       **labels) == 1
+
+
+def test_failed_power_route_falls_back_and_is_counted():
+    model = ScriptedLM(_answers, fail_when=lambda temperature: temperature < 1)  # MH proposals at 1/alpha fail
+    with _serve(model, "plan-fallback") as server:
+        response = httpx.post(server.url + "/v1/plan", timeout=300, json={
+            "request": "Plan a birthday party", "route": "power", "max_depth": 1, "seed": 0,
+            "power_sampling": {"n_mcmc": 2, "block_size": 64}})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["route"] == "baseline" and body["requested_route"] == "power"
+        assert "backend failure injected" in body["fallback"]["reason"]
+        assert _metric(server.url, "powersampling_fallbacks_total", model_name="plan-fallback", endpoint="plan",
+                       reason="RuntimeError") == 1
+        assert _metric(server.url, "powersampling_requests_total", model_name="plan-fallback", endpoint="plan",
+                       route="baseline", status="ok") == 1
+
+
+@pytest.fixture(scope="module")
+def bad_plan_server():
+    with _serve(ScriptedLM(_answers), "plan-bad") as server:
+        yield server
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"request": "x", "route": "magic"}, "route"),
+    ({"request": ""}, "request"),
+    ({"request": "x", "power_sampling": {"n_mcmc": 1000}}, "power_sampling.n_mcmc"),
+    ({"request": "x", "power_sampling": {"deadline_s": 1}}, "power_sampling.deadline_s"),
+    ({"request": "x", "max_depth": 0}, "max_depth"),
+    ({"request": "x", "model": "other"}, "model"),
+])
+def test_bad_plan_requests_are_4xx(bad_plan_server, body, param):
+    response = httpx.post(bad_plan_server.url + "/v1/plan", json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_a_model_without_a_tokenizer_cannot_plan():
+    lm = FunctionLM(4, 0, lambda prefix: np.zeros(4), name="no-tokenizer")
+    with _serve(lm, "no-tokenizer") as server:
+        response = httpx.post(server.url + "/v1/plan", json={"request": "Plan a party", "route": "baseline"})
+        assert response.status_code == 400
+        assert "tokenizer" in response.json()["error"]["message"]
