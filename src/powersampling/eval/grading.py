@@ -129,9 +129,17 @@ def _latex_to_sympy(s: str):
     expr = expr.replace("{", "(").replace("}", ")")
     if "\\" in expr or not re.fullmatch(r"[\w\s().*/+\-]*", expr):
         return None
-    try:
-        return sympy.sympify(expr, rational=True)
-    except Exception:  # sympify raises many types on malformed text
+    from sympy.parsing.sympy_parser import (
+        implicit_multiplication,
+        parse_expr,
+        rationalize,
+        standard_transformations,
+    )
+
+    try:  # "2sqrt(2)" and "3pi" are products in LaTeX answers
+        return parse_expr(expr, transformations=standard_transformations + (implicit_multiplication, rationalize),
+                          local_dict={"pi": sympy.pi, "sqrt": sympy.sqrt}, evaluate=True)
+    except Exception:  # the parser raises many types on malformed text
         return None
 
 

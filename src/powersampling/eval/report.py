@@ -105,7 +105,7 @@ def plot_accuracy_vs_cost(summary: dict, path: Path, title: str) -> Path | None:
     for m, s in points:
         x, y = s["mean_tokens_decoded"], s["accuracy"]
         lo, hi = s["ci95"]
-        ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=4, label=f"{m} (n={s['problems']})")
+        ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="o", capsize=4, label=f"{m} (n={s['problems']})")
         ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     ax.set_xscale("log")
     ax.set_xlabel("decoded tokens per problem (log scale)")
@@ -124,7 +124,11 @@ def _fmt(value, spec: str = ".1f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
-def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None) -> str:
+def _p_value(p: float, n_boot: int) -> str:
+    return f"< {1 / n_boot:.0e}" if p == 0 else f"{p:.3g}"
+
+
+def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None, n_boot: int = 10_000) -> str:
     lines = ["# Evaluation summary", ""]
     if settings:
         s = settings
@@ -167,7 +171,7 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
             lines.append(
                 f"| {c['a']} | {c['b']} | {c['problems']} | {c['accuracy_a']:.1%} | {c['accuracy_b']:.1%} | "
                 f"{c['difference_b_minus_a']:+.1%} | {lo:+.1%} .. {hi:+.1%} | {c['only_a_correct']} | "
-                f"{c['only_b_correct']} | {c['mcnemar_exact_p']:.3g} | {c['bootstrap_p']:.3g} |"
+                f"{c['only_b_correct']} | {c['mcnemar_exact_p']:.3g} | {_p_value(c['bootstrap_p'], n_boot)} |"
             )
     if plot_name:
         lines += ["", f"![accuracy against cost]({plot_name})"]

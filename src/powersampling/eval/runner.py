@@ -209,6 +209,27 @@ def _validate(task: str, methods: list[str], limit: int | None) -> None:
         raise ConfigError(f"limit must be >= 1 (got {limit})")
 
 
+def check_arguments(
+    task: str, methods: list[str], limit: int | None, *, offset: int = 0, alpha: float = 4.0, n_mcmc: int = 10,
+    block_size: int | None = None, max_new_tokens: int | None = None, best_of_n: int | None = None,
+    extra_params: dict[str, Any] | None = None,
+) -> tuple[list[Problem], dict[str, Any]]:
+    """Everything that can be checked before a model loads: names, ranges, sampler parameters, the data files.
+    Returns the problems and the sampler parameters shared by all methods."""
+    from ..samplers import build_sampler
+
+    _validate(task, methods, limit)
+    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]
+    block_size = block_size or max(1, math.ceil(max_new_tokens / 16))  # the paper's K=16 blocks
+    if best_of_n is not None and best_of_n < 1:
+        raise ConfigError(f"best_of_n must be >= 1 (got {best_of_n})")
+    base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
+    for method in methods:
+        build_sampler(method, None, **base, **(extra_params or {}), seed=0,
+                      **({"n": 2} if method == "best-of-n" else {}))
+    return load_problems(task, limit, offset), base
+
+
 def run_eval(
     task: str,
     methods: list[str],
@@ -237,19 +258,12 @@ def run_eval(
     ``out_dir/results.jsonl`` (one row per problem and method), the report to ``out_dir/summary.md``,
     ``summary.json`` and ``accuracy_vs_cost.png``.
     """
-    from ..samplers import build_sampler
-
     methods = list(methods)
-    _validate(task, methods, limit)
-    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]
-    block_size = block_size or max(1, math.ceil(max_new_tokens / 16))  # the paper's K=16 blocks
     extra_params = dict(extra_params or {})
-    if best_of_n is not None and best_of_n < 1:
-        raise ConfigError(f"best_of_n must be >= 1 (got {best_of_n})")
-    base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
-    for method in methods:  # validate every sampler's parameters before loading anything slow
-        build_sampler(method, None, **base, **extra_params, seed=0, **({"n": 2} if method == "best-of-n" else {}))
-    problems = load_problems(task, limit, offset)
+    problems, base = check_arguments(task, methods, limit, offset=offset, alpha=alpha, n_mcmc=n_mcmc,
+                                     block_size=block_size, max_new_tokens=max_new_tokens, best_of_n=best_of_n,
+                                     extra_params=extra_params)
+    block_size, max_new_tokens = base["block_size"], base["max_new_tokens"]
 
     if model is None or isinstance(model, (str, Path)):
         from ..backends import load_model

@@ -21,7 +21,9 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
     denom = 1 + z * z / total
     center = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
+    low = 0.0 if correct == 0 else max(0.0, center - half)  # exact at the edges (rounding leaves ~1e-17)
+    high = 1.0 if correct == total else min(1.0, center + half)
+    return (low, high)
 
 
 @dataclass(frozen=True)

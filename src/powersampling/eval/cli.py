@@ -1,0 +1,96 @@
+"""``powersampling eval``: run a benchmark with several decoding methods and write the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import PowerSamplingError
+
+DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
+
+
+def _parse_params(items: list[str]) -> dict:
+    """``name=value`` pairs; values are read as JSON when they parse (numbers, true/false), else kept as text."""
+    params = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--param expects name=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params[name.strip().replace("-", "_")] = value
+    return params
+
+
+def eval_command(
+    task: str = typer.Option(..., help="benchmark: gsm8k, math500, humaneval or mbpp"),
+    methods: str = typer.Option(DEFAULT_METHODS, help="comma-separated decoding methods (also: greedy, smc when available)"),
+    limit: Optional[int] = typer.Option(None, help="evaluate the first N problems (default: all)"),
+    offset: int = typer.Option(0, help="skip the first N problems"),
+    model: Optional[str] = typer.Option(None, help="local model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)"),
+    backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp"),
+    device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda)"),
+    out: Path = typer.Option(..., help="output folder: results.jsonl, run.json, summary.md, summary.json, accuracy_vs_cost.png"),
+    alpha: float = typer.Option(4.0, help="power of the target p^alpha; low-temp samples at T = 1/alpha"),
+    n_mcmc: int = typer.Option(10, "--n-mcmc", help="MH steps after each block"),
+    block_size: Optional[int] = typer.Option(None, help="tokens per block (default: max-new-tokens / 16)"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="generated tokens at most (default per task: gsm8k 256, math500 512, code 384)"),
+    seed: int = typer.Option(0, help="run seed; each problem and method derives its own seed from it"),
+    style: str = typer.Option("auto", help="prompting: chat (instruct models), fewshot (base models), auto (chat when the tokenizer has a chat template)"),
+    shots: Optional[int] = typer.Option(None, help="worked examples in the prompt (default: 0 for chat, the dataset's few-shot set for fewshot)"),
+    best_of_n: Optional[int] = typer.Option(None, "--best-of-n", help="candidates for best-of-n (default: matched to power sampling's measured token cost)"),
+    param: List[str] = typer.Option([], "--param", help="extra sampler parameter name=value (repeatable), e.g. --param scan=sorted"),
+    exec_timeout: float = typer.Option(10.0, help="seconds per program run when grading code"),
+    exec_memory_mb: int = typer.Option(1024, help="address-space limit in MiB per program run when grading code"),
+    report_only: bool = typer.Option(False, "--report-only", help="rewrite the report from OUT/results.jsonl without sampling"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (plain lines when not a terminal)"),
+) -> None:
+    """Evaluate decoding methods on a benchmark; rows are appended as they finish, so rerunning resumes."""
+    from ..cli import fail, load_model_or_fail, stderr
+    from .report import SUMMARY_MD, write_report
+    from .runner import RESULTS_FILE, check_arguments, run_eval
+    from .tasks import STYLES, ExecLimits
+
+    if report_only:
+        if not (out / RESULTS_FILE).is_file():
+            fail(f"{out / RESULTS_FILE} does not exist; run the evaluation first")
+        try:
+            write_report(out)
+        except (PowerSamplingError, KeyError, ValueError) as exc:
+            fail(f"could not build the report from {out / RESULTS_FILE}: {exc}")
+        typer.echo((out / SUMMARY_MD).read_text())
+        return
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    if style not in STYLES:
+        fail(f"unknown prompt style {style!r}; choose one of: {', '.join(STYLES)}")
+    if exec_timeout <= 0 or exec_memory_mb < 64:
+        fail("--exec-timeout must be > 0 and --exec-memory-mb at least 64")
+    if shots is not None and shots < 0:
+        fail(f"--shots must be >= 0 (got {shots})")
+    try:
+        extra = _parse_params(param)
+        check_arguments(task, method_list, limit, offset=offset, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
+                        max_new_tokens=max_new_tokens, best_of_n=best_of_n, extra_params=extra)
+    except (PowerSamplingError, ValueError) as exc:
+        fail(str(exc))
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is not a folder")
+    lm = load_model_or_fail(model, backend, device)
+    try:
+        run_eval(task, method_list, limit, lm, out, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
+                 max_new_tokens=max_new_tokens, seed=seed, style=style, shots=shots, best_of_n=best_of_n,
+                 offset=offset, extra_params=extra, exec_limits=ExecLimits(exec_timeout, exec_memory_mb),
+                 progress=progress)
+    except PowerSamplingError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        stderr.print("[red]interrupted[/red]: finished rows are saved; rerun the same command to resume",
+                     highlight=False)
+        raise typer.Exit(130)
+    typer.echo((out / SUMMARY_MD).read_text())

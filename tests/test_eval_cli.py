@@ -1,0 +1,82 @@
+"""``powersampling eval`` as a user runs it: a real process, exit codes, and a small run on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "powersampling.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "gsm9k"], "unknown task"),
+        (["--task", "gsm8k", "--methods", "sample,beam"], "unknown method"),
+        (["--task", "gsm8k", "--limit", "0"], "limit"),
+        (["--task", "gsm8k", "--limit", "many"], "--limit"),
+        (["--task", "gsm8k", "--alpha", "0"], "alpha"),
+        (["--task", "gsm8k", "--n-mcmc", "0"], "n_mcmc"),
+        (["--task", "gsm8k", "--param", "warp=9"], "warp"),
+        (["--task", "gsm8k", "--param", "novalue"], "name=value"),
+        (["--task", "gsm8k", "--style", "poem"], "style"),
+        (["--task", "gsm8k", "--best-of-n", "0"], "best_of_n"),
+        (["--task", "gsm8k", "--offset", "5000"], "past the end"),
+        (["--task", "gsm8k", "--model", "/no/such/model"], "does not exist"),
+        (["--task", "gsm8k", "--report-only"], "does not exist"),
+        (["--methods", "sample"], "--task"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, monkeypatch, capsys):
+    """In-process through the real entry point (``main``), which is what the console script calls."""
+    from powersampling.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["powersampling", "eval", "--out", str(tmp_path / "out"), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_input_from_a_real_process(tmp_path):
+    proc = run_cli("eval", "--task", "gsm8k", "--methods", "power,nope", "--out", str(tmp_path), timeout=120)
+    assert proc.returncode == 2 and "unknown method" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_small_fewshot_run_on_the_embedded_model(tmp_path):
+    """Few-shot prompting with stop strings through the transformers backend, plain and power sampling."""
+    out = tmp_path / "run"
+    args = ["eval", "--task", "gsm8k", "--methods", "sample,power", "--limit", "1", "--style", "fewshot",
+            "--shots", "2", "--max-new-tokens", "32", "--block-size", "8", "--n-mcmc", "2", "--seed", "3",
+            "--backend", "transformers", "--out", str(out), "--no-progress"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "| power | 1 |" in proc.stdout
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["sample", "power"]
+    for r in rows:
+        assert r["style"] == "fewshot" and r["final_tokens"] <= 32
+        text = r["text"]
+        # decoding ends in the token that completes the first stop string, never runs past it
+        for stop in ("\n\n", "Question:"):
+            i = text.find(stop)
+            assert i == -1 or len(text) - (i + len(stop)) <= 8, text
+    assert rows[1]["metadata"]["total_iterations"] > 0
+    assert (out / "accuracy_vs_cost.png").is_file()
+    # a rerun resumes: nothing left, same rows
+    again = run_cli(*args)
+    assert again.returncode == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    report = run_cli("eval", "--task", "gsm8k", "--out", str(out), "--report-only")
+    assert report.returncode == 0 and "| sample | 1 |" in report.stdout

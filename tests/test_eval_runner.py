@@ -1,0 +1,210 @@
+"""The runner end to end on an exact toy model: rows, grading, resume, settings checks, best-of-n matching, report.
+
+The toy is a byte-level FunctionLM that answers GSM8K questions with the template "So the answer is N." where
+every digit of N is right with probability 0.6 and each of the 9 wrong digits has 0.4/9. At T=1 a two-digit
+answer is right 36% of the time; under p^4 (power sampling) or at T=1/4 each digit is right with probability
+0.6^4 / (0.6^4 + 9 (0.4/9)^4) = 0.9997. So the harness must report low-temp and power far above plain sampling.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from powersampling import FunctionLM
+from powersampling.errors import ConfigError
+from powersampling.eval.datasets import load_problems
+from powersampling.eval.runner import (
+    RESULTS_FILE,
+    matched_best_of_n,
+    method_seed,
+    read_rows,
+    run_eval,
+)
+from powersampling.eval.tasks import StopStringConstraint, build_prompt
+
+EOS = 256
+METHODS = ["sample", "low-temp", "power", "best-of-n"]
+
+
+class ByteTokenizer:
+    def __init__(self, chat: bool) -> None:
+        self.has_chat_template = chat
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(int(t) for t in ids if int(t) < 256).decode("utf-8", "replace")
+
+    def chat_prompt(self, messages) -> list[int]:
+        return self.encode("".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: ")
+
+
+def toy_model(problems, *, chat: bool = True, p_digit: float = 0.6) -> FunctionLM:
+    answers = {p.question: p.reference for p in problems}
+    tokenizer = ByteTokenizer(chat)
+    marker = "assistant: " if chat else "\nAnswer:"
+
+    def next_token_logprobs(prefix):
+        text = tokenizer.decode(prefix)
+        cut = text.rfind(marker) + len(marker)
+        head, generated = text[:cut], text[cut:]
+        answer = next(a for q, a in answers.items() if q in head)
+        lead = "So the answer is " if chat else " So the answer is "
+        template = lead + answer + "." + ("" if chat else "\n\nQuestion: " + "z" * 200)
+        position = len(generated)
+        logits = np.full(257, -np.inf)
+        if position >= len(template):
+            logits[EOS] = 0.0
+        elif len(lead) <= position < len(lead) + len(answer):  # a digit of the answer
+            logits[48:58] = np.log((1 - p_digit) / 9)
+            logits[ord(template[position])] = np.log(p_digit)
+        else:
+            logits[ord(template[position])] = 0.0
+        return logits
+
+    lm = FunctionLM(257, EOS, next_token_logprobs, name="toy-gsm8k")
+    lm.tokenizer = tokenizer
+    return lm
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return load_problems("gsm8k", limit=6)
+
+
+SMALL = dict(alpha=4.0, n_mcmc=3, block_size=8, max_new_tokens=40, seed=7, progress=False)
+
+
+def test_end_to_end_rows_grades_costs_and_report(problems, tmp_path):
+    lm = toy_model(problems)
+    summary = run_eval("gsm8k", METHODS, 6, lm, tmp_path, **SMALL)
+    rows = read_rows(tmp_path / RESULTS_FILE)
+    assert len(rows) == 24
+    assert len({(r["problem_id"], r["method"]) for r in rows}) == 24
+    by = {m: [r for r in rows if r["method"] == m] for m in METHODS}
+    for r in rows:
+        assert r["text"].startswith("So the answer is ")
+        assert r["correct"] == (r["extracted"] == r["reference"])
+        assert r["seed"] == method_seed(7, r["index"], r["method"])
+    correct = {m: sum(r["correct"] for r in by[m]) for m in METHODS}
+    assert correct["low-temp"] == 6 and correct["power"] == 6
+    assert correct["sample"] < 6
+    # costs are what the sampler measured
+    assert all(r["tokens_generated"] == r["final_tokens"] for r in by["sample"])
+    power_tokens = sum(r["tokens_generated"] for r in by["power"])
+    assert power_tokens > 2 * sum(r["tokens_generated"] for r in by["sample"])
+    for r in by["best-of-n"]:
+        assert r["n"] >= 2 and r["n_rule"].startswith("power/sample")
+        assert r["tokens_generated"] == r["n"] * r["final_tokens"]  # every candidate has the template's length
+        assert 0 <= r["candidates_correct"] <= r["n"]
+    m = summary["methods"]
+    assert m["power"]["accuracy"] == 1.0 and m["sample"]["accuracy"] == correct["sample"] / 6
+    assert m["power"]["token_cost_vs_sample"] == pytest.approx(
+        power_tokens / sum(r["tokens_generated"] for r in by["sample"]))
+    assert (tmp_path / "accuracy_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "summary.md").read_text()
+    assert "| power | 6 | 6 | 100.0% |" in md and "McNemar" in md
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["settings"]["model"] == "toy-gsm8k"
+
+
+def test_interrupted_run_resumes_to_the_same_rows(problems, tmp_path):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    run_eval("gsm8k", METHODS, 3, toy_model(problems), full_dir, write_report=False, **SMALL)
+
+    seen = []
+
+    def stop_after_five(row):
+        seen.append(row)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_eval("gsm8k", METHODS, 3, toy_model(problems), cut_dir, on_row=stop_after_five, **SMALL)
+    assert len(read_rows(cut_dir / RESULTS_FILE)) == 5
+    # a crash in the middle of a write leaves a torn line: it is dropped and the run goes on
+    with open(cut_dir / RESULTS_FILE, "a") as fh:
+        fh.write('{"problem_id": "1", "meth')
+    resumed = []
+    run_eval("gsm8k", METHODS, 3, toy_model(problems), cut_dir, on_row=resumed.append, write_report=False, **SMALL)
+    assert len(resumed) == 12 - 5
+    key = lambda r: (r["problem_id"], r["method"], r["text"], r["seed"], r["correct"], r.get("n"))  # noqa: E731
+    assert sorted(map(key, read_rows(cut_dir / RESULTS_FILE))) == sorted(map(key, read_rows(full_dir / RESULTS_FILE)))
+    # nothing left to do: a rerun adds no rows
+    run_eval("gsm8k", METHODS, 3, toy_model(problems), cut_dir, write_report=False, **SMALL)
+    assert len(read_rows(cut_dir / RESULTS_FILE)) == 12
+
+
+def test_resume_with_other_settings_is_refused(problems, tmp_path):
+    run_eval("gsm8k", ["sample"], 1, toy_model(problems), tmp_path, write_report=False, **SMALL)
+    with pytest.raises(ConfigError, match="alpha"):
+        run_eval("gsm8k", ["sample"], 1, toy_model(problems), tmp_path, write_report=False,
+                 **{**SMALL, "alpha": 2.0})
+    # more problems or more methods with the same settings are fine
+    run_eval("gsm8k", ["sample", "low-temp"], 2, toy_model(problems), tmp_path, write_report=False, **SMALL)
+    assert len(read_rows(tmp_path / RESULTS_FILE)) == 4
+
+
+def test_bad_arguments_fail_before_sampling(problems, tmp_path):
+    lm = toy_model(problems)
+    with pytest.raises(ConfigError, match="unknown method"):
+        run_eval("gsm8k", ["sample", "beam"], 1, lm, tmp_path)
+    with pytest.raises(ConfigError, match="unknown task"):
+        run_eval("gsm9k", ["sample"], 1, lm, tmp_path)
+    with pytest.raises(ConfigError, match="n_mcmc"):
+        run_eval("gsm8k", ["power"], 1, lm, tmp_path, n_mcmc=0)
+    with pytest.raises(ConfigError, match="needs power"):
+        run_eval("gsm8k", ["best-of-n"], 1, lm, tmp_path / "bon", **SMALL)
+    assert not (tmp_path / RESULTS_FILE).exists()
+
+
+def test_matched_best_of_n_rule():
+    rows = [
+        {"problem_id": "a", "method": "sample", "tokens_generated": 100, "metadata": {}},
+        {"problem_id": "a", "method": "power", "tokens_generated": 1250, "metadata": {"cost_multiplier": 9.0}},
+        {"problem_id": "b", "method": "sample", "tokens_generated": 50, "metadata": {}},
+        {"problem_id": "b", "method": "power", "tokens_generated": 550, "metadata": {"cost_multiplier": 9.0}},
+    ]
+    assert matched_best_of_n(rows)[0] == 12  # 1800 / 150
+    assert matched_best_of_n([r for r in rows if r["method"] == "power"])[0] == 9
+    assert matched_best_of_n(rows[:2] + [{**rows[1], "problem_id": "c", "tokens_generated": 10**6}])[0] == 12
+    assert matched_best_of_n([{"problem_id": "a", "method": "power", "tokens_generated": 5,
+                               "metadata": {"cost_multiplier": 1.0}}])[0] == 2  # at least 2 candidates
+
+
+def test_method_seeds_are_distinct_and_stable():
+    seeds = {method_seed(0, i, m) for i in range(50) for m in METHODS}
+    assert len(seeds) == 200
+    assert method_seed(3, 1, "power") == method_seed(3, 1, "power") != method_seed(4, 1, "power")
+
+
+def test_stop_strings_end_a_fewshot_completion(problems, tmp_path):
+    """A base-model prompt: the toy keeps writing the next 'Question:' forever unless the stop string ends it."""
+    lm = toy_model(problems, chat=False)
+    plan = build_prompt(problems[0], lm, "fewshot")
+    assert plan.stops == ("Question:", "\n\n") and plan.text.endswith("\nAnswer:")
+    rows = []
+    run_eval("gsm8k", ["low-temp"], 2, lm, tmp_path, on_row=rows.append, write_report=False, **SMALL)
+    for r in rows:
+        assert r["text"].endswith("\n\n") and r["final_tokens"] < 40
+        assert r["correct"]
+
+
+def test_stop_string_constraint_states():
+    tok = ByteTokenizer(chat=False)
+    constraint = StopStringConstraint(tok, ["\n\n", "Question:"], 257)
+    state = constraint.start(tok.encode("So the answer"))
+    assert not state.is_finished() and state.allowed_tokens().all()
+    for ch in " is 5.\nQuestion":
+        state.advance(ord(ch))
+        assert not state.is_finished()
+    state.advance(ord(":"))
+    assert state.is_finished()
+    assert constraint.start(tok.encode("x\n\n")).is_finished()
+    with pytest.raises(ValueError):
+        StopStringConstraint(tok, [], 257)
