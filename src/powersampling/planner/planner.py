@@ -24,7 +24,7 @@ from ..errors import ConfigError, PowerSamplingError
 from ..samplers.result import ProgressEvent
 from .dag import DAGLimits, DAGValidationError, Task, TaskDAG, TaskStatus
 from .export import SCHEMA_VERSION
-from ..samplers import build_sampler
+from ..samplers import available_methods, build_sampler
 from .generation import ROUTE_METHODS, GenerationError, RouteSettings, check_route_available, generate_json
 from .quality import PlanQualityEvaluator
 from .routing import ROUTES, RoutingConfig
@@ -186,10 +186,12 @@ class Planner:
         self.progress = progress
         self.settings = self.config.settings or RouteSettings(
             alpha=self.routing.alpha, n_mcmc=self.routing.n_mcmc, block_size=self.routing.block_size)
-        routes = [self.config.route] if self.config.route else ["baseline"] + (["power"] if self.routing.enabled else [])
-        for route in routes:  # fail at start, not at the first request
+        # fail at start, not at the first request: the chosen route must exist, and every setting must be valid
+        for route in [self.config.route] if self.config.route else ["baseline", "power"]:
             check_route_available(route)
-            build_sampler(ROUTE_METHODS[route], None, **self.settings.params_for(route))
+        for route, method in ROUTE_METHODS.items():
+            if method in available_methods():
+                build_sampler(method, None, **self.settings.params_for(route))
 
     # public API
 

@@ -1,0 +1,96 @@
+"""``powersampling plan``: decompose a request into a task DAG and print it as a tree, JSON, Mermaid or DOT."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import Optional
+
+import typer
+
+
+class PlanMethod(str, Enum):
+    baseline = "baseline"
+    power = "power"
+    best_of_n = "best-of-n"
+    smc = "smc"
+
+
+class PlanFormat(str, Enum):
+    tree = "tree"
+    json = "json"
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+def plan_command(
+    request: str = typer.Argument(..., help="what to plan"),
+    method: Optional[PlanMethod] = typer.Option(
+        None, help="route; default: POWER_SAMPLING_HTDAG_ENABLED and POWER_SAMPLING_ROLLOUT_PERCENT decide"),
+    max_depth: int = typer.Option(1, "--max-depth", help="levels of subtasks (1: top-level tasks only)"),
+    model: Optional[str] = typer.Option(None, help="local model folder or .gguf file (default: embedded model)"),
+    device: str = typer.Option("cpu", help="torch device (cpu, cuda, cuda:1)"),
+    output_format: PlanFormat = typer.Option(PlanFormat.tree, "--format", help="output format"),
+    as_json: bool = typer.Option(False, "--json", help="same as --format json"),
+    context: Optional[str] = typer.Option(None, help="extra context for the planner (text)"),
+    tools: Optional[str] = typer.Option(None, help="comma-separated closed list of tools the tasks must use"),
+    max_tasks_per_level: int = typer.Option(6, "--max-tasks-per-level", help="subtasks per task at most"),
+    alpha: Optional[float] = typer.Option(None, help="power (default: POWER_SAMPLING_ALPHA or 2.0)"),
+    mcmc_steps: Optional[int] = typer.Option(None, "--mcmc-steps", help="MH steps per block (default: env or 10)"),
+    block_size: Optional[int] = typer.Option(None, help="tokens per block (default: env or 32)"),
+    n: int = typer.Option(4, help="candidates for best-of-n"),
+    temperature: float = typer.Option(1.0, help="sampling temperature of the baseline and best-of-n routes"),
+    seed: Optional[int] = typer.Option(None, help="random seed"),
+    deadline: Optional[float] = typer.Option(None, help="overall time limit in seconds"),
+) -> None:
+    """Decompose REQUEST into a hierarchical task DAG (grammar-constrained JSON from the model)."""
+    from ..cli import SamplerProgress, fail, load_model_or_fail, stderr
+    from ..errors import PowerSamplingError
+    from .export import dag_to_json, to_dot, to_mermaid, to_tree
+    from .generation import RouteSettings
+    from .planner import Planner, PlannerConfig
+    from .routing import RoutingConfig
+
+    if not request.strip():
+        fail("the request is empty")
+    fmt = PlanFormat.json if as_json else output_format
+    try:
+        routing = RoutingConfig.from_env()
+        settings = RouteSettings(
+            alpha=alpha if alpha is not None else routing.alpha,
+            n_mcmc=mcmc_steps if mcmc_steps is not None else routing.n_mcmc,
+            block_size=block_size if block_size is not None else routing.block_size,
+            temperature=temperature, best_of_n=n, seed=seed,
+        )
+        tool_list = tuple(t.strip() for t in tools.split(",") if t.strip()) if tools is not None else None
+        config = PlannerConfig(max_depth=max_depth, route=method.value if method else None, tools=tool_list,
+                               max_children=max_tasks_per_level, min_children=min(2, max_tasks_per_level),
+                               deadline_s=deadline, settings=settings)
+        Planner(None, config, routing=routing)  # validates settings before the (slow) model load
+    except (PowerSamplingError, ValueError) as exc:
+        fail(str(exc))
+    lm = load_model_or_fail(model, "transformers", device)
+    logging.getLogger("powersampling.planner").setLevel(logging.ERROR)  # stages go to stderr below instead
+    try:
+        with SamplerProgress(enabled=stderr.is_terminal) as progress:
+            planner = Planner(lm, config, routing=routing, progress=progress,
+                              on_stage=lambda msg: stderr.print(f"[dim]{msg}[/dim]", highlight=False))
+            dag = planner.decompose(request, context)
+    except (PowerSamplingError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted")
+    if fmt is PlanFormat.json:
+        typer.echo(dag_to_json(dag))
+    elif fmt is PlanFormat.mermaid:
+        typer.echo(to_mermaid(dag), nl=False)
+    elif fmt is PlanFormat.dot:
+        typer.echo(to_dot(dag), nl=False)
+    else:
+        typer.echo(to_tree(dag), nl=False)
+    md = dag.metadata
+    note = f", fell back: {md['fallback_reason']}" if md["fallback"] else ""
+    flags = f", flagged: {', '.join(md['safety_flags'])}" if md.get("safety_flags") else ""
+    stderr.print(f"[dim]{md['route']} route, {len(dag)} tasks, quality {md['quality_score']:.2f}, "
+                 f"{md['model_calls']} model calls, {md['latency_ms'] / 1000:.1f} s{note}{flags}[/dim]",
+                 highlight=False)
