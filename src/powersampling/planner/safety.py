@@ -38,7 +38,7 @@ _INJECTION_PATTERNS: dict[str, re.Pattern[str]] = {
                                     r"\bdeveloper mode\b|\bjailbreak", re.I),
     "prompt_exfiltration": re.compile(r"\b(reveal|print|show|repeat|leak)\b[^.\n]{0,30}\b(system prompt|hidden "
                                       r"instructions|your instructions|your prompt)", re.I),
-    "fake_system_turn": re.compile(r"(^|\n)\s*(system|assistant)\s*:|\[/?(system|inst)\]|###\s*system", re.I),
+    "fake_system_turn": re.compile(r"(^|\n|[\"'])\s*(system|assistant)\s*:|\[/?(system|inst)\]|###\s*system", re.I),
     "chat_control_tokens": re.compile(r"<\|[a-z_]{2,20}\|>|<(/)?s>|<start_of_turn>|<end_of_turn>", re.I),
     "output_hijack": re.compile(r"\b(respond|reply|answer|output)\b[^.\n]{0,20}\bonly\b[^.\n]{0,20}\bwith\b", re.I),
 }
