@@ -186,6 +186,24 @@ def test_empty_requests_and_constraints(lm):
         lm.sample([ContinuationRequest([1, 2], 4, constraint=Anything())], 1.0, np.random.default_rng(0))
 
 
+def test_concurrent_calls_share_the_engine_and_keep_their_own_temperatures(lm, reference):
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(PROMPTS[i % 3], 0.5 + 0.25 * i, i) for i in range(6)]
+
+    def run(job):
+        prefix, temperature, seed = job
+        return lm.sample([ContinuationRequest(prefix, 6)] * 2, temperature, np.random.default_rng(seed))
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        results = list(pool.map(run, jobs))
+    for (prefix, temperature, _), conts in zip(jobs, results):
+        for cont in conts:
+            ref_p, ref_q, _ = reference(prefix, cont.token_ids, temperature)
+            np.testing.assert_allclose(cont.logp, ref_p, atol=2e-4)
+            np.testing.assert_allclose(cont.logq, ref_q, atol=2e-4)
+
+
 @pytest.mark.parametrize("scan", ["random", "sorted"])
 def test_power_sampling_runs_end_to_end_with_exact_logprobs(lm, reference, scan):
     sampler = build_sampler("power", lm, alpha=4.0, n_mcmc=3, block_size=4, max_new_tokens=8, n_chains=2,

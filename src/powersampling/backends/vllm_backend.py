@@ -12,7 +12,8 @@ How log p and log q are exact (method (a) of docs/backends.md):
   queued as soon as its draw finishes, so scoring prefills overlap the decoding of rows still running.
 
 All rows of one ``sample()`` call (chains, MH proposals, prompts) go into the engine together and are driven by
-one engine loop. Automatic prefix caching stays on, so a proposal's prefix (prompt + tokens before the MH cut) is
+one engine loop; concurrent ``sample()`` calls from several threads share that loop (continuous batching across
+prompts). Automatic prefix caching stays on, so a proposal's prefix (prompt + tokens before the MH cut) is
 not recomputed. Scoring requests skip *reading* the prefix cache (vLLM only returns prompt log-probs for positions
 it computes), so each costs one prefill of its full sequence; prefill is batched and far cheaper per token than
 decoding.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -176,15 +178,29 @@ def check_request(request: ContinuationRequest, max_model_len: int | None = None
 @dataclass
 class _Row:
     prefix: list[int]
-    draw_id: str
     tokens: list[int] = field(default_factory=list)
     logq: list[float] = field(default_factory=list)
     logp: np.ndarray | None = None
     interrupted: bool = False
 
 
+@dataclass
+class _Call:
+    """One ``sample()`` call's rows and the engine requests it still waits for."""
+
+    temperature: float
+    deadline: float | None
+    draws: dict[str, _Row] = field(default_factory=dict)
+    scores: dict[str, _Row] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+
+
 class VLLMLM:
     """``LanguageModel`` over a ``vllm.LLM`` built with :func:`engine_arguments` (use :func:`load_vllm`).
+
+    Thread-safe: ``sample()`` calls made concurrently (one per prompt from a thread pool, or the server's
+    workers) share one engine loop, so their rows are decoded in the same batches; whichever caller holds the
+    engine lock runs the next step and hands every output to the call it belongs to.
 
     ``per_request_seeds`` gives every row a seed drawn from the caller's numpy generator, so a run with a fixed
     seed draws the same tokens again (up to the engine's batch invariance on GPU; set VLLM_BATCH_INVARIANT=1 for
@@ -200,10 +216,14 @@ class VLLMLM:
                 f"this vLLM engine reports {mode!r} log-probabilities; the vLLM backend needs an engine built with "
                 "logprobs_mode='processed_logprobs' (use powersampling.backends.vllm_backend.load_vllm)"
             )
+        from vllm import SamplingParams
+
         from .hf import HFTokenizer, stop_token_ids_of
 
         self.llm = llm
         self._engine = engine
+        self._SamplingParams = SamplingParams
+        self._score_params = _sampling_params(SamplingParams, scoring_arguments())
         self.name = name or Path(str(model_config.model)).name
         self.vocab_size = int(model_config.get_vocab_size())
         self.max_model_len = int(model_config.max_model_len)
@@ -213,9 +233,11 @@ class VLLMLM:
                                         generation_config=_generation_config(model_config.model))
         self.stop_token_ids = stop_token_ids_of(config_holder, hf_tokenizer)
         self.per_request_seeds = per_request_seeds
+        self._lock = threading.Lock()
+        self._owners: dict[str, _Call] = {}
         self._ids = itertools.count()
         self._id_prefix = f"powersampling-{uuid.uuid4().hex[:8]}-"
-        self.engine_loops = 0
+        self.engine_steps = 0
         self.generated_tokens = 0
         self.scored_tokens = 0
 
@@ -231,80 +253,97 @@ class VLLMLM:
             return []
         for request in requests:
             check_request(request, self.max_model_len)
-        from vllm import SamplingParams
-
         seeds = rng.integers(0, _SEED_BOUND, size=len(requests))
+        call = _Call(float(temperature), deadline)
         rows: dict[int, _Row] = {}
         draws = []
         for index, request in enumerate(requests):
             if request.max_new_tokens < 1:
                 continue
-            row = _Row([int(t) for t in request.prefix], self._new_id())
-            rows[index] = row
+            rows[index] = row = _Row([int(t) for t in request.prefix])
             fields = draw_arguments(request.max_new_tokens, temperature,
                                     int(seeds[index]) if self.per_request_seeds else None,
                                     self.stop_token_ids, streaming=deadline is not None)
-            draws.append((row.draw_id, row.prefix, _sampling_params(SamplingParams, fields)))
+            draws.append((row, _sampling_params(self._SamplingParams, fields)))
         if draws:
-            self._run(rows, draws, temperature, deadline, SamplingParams)
+            self._run(call, draws)
         return [self._continuation(rows.get(i)) for i in range(len(requests))]
 
     # internals
 
-    def _run(self, rows: dict[int, _Row], draws, temperature: float, deadline: float | None, SamplingParams) -> None:
-        """One engine loop: every draw queued at once, each row's scoring request queued when its draw ends."""
-        by_draw = {row.draw_id: row for row in rows.values()}
-        by_score: dict[str, _Row] = {}
-        score_params = _sampling_params(SamplingParams, scoring_arguments())
-        pending: set[str] = set()
-        self.engine_loops += 1
+    def _run(self, call: _Call, draws) -> None:
+        """Queue every draw at once, then step the shared engine until this call has all its outputs."""
         try:
-            for request_id, prefix, params in draws:
-                self._engine.add_request(request_id, _token_prompt(prefix), params)
-                pending.add(request_id)
-
-            def score(row: _Row) -> None:
-                if row.tokens:
-                    request_id = self._new_id()
-                    by_score[request_id] = row
-                    self._engine.add_request(request_id, _token_prompt(row.prefix + row.tokens), score_params)
-                    pending.add(request_id)
-                else:
-                    row.logp = np.zeros(0)
-
-            while pending:
-                if deadline is not None and time.monotonic() > deadline:
-                    cut = [rid for rid in pending if rid in by_draw]
-                    if cut:
-                        self._engine.abort_request(cut)
-                        for request_id in cut:
-                            pending.discard(request_id)
-                            by_draw[request_id].interrupted = True
-                            score(by_draw[request_id])
-                        if not pending:
-                            break
-                for output in self._engine.step():
-                    request_id = output.request_id
-                    if request_id not in pending:
-                        continue
-                    if request_id in by_draw:
-                        row = by_draw[request_id]
-                        completion = output.outputs[0]
-                        row.tokens.extend(int(t) for t in completion.token_ids)
-                        row.logq.extend(_sampled_logprobs(completion, temperature))
-                        if output.finished:
-                            pending.discard(request_id)
-                            self.generated_tokens += len(row.tokens)
-                            score(row)
-                    elif output.finished:
-                        pending.discard(request_id)
-                        row = by_score[request_id]
-                        row.logp = _prompt_logprobs(output.prompt_logprobs, len(row.prefix), row.tokens)
-                        self.scored_tokens += len(row.prefix) + len(row.tokens)
+            with self._lock:
+                for row, params in draws:
+                    self._add(call, call.draws, row, row.prefix, params)
+            while True:
+                with self._lock:
+                    if call.deadline is not None and time.monotonic() > call.deadline:
+                        self._interrupt(call)
+                    if not call.pending:
+                        return
+                    outputs = self._engine.step()
+                    self.engine_steps += 1
+                    self._dispatch(outputs)
         except BaseException:
-            if pending:
-                self._engine.abort_request(list(pending))
+            with self._lock:
+                if call.pending:
+                    self._engine.abort_request(list(call.pending))
+                    for request_id in call.pending:
+                        self._owners.pop(request_id, None)
+                    call.pending.clear()
             raise
+
+    def _add(self, call: _Call, table: dict[str, _Row], row: _Row, prompt: list[int], params) -> None:
+        request_id = f"{self._id_prefix}{next(self._ids)}"
+        table[request_id] = row
+        self._owners[request_id] = call
+        call.pending.add(request_id)
+        self._engine.add_request(request_id, _token_prompt(prompt), params)
+
+    def _score(self, call: _Call, row: _Row) -> None:
+        """Queue the scoring request that gives log p of the row's tokens (none needed for an empty row)."""
+        if row.tokens:
+            self._add(call, call.scores, row, row.prefix + row.tokens, self._score_params)
+        else:
+            row.logp = np.zeros(0)
+
+    def _interrupt(self, call: _Call) -> None:
+        running = [request_id for request_id in call.pending if request_id in call.draws]
+        if not running:
+            return
+        self._engine.abort_request(running)
+        for request_id in running:
+            self._finish(call, request_id)
+            row = call.draws[request_id]
+            row.interrupted = True
+            self._score(call, row)
+
+    def _finish(self, call: _Call, request_id: str) -> None:
+        call.pending.discard(request_id)
+        self._owners.pop(request_id, None)
+
+    def _dispatch(self, outputs) -> None:
+        for output in outputs:
+            request_id = output.request_id
+            call = self._owners.get(request_id)
+            if call is None:
+                continue  # not ours, or aborted after the engine produced it
+            if request_id in call.draws:
+                row = call.draws[request_id]
+                completion = output.outputs[0]
+                row.tokens.extend(int(t) for t in completion.token_ids)
+                row.logq.extend(_sampled_logprobs(completion, call.temperature))
+                if output.finished:
+                    self._finish(call, request_id)
+                    self.generated_tokens += len(row.tokens)
+                    self._score(call, row)
+            elif output.finished:
+                self._finish(call, request_id)
+                row = call.scores[request_id]
+                row.logp = _prompt_logprobs(output.prompt_logprobs, len(row.prefix), row.tokens)
+                self.scored_tokens += len(row.prefix) + len(row.tokens)
 
     def _continuation(self, row: _Row | None) -> Continuation:
         if row is None:
@@ -313,11 +352,8 @@ class VLLMLM:
         if len(logq) != len(row.tokens):
             raise RuntimeError(f"vLLM returned {len(logq)} log-probabilities for {len(row.tokens)} tokens")
         stopped = bool(row.tokens) and row.tokens[-1] in self.stop_token_ids
-        return Continuation(list(row.tokens), row.logp, logq, stopped=stopped, interrupted=row.interrupted and
-                            not stopped)
-
-    def _new_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids)}"
+        return Continuation(list(row.tokens), row.logp, logq, stopped=stopped,
+                            interrupted=row.interrupted and not stopped)
 
 
 def _token_prompt(token_ids: list[int]):
