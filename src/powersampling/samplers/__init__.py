@@ -10,4 +10,7 @@ from .result import Completion, ProgressEvent, SampleResult
 __all__ = [
     "Completion", "PowerSampler", "PowerSamplingConfig", "ProgressEvent", "SampleResult", "Sampler",
     "SamplingConfig", "TemperatureSampler", "available_methods", "build_sampler", "prompt_ids", "register_method",
+    "SMCConfig", "SMCSampler",
 ]
+
+from .smc import SMCConfig, SMCSampler  # noqa: E402  (last: importing it registers "smc")

@@ -1,0 +1,334 @@
+"""Sequential Monte Carlo power sampling (Power-SMC, Azizi et al., arXiv 2602.10273): whole completions from
+p(x)^alpha with N particles decoded as one batch, no MH steps.
+
+The target, the same as the MH sampler's: pi(x) ∝ p(x)^alpha over complete sequences, a complete sequence being
+one that ends with a stop token or reaches ``max_new_tokens`` (T) tokens. Those sequences form a prefix-free set
+whose p sums to 1, so pi is a proper distribution over them.
+
+Intermediate targets. After t decode steps a particle is either live (exactly t tokens, no stop token) or finished
+(stopped at some length <= t). On that space the t-th target is gamma_t(x) = p(x)^alpha_t, where p(x) is the
+prefix probability of a live particle or the full probability of a finished one, and alpha_t is the (optionally
+annealed) exponent. The move from t to t' extends live particles by sampling from the proposal q (the model at
+a temperature) and leaves finished ones where they are. The incremental importance weight is therefore
+
+    gamma_t'(x') / (gamma_t(x) q(x' | x)) = exp(phi_t'(x') - phi_t(x)),   phi_t(x) = alpha_t*log p(x) - log q(x)
+
+with log q(x) the summed log-proposal of all of x's tokens. phi is kept per particle, so one formula covers every
+case: per token it is alpha*log p - log q (log Z_t when q is exactly temperature 1/alpha); a chunk of several
+tokens simply sums it; a finished particle has no new tokens, so without annealing its weight is unchanged, but
+while alpha_t still grows its weight is multiplied by p(x)^(alpha_t' - alpha_t): finished particles DO need that
+correction under annealing, or early stoppers would be weighed against a flatter target than the live ones.
+The last reweighting always uses alpha itself (even when every particle stops before the annealing ends), so the
+weighted particles target p^alpha over complete sequences.
+
+Resampling (systematic) happens at a check when the effective sample size falls below ``ess_threshold * N``;
+weights then reset to uniform and the log of the mean weight goes into the running log-marginal estimate, an
+unbiased estimate of sum_x p(x)^alpha (for a fixed resampling schedule). The returned completion is one particle
+drawn from the final normalized weights: its law approaches p^alpha as N grows (the bias is O(1/N)).
+
+Speed: particles are the rows of one backend call per chunk of ``resample_every`` tokens. Live particles always
+share the same length, so every row decodes the same number of tokens. On resampling a duplicated particle is a
+token list copied in Python; the transformers backend finds its KV cache in its prefix pool by token prefix, so no
+cache is recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
+from ..observability.tracing import span
+from .base import Deadline, EvaluatorTracker, ProgressCallback, Sampler, resolve_seed
+from .config import QualityEvaluator, _Config
+from .registry import register_method
+from .result import Completion, ProgressEvent, SampleResult
+
+
+class SMCConfig(_Config):
+    """Power-SMC: N particles, proposal temperature (default 1/alpha), adaptive systematic resampling."""
+
+    alpha: float = Field(4.0, gt=0, le=64, description="power of the target p^alpha")
+    n_particles: int = Field(8, ge=1, le=4096, description="particles, decoded as the rows of one batch")
+    max_new_tokens: int = Field(96, ge=1, le=1_000_000)
+    proposal_temperature: Optional[float] = Field(
+        None, gt=0, le=100, description="default 1/alpha_t (1/alpha once annealing is over)"
+    )
+    ess_threshold: float = Field(
+        0.5, ge=0, le=1, description="resample when ESS < ess_threshold * n_particles (0: never, 1: at every check)"
+    )
+    anneal_tokens: int = Field(
+        0, ge=0, le=1_000_000, description="alpha rises linearly from 1 to alpha over the first k tokens (0: off)"
+    )
+    resample_every: int = Field(
+        16, ge=1, le=1_000_000, description="tokens decoded per backend call between weight updates / ESS checks"
+    )
+    seed: Optional[int] = Field(None, ge=0, lt=2**63)
+    deadline_s: Optional[float] = Field(None, gt=0)
+    return_particles: bool = Field(False, description="all final particles in samples, weights in metadata")
+    quality_evaluator: Optional[QualityEvaluator] = Field(None, exclude=True)
+
+    def alpha_at(self, tokens: int) -> float:
+        """Exponent of the intermediate target after ``tokens`` decode steps."""
+        if self.anneal_tokens == 0 or tokens >= self.anneal_tokens:
+            return self.alpha
+        return 1.0 + (self.alpha - 1.0) * tokens / self.anneal_tokens
+
+    def proposal_temperature_at(self, tokens: int) -> float:
+        """Temperature for a chunk ending at ``tokens``: 1/alpha_t there minimizes the per-token weight variance
+        for that chunk's target (the Power-SMC result), unless the user fixed a temperature."""
+        if self.proposal_temperature is not None:
+            return self.proposal_temperature
+        return 1.0 / self.alpha_at(tokens)
+
+
+@dataclass
+class _Particle:
+    tokens: list[int] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)
+    logq: list[float] = field(default_factory=list)
+    stopped: bool = False
+    finished: bool = False
+    potential: float = 0.0  # phi at the last weight update: alpha_t * sum(logp) - sum(logq)
+
+    def extend(self, cont: Continuation, requested: int) -> None:
+        self.tokens += cont.token_ids
+        self.logp += [float(v) for v in cont.logp]
+        self.logq += [float(v) for v in cont.logq]
+        self.stopped = cont.stopped
+        # a row that ends early without a stop token ended for a reason too (a finished constraint)
+        self.finished = cont.stopped or (len(cont) < requested and not cont.interrupted)
+
+    def copy(self) -> "_Particle":
+        return _Particle(list(self.tokens), list(self.logp), list(self.logq), self.stopped, self.finished,
+                         self.potential)
+
+
+def systematic_resample(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of N particles drawn by systematic resampling from normalized ``weights`` (one uniform)."""
+    n = len(weights)
+    positions = (rng.random() + np.arange(n)) / n
+    cumulative = np.cumsum(weights)
+    cumulative[-1] = 1.0  # rounding must not leave the last position unmatched
+    return np.minimum(np.searchsorted(cumulative, positions, side="right"), n - 1)
+
+
+def normalized(log_weights: np.ndarray) -> np.ndarray:
+    shifted = np.exp(log_weights - np.max(log_weights))
+    return shifted / shifted.sum()
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    return float(1.0 / np.sum(weights**2))
+
+
+def _logmeanexp(x: np.ndarray) -> float:
+    m = float(np.max(x))
+    return m + math.log(float(np.mean(np.exp(x - m))))
+
+
+class SMCSampler(Sampler):
+    method = "smc"
+
+    def __init__(self, model: LanguageModel, config: SMCConfig | None = None, *, evaluator=None) -> None:
+        super().__init__(model)
+        self.config = config or SMCConfig()
+        self.evaluator = evaluator or self.config.quality_evaluator
+
+    def sample(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        constraint: TokenConstraint | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> SampleResult:
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise ValueError("the prompt is empty: SMC needs at least one prompt token to condition on")
+        cfg = self.config
+        with span(
+            "power_sampling smc",
+            {"gen_ai.request.model": self.model.name, "power_sampling.alpha": cfg.alpha,
+             "power_sampling.n_particles": cfg.n_particles, "power_sampling.resample_every": cfg.resample_every},
+        ):
+            return _Run(self, prompt, constraint, progress).execute()
+
+
+class _Run:
+    """One call of SMCSampler.sample: particles, weights, counters."""
+
+    def __init__(self, sampler: SMCSampler, prompt: list[int], constraint, progress) -> None:
+        self.sampler, self.cfg, self.model = sampler, sampler.config, sampler.model
+        self.prompt, self.constraint, self.progress = prompt, constraint, progress
+        self.seed = resolve_seed(self.cfg.seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.deadline = Deadline(self.cfg.deadline_s)
+        self.tracker = EvaluatorTracker(sampler.evaluator)
+        n = self.cfg.n_particles
+        self.particles = [_Particle() for _ in range(n)]
+        self.log_weights = np.zeros(n)
+        self.log_marginal = 0.0
+        self.steps = 0  # decode steps so far (the length of every live particle)
+        self.ess_trace: list[float] = []
+        self.resample_steps: list[int] = []
+        self.tokens_generated = self.backend_calls = 0
+        self.hit_deadline = False
+
+    def execute(self) -> SampleResult:
+        cfg = self.cfg
+        checks_total = math.ceil(cfg.max_new_tokens / cfg.resample_every)
+        check = 0
+        while self.steps < cfg.max_new_tokens:
+            if self.deadline.expired():
+                self.hit_deadline = True
+                break
+            live = [p for p in self.particles if not p.finished]
+            if not live:
+                break
+            chunk = min(cfg.resample_every, cfg.max_new_tokens - self.steps)
+            self._extend(live, chunk)
+            if self.hit_deadline:
+                break
+            check += 1
+            last = self.steps >= cfg.max_new_tokens or all(p.finished for p in self.particles)
+            self._reweight(cfg.alpha if last else cfg.alpha_at(self.steps))
+            ess = effective_sample_size(normalized(self.log_weights))
+            self.ess_trace.append(ess)
+            resampled = not last and ess < cfg.ess_threshold * cfg.n_particles
+            if resampled:
+                self._resample()
+            self._notify(ProgressEvent("block", block=check, blocks_total=checks_total,
+                                       tokens_generated=self.tokens_generated,
+                                       extra={"ess": ess, "resampled": resampled,
+                                              "live": sum(not p.finished for p in self.particles)}))
+        # the final target is p^alpha whatever the schedule reached (a no-op when the last check already used it)
+        self._reweight(cfg.alpha)
+        return self._result()
+
+    def _extend(self, live: list[_Particle], chunk: int) -> None:
+        temperature = self.cfg.proposal_temperature_at(self.steps + chunk)
+        requests = [
+            ContinuationRequest(prefix=self.prompt + p.tokens, max_new_tokens=chunk,
+                                generated_start=len(self.prompt), constraint=self.constraint)
+            for p in live
+        ]
+        with span("power_sampling smc chunk", {"power_sampling.rows": len(requests),
+                                               "power_sampling.tokens": chunk}):
+            conts = self.model.sample(requests, temperature, self.rng, deadline=self.deadline.end)
+        self.backend_calls += 1
+        self.tokens_generated += sum(len(c) for c in conts)
+        for particle, cont in zip(live, conts):
+            particle.extend(cont, chunk)
+            if cont.interrupted:
+                self.hit_deadline = True
+            elif particle.finished:
+                self._offer(particle)
+        self.steps += chunk
+
+    def _reweight(self, alpha_t: float) -> None:
+        for i, particle in enumerate(self.particles):
+            potential = alpha_t * math.fsum(particle.logp) - math.fsum(particle.logq)
+            self.log_weights[i] += potential - particle.potential
+            particle.potential = potential
+
+    def _resample(self) -> None:
+        self.log_marginal += _logmeanexp(self.log_weights)
+        indices = systematic_resample(normalized(self.log_weights), self.rng)
+        self.particles = [self.particles[j].copy() for j in indices]
+        self.log_weights = np.zeros(len(self.particles))
+        self.resample_steps.append(self.steps)
+
+    def _draw_weights(self, weights: np.ndarray) -> np.ndarray:
+        """The final weights, except after a deadline: rows a backend cut short can have decoded different numbers
+        of tokens, and the draw is then among the finished particles and the live ones that got furthest."""
+        if not self.hit_deadline:
+            return weights
+        live_lengths = [len(p.tokens) for p in self.particles if not p.finished]
+        furthest = max(live_lengths, default=0)
+        eligible = np.array([p.finished or len(p.tokens) == furthest for p in self.particles], dtype=float)
+        restricted = weights * eligible
+        return restricted / restricted.sum() if restricted.sum() > 0 else eligible / eligible.sum()
+
+    def _is_complete(self, particle: _Particle) -> bool:
+        return particle.finished or len(particle.tokens) >= self.cfg.max_new_tokens
+
+    def _offer(self, particle: _Particle) -> None:
+        if self.tracker.evaluator is not None and self._is_complete(particle):
+            key = tuple(particle.tokens)
+            self.tracker.offer(key, self.sampler._decode(particle.tokens), particle.copy())
+
+    def _notify(self, event: ProgressEvent) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+    def _result(self) -> SampleResult:
+        cfg, decode = self.cfg, self.sampler._decode
+        weights = normalized(self.log_weights)
+        log_marginal = self.log_marginal + _logmeanexp(self.log_weights)
+        drawn = int(self.rng.choice(len(weights), p=self._draw_weights(weights)))
+        for particle in self.particles:
+            self._offer(particle)
+        if self.tracker.best_payload is not None:
+            chosen, selected_by = self.tracker.best_payload, "evaluator"
+        else:
+            chosen, selected_by = self.particles[drawn], "weights"
+        order = [drawn] + [i for i in range(len(self.particles)) if i != drawn]
+        if not cfg.return_particles:
+            order = order[:1]
+        samples = [
+            Completion(list(self.particles[i].tokens), decode(self.particles[i].tokens),
+                       math.fsum(self.particles[i].logp), self._is_complete(self.particles[i]),
+                       self.tracker.score(tuple(self.particles[i].tokens), decode(self.particles[i].tokens))
+                       if self.tracker.evaluator is not None and self._is_complete(self.particles[i]) else None)
+            for i in order
+        ]
+        tokens = list(chosen.tokens)
+        stopped_by = "deadline" if self.hit_deadline else ("eos" if chosen.stopped else "length")
+        metadata = {
+            "method": "smc",
+            "alpha": cfg.alpha,
+            "n_particles": cfg.n_particles,
+            "max_new_tokens": cfg.max_new_tokens,
+            "proposal_temperature": cfg.proposal_temperature_at(cfg.max_new_tokens),
+            "ess_threshold": cfg.ess_threshold,
+            "resample_every": cfg.resample_every,
+            "anneal_tokens": cfg.anneal_tokens,
+            "seed": self.seed,
+            "ess_trace": self.ess_trace,
+            "final_ess": effective_sample_size(weights),
+            "resample_count": len(self.resample_steps),
+            "resample_steps": self.resample_steps,
+            "log_marginal_estimate": log_marginal,
+            "unique_particles": len({tuple(p.tokens) for p in self.particles}),
+            "particles_stopped": sum(p.stopped for p in self.particles),
+            "tokens_generated": self.tokens_generated,
+            "final_tokens": len(tokens),
+            "cost_multiplier": self.tokens_generated / max(1, len(tokens)),
+            "backend_calls": self.backend_calls,
+            "latency_ms": self.deadline.elapsed_ms(),
+            "stopped_by": stopped_by,
+            "complete": self._is_complete(chosen) and not self.hit_deadline,
+            "selected_by": selected_by,
+            "quality_score": self.tracker.best_score,
+            "evaluator_calls": self.tracker.calls,
+            "evaluator_errors": self.tracker.errors,
+            "constrained": self.constraint is not None,
+        }
+        if cfg.return_particles:
+            metadata["particle_weights"] = [float(weights[i]) for i in order]
+        self._notify(ProgressEvent("done", blocks_total=len(self.ess_trace), block=len(self.ess_trace),
+                                   tokens_generated=self.tokens_generated,
+                                   extra={"ess": metadata["final_ess"]}))
+        return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp, dtype=np.float64), "smc", metadata,
+                            samples)
+
+
+def _build(model: LanguageModel, *, evaluator=None, **params) -> SMCSampler:
+    return SMCSampler(model, SMCConfig(**params), evaluator=evaluator)
+
+
+register_method("smc", _build, set(SMCConfig.model_fields) - {"quality_evaluator"})
