@@ -63,7 +63,7 @@ def lm(tiny_folder):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     model = load_vllm(str(tiny_folder[0]), dtype="float32", max_model_len=256, enforce_eager=True, seed=0)
     yield model
-    del model
+    model.close()
 
 
 @pytest.fixture

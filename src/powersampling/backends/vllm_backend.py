@@ -13,7 +13,7 @@ How log p and log q are exact (method (a) of docs/backends.md):
 
 All rows of one ``sample()`` call (chains, MH proposals, prompts) go into the engine together and are driven by
 one engine loop; concurrent ``sample()`` calls from several threads share that loop (continuous batching across
-prompts). Automatic prefix caching stays on, so a proposal's prefix (prompt + tokens before the MH cut) is
+prompts), which runs on one background thread, the only one that touches the engine. Automatic prefix caching stays on, so a proposal's prefix (prompt + tokens before the MH cut) is
 not recomputed. Scoring requests skip *reading* the prefix cache (vLLM only returns prompt log-probs for positions
 it computes), so each costs one prefill of its full sequence; prefill is batched and far cheaper per token than
 decoding.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
 import threading
 import time
 import uuid
@@ -186,21 +187,24 @@ class _Row:
 
 @dataclass
 class _Call:
-    """One ``sample()`` call's rows and the engine requests it still waits for."""
+    """One ``sample()`` call: its rows, the engine requests it still waits for, and how it ended."""
 
     temperature: float
     deadline: float | None
+    submissions: list = field(default_factory=list)
     draws: dict[str, _Row] = field(default_factory=dict)
     scores: dict[str, _Row] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
 
 class VLLMLM:
     """``LanguageModel`` over a ``vllm.LLM`` built with :func:`engine_arguments` (use :func:`load_vllm`).
 
-    Thread-safe: ``sample()`` calls made concurrently (one per prompt from a thread pool, or the server's
-    workers) share one engine loop, so their rows are decoded in the same batches; whichever caller holds the
-    engine lock runs the next step and hands every output to the call it belongs to.
+    Thread-safe: the engine is driven by one background thread, and ``sample()`` calls made concurrently (one per
+    prompt from a thread pool, or the server's workers) hand their rows to it, so rows of different calls are
+    decoded in the same engine steps (continuous batching). Only that thread touches the engine.
 
     ``per_request_seeds`` gives every row a seed drawn from the caller's numpy generator, so a run with a fixed
     seed draws the same tokens again (up to the engine's batch invariance on GPU; set VLLM_BATCH_INVARIANT=1 for
@@ -233,8 +237,11 @@ class VLLMLM:
                                         generation_config=_generation_config(model_config.model))
         self.stop_token_ids = stop_token_ids_of(config_holder, hf_tokenizer)
         self.per_request_seeds = per_request_seeds
-        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._driver: threading.Thread | None = None
+        self._driver_lock = threading.Lock()
         self._owners: dict[str, _Call] = {}
+        self._active: list[_Call] = []
         self._ids = itertools.count()
         self._id_prefix = f"powersampling-{uuid.uuid4().hex[:8]}-"
         self.engine_steps = 0
@@ -256,7 +263,6 @@ class VLLMLM:
         seeds = rng.integers(0, _SEED_BOUND, size=len(requests))
         call = _Call(float(temperature), deadline)
         rows: dict[int, _Row] = {}
-        draws = []
         for index, request in enumerate(requests):
             if request.max_new_tokens < 1:
                 continue
@@ -264,36 +270,90 @@ class VLLMLM:
             fields = draw_arguments(request.max_new_tokens, temperature,
                                     int(seeds[index]) if self.per_request_seeds else None,
                                     self.stop_token_ids, streaming=deadline is not None)
-            draws.append((row, _sampling_params(self._SamplingParams, fields)))
-        if draws:
-            self._run(call, draws)
+            call.submissions.append((row, _sampling_params(self._SamplingParams, fields)))
+        if call.submissions:
+            self._ensure_driver()
+            self._inbox.put(("run", call))
+            try:
+                while not call.done.wait(0.5):  # a timeout keeps Ctrl-C responsive
+                    pass
+            except BaseException:
+                self._inbox.put(("abort", call))
+                raise
+            if call.error is not None:
+                raise call.error
         return [self._continuation(rows.get(i)) for i in range(len(requests))]
 
-    # internals
+    def close(self) -> None:
+        """Stop the engine-driving thread (the engine itself is released with the ``vllm.LLM`` object)."""
+        with self._driver_lock:
+            if self._driver is not None:
+                self._inbox.put(("stop", None))
+                self._driver.join()
+                self._driver = None
 
-    def _run(self, call: _Call, draws) -> None:
-        """Queue every draw at once, then step the shared engine until this call has all its outputs."""
-        try:
-            with self._lock:
-                for row, params in draws:
-                    self._add(call, call.draws, row, row.prefix, params)
-            while True:
-                with self._lock:
-                    if call.deadline is not None and time.monotonic() > call.deadline:
-                        self._interrupt(call)
-                    if not call.pending:
-                        return
-                    outputs = self._engine.step()
-                    self.engine_steps += 1
-                    self._dispatch(outputs)
-        except BaseException:
-            with self._lock:
-                if call.pending:
-                    self._engine.abort_request(list(call.pending))
-                    for request_id in call.pending:
-                        self._owners.pop(request_id, None)
-                    call.pending.clear()
-            raise
+    # the engine-driving thread
+
+    def _ensure_driver(self) -> None:
+        with self._driver_lock:
+            if self._driver is None or not self._driver.is_alive():
+                self._driver = threading.Thread(target=self._drive, name=f"vllm-driver-{self.name}", daemon=True)
+                self._driver.start()
+
+    def _drive(self) -> None:
+        while True:
+            # wait for work only when nothing is running; otherwise take what arrived and step on
+            message = self._inbox.get() if not self._active else _get_nowait(self._inbox)
+            while message is not None:
+                kind, call = message
+                if kind == "stop":
+                    self._fail_all(RuntimeError("the vLLM backend was closed"))
+                    return
+                try:
+                    self._start(call) if kind == "run" else self._cancel(call)
+                except Exception as exc:  # a request the engine refused fails its own call only
+                    self._cancel(call, exc)
+                message = _get_nowait(self._inbox)
+            try:
+                self._step()
+            except Exception as exc:  # the engine failed: every waiting call gets the error
+                self._fail_all(exc)
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        for call in list(self._active):
+            if call.deadline is not None and now > call.deadline:
+                self._interrupt(call)
+        self._settle()
+        if self._active:
+            outputs = self._engine.step()
+            self.engine_steps += 1
+            self._dispatch(outputs)
+            self._settle()
+
+    def _start(self, call: _Call) -> None:
+        self._active.append(call)
+        for row, params in call.submissions:
+            self._add(call, call.draws, row, row.prefix, params)
+
+    def _cancel(self, call: _Call, error: BaseException | None = None) -> None:
+        if call.pending:
+            self._engine.abort_request(list(call.pending))
+            for request_id in call.pending:
+                self._owners.pop(request_id, None)
+            call.pending.clear()
+        call.error = call.error or error
+        self._settle()
+
+    def _fail_all(self, error: BaseException) -> None:
+        for call in list(self._active):
+            self._cancel(call, error)
+
+    def _settle(self) -> None:
+        """Release every call with nothing left to wait for."""
+        for call in [c for c in self._active if not c.pending]:
+            self._active.remove(call)
+            call.done.set()
 
     def _add(self, call: _Call, table: dict[str, _Row], row: _Row, prompt: list[int], params) -> None:
         request_id = f"{self._id_prefix}{next(self._ids)}"
@@ -349,11 +409,18 @@ class VLLMLM:
         if row is None:
             return Continuation([], np.zeros(0), np.zeros(0))
         logq = np.asarray(row.logq, dtype=np.float64)
-        if len(logq) != len(row.tokens):
-            raise RuntimeError(f"vLLM returned {len(logq)} log-probabilities for {len(row.tokens)} tokens")
+        if len(logq) != len(row.tokens) or row.logp is None or len(row.logp) != len(row.tokens):
+            raise RuntimeError(f"vLLM returned incomplete log-probabilities for a row of {len(row.tokens)} tokens")
         stopped = bool(row.tokens) and row.tokens[-1] in self.stop_token_ids
         return Continuation(list(row.tokens), row.logp, logq, stopped=stopped,
                             interrupted=row.interrupted and not stopped)
+
+
+def _get_nowait(inbox: queue.SimpleQueue):
+    try:
+        return inbox.get_nowait()
+    except queue.Empty:
+        return None
 
 
 def _token_prompt(token_ids: list[int]):
