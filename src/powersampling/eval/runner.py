@@ -46,6 +46,7 @@ class RunSettings:
 
     task: str
     model: str
+    backend: str  # the engine class: costs (wall time) are only comparable within one
     style: str
     shots: int | None
     alpha: float
@@ -270,15 +271,18 @@ def run_eval(
 
         model = load_model(None if model is None else str(model))
     resolved_style = resolve_style(style, model)
-    settings = RunSettings(task, model.name, resolved_style, shots, float(alpha), n_mcmc, block_size, max_new_tokens,
-                           seed, best_of_n, extra_params)
+    settings = RunSettings(task, model.name, type(model).__name__, resolved_style, shots, float(alpha), n_mcmc,
+                           block_size, max_new_tokens, seed, best_of_n, extra_params)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
     if settings_path.is_file():
         stored = json.loads(settings_path.read_text())
-        previous = RunSettings(**stored["settings"])
+        try:
+            previous = RunSettings(**stored["settings"])
+        except TypeError:
+            raise ConfigError(f"{settings_path} was written by another version of the harness; use another --out")
         diffs = settings.differences(previous)
         if diffs:
             raise ConfigError(f"{out} holds a run with other settings ({'; '.join(diffs)}); use another --out")
