@@ -1,0 +1,234 @@
+"""llama.cpp backend: the sampling step in numpy, then the embedded GGUF model against transformers and itself.
+
+Tolerances against transformers were measured on the embedded SmolLM2-135M-Instruct Q4_1 file (docs/backends.md):
+llama.cpp evaluates the quantized weights with quantized activations, transformers the same weights dequantized to
+fp32; per-token log p of sampled tokens differed by mean 0.05-0.06, max 0.18-0.22 nats over 40-48 tokens. Within
+llama.cpp, tokens are fed one at a time, so logits are a pure function of the token ids: cache reuse and the
+acceptance ratio are checked for exact equality.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from powersampling.backends.base import ContinuationRequest
+from powersampling.backends.llamacpp import draw_token
+
+# measured: see test_log_p_agrees_with_transformers
+LOGP_TOLERANCE_MAX = 0.3
+LOGP_TOLERANCE_MEAN = 0.08
+
+
+def log_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x)
+    return x - (m + np.log(np.sum(np.exp(x - m))))
+
+
+def test_draw_token_follows_the_tempered_distribution_over_the_full_vocabulary():
+    logits = np.array([2.0, 1.0, 0.0, -1.0, -np.inf, -3.0])
+    rng = np.random.default_rng(0)
+    temperature = 0.5
+    expected = np.exp(log_softmax(logits / temperature))
+    counts = np.zeros(len(logits))
+    for _ in range(20000):
+        token, logp, logq = draw_token(logits, temperature, rng)
+        counts[token] += 1
+        assert logp == pytest.approx(log_softmax(logits)[token], abs=1e-12)
+        assert logq == pytest.approx(log_softmax(logits / temperature)[token], abs=1e-12)
+    assert counts[4] == 0  # -inf is impossible
+    # binomial standard error at 20000 draws is below 0.0036 for every token
+    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.015)
+    assert counts[5] > 0 or expected[5] < 1e-4  # no truncation of the tail
+
+
+def test_draw_token_greedy_and_all_masked():
+    token, logp, logq = draw_token(np.array([0.0, 3.0, 1.0]), 0.0, np.random.default_rng(0))
+    assert token == 1 and logq == 0.0 and logp == pytest.approx(log_softmax([0.0, 3.0, 1.0])[1])
+    with pytest.raises(ValueError, match="disallowed"):
+        draw_token(np.full(3, -np.inf), 1.0, np.random.default_rng(0))
+
+
+# the embedded model
+
+def _needs_llama_cpp():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'powersampling[llama]')")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    _needs_llama_cpp()
+    from powersampling.backends.embedded import embedded_gguf_path
+    from powersampling.backends.llamacpp import load_llamacpp
+
+    return load_llamacpp(str(embedded_gguf_path()), n_ctx=1024)
+
+
+@pytest.fixture(scope="module")
+def prompt(lm):
+    return lm.tokenizer.chat_prompt([{"role": "user", "content": "List three prime numbers and explain why."}])
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from powersampling.backends.embedded import embedded_model_dir
+
+    folder = embedded_model_dir()
+    return (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(str(folder)))
+
+
+def fresh_logits(lm, prefix):
+    """Logits after ``prefix`` from an emptied cache: one plain evaluation, nothing reused."""
+    lm.clear_cache()
+    return lm.next_token_logits(prefix)
+
+
+@pytest.mark.slow
+def test_log_p_agrees_with_transformers(lm, prompt, hf_model):
+    import torch
+
+    model, _ = hf_model
+    (cont,) = lm.sample([ContinuationRequest(prompt, 48, generated_start=len(prompt))], 1.0,
+                        np.random.default_rng(0))
+    ids = prompt + cont.token_ids
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+    positions = np.arange(len(prompt) - 1, len(ids) - 1)
+    reference = np.array([log_softmax(logits[i])[t] for i, t in zip(positions, cont.token_ids)])
+    diff = np.abs(cont.logp - reference)
+    print(f"llama.cpp Q4_1 vs transformers fp32, {len(diff)} tokens: max |dlogp| {diff.max():.4f}, "
+          f"mean {diff.mean():.4f}")
+    assert diff.max() < LOGP_TOLERANCE_MAX and diff.mean() < LOGP_TOLERANCE_MEAN
+
+
+@pytest.mark.slow
+def test_acceptance_ratio_equals_brute_force_from_full_logits(lm, prompt):
+    alpha, temperature = 4.0, 0.25
+    rng = np.random.default_rng(3)
+    (current,) = lm.sample([ContinuationRequest(prompt, 20)], temperature, rng)
+    cut = len(current) // 2
+    (proposal,) = lm.sample([ContinuationRequest(prompt + current.token_ids[:cut], 20 - cut)], temperature, rng)
+    from_backend = (alpha * (proposal.logp.sum() - current.logp[cut:].sum())
+                    + current.logq[cut:].sum() - proposal.logq.sum())
+
+    def brute(tokens, start):
+        logp, logq, log_z = [], [], []
+        for i in range(start, len(tokens)):
+            logits = fresh_logits(lm, prompt + tokens[:i])
+            lp = log_softmax(logits)
+            logp.append(lp[tokens[i]])
+            logq.append(log_softmax(logits / temperature)[tokens[i]])
+            log_z.append(np.log(np.sum(np.exp(alpha * lp))))
+        return np.array(logp), np.array(logq), np.array(log_z)
+
+    old_p, old_q, old_z = brute(current.token_ids, cut)
+    new_p, new_q, new_z = brute(current.token_ids[:cut] + proposal.token_ids, cut)
+    brute_force = alpha * (new_p.sum() - old_p.sum()) + old_q.sum() - new_q.sum()
+    assert from_backend == pytest.approx(brute_force, abs=1e-9)
+    # with q exactly p at temperature 1/alpha, the ratio is a difference of log normalizers
+    assert brute_force == pytest.approx(new_z.sum() - old_z.sum(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_kv_reuse_gives_the_logits_of_a_fresh_evaluation(lm, prompt):
+    (cont,) = lm.sample([ContinuationRequest(prompt, 24)], 1.0, np.random.default_rng(5))
+    full = prompt + cont.token_ids
+    for cut in (len(prompt) + 3, len(prompt) + 17, len(prompt)):
+        lm.clear_cache()
+        lm.next_token_logits(full)  # the cache holds the whole sequence
+        reused_before = lm.reused_tokens
+        reused = lm.next_token_logits(full[:cut])  # trimmed at the cut, nothing re-encoded before it
+        assert lm.reused_tokens - reused_before == cut - 1
+        np.testing.assert_array_equal(reused, fresh_logits(lm, full[:cut]))
+
+
+@pytest.mark.slow
+def test_rows_sharing_a_state_reencode_only_their_suffixes(lm, prompt):
+    (state,) = lm.sample([ContinuationRequest(prompt, 30)], 0.25, np.random.default_rng(1))
+    cuts = [4, 25, 12, 0]
+    requests = [ContinuationRequest(prompt + state.token_ids[:m], 30 - m) for m in cuts]
+    lm.clear_cache()
+    lm.next_token_logits(prompt + state.token_ids)
+    before = lm.prefill_tokens
+    conts = lm.sample(requests, 0.25, np.random.default_rng(2))
+    assert all(1 <= len(c) <= 30 - m for c, m in zip(conts, cuts))
+    # visited from the longest cut down: each row feeds one token again to get its logits, nothing else
+    assert lm.prefill_tokens - before == len(cuts)
+
+
+@pytest.mark.slow
+def test_tokenizer_matches_transformers(lm, hf_model):
+    from powersampling.backends.hf import HFTokenizer
+
+    hf = HFTokenizer(hf_model[1])
+    messages = [{"role": "system", "content": "You plan tasks."}, {"role": "user", "content": "Plan a trip: café, 3 days."}]
+    assert lm.tokenizer.chat_prompt(messages) == hf.chat_prompt(messages)
+    text = "Natalia sold 48 clips in April; how many in May?"
+    assert lm.tokenizer.encode(text) == hf.encode(text)
+    assert lm.tokenizer.decode(hf.encode(text)) == text
+    im_end = hf_model[1].convert_tokens_to_ids("<|im_end|>")
+    assert im_end in lm.stop_token_ids
+
+
+@pytest.mark.slow
+def test_constraint_mask_renormalizes_log_p_and_log_q(lm, prompt):
+    allowed_ids = np.array(lm.tokenizer.encode(" one two three four"))
+
+    class State:
+        def allowed_tokens(self):
+            mask = np.zeros(lm.vocab_size, dtype=bool)
+            mask[allowed_ids] = True
+            return mask
+
+        def advance(self, token_id):
+            assert token_id in allowed_ids
+
+        def is_finished(self):
+            return False
+
+    class OnlyTheseWords:
+        def start(self, generated):
+            return State()
+
+    (cont,) = lm.sample([ContinuationRequest(prompt, 6, generated_start=len(prompt), constraint=OnlyTheseWords())],
+                        0.5, np.random.default_rng(0))
+    assert len(cont) == 6 and set(cont.token_ids) <= set(allowed_ids.tolist())
+    logits = fresh_logits(lm, prompt)[allowed_ids]
+    first = list(allowed_ids).index(cont.token_ids[0])
+    assert cont.logp[0] == pytest.approx(log_softmax(logits)[first], abs=1e-12)
+    assert cont.logq[0] == pytest.approx(log_softmax(logits / 0.5)[first], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_deadline_interrupts_and_context_overflow_is_refused(lm, prompt):
+    (cont,) = lm.sample([ContinuationRequest(prompt, 50)], 1.0, np.random.default_rng(0),
+                        deadline=time.monotonic() - 1)
+    assert cont.interrupted and len(cont) == 1
+    with pytest.raises(ValueError, match="n_ctx"):
+        lm.sample([ContinuationRequest(prompt, 5000)], 1.0, np.random.default_rng(0))
+
+
+@pytest.mark.slow
+def test_power_sampler_runs_on_llamacpp(lm, prompt):
+    from powersampling.samplers import PowerSampler, PowerSamplingConfig
+
+    result = PowerSampler(lm, PowerSamplingConfig(alpha=4.0, n_mcmc=3, block_size=8, max_new_tokens=16,
+                                                  seed=0)).sample(prompt)
+    assert 1 <= len(result.token_ids) <= 16
+    assert result.metadata["total_iterations"] > 0 and result.text == lm.tokenizer.decode(result.token_ids)
+
+
+@pytest.mark.slow
+def test_load_model_picks_llamacpp_for_gguf():
+    _needs_llama_cpp()
+    from powersampling import load_model
+    from powersampling.backends.llamacpp import LlamaCppLM
+
+    assert isinstance(load_model(None, n_ctx=256), LlamaCppLM)
