@@ -73,19 +73,21 @@ def test_draw_arguments_sample_the_untruncated_model_and_stop_exactly_at_the_bac
     assert fields["ignore_eos"] is True and fields["stop_token_ids"] == [2, 7]
     assert fields["output_kind"] == "final"
     assert draw_arguments(3, 1.0, None, (), streaming=True)["output_kind"] == "delta"
+    assert draw_arguments(3, 0.0, None, (), streaming=False)["temperature"] == 0.0  # greedy
+    assert draw_arguments(3, 1 / 64, None, (), streaming=False)["temperature"] == 1 / 64  # alpha = 64
 
 
-@pytest.mark.parametrize("temperature", [-0.1, float("nan"), float("inf")])
+@pytest.mark.parametrize("temperature", [-0.1, float("nan"), float("inf"), 0.005])
 def test_draw_arguments_reject_bad_temperatures(temperature):
     with pytest.raises(ConfigError, match="temperature"):
         draw_arguments(4, temperature, None, (), streaming=False)
 
 
-def test_scoring_arguments_ask_for_temperature_one_prompt_logprobs_computed_not_cached():
-    fields = scoring_arguments()
-    assert fields["prompt_logprobs"] == 0
-    assert fields["skip_reading_prefix_cache"] is True
-    assert fields["max_tokens"] == 1
+def test_scoring_arguments_ask_for_prompt_logprobs_with_or_without_the_cache():
+    for read_cache in (True, False):
+        fields = scoring_arguments(read_cache=read_cache)
+        assert fields["prompt_logprobs"] == 0 and fields["max_tokens"] == 1
+        assert fields["skip_reading_prefix_cache"] is not read_cache
 
 
 def test_constraints_are_refused_with_the_alternatives_named():

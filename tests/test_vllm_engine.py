@@ -186,6 +186,28 @@ def test_empty_requests_and_constraints(lm):
         lm.sample([ContinuationRequest([1, 2], 4, constraint=Anything())], 1.0, np.random.default_rng(0))
 
 
+def test_scoring_reuses_cached_prompt_blocks_and_rescored_rows_stay_exact(lm, reference):
+    """Scoring requests start from blocks earlier scoring requests left; when a hit reaches into the new tokens
+    (the same greedy continuation scored twice) the row is scored again without the cache."""
+    block = lm.llm.llm_engine.vllm_config.cache_config.block_size
+    rng = np.random.default_rng(4)
+    long_prompt = [1] + [int(t) for t in rng.integers(100, 40000, size=block + 7)]  # one full block + some
+    lm.sample([ContinuationRequest(long_prompt, 5)], 1.0, rng)
+    scored, rescored = lm.scored_tokens, lm.rescored_rows
+    (cont,) = lm.sample([ContinuationRequest(long_prompt, 5)], 1.0, rng)
+    assert lm.scored_tokens - scored <= len(long_prompt) + 5 - block  # the prompt's first block came from cache
+    assert lm.rescored_rows == rescored
+    np.testing.assert_allclose(cont.logp, reference(long_prompt, cont.token_ids, 1.0)[0], atol=2e-4)
+
+    short_prompt = long_prompt[: block - 3]  # greedy tokens cross the block boundary after the prompt
+    first = lm.sample([ContinuationRequest(short_prompt, 8)], 0.0, rng)[0]
+    second = lm.sample([ContinuationRequest(short_prompt, 8)], 0.0, rng)[0]
+    assert first.token_ids == second.token_ids
+    assert lm.rescored_rows == rescored + 1
+    for cont in (first, second):
+        np.testing.assert_allclose(cont.logp, reference(short_prompt, cont.token_ids, 0.0)[0], atol=2e-4)
+
+
 def test_concurrent_calls_share_the_engine_and_keep_their_own_temperatures(lm, reference):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -11,16 +11,16 @@ How log p and log q are exact (method (a) of docs/backends.md):
   computes prompt log-probabilities from the unprocessed logits in every logprobs mode. A scoring request is
   queued as soon as its draw finishes, so scoring prefills overlap the decoding of rows still running.
 
-All rows of one ``sample()`` call (chains, MH proposals, prompts) go into the engine together and are driven by
-one engine loop; concurrent ``sample()`` calls from several threads share that loop (continuous batching across
-prompts), which runs on one background thread, the only one that touches the engine. Automatic prefix caching stays on, so a proposal's prefix (prompt + tokens before the MH cut) is
-not recomputed. Scoring requests skip *reading* the prefix cache (vLLM only returns prompt log-probs for positions
-it computes), so each costs one prefill of its full sequence; prefill is batched and far cheaper per token than
-decoding.
+All rows of one ``sample()`` call (chains, MH proposals, prompts) go into the engine together. One background
+thread drives the engine and is the only one that touches it; concurrent ``sample()`` calls hand it their rows,
+so calls from several threads are decoded in the same engine steps (continuous batching across prompts).
+Automatic prefix caching stays on, so a proposal's prefix (prompt + tokens before the MH cut) is not recomputed.
+Scoring requests use a cache namespace of their own (a cache salt), so they start from blocks of earlier scoring
+requests (prompt and tokens before the cut) and never from positions whose log p they must return; see _score.
 
-log p and log q come from two forward passes (a decode and a prefill). Within one pass they are exact; across
-passes they agree to the engine's arithmetic (bit-equal in float32 on CPU, within bf16 rounding on GPU). MH only
-needs q to be the density the proposal was drawn from (it is) and p to be a fixed function of the sequence.
+log p and log q come from two forward passes (a decode step and a prefill). They agree with a single transformers
+forward pass to ~1e-5 in float32 (measured on CPU); in bf16 on GPU expect bf16 rounding. MH only needs q to be the density
+the proposal was drawn from (it is: it is read from the sampler's own tensor) and p a function of the sequence.
 
 Token constraints are refused (``CapabilityError``): a masked target needs the normalizer over the allowed set at
 every step, which neither vLLM output gives. Use the transformers or llama.cpp backend for constrained sampling.
@@ -60,6 +60,8 @@ REQUIRED_ENGINE_ARGS: dict[str, Any] = {
 EXECUTOR_BACKENDS = ("mp", "ray", "uni", "external_launcher")
 
 _SEED_BOUND = 2**31 - 1
+# vLLM silently raises a positive temperature below this to this (SamplingParams._MAX_TEMP)
+MIN_TEMPERATURE = 0.01
 
 
 def vllm_available() -> bool:
@@ -122,6 +124,11 @@ def draw_arguments(
     """
     if not temperature >= 0 or not math.isfinite(temperature):
         raise ConfigError(f"invalid temperature: must be a finite number >= 0 (got {temperature!r})")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ConfigError(
+            f"invalid temperature {temperature!r} for vLLM: it raises temperatures below {MIN_TEMPERATURE} to "
+            f"{MIN_TEMPERATURE}; use 0 (greedy) or at least {MIN_TEMPERATURE}"
+        )
     if max_new_tokens < 1:
         raise ConfigError(f"invalid max_new_tokens: must be >= 1 (got {max_new_tokens!r})")
     return {
@@ -145,15 +152,19 @@ def draw_arguments(
     }
 
 
-def scoring_arguments() -> dict[str, Any]:
-    """``SamplingParams`` fields for a scoring request: log p (temperature 1) of every prompt token."""
+def scoring_arguments(*, read_cache: bool) -> dict[str, Any]:
+    """``SamplingParams`` fields for a scoring request: log p (temperature 1) of the prompt's tokens.
+
+    vLLM returns prompt log-probs only for the positions it computes. ``read_cache=True`` lets the request start
+    from cached blocks (the caller must then check ``num_cached_tokens`` and keep only computed positions);
+    ``read_cache=False`` computes every position.
+    """
     return {
         "n": 1,
         "temperature": 0.0,
         "max_tokens": 1,
         "prompt_logprobs": 0,
-        # prompt log-probs exist only for positions the engine computes, so the cache must not be read
-        "skip_reading_prefix_cache": True,
+        "skip_reading_prefix_cache": not read_cache,
         "detokenize": False,
         "output_kind": "final",
     }
@@ -193,7 +204,7 @@ class _Call:
     deadline: float | None
     submissions: list = field(default_factory=list)
     draws: dict[str, _Row] = field(default_factory=dict)
-    scores: dict[str, _Row] = field(default_factory=dict)
+    scores: dict[str, tuple[_Row, bool]] = field(default_factory=dict)  # request id -> (row, read the cache)
     pending: set[str] = field(default_factory=set)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -211,7 +222,10 @@ class VLLMLM:
     bit-exact replays). vLLM applies per-request generators row by row, which costs a little decode speed.
     """
 
-    def __init__(self, llm, *, name: str | None = None, hf_tokenizer=None, per_request_seeds: bool = True) -> None:
+    def __init__(
+        self, llm, *, name: str | None = None, hf_tokenizer=None, per_request_seeds: bool = True,
+        cached_scoring: bool = True,
+    ) -> None:
         engine = llm.llm_engine
         model_config = engine.model_config
         mode = getattr(model_config, "logprobs_mode", None)
@@ -227,7 +241,10 @@ class VLLMLM:
         self.llm = llm
         self._engine = engine
         self._SamplingParams = SamplingParams
-        self._score_params = _sampling_params(SamplingParams, scoring_arguments())
+        self._score_params = {
+            read_cache: _sampling_params(SamplingParams, scoring_arguments(read_cache=read_cache))
+            for read_cache in (True, False)
+        }
         self.name = name or Path(str(model_config.model)).name
         self.vocab_size = int(model_config.get_vocab_size())
         self.max_model_len = int(model_config.max_model_len)
@@ -237,6 +254,7 @@ class VLLMLM:
                                         generation_config=_generation_config(model_config.model))
         self.stop_token_ids = stop_token_ids_of(config_holder, hf_tokenizer)
         self.per_request_seeds = per_request_seeds
+        self.cached_scoring = cached_scoring
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._driver: threading.Thread | None = None
         self._driver_lock = threading.Lock()
@@ -244,9 +262,12 @@ class VLLMLM:
         self._active: list[_Call] = []
         self._ids = itertools.count()
         self._id_prefix = f"powersampling-{uuid.uuid4().hex[:8]}-"
+        # scoring requests keep their blocks apart from the draws' (see _score)
+        self._score_salt = f"{self._id_prefix}score"
         self.engine_steps = 0
         self.generated_tokens = 0
-        self.scored_tokens = 0
+        self.scored_tokens = 0  # positions the scoring requests computed
+        self.rescored_rows = 0  # scoring requests repeated without the cache
 
     def sample(
         self,
@@ -307,7 +328,12 @@ class VLLMLM:
             while message is not None:
                 kind, call = message
                 if kind == "stop":
-                    self._fail_all(RuntimeError("the vLLM backend was closed"))
+                    closed = RuntimeError("the vLLM backend was closed")
+                    self._fail_all(closed)
+                    while (late := _get_nowait(self._inbox)) is not None:
+                        if late[1] is not None:
+                            late[1].error = late[1].error or closed
+                            late[1].done.set()
                     return
                 try:
                     self._start(call) if kind == "run" else self._cancel(call)
@@ -334,7 +360,7 @@ class VLLMLM:
     def _start(self, call: _Call) -> None:
         self._active.append(call)
         for row, params in call.submissions:
-            self._add(call, call.draws, row, row.prefix, params)
+            self._add(call, call.draws, row, _token_prompt(row.prefix), params)
 
     def _cancel(self, call: _Call, error: BaseException | None = None) -> None:
         if call.pending:
@@ -355,19 +381,27 @@ class VLLMLM:
             self._active.remove(call)
             call.done.set()
 
-    def _add(self, call: _Call, table: dict[str, _Row], row: _Row, prompt: list[int], params) -> None:
+    def _add(self, call: _Call, table: dict, entry, prompt, params) -> None:
         request_id = f"{self._id_prefix}{next(self._ids)}"
-        table[request_id] = row
+        table[request_id] = entry
         self._owners[request_id] = call
         call.pending.add(request_id)
-        self._engine.add_request(request_id, _token_prompt(prompt), params)
+        self._engine.add_request(request_id, prompt, params)
 
-    def _score(self, call: _Call, row: _Row) -> None:
-        """Queue the scoring request that gives log p of the row's tokens (none needed for an empty row)."""
-        if row.tokens:
-            self._add(call, call.scores, row, row.prefix + row.tokens, self._score_params)
-        else:
+    def _score(self, call: _Call, row: _Row, read_cache: bool | None = None) -> None:
+        """Queue the scoring request that gives log p of the row's tokens (none needed for an empty row).
+
+        Scoring requests carry their own cache salt, so the only cached blocks they can start from are those of
+        earlier scoring requests: the prompt and the tokens before the cut, which earlier rows of the same chain
+        or particle were scored with. Those positions are not needed. When the hit reaches into the new tokens
+        (a proposal that repeats an already scored continuation for a whole block), the row is scored again
+        without the cache (see _scored)."""
+        if not row.tokens:
             row.logp = np.zeros(0)
+            return
+        read_cache = self.cached_scoring if read_cache is None else read_cache
+        prompt = _token_prompt(row.prefix + row.tokens, cache_salt=self._score_salt)
+        self._add(call, call.scores, (row, read_cache), prompt, self._score_params[read_cache])
 
     def _interrupt(self, call: _Call) -> None:
         running = [request_id for request_id in call.pending if request_id in call.draws]
@@ -401,9 +435,20 @@ class VLLMLM:
                     self._score(call, row)
             elif output.finished:
                 self._finish(call, request_id)
-                row = call.scores[request_id]
-                row.logp = _prompt_logprobs(output.prompt_logprobs, len(row.prefix), row.tokens)
-                self.scored_tokens += len(row.prefix) + len(row.tokens)
+                self._scored(call, output, *call.scores[request_id])
+
+    def _scored(self, call: _Call, output, row: _Row, read_cache: bool) -> None:
+        # token j's log-prob comes from position j - 1, so it exists iff j - 1 >= the cached token count
+        cached = getattr(output, "num_cached_tokens", None) if read_cache else 0
+        logp = None
+        if cached is not None and cached < len(row.prefix):
+            logp = _prompt_logprobs(output.prompt_logprobs, len(row.prefix), row.tokens, strict=not read_cache)
+        if logp is None:
+            self.rescored_rows += 1
+            self._score(call, row, read_cache=False)
+            return
+        row.logp = logp
+        self.scored_tokens += len(row.prefix) + len(row.tokens) - (cached or 0)
 
     def _continuation(self, row: _Row | None) -> Continuation:
         if row is None:
@@ -423,14 +468,17 @@ def _get_nowait(inbox: queue.SimpleQueue):
         return None
 
 
-def _token_prompt(token_ids: list[int]):
+def _token_prompt(token_ids: list[int], cache_salt: str | None = None):
     """A token-id prompt in the engine's ready-to-run form where this vLLM has one (no re-rendering per request),
     else the plain ``TokensPrompt`` dict older versions take."""
     try:
         from vllm.inputs.engine import tokens_input
     except ImportError:
-        return {"prompt_token_ids": token_ids}
-    return tokens_input(token_ids)
+        prompt = {"prompt_token_ids": token_ids}
+        if cache_salt is not None:
+            prompt["cache_salt"] = cache_salt
+        return prompt
+    return tokens_input(token_ids, cache_salt=cache_salt)
 
 
 def _sampling_params(SamplingParams, fields: dict[str, Any]):
@@ -457,12 +505,22 @@ def _sampled_logprobs(completion, temperature: float) -> list[float]:
     return [float(position[int(token)].logprob) for token, position in zip(completion.token_ids, logprobs)]
 
 
-def _prompt_logprobs(prompt_logprobs, prefix_length: int, tokens: Sequence[int]) -> np.ndarray:
+def _prompt_logprobs(prompt_logprobs, prefix_length: int, tokens: Sequence[int], *, strict: bool):
+    """log p of ``tokens`` (which follow ``prefix_length`` prompt tokens) from a scoring request's prompt log-probs.
+
+    An entry without the token (a position the engine did not compute) gives None when not ``strict``."""
     if prompt_logprobs is None or len(prompt_logprobs) < prefix_length + len(tokens):
         raise RuntimeError("vLLM returned no prompt log-probabilities for a scoring request")
-    return np.array(
-        [float(prompt_logprobs[prefix_length + i][int(t)].logprob) for i, t in enumerate(tokens)], dtype=np.float64
-    )
+    values = []
+    for i, token in enumerate(tokens):
+        entry = prompt_logprobs[prefix_length + i]
+        logprob = entry.get(int(token)) if entry is not None else None
+        if logprob is None:
+            if strict:
+                raise RuntimeError(f"vLLM returned no log-probability for prompt position {prefix_length + i}")
+            return None
+        values.append(float(logprob.logprob))
+    return np.array(values, dtype=np.float64)
 
 
 def _generation_config(model: str):
@@ -480,6 +538,7 @@ def load_vllm(
     *,
     name: str | None = None,
     per_request_seeds: bool = True,
+    cached_scoring: bool = True,
     tensor_parallel_size: int = 1,
     pipeline_parallel_size: int = 1,
     distributed_executor_backend: str | None = None,
@@ -513,4 +572,4 @@ def load_vllm(
     except Exception as exc:
         first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ModelLoadError(f"vLLM could not load {path!r}: {first_line.strip()}") from exc
-    return VLLMLM(llm, name=name or local.name, per_request_seeds=per_request_seeds)
+    return VLLMLM(llm, name=name or local.name, per_request_seeds=per_request_seeds, cached_scoring=cached_scoring)
