@@ -159,7 +159,8 @@ def test_bad_arguments_fail_before_sampling(problems, tmp_path):
     with pytest.raises(ConfigError, match="n_mcmc"):
         run_eval("gsm8k", ["power"], 1, lm, tmp_path, n_mcmc=0)
     with pytest.raises(ConfigError, match="needs power"):
-        run_eval("gsm8k", ["best-of-n"], 1, lm, tmp_path / "bon", **SMALL)
+        run_eval("gsm8k", ["sample", "best-of-n"], 1, lm, tmp_path / "bon", **SMALL)
+    assert not (tmp_path / "bon" / RESULTS_FILE).exists()
     assert not (tmp_path / RESULTS_FILE).exists()
 
 

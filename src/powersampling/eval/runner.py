@@ -224,6 +224,8 @@ def check_arguments(
     block_size = block_size or max(1, math.ceil(max_new_tokens / 16))  # the paper's K=16 blocks
     if best_of_n is not None and best_of_n < 1:
         raise ConfigError(f"best_of_n must be >= 1 (got {best_of_n})")
+    if "best-of-n" in methods and best_of_n is None and "power" not in methods:
+        raise ConfigError("best-of-n at matched cost needs power sampling in the methods (or set best_of_n)")
     base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
     for method in methods:
         build_sampler(method, None, **base, **(extra_params or {}), seed=0,
