@@ -5,8 +5,6 @@ configuration from environment variables, and the refusal of power sampling."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -129,13 +127,11 @@ def test_openai_compatible_against_llama_cpp_server():
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
     from powersampling.backends.embedded import embedded_gguf_path
 
-    from test_remote_backend import free_port, wait_for
+    from test_remote_backend import free_port, start_server, stop_server, wait_for
 
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()), "--port", str(port),
-         "--n_ctx", "512"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = start_server([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
+                            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"])
     try:
         wait_for(f"http://127.0.0.1:{port}/v1/models", process)
         model = hosted_model("openai-compatible", "smollm2", base_url=f"http://127.0.0.1:{port}/v1")
@@ -143,5 +139,4 @@ def test_openai_compatible_against_llama_cpp_server():
         assert len(out) == 2 and all(c.text.strip() for c in out)
         assert all(c.finish_reason in ("stop", "length") for c in out)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_server(process)

@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -128,13 +129,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(command: list[str]) -> subprocess.Popen:
+    """A server process whose output goes to a file: a pipe nobody reads fills up and blocks the server."""
+    log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process.log_path = log.name
+    return process
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    os.unlink(process.log_path)
+
+
 def wait_for(url: str, process: subprocess.Popen, seconds: float = 120.0) -> None:
     import httpx
 
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read()[-2000:]}")
+            with open(process.log_path) as log:
+                raise RuntimeError(f"server exited with {process.returncode}: {log.read()[-2000:]}")
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
@@ -147,14 +167,12 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120.0) -> Non
 @pytest.fixture(scope="module")
 def vllm_like_server():
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = start_server([sys.executable, __file__, str(port)])
     try:
         wait_for(f"http://127.0.0.1:{port}/raw-full/v1/models", process)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_server(process)
 
 
 @pytest.fixture(scope="module")
@@ -261,23 +279,20 @@ def test_constraints_are_refused(vllm_like_server):
 
 @pytest.mark.slow
 def test_llama_cpp_server_is_refused_for_text_only_prompts():
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] not installed")
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
     from powersampling.backends.embedded import embedded_gguf_path
     from powersampling.backends.remote import RemoteLM
     from powersampling.errors import CapabilityError
 
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()), "--port", str(port),
-         "--n_ctx", "512", "--logits_all", "true"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = start_server([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
+                            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--logits_all", "true"])
     try:
         wait_for(f"http://127.0.0.1:{port}/v1/models", process)
         with pytest.raises(CapabilityError, match="token-id prompts"):
             RemoteLM(f"http://127.0.0.1:{port}", vocab_size=49152)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_server(process)
 
 
 if __name__ == "__main__":
