@@ -45,6 +45,7 @@ class Backend(str, Enum):
     auto = "auto"
     transformers = "transformers"
     llama_cpp = "llama.cpp"
+    vllm = "vllm"
 
 
 def fail(message: str) -> None:

@@ -23,7 +23,8 @@ class Continuation:
 
     ``logp[i]`` is log p(token_ids[i] | prefix, token_ids[:i]) at temperature 1 (after the constraint mask, when
     one is used); ``logq[i]`` is the log-probability under the proposal the token was drawn from.
-    ``stopped`` is True when the last token is a stop token. ``interrupted`` is True when a deadline cut the
+    ``stopped`` is True when the last token is a stop token or the request's constraint accepted the text as
+    complete. ``interrupted`` is True when a deadline cut the
     decode short.
     """
 
@@ -40,8 +41,8 @@ class Continuation:
 class ConstraintState(Protocol):
     """Where a constraint stands after the tokens fed to it so far."""
 
-    def allowed_tokens(self) -> np.ndarray:
-        """Boolean mask over the vocabulary of tokens allowed next."""
+    def allowed_tokens(self) -> np.ndarray | None:
+        """Boolean mask over the vocabulary of tokens allowed next (None: every token)."""
 
     def advance(self, token_id: int) -> None:
         """Consume one token (which must be allowed)."""

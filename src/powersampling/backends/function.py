@@ -84,8 +84,9 @@ class FunctionLM:
                 interrupted = True
                 break
             logits = self.logits(prefix)
-            if state is not None:
-                logits = np.where(state.allowed_tokens(), logits, -np.inf)
+            allowed = state.allowed_tokens() if state is not None else None
+            if allowed is not None:
+                logits = np.where(allowed[: self.vocab_size], logits, -np.inf)
             logp, logq = temperature_logprobs(logits, temperature)
             if temperature == 0:
                 tok = int(np.argmax(logp))
@@ -103,5 +104,6 @@ class FunctionLM:
                 stopped = True
                 break
             if state is not None and state.is_finished():
+                stopped = True  # the constraint accepts the text as complete: same rule as the other backends
                 break
         return Continuation(tokens, np.array(logps), np.array(logqs), stopped=stopped, interrupted=interrupted)

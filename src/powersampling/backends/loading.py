@@ -11,7 +11,7 @@ from .embedded import EMBEDDED_MODEL_NAME, convert_gguf, embedded_gguf_path, emb
 
 log = logging.getLogger("powersampling.backends")
 
-BACKENDS = ("auto", "transformers", "llama.cpp")
+BACKENDS = ("auto", "transformers", "llama.cpp", "vllm")
 
 
 def llama_cpp_available() -> bool:
@@ -22,10 +22,18 @@ def load_model(path: str | None = None, *, backend: str = "auto", device: str = 
     """Load a model for sampling.
 
     ``path`` is a local transformers folder or a GGUF file; None means the embedded SmolLM2-135M-Instruct.
-    ``backend="auto"`` picks llama.cpp for GGUF files when llama-cpp-python is installed, transformers otherwise.
+    ``backend="auto"`` picks llama.cpp for GGUF files when llama-cpp-python is installed, transformers otherwise;
+    ``backend="vllm"`` runs a transformers folder on the vLLM engine (``pip install 'powersampling[vllm]'``).
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "vllm":
+        from .vllm_backend import load_vllm
+
+        folder = embedded_model_dir() if path is None else Path(path).expanduser()
+        if not folder.exists():
+            raise ModelLoadError(f"model path {path!r} does not exist")
+        return load_vllm(str(folder), name=EMBEDDED_MODEL_NAME if path is None else None, **kwargs)
     if path is None:
         gguf = embedded_gguf_path()
         if backend == "llama.cpp" or (backend == "auto" and llama_cpp_available() and device == "cpu"):
