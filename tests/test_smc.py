@@ -181,8 +181,8 @@ def test_smc_on_a_real_transformers_model_matches_exact(tiny_hf):
 
 
 def test_resampled_particles_reuse_their_kv_cache(tiny_hf):
-    """After the first chunk, each live particle feeds exactly one token per call: its prefix (its own, or the one
-    it was copied from on resampling) is in the backend's pool."""
+    """The prompt is encoded once (one priming row), then each live particle feeds exactly one token per call: its
+    prefix (its own, or the one it was copied from on resampling) is in the backend's pool."""
     from powersampling.backends.hf import TransformersLM
 
     lm = TransformersLM(tiny_hf, None, name="tiny")
@@ -200,8 +200,8 @@ def test_resampled_particles_reuse_their_kv_cache(tiny_hf):
     result = SMCSampler(lm, SMCConfig(alpha=4.0, n_particles=n, max_new_tokens=6, resample_every=1, seed=3,
                                       ess_threshold=1.0)).sample(prompt)
     assert result.metadata["resample_count"] >= 2
-    rows, fed = fed_per_call[0]
-    assert (rows, fed) == (n, n * len(prompt))
+    assert fed_per_call[0] == (1, len(prompt))
+    assert fed_per_call[1][0] == n - 1  # the priming row already holds its first token
     for rows, fed in fed_per_call[1:]:
         assert fed == rows, fed_per_call
 
@@ -219,7 +219,7 @@ def test_build_sampler_smc_and_metadata():
     md = result.metadata
     assert result.method == md["method"] == "smc"
     assert md["seed"] == 1 and md["n_particles"] == 6
-    assert len(md["ess_trace"]) == md["backend_calls"] == sum(e.kind == "block" for e in events)
+    assert len(md["ess_trace"]) == sum(e.kind == "block" for e in events) == md["backend_calls"] - 1  # + priming
     assert all(1.0 <= ess <= 6.0 + 1e-9 for ess in md["ess_trace"])
     assert md["resample_count"] == len(md["resample_steps"])
     assert md["final_tokens"] == len(result.token_ids) and md["tokens_generated"] >= len(result.token_ids)
@@ -281,7 +281,7 @@ def test_deadline_returns_the_weighted_particles_so_far():
 def test_stop_tokens_end_particles_and_the_run():
     always_eos = FunctionLM(3, 2, lambda prefix: np.array([0.0, 0.0, 5.0]))
     result = run(always_eos, alpha=4.0, n_particles=5, max_new_tokens=50, seed=0, resample_every=4)
-    assert result.metadata["backend_calls"] == 1  # every particle stopped inside the first chunk
+    assert result.metadata["backend_calls"] == 2  # the prompt-priming row, then the others: all stopped at once
     assert result.metadata["particles_stopped"] == 5
     assert result.metadata["stopped_by"] == "eos"
 
@@ -340,4 +340,4 @@ def test_cli_generate_with_smc_on_the_embedded_model():
     md = out["metadata"]
     assert out["method"] == "smc" and md["n_particles"] == 4 and out["text"].strip()
     assert 0 < md["final_tokens"] <= 12 and md["tokens_generated"] >= md["final_tokens"]
-    assert len(md["ess_trace"]) == md["backend_calls"]
+    assert len(md["ess_trace"]) == md["backend_calls"] - 1

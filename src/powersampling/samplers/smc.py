@@ -210,24 +210,39 @@ class _Run:
         return self._result()
 
     def _extend(self, live: list[_Particle], chunk: int) -> None:
-        temperature = self.cfg.proposal_temperature_at(self.steps + chunk)
+        """Decode every live particle up to ``steps + chunk`` tokens at the chunk's temperature."""
+        target_length = self.steps + chunk
+        temperature = self.cfg.proposal_temperature_at(target_length)
+        if self.steps == 0 and len(live) > 1:
+            # One particle's first token alone: the prompt is then encoded once and every other row finds it in the
+            # backend's prefix cache, instead of N rows prefilling the same prompt. Same proposal, same law.
+            self._decode_rows(live[:1], 1, temperature)
+            if self.hit_deadline:
+                return
+        growing = [p for p in live if not p.finished and len(p.tokens) < target_length]
+        self._decode_rows(growing, target_length, temperature)
+        self.steps = target_length
+
+    def _decode_rows(self, particles: list[_Particle], target_length: int, temperature: float) -> None:
+        if not particles:
+            return
+        wanted = [target_length - len(p.tokens) for p in particles]
         requests = [
-            ContinuationRequest(prefix=self.prompt + p.tokens, max_new_tokens=chunk,
+            ContinuationRequest(prefix=self.prompt + p.tokens, max_new_tokens=n,
                                 generated_start=len(self.prompt), constraint=self.constraint)
-            for p in live
+            for p, n in zip(particles, wanted)
         ]
         with span("power_sampling smc chunk", {"power_sampling.rows": len(requests),
-                                               "power_sampling.tokens": chunk}):
+                                               "power_sampling.tokens": max(wanted)}):
             conts = self.model.sample(requests, temperature, self.rng, deadline=self.deadline.end)
         self.backend_calls += 1
         self.tokens_generated += sum(len(c) for c in conts)
-        for particle, cont in zip(live, conts):
-            particle.extend(cont, chunk)
+        for particle, cont, n in zip(particles, conts, wanted):
+            particle.extend(cont, n)
             if cont.interrupted:
                 self.hit_deadline = True
             elif particle.finished:
                 self._offer(particle)
-        self.steps += chunk
 
     def _reweight(self, alpha_t: float) -> None:
         for i, particle in enumerate(self.particles):
