@@ -65,7 +65,9 @@ class SMCConfig(_Config):
         0, ge=0, le=1_000_000, description="alpha rises linearly from 1 to alpha over the first k tokens (0: off)"
     )
     resample_every: int = Field(
-        16, ge=1, le=1_000_000, description="tokens decoded per backend call between weight updates / ESS checks"
+        4, ge=1, le=1_000_000,
+        description="tokens decoded per backend call between weight updates / ESS checks (exact for any value; "
+        "larger is fewer calls but more weight degeneracy between checks)",
     )
     seed: Optional[int] = Field(None, ge=0, lt=2**63)
     deadline_s: Optional[float] = Field(None, gt=0)
