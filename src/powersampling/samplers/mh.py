@@ -251,10 +251,14 @@ class _Run:
             + float(chain.logq[cut:].sum()) - float(cont.logq.sum())
             + ((math.log(n_old) - math.log(n_new)) if cut_ratio else 0.0)
         )
-        if log_accept >= 0 or math.log(self.rng.random()) < log_accept:
-            self.accepted += 1
-            chain.replace_suffix(cut, cont)
-            self._offer(chain)
+        accepted = log_accept >= 0 or math.log(self.rng.random()) < log_accept
+        with span("power_sampling mh_step", {"power_sampling.cut": cut, "power_sampling.suffix_tokens": len(cont),
+                                             "power_sampling.log_accept": min(log_accept, 0.0),
+                                             "power_sampling.accepted": accepted}):
+            if accepted:
+                self.accepted += 1
+                chain.replace_suffix(cut, cont)
+                self._offer(chain)
 
     # small pieces
 
