@@ -114,6 +114,7 @@ def generate(
     block_size: int = typer.Option(16, help="tokens per block"),
     max_new_tokens: int = typer.Option(96, help="generated tokens at most"),
     chains: int = typer.Option(1, help="independent MH chains (batched rows), or SMC particles"),
+    scan: str = typer.Option("random", help="MH cut order: random (the paper's) or sorted (exact too; one batched call per block)"),
     temperature: Optional[float] = typer.Option(None, help="sampling temperature (sample, best-of-n); MH proposal temperature (power; default 1/alpha)"),
     n: int = typer.Option(4, help="candidates for best-of-n"),
     seed: Optional[int] = typer.Option(None, help="random seed (the same seed gives the same text on CPU)"),
@@ -132,7 +133,7 @@ def generate(
         deadline_s=deadline,
     )
     if method is Method.power:
-        params.update(n_chains=chains, proposal_temperature=temperature)
+        params.update(n_chains=chains, proposal_temperature=temperature, scan=scan)
     elif method is Method.smc:
         params.update(n_particles=chains)
     elif method in (Method.sample, Method.best_of_n):
