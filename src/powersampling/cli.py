@@ -167,9 +167,13 @@ def generate(
 
 def _register_optional_commands() -> None:
     """Subcommands that live next to the code they drive."""
-    from .server.cli import serve_command; app.command("serve")(serve_command)  # noqa: E702
-    from .eval.cli import eval_command; app.command("eval")(eval_command)  # noqa: E702
-    from .planner.cli import plan_command; app.command("plan")(plan_command)  # noqa: E702
+    from .eval.cli import eval_command
+    from .planner.cli import plan_command
+    from .server.cli import serve_command
+
+    app.command("plan")(plan_command)
+    app.command("serve")(serve_command)
+    app.command("eval")(eval_command)
 
 
 def main() -> None:
