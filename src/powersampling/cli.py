@@ -113,7 +113,7 @@ def generate(
     mcmc_steps: int = typer.Option(10, "--mcmc-steps", help="MH steps after each block"),
     block_size: int = typer.Option(16, help="tokens per block"),
     max_new_tokens: int = typer.Option(96, help="generated tokens at most"),
-    chains: int = typer.Option(1, help="independent MH chains (batched rows), or SMC particles"),
+    chains: Optional[int] = typer.Option(None, help="independent MH chains (batched rows; default 1), or SMC particles (default 8)"),
     scan: str = typer.Option("random", help="MH cut order: random (the paper's) or sorted (exact too; one batched call per block)"),
     temperature: Optional[float] = typer.Option(None, help="sampling temperature (sample, best-of-n); MH proposal temperature (power; default 1/alpha)"),
     n: int = typer.Option(4, help="candidates for best-of-n"),
@@ -133,9 +133,9 @@ def generate(
         deadline_s=deadline,
     )
     if method is Method.power:
-        params.update(n_chains=chains, proposal_temperature=temperature, scan=scan)
+        params.update(n_chains=1 if chains is None else chains, proposal_temperature=temperature, scan=scan)
     elif method is Method.smc:
-        params.update(n_particles=chains)
+        params.update(n_particles=chains)  # None keeps SMCConfig's default; one particle would be low-temp sampling
     elif method in (Method.sample, Method.best_of_n):
         params.update(temperature=1.0 if temperature is None else temperature)
         if method is Method.best_of_n:
