@@ -36,7 +36,14 @@ def local_backends() -> list[str]:
 
 def measure(backend: str, args) -> dict:
     load_start = time.perf_counter()
-    lm = load_model(None, backend=backend)
+    if backend == "llama.cpp":
+        lm = load_model(None, backend=backend, n_threads=args.threads)
+    else:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        lm = load_model(None, backend=backend)
     load_s = time.perf_counter() - load_start
     lm.stop_token_ids = frozenset()  # equal lengths: every sample decodes exactly max_new_tokens
     ids = prompt_ids(lm, PROMPT)
@@ -92,6 +99,8 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads per backend (default: llama.cpp half the CPUs, torch its own choice)")
     ap.add_argument("--out", default="benchmarks/results/backends_power_vs_plain.json")
     args = ap.parse_args()
     backends = args.backends or local_backends()

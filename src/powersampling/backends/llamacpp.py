@@ -4,24 +4,26 @@ Why not ``Llama.generate`` / ``create_completion``: their sampler chain truncate
 min_p 0.05), which silently changes both the proposal and the target. Here llama.cpp only evaluates tokens; every
 draw, log p and log q is computed in numpy (float64) from the same full logit vector.
 
-The KV cache holds one sequence. Each row starts from the longest common token prefix with what the cache holds
-(the cache is trimmed there, nothing before the cut is re-encoded), and rows are visited in the order that
-re-encodes the fewest tokens: MH proposals drawn from one state at several cuts then cost only their own suffixes.
-Path-independent log p: llama.cpp computes a one-token decode and a multi-token batch through different
-quantized-matmul paths, so the same token after the same prefix gets a log p that depends on how the prefix was
-fed (measured on the embedded Q4_1 model: mean 0.05, max 0.19 nats per token). MH needs p(x) to be one function
-of the tokens, so by default every token is fed alone (``batch_prefill=False``): the logits are then a pure
-function of the token sequence, and a trimmed cache gives bit-identical logits to a fresh evaluation. Prompts
-prefill slower that way (once per prompt, the cache keeps it); ``batch_prefill=True`` trades that exactness for speed.
+Rows are decoded together: one llama.cpp context holds up to ``n_seq_max`` KV sequences ("slots") in a unified
+cache, and every decode step evaluates one token of every active row in a single ``llama_decode`` call. A row
+starts from the slot with the longest common token prefix: the slot is trimmed at the cut, or, when another row of
+the same call already owns it, the shared prefix is copied into a spare slot (``llama_memory_seq_cp`` shares the
+cache cells, nothing is re-encoded). MH proposals drawn from one state at several cuts, SMC particles and best-of-n
+candidates then cost only their own suffixes, evaluated side by side.
 
-Logits are requested for the last fed token only (``logits_all=False``): keeping a full-vocabulary row for every
-context position costs n_ctx x vocab x 4 bytes (1.6 GB at 8192 x 49152); when a prefix is entirely cached, its
-last token is fed again instead (one decode step).
+Path-independent log p: llama.cpp switches matrix-multiplication kernels by batch size. On the embedded Q4_1
+model, evaluation batches of 64 or more tokens gave logits up to 1.8 nats away from one-token evaluation, while
+batches of up to 63 tokens, from one sequence or from many, gave bit-identical logits. MH needs p(x) to be one
+function of the tokens, so the context's micro-batch is capped at ``n_ubatch=32`` tokens, and at load time a probe
+checks that a 40-token sequence fed at once, token by token and alongside another row gives identical logits
+(``batch_invariant``). If a model or CPU fails that probe, the backend falls back to feeding one token per
+``llama_decode`` call (exact, slower) and says so in a warning.
+
+Logits are requested only where a row needs them (the last prefix token and each generated token).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from pathlib import Path
@@ -32,7 +34,12 @@ import numpy as np
 from ..errors import ModelLoadError
 from .base import Continuation, ContinuationRequest
 
-DEFAULT_N_CTX = 4096
+DEFAULT_N_CTX = 8192  # cells shared by all sequences (a unified cache)
+DEFAULT_N_SEQ_MAX = 16  # rows decoded side by side
+_UBATCH = 32  # tokens per llama.cpp micro-batch: below the size where its kernels change (see the docstring)
+_MAX_BATCH = 512
+_PROBE_TOKENS = np.arange(40, dtype=np.int64) * 7919 + 17
+_INVARIANCE_CACHE: dict[tuple, bool] = {}
 
 
 class LlamaCppTokenizer:
@@ -96,21 +103,49 @@ class LlamaCppTokenizer:
 class LlamaCppLM:
     """A GGUF model run by llama.cpp implementing the ``LanguageModel`` protocol.
 
-    Rows are decoded one after another on a single KV sequence; see the module docstring for the cache policy.
+    Up to ``n_seq_max`` rows are decoded side by side in one context; see the module docstring for the cache
+    policy and the batch-invariance probe.
     """
 
-    def __init__(self, llama, *, name: str, gguf_path: str | None = None, batch_prefill: bool = False) -> None:
-        self.llama = llama
-        self.batch_prefill = batch_prefill
+    def __init__(self, llama, *, name: str, gguf_path: str | None = None, n_ctx: int = DEFAULT_N_CTX,
+                 n_seq_max: int = DEFAULT_N_SEQ_MAX, n_threads: int = 1) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.llama = llama  # owns the weights and the vocabulary; its own small context is not used for decoding
         self.name = name
         self.vocab_size = int(llama.n_vocab())
-        self.n_ctx = int(llama.n_ctx())
+        self.n_ctx = int(n_ctx)
+        self.n_seq_max = int(n_seq_max)
+        self.n_threads = int(n_threads)
         self.tokenizer = LlamaCppTokenizer(llama, gguf_path)
         self.stop_token_ids = _end_of_generation_tokens(llama)
-        self._cached: list[int] = []  # token ids whose keys/values the KV cache holds, in order
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.n_ctx
+        params.n_batch = _MAX_BATCH
+        params.n_ubatch = _UBATCH
+        params.n_seq_max = self.n_seq_max
+        params.kv_unified = True  # one cell pool: sequences share the cells of a common prefix
+        params.n_threads = params.n_threads_batch = self.n_threads
+        self._ctx = llama_cpp.llama_init_from_model(llama.model, params)
+        if not self._ctx:
+            raise ModelLoadError(f"llama.cpp could not create a context of {self.n_ctx} tokens x "
+                                 f"{self.n_seq_max} sequences for {name}")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(_MAX_BATCH, 0, 1)
+        self._slots: list[list[int]] = [[] for _ in range(self.n_seq_max)]  # token ids each sequence holds
+        self._last_used = [0] * self.n_seq_max
+        self._clock = 0
         self.prefill_tokens = 0
         self.reused_tokens = 0
         self.decode_calls = 0
+        self.batch_invariant = True
+        self.batch_invariant = self._probe_batch_invariance()
+        if not self.batch_invariant:
+            import warnings
+
+            warnings.warn(f"llama.cpp gives {name} different logits for batched and one-token evaluation on this "
+                          "machine; feeding one token per call (exact, slower)", RuntimeWarning, stacklevel=2)
 
     # the protocol
 
@@ -133,91 +168,215 @@ class LlamaCppLM:
                     f"context of {self.n_ctx} tokens; load the model with a larger n_ctx"
                 )
         results: list[Continuation | None] = [None] * len(requests)
-        for index in self._visit_order(requests):
-            results[index] = self._decode_row(requests[index], temperature, rng, deadline)
+        for group in self._groups(requests):
+            for index, continuation in zip(group, self._decode_rows([requests[i] for i in group], temperature,
+                                                                     rng, deadline)):
+                results[index] = continuation
         return results  # type: ignore[return-value]
 
     def clear_cache(self) -> None:
-        self.llama.reset()
-        self.llama._ctx.kv_cache_clear()
-        self._cached = []
+        self._lib.llama_memory_clear(self._memory, True)
+        self._slots = [[] for _ in range(self.n_seq_max)]
 
     def next_token_logits(self, prefix: Sequence[int]) -> np.ndarray:
         """Raw float64 logits for the token after ``prefix`` (through the same cache as sampling)."""
-        return self._feed([int(t) for t in prefix])
+        (seq,) = self._place([[int(t) for t in prefix]])
+        return self._prefill([seq], [[int(t) for t in prefix]])[0]
 
-    # internals
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self._ctx)
+            self._ctx = None
 
-    def _visit_order(self, requests: Sequence[ContinuationRequest]) -> list[int]:
-        """Greedy order: next the row that re-encodes the fewest tokens given what the cache will hold, longer
-        prefixes first on ties (a shorter shared prefix can then still be cut out of the cache)."""
-        remaining = list(range(len(requests)))
-        prefixes = [np.asarray(r.prefix, dtype=np.int64) for r in requests]
-        cached = np.asarray(self._cached, dtype=np.int64)
-        order = []
-        while remaining:
-            best = min(remaining, key=lambda i: (len(prefixes[i]) - _common_length(cached, prefixes[i]),
-                                                 -len(prefixes[i])))
-            order.append(best)
-            remaining.remove(best)
-            # the row leaves its prefix plus (unknown) new tokens in the cache; the prefix is what later rows share
-            cached = prefixes[best]
-        return order
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may already be gone
+            pass
 
-    def _feed(self, prefix: list[int]) -> np.ndarray:
-        """Bring the cache to exactly ``prefix`` and return the logits after its last token."""
-        common = _common_length(np.asarray(self._cached, dtype=np.int64), np.asarray(prefix, dtype=np.int64))
-        common = min(common, len(prefix) - 1)  # the last token is fed again to get its logits
-        self.reused_tokens += common
-        self.prefill_tokens += len(prefix) - common
-        self.llama.n_tokens = common  # eval() removes cache cells from n_tokens on
-        self._cached = prefix[:common]
-        return self._eval(prefix[common:])
+    # internals: scheduling
 
-    def _eval(self, tokens: list[int]) -> np.ndarray:
-        if self.batch_prefill:
-            self.llama.eval(tokens)
-            self.decode_calls += 1
-        else:
-            for token in tokens:
-                self.llama.eval([token])
-            self.decode_calls += len(tokens)
-        self._cached.extend(tokens)
-        pointer = self.llama._ctx.get_logits_ith(-1)
-        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                     shape=(self.vocab_size,)).astype(np.float64)
+    def _groups(self, requests: Sequence[ContinuationRequest]) -> list[list[int]]:
+        """Rows in groups that fit the sequence slots and (counting every row's cells separately, an upper bound)
+        the context, longest prefixes first so that rows cut from one state share a group."""
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prefix))
+        groups: list[list[int]] = []
+        cells = 0
+        for i in order:
+            need = len(requests[i].prefix) + requests[i].max_new_tokens
+            if not groups or len(groups[-1]) == self.n_seq_max or cells + need > self.n_ctx:
+                groups.append([])
+                cells = 0
+            groups[-1].append(i)
+            cells += need
+        return groups
 
-    def _decode_row(self, request: ContinuationRequest, temperature: float, rng: np.random.Generator,
-                    deadline: float | None) -> Continuation:
-        prefix = [int(t) for t in request.prefix]
-        state = request.constraint.start(prefix[request.generated_start:]) if request.constraint else None
-        tokens: list[int] = []
-        logps: list[float] = []
-        logqs: list[float] = []
-        stopped = interrupted = False
-        if request.max_new_tokens <= 0:
-            return Continuation([], np.zeros(0), np.zeros(0))
-        logits = self._feed(prefix)
-        while True:
-            if state is not None:
-                logits = _apply_mask(logits, state.allowed_tokens(), self.vocab_size)
-            token, logp, logq = draw_token(logits, temperature, rng)
-            tokens.append(token)
-            logps.append(logp)
-            logqs.append(logq)
-            if state is not None:
-                state.advance(token)
-            if token in self.stop_token_ids or (state is not None and state.is_finished()):
-                stopped = True
-                break
-            if len(tokens) >= request.max_new_tokens:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                interrupted = True
-                break
-            logits = self._eval([token])
-        return Continuation(tokens, np.asarray(logps, dtype=np.float64), np.asarray(logqs, dtype=np.float64),
-                            stopped, interrupted)
+    def _place(self, prefixes: list[list[int]]) -> list[int]:
+        """Give every prefix a sequence slot holding the longest cached part of it (at most all but its last
+        token, which is fed again for its logits); returns the slots. Copies happen before trims, so a slot can
+        seed other rows and keep its own."""
+        arrays = [np.asarray(p, dtype=np.int64) for p in prefixes]
+        slot_arrays = [np.asarray(s, dtype=np.int64) for s in self._slots]
+        best, common = [], []
+        for p in arrays:
+            lengths = [min(_common_length(s, p), len(p) - 1) for s in slot_arrays]
+            b = int(np.argmax(lengths))
+            best.append(b)
+            common.append(lengths[b])
+        claimed: dict[int, int] = {}  # slot -> row
+        assignment = [-1] * len(prefixes)
+        copies = []  # (source slot, target slot, length)
+        for row in sorted(range(len(prefixes)), key=lambda r: -common[r]):
+            if common[row] > 0 and best[row] not in claimed:
+                claimed[best[row]] = row
+                assignment[row] = best[row]
+        sources = {best[r] for r in range(len(prefixes)) if common[r] > 0}
+        for row in range(len(prefixes)):
+            if assignment[row] >= 0:
+                continue
+            spare = [s for s in range(self.n_seq_max) if s not in claimed and s not in sources]
+            if not spare:  # every slot is a source or taken: sources that nobody claimed can be reused last
+                spare = [s for s in range(self.n_seq_max) if s not in claimed]
+            target = min(spare, key=lambda s: (len(self._slots[s]) > 0, self._last_used[s]))
+            claimed[target] = row
+            assignment[row] = target
+            if common[row] > 0 and best[row] != target:
+                copies.append((best[row], target, common[row]))
+            elif best[row] != target:
+                common[row] = 0
+        for source, target, length in copies:
+            self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)
+            self._lib.llama_memory_seq_cp(self._memory, source, target, 0, length)
+        new_slots = {target: self._slots[source][:length] for source, target, length in copies}
+        for row, slot in enumerate(assignment):
+            keep = common[row]
+            if slot in new_slots:
+                self._slots[slot] = new_slots[slot]
+            else:
+                self._lib.llama_memory_seq_rm(self._memory, slot, keep, -1)
+                self._slots[slot] = self._slots[slot][:keep]
+            self._clock += 1
+            self._last_used[slot] = self._clock
+            self.reused_tokens += keep
+        return assignment
+
+    # internals: evaluation
+
+    def _prefill(self, slots: list[int], prefixes: list[list[int]]) -> list[np.ndarray]:
+        """Feed each prefix's uncached tail into its slot; float64 logits after each prefix's last token."""
+        entries = []
+        for row, (slot, prefix) in enumerate(zip(slots, prefixes)):
+            start = len(self._slots[slot])
+            self.prefill_tokens += len(prefix) - start
+            for position in range(start, len(prefix)):
+                entries.append((prefix[position], position, slot, row if position == len(prefix) - 1 else -1))
+        return self._evaluate(entries, len(prefixes))
+
+    def _evaluate(self, entries: list[tuple[int, int, int, int]], n_rows: int) -> list[np.ndarray]:
+        """Decode (token, position, slot, row or -1) entries in order; logits of the entries that name a row."""
+        logits: list[np.ndarray | None] = [None] * n_rows
+        chunk = _MAX_BATCH if self.batch_invariant else 1
+        start = 0
+        while start < len(entries):
+            part = entries[start:start + chunk]
+            self._decode(part)
+            for i, (_, _, _, row) in enumerate(part):
+                if row >= 0:
+                    pointer = self._lib.llama_get_logits_ith(self._ctx, i)
+                    logits[row] = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).astype(np.float64)
+            start += len(part)
+        for token, _, slot, _ in entries:
+            self._slots[slot].append(token)
+        return logits  # type: ignore[return-value]
+
+    def _decode(self, entries: list[tuple[int, int, int, int]]) -> None:
+        batch = self._batch
+        batch.n_tokens = len(entries)
+        for i, (token, position, slot, row) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot
+            batch.logits[i] = row >= 0
+        status = self._lib.llama_decode(self._ctx, batch)
+        if status == 1:  # no room in the cache: drop the sequences this batch does not use, then retry once
+            busy = {slot for _, _, slot, _ in entries}
+            for slot in range(self.n_seq_max):
+                if slot not in busy and self._slots[slot]:
+                    self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+                    self._slots[slot] = []
+            status = self._lib.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status} ({len(entries)} tokens; the context holds "
+                               f"{self.n_ctx} tokens: load the model with a larger n_ctx)")
+        self.decode_calls += 1
+
+    def _decode_rows(self, requests: list[ContinuationRequest], temperature: float, rng: np.random.Generator,
+                     deadline: float | None) -> list[Continuation]:
+        prefixes = [[int(t) for t in r.prefix] for r in requests]
+        rows = range(len(requests))
+        states = [r.constraint.start(p[r.generated_start:]) if r.constraint else None
+                  for r, p in zip(requests, prefixes)]
+        tokens: list[list[int]] = [[] for _ in rows]
+        logps: list[list[float]] = [[] for _ in rows]
+        logqs: list[list[float]] = [[] for _ in rows]
+        stopped = [False] * len(requests)
+        interrupted = [False] * len(requests)
+        active = [i for i in rows if requests[i].max_new_tokens > 0]
+        if not active:
+            return [Continuation([], np.zeros(0), np.zeros(0)) for _ in rows]
+        slots = self._place([prefixes[i] for i in active])
+        slot_of = dict(zip(active, slots))
+        current = dict(zip(active, self._prefill(slots, [prefixes[i] for i in active])))
+        while active:
+            for i in active:
+                if states[i] is not None:
+                    current[i] = _apply_mask(current[i], states[i].allowed_tokens(), self.vocab_size)
+            drawn, logp, logq = draw_tokens(np.stack([current[i] for i in active]), temperature, rng)
+            still = []
+            for i, token, lp, lq in zip(active, drawn.tolist(), logp.tolist(), logq.tolist()):
+                tokens[i].append(token)
+                logps[i].append(lp)
+                logqs[i].append(lq)
+                if states[i] is not None:
+                    states[i].advance(token)
+                if token in self.stop_token_ids or (states[i] is not None and states[i].is_finished()):
+                    stopped[i] = True
+                elif len(tokens[i]) < requests[i].max_new_tokens:
+                    still.append(i)
+            if still and deadline is not None and time.monotonic() > deadline:
+                for i in still:
+                    interrupted[i] = True
+                still = []
+            active = still
+            if active:
+                entries = [(tokens[i][-1], len(prefixes[i]) + len(tokens[i]) - 1, slot_of[i], k)
+                           for k, i in enumerate(active)]
+                current = dict(zip(active, self._evaluate(entries, len(active))))
+        return [Continuation(tokens[i], np.asarray(logps[i], dtype=np.float64),
+                             np.asarray(logqs[i], dtype=np.float64), stopped[i], interrupted[i]) for i in rows]
+
+    def _probe_batch_invariance(self) -> bool:
+        """Logits of a 40-token sequence fed at once, token by token, and next to a second row must be equal."""
+        probe = _PROBE_TOKENS % max(self.vocab_size - 1, 1) + 1
+        probe = [int(t) for t in probe]
+        other = [int(t) for t in probe[::-1]]
+        key = (self.tokenizer._gguf_path or self.name, self.vocab_size, self.n_threads)
+        if key in _INVARIANCE_CACHE:
+            return _INVARIANCE_CACHE[key]
+        at_once = self._evaluate([(t, i, 0, i) for i, t in enumerate(probe)], len(probe))
+        self.batch_invariant = False  # one token per llama_decode call
+        single = self._evaluate([(t, i, 1, i) for i, t in enumerate(probe)], len(probe))
+        self.batch_invariant = True
+        side_by_side: list[np.ndarray] = []
+        for i in range(len(probe)):
+            pair = self._evaluate([(probe[i], i, 2, 0), (other[i], i, 3, 1)], 2)
+            side_by_side.append(pair[0])
+        self.clear_cache()
+        same = all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(at_once, single, side_by_side))
+        _INVARIANCE_CACHE[key] = same
+        return same
 
 
 def draw_token(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> tuple[int, float, float]:
@@ -226,27 +385,32 @@ def draw_token(logits: np.ndarray, temperature: float, rng: np.random.Generator)
     Returns (token, log p at temperature 1, log q at ``temperature``), both from the same float64 logits; at
     temperature 0 the token is the argmax and log q is 0. ``-inf`` logits are impossible tokens.
     """
-    peak = float(np.max(logits))
-    if not np.isfinite(peak):
+    tokens, logp, logq = draw_tokens(np.asarray(logits, dtype=np.float64)[None, :], temperature, rng)
+    return int(tokens[0]), float(logp[0]), float(logq[0])
+
+
+def draw_tokens(logits: np.ndarray, temperature: float, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``draw_token`` for every row of a (rows, vocab) float64 array at once, one uniform per row."""
+    peak = np.max(logits, axis=1, keepdims=True)
+    if not np.all(np.isfinite(peak)):
         raise ValueError("every token is disallowed at this step (the constraint allows nothing the model can emit)")
     shifted = logits - peak
-    log_z = float(np.log(np.sum(np.exp(shifted))))
+    log_z = np.log(np.sum(np.exp(shifted), axis=1))
+    rows = np.arange(len(logits))
     if temperature == 0:
-        token = int(np.argmax(logits))
-        return token, float(shifted[token]) - log_z, 0.0
-    if temperature == 1.0:
-        weights = np.exp(shifted)
-        scaled = shifted
-    else:
-        scaled = shifted / temperature
-        weights = np.exp(scaled)
-    cdf = np.cumsum(weights)
-    total = float(cdf[-1])
-    token = int(np.searchsorted(cdf, rng.random() * total, side="right"))
-    token = min(token, len(cdf) - 1)
-    while weights[token] == 0:  # float edge at a plateau of the CDF: step back to the token that owns it
-        token -= 1
-    return token, float(shifted[token]) - log_z, float(scaled[token]) - float(np.log(total))
+        tokens = np.argmax(logits, axis=1)
+        return tokens, shifted[rows, tokens] - log_z, np.zeros(len(logits))
+    scaled = shifted if temperature == 1.0 else shifted / temperature
+    weights = np.exp(scaled)
+    cdf = np.cumsum(weights, axis=1)
+    total = cdf[:, -1]
+    targets = rng.random(len(logits)) * total
+    tokens = np.minimum(np.sum(cdf <= targets[:, None], axis=1), logits.shape[1] - 1)  # searchsorted, side="right"
+    for row in rows:
+        while weights[row, tokens[row]] == 0:  # float edge at a plateau of the CDF: step back to its owner
+            tokens[row] -= 1
+    return tokens, shifted[rows, tokens] - log_z, scaled[rows, tokens] - np.log(total)
 
 
 def _apply_mask(logits: np.ndarray, allowed: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -277,20 +441,23 @@ def load_llamacpp(
     *,
     name: str | None = None,
     n_ctx: int = DEFAULT_N_CTX,
+    n_seq_max: int = DEFAULT_N_SEQ_MAX,
     n_threads: int | None = None,
-    n_batch: int = 512,
     seed: int = 0,
-    batch_prefill: bool = False,
     **unsupported,
 ) -> LlamaCppLM:
     """Load a GGUF file with llama.cpp.
 
-    ``n_threads`` defaults to llama-cpp-python's choice (half the CPUs): ggml's worker threads spin while they
-    wait, so on a shared machine more threads than idle cores is several times slower (measured here with another
-    process busy: 29 tok/s with 1 thread, 7 tok/s with 2).
+    ``n_ctx`` is the cache size shared by all rows; ``n_seq_max`` how many rows are decoded side by side.
+    ``n_threads`` defaults to half the CPUs: ggml's worker threads spin while they wait, so on a shared machine
+    more threads than idle cores is several times slower (measured here with another process busy: 29 tok/s with
+    1 thread, 7 tok/s with 2).
     """
     if unsupported:
         raise ModelLoadError(f"option(s) not supported by the llama.cpp backend: {', '.join(sorted(unsupported))}")
+    for option, value in (("n_ctx", n_ctx), ("n_seq_max", n_seq_max), ("n_threads", n_threads or 1)):
+        if int(value) < 1:
+            raise ModelLoadError(f"{option} must be >= 1, got {value}")
     try:
         from llama_cpp import Llama
     except ImportError as exc:
@@ -300,8 +467,10 @@ def load_llamacpp(
         raise ModelLoadError(f"GGUF file {path!r} does not exist")
     threads = n_threads or max(1, len(os.sched_getaffinity(0)) // 2)
     try:
-        llama = Llama(model_path=str(p), n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, n_threads_batch=threads,
+        # this Llama object provides the weights, vocabulary and metadata; decoding uses the backend's own context
+        llama = Llama(model_path=str(p), n_ctx=64, n_batch=64, n_threads=threads, n_threads_batch=threads,
                       logits_all=False, seed=seed, verbose=False)
     except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError with little detail
         raise ModelLoadError(f"llama.cpp could not load {p}: {exc}") from exc
-    return LlamaCppLM(llama, name=name or p.stem, gguf_path=str(p), batch_prefill=batch_prefill)
+    return LlamaCppLM(llama, name=name or p.stem, gguf_path=str(p), n_ctx=n_ctx, n_seq_max=n_seq_max,
+                      n_threads=threads)
