@@ -9,7 +9,8 @@ four server configurations under path prefixes, as vLLM would be started with di
     /processed-k20  --logprobs-mode processed_logprobs (top-20 at most, prompt_logprobs for scoring)
     /raw-k5         --max-logprobs 5 (top-k only: refused unless approximate=True)
 
-llama-cpp-python's own server (which takes only text prompts) is the second peer.
+llama-cpp-python's own server (which takes only text prompts) is the second peer. SGLang's native /generate API is
+tested in test_remote_sglang.py.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def test_exact_modes_report_the_models_log_p_and_log_q(vllm_like_server, local_m
 
     lm = RemoteLM(f"{vllm_like_server}/{prefix}", vocab_size=VOCAB, stop_token_ids=[STOP])
     try:
-        assert (lm.mode, lm.logprobs_are_processed) == (expected_mode, processed)
+        assert (lm.api, lm.mode, lm.logprobs_are_processed) == ("vllm", expected_mode, processed)  # auto-detected
         prefixes = [[1, 5, 7], [1, 9], [1, 5, 7, 3, 3]]
         conts = lm.sample(_requests(prefixes), 0.5, np.random.default_rng(0))
         _check_against_model(local_model, prefixes, conts, 0.5)
