@@ -11,13 +11,13 @@ the same call already owns it, the shared prefix is copied into a spare slot (``
 cache cells, nothing is re-encoded). MH proposals drawn from one state at several cuts, SMC particles and best-of-n
 candidates then cost only their own suffixes, evaluated side by side.
 
-Path-independent log p: llama.cpp switches matrix-multiplication kernels by batch size. On the embedded Q4_1
-model, evaluation batches of 64 or more tokens gave logits up to 1.8 nats away from one-token evaluation, while
-batches of up to 63 tokens, from one sequence or from many, gave bit-identical logits. MH needs p(x) to be one
-function of the tokens, so the context's micro-batch is capped at ``n_ubatch=32`` tokens, and at load time a probe
-checks that a 40-token sequence fed at once, token by token and alongside another row gives identical logits
-(``batch_invariant``). If a model or CPU fails that probe, the backend falls back to feeding one token per
-``llama_decode`` call (exact, slower) and says so in a warning.
+Path-independent log p: llama.cpp switches matrix-multiplication kernels by batch size, at a size that depends on
+the quantization type and the CPU. Measured here: the embedded Q4_1 model gives bit-identical logits for batches of
+up to 63 tokens (from one sequence or from many) and logits up to 1.8 nats away at 64; Qwen2.5-0.5B Q4_K_M is
+identical up to 16 and differs at 32. MH needs p(x) to be one function of the tokens, so at load time a probe finds
+the largest batch (32, 16, 8, 4 or 2 tokens per ``llama_decode`` call, ``eval_batch``) at which a 40-token
+sequence fed in batches, and fed next to a second row, gives exactly the logits of one-token evaluation; every
+later call stays within it. If no size passes, tokens are fed one per call (exact, slower) with a warning.
 
 Logits are requested only where a row needs them (the last prefix token and each generated token).
 """
@@ -36,8 +36,8 @@ from .base import Continuation, ContinuationRequest
 
 DEFAULT_N_CTX = 8192  # cells shared by all sequences (a unified cache)
 DEFAULT_N_SEQ_MAX = 16  # rows decoded side by side
-_UBATCH = 32  # tokens per llama.cpp micro-batch: below the size where its kernels change (see the docstring)
-_MAX_BATCH = 512
+_MAX_BATCH = 32  # tokens per llama_decode call at most; the load-time probe may lower it (see the docstring)
+_EVAL_BATCH_CANDIDATES = (32, 16, 8, 4, 2)
 _PROBE_TOKENS = np.arange(40, dtype=np.int64) * 7919 + 17
 _INVARIANCE_CACHE: dict[tuple, bool] = {}
 
@@ -122,8 +122,7 @@ class LlamaCppLM:
         self.stop_token_ids = _end_of_generation_tokens(llama)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx
-        params.n_batch = _MAX_BATCH
-        params.n_ubatch = _UBATCH
+        params.n_batch = params.n_ubatch = _MAX_BATCH
         params.n_seq_max = self.n_seq_max
         params.kv_unified = True  # one cell pool: sequences share the cells of a common prefix
         params.n_threads = params.n_threads_batch = self.n_threads
@@ -139,9 +138,8 @@ class LlamaCppLM:
         self.prefill_tokens = 0
         self.reused_tokens = 0
         self.decode_calls = 0
-        self.batch_invariant = True
-        self.batch_invariant = self._probe_batch_invariance()
-        if not self.batch_invariant:
+        self.eval_batch = self._probe_batch_invariance()  # tokens per llama_decode call
+        if self.eval_batch == 1:
             import warnings
 
             warnings.warn(f"llama.cpp gives {name} different logits for batched and one-token evaluation on this "
@@ -276,7 +274,7 @@ class LlamaCppLM:
     def _evaluate(self, entries: list[tuple[int, int, int, int]], n_rows: int) -> list[np.ndarray]:
         """Decode (token, position, slot, row or -1) entries in order; logits of the entries that name a row."""
         logits: list[np.ndarray | None] = [None] * n_rows
-        chunk = _MAX_BATCH if self.batch_invariant else 1
+        chunk = self.eval_batch
         start = 0
         while start < len(entries):
             part = entries[start:start + chunk]
@@ -357,26 +355,32 @@ class LlamaCppLM:
         return [Continuation(tokens[i], np.asarray(logps[i], dtype=np.float64),
                              np.asarray(logqs[i], dtype=np.float64), stopped[i], interrupted[i]) for i in rows]
 
-    def _probe_batch_invariance(self) -> bool:
-        """Logits of a 40-token sequence fed at once, token by token, and next to a second row must be equal."""
-        probe = _PROBE_TOKENS % max(self.vocab_size - 1, 1) + 1
-        probe = [int(t) for t in probe]
-        other = [int(t) for t in probe[::-1]]
+    def _probe_batch_invariance(self) -> int:
+        """The largest evaluation batch (tokens per ``llama_decode`` call) whose logits equal one-token
+        evaluation: a 40-token sequence fed in batches of that size and, token by token, next to a second row must
+        give the same logits as feeding it one token at a time. 1 when no batch size passes."""
         key = (self.tokenizer._gguf_path or self.name, self.vocab_size, self.n_threads)
         if key in _INVARIANCE_CACHE:
             return _INVARIANCE_CACHE[key]
-        at_once = self._evaluate([(t, i, 0, i) for i, t in enumerate(probe)], len(probe))
-        self.batch_invariant = False  # one token per llama_decode call
-        single = self._evaluate([(t, i, 1, i) for i, t in enumerate(probe)], len(probe))
-        self.batch_invariant = True
-        side_by_side: list[np.ndarray] = []
-        for i in range(len(probe)):
-            pair = self._evaluate([(probe[i], i, 2, 0), (other[i], i, 3, 1)], 2)
-            side_by_side.append(pair[0])
+        probe = [int(t) for t in _PROBE_TOKENS % max(self.vocab_size - 1, 1) + 1]
+        other = probe[::-1]
+        self.eval_batch = 1
+        single = self._evaluate([(t, i, 0, i) for i, t in enumerate(probe)], len(probe))
+        self.eval_batch = 2
+        side_by_side = [self._evaluate([(probe[i], i, 1, 0), (other[i], i, 2, 1)], 2)[0] for i in range(len(probe))]
+        chosen = 1
+        if all(np.array_equal(a, b) for a, b in zip(single, side_by_side)):
+            for size in _EVAL_BATCH_CANDIDATES:
+                self._lib.llama_memory_seq_rm(self._memory, 3, -1, -1)
+                self._slots[3] = []
+                self.eval_batch = size
+                batched = self._evaluate([(t, i, 3, i) for i, t in enumerate(probe)], len(probe))
+                if all(np.array_equal(a, b) for a, b in zip(single, batched)):
+                    chosen = size
+                    break
         self.clear_cache()
-        same = all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(at_once, single, side_by_side))
-        _INVARIANCE_CACHE[key] = same
-        return same
+        _INVARIANCE_CACHE[key] = chosen
+        return chosen
 
 
 def draw_token(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> tuple[int, float, float]:
