@@ -196,19 +196,25 @@ def test_rows_decoded_side_by_side_match_fresh_single_row_evaluation(lm, prompt)
 
 
 @pytest.mark.slow
-def test_more_rows_than_sequence_slots_run_in_groups(prompt):
+def test_more_rows_than_slots_or_cache_cells_run_in_groups(prompt):
     _needs_llama_cpp()
     from powersampling.backends.embedded import embedded_gguf_path
     from powersampling.backends.llamacpp import load_llamacpp
 
-    small = load_llamacpp(str(embedded_gguf_path()), n_ctx=512, n_seq_max=2)
-    requests = [ContinuationRequest(prompt, 6) for _ in range(5)]
+    # the cache fits two rows at a time, so five rows run in three groups; the second group needs the cells that
+    # the first group's leftover sequences still hold, so they are evicted
+    small = load_llamacpp(str(embedded_gguf_path()), n_ctx=256, n_seq_max=4)
+    new = small.n_ctx // 2 - len(prompt)
+    assert new > 40
+    small.stop_token_ids = frozenset()
+    requests = [ContinuationRequest(prompt, new) for _ in range(5)]
     conts = small.sample(requests, 1.0, np.random.default_rng(0))
-    assert [len(c) for c in conts] == [6] * 5 or any(c.stopped for c in conts)
-    for cont in conts:
-        small.clear_cache()
-        expected = log_softmax(small.next_token_logits(prompt))[cont.token_ids[0]]
-        assert cont.logp[0] == pytest.approx(expected, abs=1e-9)
+    assert [len(c) for c in conts] == [new] * 5 and small.cache_evictions >= 1
+    for cont in (conts[0], conts[-1]):
+        for i in (0, 17, new - 1):
+            small.clear_cache()
+            expected = log_softmax(small.next_token_logits(prompt + cont.token_ids[:i]))[cont.token_ids[i]]
+            assert cont.logp[i] == pytest.approx(expected, abs=1e-9)
     small.close()
 
 

@@ -131,13 +131,16 @@ class LlamaCppLM:
             raise ModelLoadError(f"llama.cpp could not create a context of {self.n_ctx} tokens x "
                                  f"{self.n_seq_max} sequences for {name}")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))  # llama.cpp may round the size up
         self._batch = llama_cpp.llama_batch_init(_MAX_BATCH, 0, 1)
         self._slots: list[list[int]] = [[] for _ in range(self.n_seq_max)]  # token ids each sequence holds
         self._last_used = [0] * self.n_seq_max
+        self._busy: set[int] = set()  # slots of the rows being decoded: never evicted to make room
         self._clock = 0
         self.prefill_tokens = 0
         self.reused_tokens = 0
         self.decode_calls = 0
+        self.cache_evictions = 0
         self.eval_batch = self._probe_batch_invariance()  # tokens per llama_decode call
         if self.eval_batch == 1:
             import warnings
@@ -243,6 +246,7 @@ class LlamaCppLM:
                 copies.append((best[row], target, common[row]))
             elif best[row] != target:
                 common[row] = 0
+        self._busy = set(assignment)
         for source, target, length in copies:
             self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)
             self._lib.llama_memory_seq_cp(self._memory, source, target, 0, length)
@@ -298,8 +302,9 @@ class LlamaCppLM:
             batch.seq_id[i][0] = slot
             batch.logits[i] = row >= 0
         status = self._lib.llama_decode(self._ctx, batch)
-        if status == 1:  # no room in the cache: drop the sequences this batch does not use, then retry once
-            busy = {slot for _, _, slot, _ in entries}
+        if status == 1:  # no room in the cache: drop the sequences no running row uses, then retry once
+            self.cache_evictions += 1
+            busy = self._busy | {slot for _, _, slot, _ in entries}
             for slot in range(self.n_seq_max):
                 if slot not in busy and self._slots[slot]:
                     self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
@@ -363,21 +368,24 @@ class LlamaCppLM:
         if key in _INVARIANCE_CACHE:
             return _INVARIANCE_CACHE[key]
         probe = [int(t) for t in _PROBE_TOKENS % max(self.vocab_size - 1, 1) + 1]
-        other = probe[::-1]
         self.eval_batch = 1
         single = self._evaluate([(t, i, 0, i) for i, t in enumerate(probe)], len(probe))
-        self.eval_batch = 2
-        side_by_side = [self._evaluate([(probe[i], i, 1, 0), (other[i], i, 2, 1)], 2)[0] for i in range(len(probe))]
+        agree = True
+        if self.n_seq_max > 1:
+            self.clear_cache()
+            self.eval_batch = 2
+            other = probe[::-1]
+            for i in range(len(probe)):
+                agree = agree and np.array_equal(
+                    single[i], self._evaluate([(probe[i], i, 0, 0), (other[i], i, 1, 1)], 2)[0])
         chosen = 1
-        if all(np.array_equal(a, b) for a, b in zip(single, side_by_side)):
-            for size in _EVAL_BATCH_CANDIDATES:
-                self._lib.llama_memory_seq_rm(self._memory, 3, -1, -1)
-                self._slots[3] = []
-                self.eval_batch = size
-                batched = self._evaluate([(t, i, 3, i) for i, t in enumerate(probe)], len(probe))
-                if all(np.array_equal(a, b) for a, b in zip(single, batched)):
-                    chosen = size
-                    break
+        for size in _EVAL_BATCH_CANDIDATES if agree else ():
+            self.clear_cache()
+            self.eval_batch = size
+            batched = self._evaluate([(t, i, 0, i) for i, t in enumerate(probe)], len(probe))
+            if all(np.array_equal(a, b) for a, b in zip(single, batched)):
+                chosen = size
+                break
         self.clear_cache()
         _INVARIANCE_CACHE[key] = chosen
         return chosen
