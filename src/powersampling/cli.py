@@ -46,6 +46,11 @@ class Backend(str, Enum):
     transformers = "transformers"
     llama_cpp = "llama.cpp"
     vllm = "vllm"
+    remote = "remote"
+
+
+MODEL_HELP = "local model folder, .gguf file or server URL (default: embedded SmolLM2-135M-Instruct)"
+TOKENIZER_HELP = "tokenizer folder for a remote model"
 
 
 def fail(message: str) -> None:
@@ -54,12 +59,16 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def load_model_or_fail(model: Optional[str], backend: str = "auto", device: str = "cpu"):
+def load_model_or_fail(model: Optional[str], backend: str = "auto", device: str = "cpu",
+                       tokenizer: Optional[str] = None, **kwargs):
+    """``load_model`` with any load error as one line and exit code 2; ``tokenizer`` is for a remote model."""
     from .backends import load_model
 
+    if tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
     try:
         with stderr.status(f"loading {model or 'the embedded model'}..."):
-            return load_model(model, backend=backend, device=device)
+            return load_model(model, backend=backend, device=device, **kwargs)
     except PowerSamplingError as exc:
         fail(str(exc))
 
@@ -105,8 +114,9 @@ class SamplerProgress:
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="the prompt text"),
-    model: Optional[str] = typer.Option(None, help="local model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     backend: Backend = typer.Option(Backend.auto, help="engine for the model"),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
     method: Method = typer.Option(Method.power, help="decoding method"),
     alpha: float = typer.Option(4.0, help="power of the target p^alpha (power, smc, low-temp)"),
@@ -144,7 +154,7 @@ def generate(
         build_sampler(method.value, None, **params)  # validate before the (slow) model load
     except PowerSamplingError as exc:
         fail(str(exc))
-    lm = load_model_or_fail(model, backend.value, device)
+    lm = load_model_or_fail(model, backend.value, device, tokenizer)
     try:
         sampler = build_sampler(method.value, lm, **params)
         ids = prompt_ids(lm, prompt, chat=False if raw else None, system=system)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 from ..errors import ModelLoadError
@@ -11,7 +12,13 @@ from .embedded import EMBEDDED_MODEL_NAME, convert_gguf, embedded_gguf_path, emb
 
 log = logging.getLogger("powersampling.backends")
 
-BACKENDS = ("auto", "transformers", "llama.cpp", "vllm")
+BACKENDS = ("auto", "transformers", "llama.cpp", "vllm", "remote")
+REMOTE_API_KEY_ENV = "POWERSAMPLING_REMOTE_API_KEY"
+
+
+def is_url(path) -> bool:
+    """True for an ``http://`` or ``https://`` address (a served model), False for a local path."""
+    return isinstance(path, str) and path.strip().lower().startswith(("http://", "https://"))
 
 
 def llama_cpp_available() -> bool:
@@ -24,9 +31,29 @@ def load_model(path: str | None = None, *, backend: str = "auto", device: str = 
     ``path`` is a local transformers folder or a GGUF file; None means the embedded SmolLM2-135M-Instruct.
     ``backend="auto"`` picks llama.cpp for GGUF files when llama-cpp-python is installed, transformers otherwise;
     ``backend="vllm"`` runs a transformers folder on the vLLM engine (``pip install 'powersampling[vllm]'``).
+
+    ``path`` may also be a server URL (``http://`` or ``https://``): ``backend="remote"`` (which ``"auto"`` picks
+    for a URL) connects a ``RemoteLM`` to a vLLM or SGLang server. It needs ``tokenizer=``, a local transformers
+    tokenizer folder (or a .gguf file) matching the served model, for text prompts, the stop tokens and the
+    vocabulary size; ``api=`` (auto, vllm, sglang), ``approximate=``, ``api_key=`` and RemoteLM's other keyword
+    arguments pass through. ``api_key`` defaults to the environment variable ``POWERSAMPLING_REMOTE_API_KEY``.
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    url = is_url(path)
+    if backend == "remote" or (backend == "auto" and url):
+        if not url:
+            got = "no model" if path is None else repr(path)
+            raise ModelLoadError(f"the remote backend needs a server URL as the model (--model http://host:port), "
+                                 f"got {got}")
+        return _load_remote(path.strip(), **kwargs)
+    if url:
+        raise ModelLoadError(f"{path!r} is a server URL, which only the remote backend loads; backend {backend!r} "
+                             "needs a local model")
+    if kwargs.get("tokenizer") is not None:
+        raise ModelLoadError("a tokenizer is only given for a remote model (a server URL); a local model brings "
+                             "its own")
+    kwargs.pop("tokenizer", None)
     if backend == "vllm":
         from .vllm_backend import load_vllm
 
@@ -82,3 +109,45 @@ def _load_llamacpp(path: Path, **kwargs):
     except ImportError as exc:
         raise ModelLoadError(f"the llama.cpp backend is not available: {exc}") from exc
     return load_llamacpp(str(path), **kwargs)
+
+
+def _load_remote(url: str, *, tokenizer=None, api_key: str | None = None, **kwargs):
+    import httpx
+
+    from .remote import RemoteLM
+
+    if tokenizer is None:
+        raise ModelLoadError("a remote model needs the served model's tokenizer for text prompts: pass "
+                             "--tokenizer FOLDER (CLI) or tokenizer= (Python), a local tokenizer folder or .gguf file")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    if api_key is None:
+        api_key = os.environ.get(REMOTE_API_KEY_ENV) or None
+    try:
+        return RemoteLM(url, tokenizer=tokenizer, api_key=api_key, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ModelLoadError(f"could not talk to {url}: {_first_line(exc)}") from exc
+
+
+def load_tokenizer(path):
+    """A transformers tokenizer from a local folder or a .gguf file (its embedded vocabulary)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"tokenizer path {str(path)!r} does not exist")
+    if p.is_file() and p.suffix != ".gguf":
+        raise ModelLoadError(f"tokenizer {str(path)!r} is a file but not a .gguf model; pass a tokenizer folder")
+    try:
+        if p.is_file():
+            return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        return AutoTokenizer.from_pretrained(str(p))
+    except Exception as exc:
+        raise ModelLoadError(f"could not load a tokenizer from {str(path)!r}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

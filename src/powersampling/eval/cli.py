@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..cli import MODEL_HELP, TOKENIZER_HELP
 from ..errors import PowerSamplingError
 
 DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
@@ -33,8 +34,9 @@ def eval_command(
     methods: str = typer.Option(DEFAULT_METHODS, help="comma-separated decoding methods (also: greedy, smc when available)"),
     limit: Optional[int] = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),
-    model: Optional[str] = typer.Option(None, help="local model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)"),
-    backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp, vllm, remote"),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda)"),
     out: Path = typer.Option(..., help="output folder: results.jsonl, run.json, summary.md, summary.json, accuracy_vs_cost.png"),
     alpha: float = typer.Option(4.0, help="power of the target p^alpha; low-temp samples at T = 1/alpha"),
@@ -88,7 +90,7 @@ def eval_command(
         import torch
 
         torch.set_num_threads(threads)
-    lm = load_model_or_fail(model, backend, device)
+    lm = load_model_or_fail(model, backend, device, tokenizer)
     try:
         run_eval(task, method_list, limit, lm, out, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
                  max_new_tokens=max_new_tokens, seed=seed, style=style, shots=shots, best_of_n=best_of_n,

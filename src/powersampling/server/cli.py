@@ -7,14 +7,16 @@ from typing import Optional
 
 import typer
 
+from ..cli import MODEL_HELP, TOKENIZER_HELP
 from ..errors import PowerSamplingError
 
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes the server to the network)"),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port"),
-    model: Optional[str] = typer.Option(None, help="local model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)"),
-    backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp, vllm, remote"),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend"),
     api_key: Optional[str] = typer.Option(
         None, envvar="POWERSAMPLING_API_KEY", help="require 'Authorization: Bearer KEY' on /v1/* (or set POWERSAMPLING_API_KEY)"),
@@ -50,7 +52,7 @@ def serve_command(
     except ValueError as exc:
         fail(str(exc))
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    lm = load_model_or_fail(model, backend, device)
+    lm = load_model_or_fail(model, backend, device, tokenizer)
     import uvicorn
 
     from .app import create_app
