@@ -69,6 +69,9 @@ def plan_command(
         Planner(None, config, routing=routing)  # validates settings before the (slow) model load
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
+    if model and model.startswith(("http://", "https://")):
+        fail("plan needs a local model (it constrains decoding with a JSON grammar, which a remote server cannot "
+             f"apply here); got the server URL {model!r}")
     lm = load_model_or_fail(model, "transformers", device)
     logging.getLogger("powersampling.planner").setLevel(logging.ERROR)  # stages go to stderr below instead
     try:

@@ -52,6 +52,7 @@ def serve_command(
     except ValueError as exc:
         fail(str(exc))
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line per remote call
     lm = load_model_or_fail(model, backend, device, tokenizer)
     import uvicorn
 
