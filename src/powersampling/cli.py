@@ -49,6 +49,7 @@ class Backend(str, Enum):
     remote = "remote"
 
 
+THREADS_HELP = "CPU threads of the local engine (default: the engine's; on an idle machine all cores are fastest)"
 MODEL_HELP = "local model folder, .gguf file or server URL (default: embedded SmolLM2-135M-Instruct)"
 TOKENIZER_HELP = "tokenizer folder for a remote model"
 
@@ -118,6 +119,7 @@ def generate(
     backend: Backend = typer.Option(Backend.auto, help="engine for the model"),
     tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     method: Method = typer.Option(Method.power, help="decoding method"),
     alpha: float = typer.Option(4.0, help="power of the target p^alpha (power, smc, low-temp)"),
     mcmc_steps: int = typer.Option(10, "--mcmc-steps", help="MH steps after each block"),
@@ -154,7 +156,7 @@ def generate(
         build_sampler(method.value, None, **params)  # validate before the (slow) model load
     except PowerSamplingError as exc:
         fail(str(exc))
-    lm = load_model_or_fail(model, backend.value, device, tokenizer)
+    lm = load_model_or_fail(model, backend.value, device, tokenizer, threads=threads)
     try:
         sampler = build_sampler(method.value, lm, **params)
         ids = prompt_ids(lm, prompt, chat=False if raw else None, system=system)

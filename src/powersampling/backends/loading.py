@@ -25,7 +25,8 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def load_model(path: str | None = None, *, backend: str = "auto", device: str = "cpu", **kwargs):
+def load_model(path: str | None = None, *, backend: str = "auto", device: str = "cpu", threads: int | None = None,
+               **kwargs):
     """Load a model for sampling.
 
     ``path`` is a local transformers folder or a GGUF file; None means the embedded SmolLM2-135M-Instruct.
@@ -37,9 +38,14 @@ def load_model(path: str | None = None, *, backend: str = "auto", device: str = 
     tokenizer folder (or a .gguf file) matching the served model, for text prompts, the stop tokens and the
     vocabulary size; ``api=`` (auto, vllm, sglang), ``approximate=``, ``api_key=`` and RemoteLM's other keyword
     arguments pass through. ``api_key`` defaults to the environment variable ``POWERSAMPLING_REMOTE_API_KEY``.
+
+    ``threads``: CPU threads of a local engine (llama.cpp's ``n_threads``, torch's ``set_num_threads`` for
+    transformers); None keeps each engine's default.
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if threads is not None and int(threads) < 1:
+        raise ModelLoadError(f"threads must be >= 1, got {threads}")
     url = is_url(path)
     if backend == "remote" or (backend == "auto" and url):
         if not url:
@@ -64,8 +70,8 @@ def load_model(path: str | None = None, *, backend: str = "auto", device: str = 
     if path is None:
         gguf = embedded_gguf_path()
         if backend == "llama.cpp" or (backend == "auto" and llama_cpp_available() and device == "cpu"):
-            return _load_llamacpp(gguf, name=EMBEDDED_MODEL_NAME, **kwargs)
-        return _load_transformers(embedded_model_dir(), device=device, name=EMBEDDED_MODEL_NAME, **kwargs)
+            return _load_llamacpp(threads, gguf, name=EMBEDDED_MODEL_NAME, **kwargs)
+        return _load_transformers(threads, embedded_model_dir(), device=device, name=EMBEDDED_MODEL_NAME, **kwargs)
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model path {path!r} does not exist")
@@ -73,19 +79,23 @@ def load_model(path: str | None = None, *, backend: str = "auto", device: str = 
         if p.suffix != ".gguf":
             raise ModelLoadError(f"{path!r} is a file but not a .gguf model; pass a GGUF file or a model folder")
         if backend == "llama.cpp" or (backend == "auto" and llama_cpp_available() and device == "cpu"):
-            return _load_llamacpp(p, **kwargs)
+            return _load_llamacpp(threads, p, **kwargs)
         converted = cache_root() / "models" / f"{p.stem}-{p.stat().st_size}"
         folder = converted if (converted / "config.json").is_file() else convert_gguf(p, converted)
-        return _load_transformers(folder, device=device, name=p.stem, **kwargs)
+        return _load_transformers(threads, folder, device=device, name=p.stem, **kwargs)
     if backend == "llama.cpp":
         raise ModelLoadError(f"the llama.cpp backend needs a .gguf file, got folder {path!r}")
     if not (p / "config.json").is_file():
         raise ModelLoadError(f"{path!r} is not a transformers model folder (no config.json)")
-    return _load_transformers(p, device=device, **kwargs)
+    return _load_transformers(threads, p, device=device, **kwargs)
 
 
-def _load_transformers(folder: Path, *, device: str, name: str | None = None, dtype=None, **kwargs):
+def _load_transformers(threads: int | None, folder: Path, *, device: str, name: str | None = None, dtype=None,
+                       **kwargs):
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .hf import TransformersLM
@@ -103,11 +113,13 @@ def _load_transformers(folder: Path, *, device: str, name: str | None = None, dt
     return TransformersLM(model, tokenizer, name=name or folder.name, **kwargs)
 
 
-def _load_llamacpp(path: Path, **kwargs):
+def _load_llamacpp(threads: int | None, path: Path, **kwargs):
     try:
         from .llamacpp import load_llamacpp
     except ImportError as exc:
         raise ModelLoadError(f"the llama.cpp backend is not available: {exc}") from exc
+    if threads is not None:
+        kwargs["n_threads"] = int(threads)
     return load_llamacpp(str(path), **kwargs)
 
 

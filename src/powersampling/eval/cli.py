@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ..cli import MODEL_HELP, TOKENIZER_HELP
+from ..cli import MODEL_HELP, THREADS_HELP, TOKENIZER_HELP
 from ..errors import PowerSamplingError
 
 DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
@@ -52,7 +52,7 @@ def eval_command(
     exec_memory_mb: int = typer.Option(1024, help="address-space limit in MiB per program run when grading code"),
     report_only: bool = typer.Option(False, "--report-only", help="rewrite the report from OUT/results.jsonl without sampling"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (plain lines when not a terminal)"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice; 1 is faster on busy shared cores)"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Evaluate decoding methods on a benchmark; rows are appended as they finish, so rerunning resumes."""
     from ..cli import fail, load_model_or_fail, stderr
@@ -84,13 +84,9 @@ def eval_command(
         fail(str(exc))
     if out.exists() and not out.is_dir():
         fail(f"--out {out} exists and is not a folder")
-    if threads is not None:
-        if threads < 1:
-            fail(f"--threads must be >= 1 (got {threads})")
-        import torch
-
-        torch.set_num_threads(threads)
-    lm = load_model_or_fail(model, backend, device, tokenizer)
+    if threads is not None and threads < 1:
+        fail(f"--threads must be >= 1 (got {threads})")
+    lm = load_model_or_fail(model, backend, device, tokenizer, threads=threads)
     try:
         run_eval(task, method_list, limit, lm, out, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
                  max_new_tokens=max_new_tokens, seed=seed, style=style, shots=shots, best_of_n=best_of_n,
