@@ -205,7 +205,9 @@ def _requests(prefixes, max_new=6):
     return [ContinuationRequest(prefix=p, max_new_tokens=max_new) for p in prefixes]
 
 
-def _check_against_model(local_model, prefixes, conts, temperature, atol=1e-5):
+def _check_against_model(local_model, prefixes, conts, temperature, atol=1e-4):
+    # the server decodes with a float32 KV cache, the reference is one float32 forward: logits agree to ~1e-6
+    # relative, which at logits of tens and T = 0.5 is up to ~2e-5 in log q
     for prefix, cont in zip(prefixes, conts):
         assert 1 <= len(cont) <= 6
         logits = model_logits(local_model, list(prefix) + cont.token_ids)[len(prefix) - 1: len(prefix) - 1 + len(cont)]
