@@ -267,7 +267,7 @@ def test_original_logprob_server_is_refused_without_the_whole_distribution(sglan
         (cont,) = lm.sample(_requests([[1, 4, 4]]), 0.5, np.random.default_rng(2))
         logits = model_logits(local_model, [1, 4, 4] + cont.token_ids)[2: 2 + len(cont)]
         picked = np.arange(len(cont)), cont.token_ids
-        np.testing.assert_allclose(cont.logp, log_softmax(logits)[picked], atol=1e-5)  # log p stays exact
+        np.testing.assert_allclose(cont.logp, log_softmax(logits)[picked], atol=1e-4)  # log p stays exact
         error = np.abs(cont.logq - log_softmax(logits / 0.5)[picked])
         assert np.all(error <= lm.max_log_z_gap + 1e-6)  # log q is off by at most the bound's width
     finally:
@@ -324,7 +324,7 @@ def test_power_sampling_runs_through_sglang(sglang_like_server, local_model):
         assert result.metadata["total_iterations"] > 0
         logits = model_logits(local_model, [1, 2] + result.token_ids)[1: 1 + len(result.token_ids)]
         expected = log_softmax(logits)[np.arange(len(result.token_ids)), result.token_ids]
-        np.testing.assert_allclose(result.logprobs, expected, atol=1e-5)
+        np.testing.assert_allclose(result.logprobs, expected, atol=1e-4)
     finally:
         lm.close()
 
