@@ -33,8 +33,8 @@ import uuid
 import numpy as np
 import pytest
 
-from test_remote_backend import (STOP, VOCAB, free_port, log_softmax, model_logits, start_server, stop_server,
-                                 tiny_model, wait_for)
+from test_remote_backend import (STOP, VOCAB, _requests, free_port, local_model, log_softmax,  # noqa: F401
+                                 model_logits, start_server, stop_server, tiny_model, wait_for)
 
 CONFIGS = {"default": False, "original": True}  # prefix -> SGLANG_RETURN_ORIGINAL_LOGPROB
 TOP_K_ALL = 1 << 30
@@ -192,17 +192,6 @@ def sglang_like_server():
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_server(process)
-
-
-@pytest.fixture(scope="module")
-def local_model():
-    return tiny_model()
-
-
-def _requests(prefixes, max_new=6):
-    from powersampling.backends.base import ContinuationRequest
-
-    return [ContinuationRequest(prefix=p, max_new_tokens=max_new) for p in prefixes]
 
 
 def _check_against_model(local_model, prefixes, conts, temperature, atol=1e-4):

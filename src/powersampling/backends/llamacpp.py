@@ -232,13 +232,10 @@ class LlamaCppLM:
             if common[row] > 0 and best[row] not in claimed:
                 claimed[best[row]] = row
                 assignment[row] = best[row]
-        sources = {best[r] for r in range(len(prefixes)) if common[r] > 0}
         for row in range(len(prefixes)):
             if assignment[row] >= 0:
                 continue
-            spare = [s for s in range(self.n_seq_max) if s not in claimed and s not in sources]
-            if not spare:  # every slot is a source or taken: sources that nobody claimed can be reused last
-                spare = [s for s in range(self.n_seq_max) if s not in claimed]
+            spare = [s for s in range(self.n_seq_max) if s not in claimed]  # every source slot is claimed
             target = min(spare, key=lambda s: (len(self._slots[s]) > 0, self._last_used[s]))
             claimed[target] = row
             assignment[row] = target

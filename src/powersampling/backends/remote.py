@@ -332,20 +332,25 @@ class RemoteLM:
             payload["prompt_logprobs"] = prompt_logprobs
         if seed is not None:
             payload["seed"] = seed
+        status, body = self._post("/v1/completions", payload, timeout)
+        if check and status >= 400:
+            raise CapabilityError(f"{self.base_url}/completions failed ({status}): {_error_text(body)}")
+        return status, body
+
+    def _post(self, path: str, payload: dict, timeout: float | None) -> tuple[int, Any]:
+        """POST ``payload``; (status, JSON body, or an error body holding the start of a non-JSON answer).
+        Timeouts propagate (callers treat them as deadlines); other transport errors are a ModelLoadError."""
         kwargs = {"timeout": timeout} if timeout is not None else {}
         try:
-            response = self._http.post("/v1/completions", json=payload, **kwargs)
+            response = self._http.post(path, json=payload, **kwargs)
         except httpx.TimeoutException:
             raise
         except httpx.HTTPError as exc:
-            raise ModelLoadError(f"could not reach {self.base_url}/completions: {exc}") from exc
+            raise ModelLoadError(f"could not reach {str(self._http.base_url).rstrip('/')}{path}: {exc}") from exc
         try:
-            body = response.json()
+            return response.status_code, response.json()
         except ValueError:
-            body = {"error": response.text[:300]}
-        if check and response.status_code >= 400:
-            raise CapabilityError(f"{self.base_url}/completions failed ({response.status_code}): {_error_text(body)}")
-        return response.status_code, body
+            return response.status_code, {"error": response.text[:300]}
 
 
     # SGLang's native /generate
@@ -518,18 +523,7 @@ class RemoteLM:
             "return_text_in_logprobs": False,
             "stream": False,
         }
-        kwargs = {"timeout": timeout} if timeout is not None else {}
-        try:
-            response = self._http.post("/generate", json=payload, **kwargs)
-        except httpx.TimeoutException:
-            raise
-        except httpx.HTTPError as exc:
-            raise ModelLoadError(f"could not reach {self.base_url}/generate: {exc}") from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": response.text[:300]}
-        status = response.status_code
+        status, body = self._post("/generate", payload, timeout)
         meta = body.get("meta_info") if isinstance(body, dict) else None
         if status < 400 and not isinstance(meta, dict):
             status, body = 502, {"error": "the answer has no meta_info"}
