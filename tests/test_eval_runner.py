@@ -21,6 +21,7 @@ from powersampling.eval.runner import (
     RESULTS_FILE,
     matched_best_of_n,
     method_seed,
+    prefill_prompt,
     read_rows,
     run_eval,
 )
@@ -138,6 +139,48 @@ def test_interrupted_run_resumes_to_the_same_rows(problems, tmp_path):
     # nothing left to do: a rerun adds no rows
     run_eval("gsm8k", METHODS, 3, toy_model(problems), cut_dir, write_report=False, **SMALL)
     assert len(read_rows(cut_dir / RESULTS_FILE)) == 12
+
+
+def test_each_prompt_is_prefilled_once_before_its_methods(problems, tmp_path):
+    lm = toy_model(problems)
+    calls = []
+    original = lm.sample
+
+    def recording_sample(requests, *args, **kwargs):
+        calls.extend((tuple(r.prefix[:r.generated_start]), r.max_new_tokens) for r in requests)
+        return original(requests, *args, **kwargs)
+
+    lm.sample = recording_sample
+    rows = []
+    summary = run_eval("gsm8k", ["sample", "low-temp"], 2, lm, tmp_path, on_row=rows.append, **SMALL)
+    warmups = [i for i, (_, n) in enumerate(calls) if n == 1]
+    assert len(warmups) == 2
+    for i in warmups:  # a problem's warm-up comes before every call its methods make
+        assert all(calls[j][0] != calls[i][0] for j in range(i))
+        assert any(calls[j][0] == calls[i][0] for j in range(i + 1, len(calls)))
+    assert all(r["tokens_generated"] == r["final_tokens"] for r in rows)  # the warm-up token is in no row
+    by_problem = {}
+    for r in rows:
+        assert r["prompt_prefill_s"] > 0
+        by_problem.setdefault(r["problem_id"], set()).add(r["prompt_prefill_s"])
+    assert all(len(v) == 1 for v in by_problem.values())
+    assert summary["mean_prompt_prefill_s"] == pytest.approx(np.mean([v.pop() for v in by_problem.values()]))
+    assert "Wall times exclude the prompt prefill" in (tmp_path / "summary.md").read_text()
+    calls.clear()
+    run_eval("gsm8k", ["sample", "low-temp"], 2, lm, tmp_path, write_report=False, **SMALL)
+    assert calls == []  # nothing left to run: no warm-up either
+
+
+def test_prefill_leaves_the_prompt_in_the_prefix_cache(tiny_hf):
+    from powersampling.backends.base import ContinuationRequest
+    from powersampling.backends.hf import TransformersLM
+
+    lm = TransformersLM(tiny_hf, None, name="tiny")
+    prompt = [1, 3, 2, 4, 5, 2, 3, 4] * 3
+    prefill_prompt(lm, prompt)
+    assert lm.prefill_tokens == len(prompt)
+    lm.sample([ContinuationRequest(prompt, 5, generated_start=len(prompt))], 1.0, np.random.default_rng(1))
+    assert lm.prefill_tokens == len(prompt) + 1  # only the last prompt token is fed again, for its logits
 
 
 def test_resume_with_other_settings_is_refused(problems, tmp_path):

@@ -83,7 +83,9 @@ def summarize(rows: list[dict], methods: Sequence[str] | None = None, problem_id
             "bootstrap_p": bs.p_value, "only_a_correct": mc.only_a, "only_b_correct": mc.only_b,
             "mcnemar_exact_p": mc.p_value,
         })
-    return {"methods": per_method, "comparisons": comparisons}
+    prefill = {r["problem_id"]: r["prompt_prefill_s"] for r in rows if r.get("prompt_prefill_s") is not None}
+    return {"methods": per_method, "comparisons": comparisons,
+            "mean_prompt_prefill_s": _mean(prefill.values()) if prefill else None}
 
 
 def _mean(values) -> float | None:
@@ -155,6 +157,9 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
             f"{_fmt(s['mean_wall_s'], '.2f')} | {_fmt(s.get('time_cost_vs_sample'), '.2f')} | "
             f"{_fmt(s['mean_final_tokens'])} | {_fmt(s.get('mean_acceptance_rate'), '.1%')} |"
         )
+    if summary.get("mean_prompt_prefill_s") is not None:
+        lines += ["", f"Wall times exclude the prompt prefill, done once per problem before its methods run: "
+                      f"{summary['mean_prompt_prefill_s']:.2f} s per problem on average."]
     bon = summary["methods"].get("best-of-n")
     if bon and bon.get("oracle_pass_at_n") is not None:
         lines += ["", f"best-of-n picks by mean log-probability; with an oracle picking any correct candidate it would "

@@ -7,6 +7,9 @@ resuming with different ones is refused instead of mixing incomparable rows.
 Seeds: each (problem, method) gets its own seed derived from the run seed, the problem index and the method name,
 recorded in its row, so any row can be replayed alone and a resumed run draws what an uninterrupted one would have.
 
+Wall time: each problem's prompt is encoded once before its methods run (``prefill_prompt``, recorded as
+``prompt_prefill_s``), so a row's ``wall_s`` is that method's own decoding, whatever order the methods run in.
+
 Best-of-n at matched cost: unless ``best_of_n`` fixes n, n is the running ratio of the tokens power sampling
 decoded to the tokens one plain sample decoded on the problems done so far (power runs first on each problem).
 Candidates are ranked by mean base-model log-probability per token, not by the grader: the grader is an oracle;
@@ -307,9 +310,11 @@ def run_eval(
         for problem, method in todo:
             if problem.problem_id not in plans:
                 plans = {problem.problem_id: build_prompt(problem, model, resolved_style, shots)}
+                prefill_s = prefill_prompt(model, plans[problem.problem_id].ids)
             plan = plans[problem.problem_id]
             bar.starting(problem, method)
             row = _run_one(problem, method, plan, model, settings, base, extra_params, rows, exec_limits, bar)
+            row["prompt_prefill_s"] = prefill_s
             _append_row(results_path, row)
             rows.append(row)
             bar.finished(row)
@@ -321,6 +326,21 @@ def run_eval(
 
         return _write(out, methods=methods, problem_ids=[p.problem_id for p in problems])
     return {}
+
+
+def prefill_prompt(model, prompt_ids) -> float:
+    """Encode the prompt once before a problem's methods run, and return the seconds it took.
+
+    Backends keep a prefix cache, so without this the first method run on a problem would pay the whole prompt
+    (hundreds of few-shot tokens) and every later one would reuse it: wall-time ratios between methods would then
+    depend on the order they run in. One token is decoded and thrown away; it is counted in no row.
+    """
+    from ..backends.base import ContinuationRequest
+
+    ids = list(prompt_ids)
+    start = time.perf_counter()
+    model.sample([ContinuationRequest(ids, 1, generated_start=len(ids))], 1.0, np.random.default_rng(0))
+    return time.perf_counter() - start
 
 
 def _run_one(problem, method, plan, model, settings, base, extra_params, rows, limits, bar) -> dict:
