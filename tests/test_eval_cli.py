@@ -31,6 +31,7 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         (["--task", "gsm8k", "--model", "/no/such/model"], "does not exist"),
         (["--task", "gsm8k", "--report-only"], "does not exist"),
         (["--methods", "sample"], "--task"),
+        (["--task", "gsm8k", "--merge", "/no/such/run", "--merge", "/no/such/other"], "not an evaluation folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, monkeypatch, capsys):
@@ -76,3 +77,24 @@ def test_small_fewshot_run_on_the_embedded_model(tmp_path):
     assert (out / "accuracy_vs_cost.png").is_file()
     report = run_cli("eval", "--task", "gsm8k", "--out", str(out), "--report-only")
     assert report.returncode == 0 and "| sample | 1 |" in report.stdout
+
+
+def test_merge_gathers_side_by_side_runs_and_prints_the_report(tmp_path, monkeypatch, capsys):
+    from powersampling.cli import main
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
+
+    problems = load_problems("gsm8k", limit=4)
+    for name, offset in (("a", 0), ("b", 2)):
+        run_eval("gsm8k", ["sample", "low-temp"], 2, toy_model(problems), tmp_path / name, offset=offset,
+                 write_report=False, **SMALL)
+    monkeypatch.setattr(sys, "argv", ["powersampling", "eval", "--task", "gsm8k", "--out", str(tmp_path / "all"),
+                                      "--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    assert exit_info.value.code in (0, None), captured.err
+    assert "merged 8 rows from 2 folders" in captured.err
+    assert "| low-temp | 4 | 4 | 100.0% |" in captured.out
+    assert (tmp_path / "all" / "accuracy_vs_cost.png").is_file()

@@ -17,9 +17,11 @@ import pytest
 from powersampling import FunctionLM
 from powersampling.errors import ConfigError
 from powersampling.eval.datasets import load_problems
+from powersampling.eval.report import write_report
 from powersampling.eval.runner import (
     RESULTS_FILE,
     matched_best_of_n,
+    merge_runs,
     method_seed,
     prefill_prompt,
     read_rows,
@@ -181,6 +183,45 @@ def test_prefill_leaves_the_prompt_in_the_prefix_cache(tiny_hf):
     assert lm.prefill_tokens == len(prompt)
     lm.sample([ContinuationRequest(prompt, 5, generated_start=len(prompt))], 1.0, np.random.default_rng(1))
     assert lm.prefill_tokens == len(prompt) + 1  # only the last prompt token is fed again, for its logits
+
+
+def test_runs_side_by_side_merge_into_the_single_run(problems, tmp_path):
+    """Two processes over two --offset ranges, merged, give the rows and report of one run over both ranges,
+    best-of-n aside: its matched n is a running ratio over the rows of its own folder."""
+    methods = ["sample", "low-temp", "power"]
+    run_eval("gsm8k", methods, 4, toy_model(problems), tmp_path / "one", **SMALL)
+    run_eval("gsm8k", methods, 2, toy_model(problems), tmp_path / "a", write_report=False, **SMALL)
+    run_eval("gsm8k", methods, 2, toy_model(problems), tmp_path / "b", offset=2, write_report=False, **SMALL)
+    assert merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "merged") == 12
+    key = lambda r: (r["problem_id"], r["method"], r["text"], r["seed"], r["correct"], r["tokens_generated"])  # noqa: E731
+    assert sorted(map(key, read_rows(tmp_path / "merged" / RESULTS_FILE))) == sorted(
+        map(key, read_rows(tmp_path / "one" / RESULTS_FILE)))
+    merged = write_report(tmp_path / "merged")
+    single = json.loads((tmp_path / "one" / "summary.json").read_text())
+    for m in methods:
+        for field in ("problems", "correct", "mean_tokens_decoded", "token_cost_vs_sample"):
+            assert merged["methods"][m][field] == pytest.approx(single["methods"][m][field])
+    stored = json.loads((tmp_path / "merged" / "run.json").read_text())
+    assert stored["settings"] == single["settings"]
+    assert stored["merged_from"] == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_merge_refuses_what_would_mix_or_double_count(problems, tmp_path):
+    run_eval("gsm8k", ["sample"], 2, toy_model(problems), tmp_path / "a", write_report=False, **SMALL)
+    run_eval("gsm8k", ["sample"], 2, toy_model(problems), tmp_path / "b", offset=1, write_report=False, **SMALL)
+    run_eval("gsm8k", ["sample"], 1, toy_model(problems), tmp_path / "c", offset=3, write_report=False,
+             **{**SMALL, "alpha": 2.0})
+    with pytest.raises(ConfigError, match="problem .* with method sample is in both"):
+        merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "m1")
+    with pytest.raises(ConfigError, match="alpha: 4.0 in .*a, 2.0 in .*c"):
+        merge_runs([tmp_path / "a", tmp_path / "c"], tmp_path / "m2")
+    with pytest.raises(ConfigError, match="not an evaluation folder"):
+        merge_runs([tmp_path / "a", tmp_path / "nowhere"], tmp_path / "m3")
+    with pytest.raises(ConfigError, match="at least two"):
+        merge_runs([tmp_path / "a"], tmp_path / "m4")
+    with pytest.raises(ConfigError, match="already holds rows"):
+        merge_runs([tmp_path / "b", tmp_path / "c"], tmp_path / "a")
+    assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()
 
 
 def test_resume_with_other_settings_is_refused(problems, tmp_path):

@@ -51,6 +51,8 @@ def eval_command(
     exec_timeout: float = typer.Option(10.0, help="seconds per program run when grading code"),
     exec_memory_mb: int = typer.Option(1024, help="address-space limit in MiB per program run when grading code"),
     report_only: bool = typer.Option(False, "--report-only", help="rewrite the report from OUT/results.jsonl without sampling"),
+    merge: List[Path] = typer.Option([], "--merge", help="a run folder to gather into OUT (repeat; runs made side by "
+                                     "side with other --offset ranges and the same settings); then write the report"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (plain lines when not a terminal)"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
@@ -60,6 +62,17 @@ def eval_command(
     from .runner import RESULTS_FILE, check_arguments, run_eval
     from .tasks import STYLES, ExecLimits
 
+    if merge:
+        from .runner import merge_runs
+
+        try:
+            n_rows = merge_runs(merge, out)
+            write_report(out)
+        except (PowerSamplingError, KeyError, ValueError) as exc:
+            fail(str(exc))
+        stderr.print(f"merged {n_rows} rows from {len(merge)} folders into {out / RESULTS_FILE}", highlight=False)
+        typer.echo((out / SUMMARY_MD).read_text())
+        return
     if report_only:
         if not (out / RESULTS_FILE).is_file():
             fail(f"{out / RESULTS_FILE} does not exist; run the evaluation first")

@@ -60,9 +60,10 @@ class RunSettings:
     best_of_n: int | None
     extra_params: dict[str, Any] = field(default_factory=dict)
 
-    def differences(self, other: "RunSettings") -> list[str]:
+    def differences(self, other: "RunSettings", mine_label: str = "now",
+                    other_label: str = "in the directory") -> list[str]:
         mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: {theirs[k]!r} in the directory, {mine[k]!r} now" for k in mine if mine[k] != theirs[k]]
+        return [f"{k}: {theirs[k]!r} {other_label}, {mine[k]!r} {mine_label}" for k in mine if mine[k] != theirs[k]]
 
 
 def method_seed(run_seed: int, problem_index: int, method: str) -> int:
@@ -283,11 +284,7 @@ def run_eval(
     out.mkdir(parents=True, exist_ok=True)
     settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
     if settings_path.is_file():
-        stored = json.loads(settings_path.read_text())
-        try:
-            previous = RunSettings(**stored["settings"])
-        except TypeError:
-            raise ConfigError(f"{settings_path} was written by another version of the harness; use another --out")
+        previous = _stored_settings(settings_path)
         diffs = settings.differences(previous)
         if diffs:
             raise ConfigError(f"{out} holds a run with other settings ({'; '.join(diffs)}); use another --out")
@@ -341,6 +338,56 @@ def prefill_prompt(model, prompt_ids) -> float:
     start = time.perf_counter()
     model.sample([ContinuationRequest(ids, 1, generated_start=len(ids))], 1.0, np.random.default_rng(0))
     return time.perf_counter() - start
+
+
+def _stored_settings(path: Path) -> RunSettings:
+    try:
+        return RunSettings(**json.loads(path.read_text())["settings"])
+    except (TypeError, KeyError, json.JSONDecodeError):
+        raise ConfigError(f"{path} was not written by this version of the harness; use another --out") from None
+
+
+def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
+    """Gather the rows of runs made side by side (for example one process per ``--offset`` range) into ``out_dir``.
+
+    Every source must hold the same settings, and no (problem, method) pair may be in two sources: rows of
+    different settings are not comparable, and a pair run twice would be counted twice. ``out_dir`` gets the
+    settings and all rows (it may not hold rows already); the caller writes the report. Returns the number of rows.
+    """
+    sources = [Path(s) for s in sources]
+    out = Path(out_dir)
+    if len(sources) < 2:
+        raise ConfigError("merging needs at least two run folders")
+    if (out / RESULTS_FILE).is_file() and read_rows(out / RESULTS_FILE):
+        raise ConfigError(f"{out / RESULTS_FILE} already holds rows; merge into a new folder")
+    settings, rows, origin = None, [], {}
+    for source in sources:
+        if not (source / SETTINGS_FILE).is_file():
+            raise ConfigError(f"{source} is not an evaluation folder (no {SETTINGS_FILE})")
+        these = _stored_settings(source / SETTINGS_FILE)
+        if settings is None:
+            settings, first = these, source
+        elif diffs := these.differences(settings, f"in {source}", f"in {first}"):
+            raise ConfigError(f"{source} was run with other settings than {first} ({'; '.join(diffs)})")
+        for row in read_rows(source / RESULTS_FILE):
+            key = (row["problem_id"], row["method"])
+            if key in origin:
+                raise ConfigError(f"problem {key[0]} with method {key[1]} is in both {origin[key]} and {source}; "
+                                  "merge runs whose problems do not overlap")
+            origin[key] = source
+            rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SETTINGS_FILE).write_text(json.dumps({
+        "settings": asdict(settings),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "merged_from": [str(s) for s in sources],
+    }, indent=2))
+    tmp = out / (RESULTS_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+    tmp.replace(out / RESULTS_FILE)
+    return len(rows)
 
 
 def _run_one(problem, method, plan, model, settings, base, extra_params, rows, limits, bar) -> dict:
