@@ -70,7 +70,8 @@ def eval_command(
             write_report(out)
         except (PowerSamplingError, KeyError, ValueError) as exc:
             fail(str(exc))
-        stderr.print(f"merged {n_rows} rows from {len(merge)} folders into {out / RESULTS_FILE}", highlight=False)
+        stderr.print(f"merged {n_rows} rows from {len(merge)} folders into {out / RESULTS_FILE}", highlight=False,
+                     soft_wrap=True)
         typer.echo((out / SUMMARY_MD).read_text())
         return
     if report_only:
