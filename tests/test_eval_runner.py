@@ -112,6 +112,7 @@ def test_end_to_end_rows_grades_costs_and_report(problems, tmp_path):
     assert (tmp_path / "accuracy_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "summary.md").read_text()
     assert "| power | 6 | 6 | 100.0% |" in md and "McNemar" in md
+    assert all(m[k]["hit_token_cap"] == 0 for k in METHODS)  # the template ends well within 40 tokens
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["settings"]["model"] == "toy-gsm8k"
 
@@ -183,6 +184,14 @@ def test_prefill_leaves_the_prompt_in_the_prefix_cache(tiny_hf):
     assert lm.prefill_tokens == len(prompt)
     lm.sample([ContinuationRequest(prompt, 5, generated_start=len(prompt))], 1.0, np.random.default_rng(1))
     assert lm.prefill_tokens == len(prompt) + 1  # only the last prompt token is fed again, for its logits
+
+
+def test_answers_cut_by_the_token_cap_are_counted(problems, tmp_path):
+    summary = run_eval("gsm8k", ["sample", "low-temp"], 3, toy_model(problems), tmp_path,
+                       **{**SMALL, "max_new_tokens": 12})  # "So the answer is " alone is 17 tokens
+    for m in ("sample", "low-temp"):
+        assert summary["methods"][m]["hit_token_cap"] == 3 and summary["methods"][m]["correct"] == 0
+    assert "| sample | 3 | 0 | 0.0% |" in (tmp_path / "summary.md").read_text()
 
 
 def test_runs_side_by_side_merge_into_the_single_run(problems, tmp_path):

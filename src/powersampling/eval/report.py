@@ -47,6 +47,9 @@ def summarize(rows: list[dict], methods: Sequence[str] | None = None, problem_id
             "mean_wall_s": _mean(r["wall_s"] for r in mrows),
             "total_wall_s": float(sum(r["wall_s"] for r in mrows)),
         }
+        stops = [r.get("metadata", {}).get("stopped_by") for r in mrows]
+        if any(stops):  # an answer cut off by the token cap is usually graded wrong: truncation explains much
+            entry["hit_token_cap"] = sum(stop == "length" for stop in stops)
         acc = [r["metadata"].get("acceptance_rate") for r in mrows if "acceptance_rate" in r.get("metadata", {})]
         if acc:
             entry["mean_acceptance_rate"] = float(np.mean(acc))
@@ -144,8 +147,8 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
         ]
     lines += [
         "| method | problems | correct | accuracy | 95% CI (Wilson) | decoded tokens / problem | token cost x sample "
-        "| wall s / problem | time x sample | final tokens | MH acceptance |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wall s / problem | time x sample | final tokens | hit the token cap | MH acceptance |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, s in summary["methods"].items():
         lo, hi = s["ci95"]
@@ -155,7 +158,8 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
             f"| {name} | {s['problems']} | {s['correct']} | {acc} | {lo:.1%} - {hi:.1%} | "
             f"{_fmt(s['mean_tokens_decoded'])} | {_fmt(s.get('token_cost_vs_sample'), '.2f')} | "
             f"{_fmt(s['mean_wall_s'], '.2f')} | {_fmt(s.get('time_cost_vs_sample'), '.2f')} | "
-            f"{_fmt(s['mean_final_tokens'])} | {_fmt(s.get('mean_acceptance_rate'), '.1%')} |"
+            f"{_fmt(s['mean_final_tokens'])} | {_fmt(s.get('hit_token_cap'), 'd')} | "
+            f"{_fmt(s.get('mean_acceptance_rate'), '.1%')} |"
         )
     if summary.get("mean_prompt_prefill_s") is not None:
         lines += ["", f"Wall times exclude the prompt prefill, done once per problem before its methods run: "
