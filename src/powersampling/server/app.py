@@ -289,6 +289,9 @@ async def _stream(state: ServerState, request: Request, kind: str, call: Samplin
     headers went out travel as ``data: {"error": ...}``, which the OpenAI clients raise."""
     status, result = "cancelled", None
     name = state.model_name
+    # A client that disconnects can end the response before this generator is closed (and its finally runs), and
+    # the metrics middleware records the request then: until the stream ends otherwise, it was cancelled.
+    _set_labels(request, status=status)
     try:
         if kind == "chat":
             yield _sse(chunk(kind, name, call, [{"index": 0, "delta": {"role": "assistant", "content": ""},
