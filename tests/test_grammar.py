@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from powersampling.backends.base import ContinuationRequest
-from powersampling.backends.grammar import JsonSchemaConstraint
+from powersampling.backends.constraints import JsonSchemaConstraint
 from powersampling.errors import CapabilityError, ConfigError
 from powersampling.planner.schema import TaskListSpec, max_output_tokens, parse_task_list, task_list_schema
 from powersampling.samplers import build_sampler, prompt_ids

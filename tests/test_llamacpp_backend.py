@@ -1,4 +1,4 @@
-"""llama.cpp backend: the sampling step in numpy, then the embedded GGUF model against transformers and itself.
+"""llama.cpp backend: the embedded GGUF model against transformers and itself.
 
 Tolerances against transformers were measured on the embedded SmolLM2-135M-Instruct Q4_1 file (docs/backends.md):
 llama.cpp evaluates the quantized weights with quantized activations, transformers the same weights dequantized to
@@ -16,56 +16,13 @@ import numpy as np
 import pytest
 
 from powersampling.backends.base import ContinuationRequest
-from powersampling.backends.llamacpp import draw_token, draw_tokens
 
 # measured: see test_log_p_agrees_with_transformers
 LOGP_TOLERANCE_MAX = 0.4
 LOGP_TOLERANCE_MEAN = 0.08
 
 
-def log_softmax(x):
-    x = np.asarray(x, dtype=np.float64)
-    m = np.max(x)
-    return x - (m + np.log(np.sum(np.exp(x - m))))
-
-
-def test_draw_token_follows_the_tempered_distribution_over_the_full_vocabulary():
-    logits = np.array([2.0, 1.0, 0.0, -1.0, -np.inf, -3.0])
-    rng = np.random.default_rng(0)
-    temperature = 0.5
-    expected = np.exp(log_softmax(logits / temperature))
-    counts = np.zeros(len(logits))
-    for _ in range(20000):
-        token, logp, logq = draw_token(logits, temperature, rng)
-        counts[token] += 1
-        assert logp == pytest.approx(log_softmax(logits)[token], abs=1e-12)
-        assert logq == pytest.approx(log_softmax(logits / temperature)[token], abs=1e-12)
-    assert counts[4] == 0  # -inf is impossible
-    # binomial standard error at 20000 draws is below 0.0036 for every token
-    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.015)
-    assert counts[5] > 0 or expected[5] < 1e-4  # no truncation of the tail
-
-
-def test_draw_tokens_draws_each_row_from_its_own_distribution():
-    logits = np.array([[3.0, 0.0, -1.0, -np.inf], [-2.0, 0.5, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    rng = np.random.default_rng(1)
-    temperature = 0.7
-    counts = np.zeros_like(logits)
-    for _ in range(8000):
-        tokens, logp, logq = draw_tokens(logits, temperature, rng)
-        counts[np.arange(3), tokens] += 1
-        for row, token in enumerate(tokens):
-            assert logp[row] == pytest.approx(log_softmax(logits[row])[token], abs=1e-12)
-            assert logq[row] == pytest.approx(log_softmax(logits[row] / temperature)[token], abs=1e-12)
-    expected = np.array([np.exp(log_softmax(row / temperature)) for row in logits])
-    np.testing.assert_allclose(counts / 8000, expected, atol=0.02)
-
-
-def test_draw_token_greedy_and_all_masked():
-    token, logp, logq = draw_token(np.array([0.0, 3.0, 1.0]), 0.0, np.random.default_rng(0))
-    assert token == 1 and logq == 0.0 and logp == pytest.approx(log_softmax([0.0, 3.0, 1.0])[1])
-    with pytest.raises(ValueError, match="disallowed"):
-        draw_token(np.full(3, -np.inf), 1.0, np.random.default_rng(0))
+from powersampling.backends.decoding import log_softmax
 
 
 # the embedded model
@@ -220,7 +177,7 @@ def test_more_rows_than_slots_or_cache_cells_run_in_groups(prompt):
 
 @pytest.mark.slow
 def test_tokenizer_matches_transformers(lm, hf_model):
-    from powersampling.backends.hf import HFTokenizer
+    from powersampling.backends.tokenizers import HFTokenizer
 
     hf = HFTokenizer(hf_model[1])
     messages = [{"role": "system", "content": "You plan tasks."}, {"role": "user", "content": "Plan a trip: café, 3 days."}]
@@ -287,3 +244,17 @@ def test_load_model_picks_llamacpp_for_gguf():
     from powersampling.backends.llamacpp import LlamaCppLM
 
     assert isinstance(load_model(None, n_ctx=256), LlamaCppLM)
+
+
+def test_a_constraint_without_a_mask_runs_on_llama_cpp(lm, prompt):
+    """The backend protocol lets a constraint state answer None ("every token allowed"); llama.cpp used to crash on
+    it, which forced the stop-string constraint to build a full-vocabulary mask on every step."""
+    from powersampling.backends.constraints import StopStringConstraint
+
+    stop = StopStringConstraint(lm.tokenizer, ["\n"])
+    requests = [ContinuationRequest(prompt, 40, generated_start=len(prompt), constraint=stop) for _ in range(3)]
+    for cont in lm.sample(requests, 1.0, np.random.default_rng(0)):
+        assert cont.stopped or len(cont) == 40
+        if cont.stopped and cont.token_ids[-1] not in lm.stop_token_ids:  # ended by the stop string, at once
+            assert "\n" in lm.tokenizer.decode(cont.token_ids)
+            assert "\n" not in lm.tokenizer.decode(cont.token_ids[:-1])

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pytest
 
-from powersampling.backends.base import Continuation, ContinuationRequest, temperature_logprobs
+from powersampling.backends.base import Continuation, ContinuationRequest
+from powersampling.backends.decoding import temperature_logprobs
 
 _TOKENIZER = None
 
@@ -40,7 +41,7 @@ class ScriptedLM:
 
     def __init__(self, answer_for: Callable[[str], str | None], *, margin: float = 30.0,
                  fail_when: Callable[[float], bool] | None = None, vocab_size: int = 49152) -> None:
-        from powersampling.backends.hf import HFTokenizer
+        from powersampling.backends.tokenizers import HFTokenizer
 
         self.hf_tokenizer = smol_tokenizer()
         self.tokenizer = HFTokenizer(self.hf_tokenizer)

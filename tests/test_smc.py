@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from powersampling import FunctionLM
-from powersampling.backends.base import temperature_logprobs
+from powersampling.backends.decoding import temperature_logprobs
 from powersampling.errors import ConfigError
 from powersampling.exactness import (
     empirical,

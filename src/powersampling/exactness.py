@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .backends.base import temperature_logprobs
+from .backends.decoding import temperature_logprobs
 
 
 def enumerate_completions(model, prompt: Sequence[int], max_new_tokens: int) -> dict[tuple[int, ...], float]:

@@ -111,23 +111,3 @@ class ContinuationRequest:
     generated_start: int = 0
     constraint: TokenConstraint | None = None
     tags: dict = field(default_factory=dict)
-
-
-def temperature_logprobs(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """(log p at temperature 1, log q at ``temperature``) for a vector or batch of logits, in float64.
-
-    Disallowed tokens carry ``-inf`` logits; the distributions are renormalized over the rest.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    logp = logits - _logsumexp(logits)
-    if temperature == 0:
-        return logp, logp
-    scaled = logits / temperature
-    return logp, scaled - _logsumexp(scaled)
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    m = np.max(x, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        return m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))

@@ -6,12 +6,13 @@ distribution; it is also a convenient way to plug in any scorer that is not a ne
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
-from .base import Continuation, ContinuationRequest, temperature_logprobs
+from .base import Continuation, ContinuationRequest
+from .decoding import Row, decode
 
 
 class _IdTokenizer:
@@ -68,42 +69,25 @@ class FunctionLM:
         *,
         deadline: float | None = None,
     ) -> list[Continuation]:
-        return [self._sample_one(r, temperature, rng, deadline) for r in requests]
+        return decode(_FunctionStepper(self), requests, temperature, rng, self.stop_token_ids, deadline=deadline)
 
-    def _sample_one(
-        self, req: ContinuationRequest, temperature: float, rng: np.random.Generator, deadline: float | None
-    ) -> Continuation:
-        prefix = list(req.prefix)
-        state = req.constraint.start(prefix[req.generated_start :]) if req.constraint else None
-        tokens: list[int] = []
-        logps: list[float] = []
-        logqs: list[float] = []
-        stopped = interrupted = False
-        while len(tokens) < req.max_new_tokens:
-            if deadline is not None and time.monotonic() > deadline:
-                interrupted = True
-                break
-            logits = self.logits(prefix)
-            allowed = state.allowed_tokens() if state is not None else None
-            if allowed is not None:
-                logits = np.where(allowed[: self.vocab_size], logits, -np.inf)
-            logp, logq = temperature_logprobs(logits, temperature)
-            if temperature == 0:
-                tok = int(np.argmax(logp))
-                lq = 0.0
-            else:
-                tok = int(rng.choice(self.vocab_size, p=np.exp(logq)))
-                lq = float(logq[tok])
-            tokens.append(tok)
-            logps.append(float(logp[tok]))
-            logqs.append(lq)
-            prefix.append(tok)
-            if state is not None:
-                state.advance(tok)
-            if tok in self.stop_token_ids:
-                stopped = True
-                break
-            if state is not None and state.is_finished():
-                stopped = True  # the constraint accepts the text as complete: same rule as the other backends
-                break
-        return Continuation(tokens, np.array(logps), np.array(logqs), stopped=stopped, interrupted=interrupted)
+
+class _FunctionStepper:
+    """Logits straight from the function, one prefix at a time (there is no cache to keep)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, model: FunctionLM) -> None:
+        self.model = model
+        self.rows: list[Row] = []
+
+    def start(self, rows: list[Row]) -> torch.Tensor:
+        self.rows = list(rows)
+        return self._logits()
+
+    def step(self, keep: list[int]) -> torch.Tensor | None:
+        self.rows = [self.rows[j] for j in keep]
+        return self._logits() if self.rows else None
+
+    def _logits(self) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.model.logits(row.prefix + row.tokens) for row in self.rows]))

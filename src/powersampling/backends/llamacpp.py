@@ -25,7 +25,6 @@ Logits are requested only where a row needs them (the last prefix token and each
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +32,8 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from .base import Continuation, ContinuationRequest
+from .decoding import Row, common_prefix_length, decode
+from .tokenizers import LlamaCppTokenizer, end_of_generation_tokens
 
 DEFAULT_N_CTX = 8192  # cells shared by all sequences (a unified cache)
 DEFAULT_N_SEQ_MAX = 16  # rows decoded side by side
@@ -40,64 +41,6 @@ _MAX_BATCH = 32  # tokens per llama_decode call at most; the load-time probe may
 _EVAL_BATCH_CANDIDATES = (32, 16, 8, 4, 2)
 _PROBE_TOKENS = np.arange(40, dtype=np.int64) * 7919 + 17
 _INVARIANCE_CACHE: dict[tuple, bool] = {}
-
-
-class LlamaCppTokenizer:
-    """Tokenizer adapter over llama.cpp's own vocabulary and the GGUF's chat template.
-
-    ``hf_tokenizer`` (for grammar compilers such as xgrammar) is built from the same GGUF file by transformers on
-    first use, which takes a few seconds.
-    """
-
-    def __init__(self, llama, gguf_path: str | None = None) -> None:
-        self._llama = llama
-        self._gguf_path = gguf_path
-        self._hf_tokenizer = None
-        self.chat_template: str | None = llama.metadata.get("tokenizer.chat_template")
-        self.has_chat_template = self.chat_template is not None
-        self._template = None
-
-    def encode(self, text: str) -> list[int]:
-        # add_bos follows the GGUF's tokenizer.ggml.add_bos_token, as transformers' add_special_tokens does
-        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=False))
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self._llama.detokenize([int(t) for t in token_ids], special=False).decode("utf-8", errors="replace")
-
-    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        if not self.has_chat_template:
-            raise ValueError("this GGUF file has no chat template; use a raw prompt (chat=False)")
-        text = self._render_chat(messages)
-        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
-    def _render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        if self._template is None:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-            def raise_exception(message):
-                raise ValueError(message)
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = raise_exception
-            self._template = env.from_string(self.chat_template)
-        vocab = self._llama
-        piece = lambda token: vocab.detokenize([token], special=True).decode("utf-8", errors="replace")  # noqa: E731
-        return self._template.render(
-            messages=list(messages), add_generation_prompt=True,
-            bos_token=piece(vocab.token_bos()) if vocab.token_bos() >= 0 else "",
-            eos_token=piece(vocab.token_eos()) if vocab.token_eos() >= 0 else "",
-        )
-
-    @property
-    def hf_tokenizer(self):
-        if self._hf_tokenizer is None:
-            if self._gguf_path is None:
-                raise AttributeError("hf_tokenizer needs the GGUF file path")
-            from transformers import AutoTokenizer
-
-            path = Path(self._gguf_path)
-            self._hf_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        return self._hf_tokenizer
 
 
 class LlamaCppLM:
@@ -119,7 +62,7 @@ class LlamaCppLM:
         self.n_seq_max = int(n_seq_max)
         self.n_threads = int(n_threads)
         self.tokenizer = LlamaCppTokenizer(llama, gguf_path)
-        self.stop_token_ids = _end_of_generation_tokens(llama)
+        self.stop_token_ids = end_of_generation_tokens(llama)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx
         params.n_batch = params.n_ubatch = _MAX_BATCH
@@ -170,8 +113,9 @@ class LlamaCppLM:
                 )
         results: list[Continuation | None] = [None] * len(requests)
         for group in self._groups(requests):
-            for index, continuation in zip(group, self._decode_rows([requests[i] for i in group], temperature,
-                                                                     rng, deadline)):
+            continuations = decode(_SlotBatch(self), [requests[i] for i in group], temperature, rng,
+                                   self.stop_token_ids, deadline=deadline)
+            for index, continuation in zip(group, continuations):
                 results[index] = continuation
         return results  # type: ignore[return-value]
 
@@ -182,7 +126,7 @@ class LlamaCppLM:
     def next_token_logits(self, prefix: Sequence[int]) -> np.ndarray:
         """Raw float64 logits for the token after ``prefix`` (through the same cache as sampling)."""
         (seq,) = self._place([[int(t) for t in prefix]])
-        return self._prefill([seq], [[int(t) for t in prefix]])[0]
+        return self._prefill([seq], [[int(t) for t in prefix]])[0].astype(np.float64)
 
     def close(self) -> None:
         if self._ctx:
@@ -221,7 +165,7 @@ class LlamaCppLM:
         slot_arrays = [np.asarray(s, dtype=np.int64) for s in self._slots]
         best, common = [], []
         for p in arrays:
-            lengths = [min(_common_length(s, p), len(p) - 1) for s in slot_arrays]
+            lengths = [min(common_prefix_length(s, p), len(p) - 1) for s in slot_arrays]
             b = int(np.argmax(lengths))
             best.append(b)
             common.append(lengths[b])
@@ -263,7 +207,7 @@ class LlamaCppLM:
     # internals: evaluation
 
     def _prefill(self, slots: list[int], prefixes: list[list[int]]) -> list[np.ndarray]:
-        """Feed each prefix's uncached tail into its slot; float64 logits after each prefix's last token."""
+        """Feed each prefix's uncached tail into its slot; the logits after each prefix's last token."""
         entries = []
         for row, (slot, prefix) in enumerate(zip(slots, prefixes)):
             start = len(self._slots[slot])
@@ -283,7 +227,7 @@ class LlamaCppLM:
             for i, (_, _, _, row) in enumerate(part):
                 if row >= 0:
                     pointer = self._lib.llama_get_logits_ith(self._ctx, i)
-                    logits[row] = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).astype(np.float64)
+                    logits[row] = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy()
             start += len(part)
         for token, _, slot, _ in entries:
             self._slots[slot].append(token)
@@ -311,51 +255,6 @@ class LlamaCppLM:
             raise RuntimeError(f"llama_decode failed with status {status} ({len(entries)} tokens; the context holds "
                                f"{self.n_ctx} tokens: load the model with a larger n_ctx)")
         self.decode_calls += 1
-
-    def _decode_rows(self, requests: list[ContinuationRequest], temperature: float, rng: np.random.Generator,
-                     deadline: float | None) -> list[Continuation]:
-        prefixes = [[int(t) for t in r.prefix] for r in requests]
-        rows = range(len(requests))
-        states = [r.constraint.start(p[r.generated_start:]) if r.constraint else None
-                  for r, p in zip(requests, prefixes)]
-        tokens: list[list[int]] = [[] for _ in rows]
-        logps: list[list[float]] = [[] for _ in rows]
-        logqs: list[list[float]] = [[] for _ in rows]
-        stopped = [False] * len(requests)
-        interrupted = [False] * len(requests)
-        active = [i for i in rows if requests[i].max_new_tokens > 0]
-        if not active:
-            return [Continuation([], np.zeros(0), np.zeros(0)) for _ in rows]
-        slots = self._place([prefixes[i] for i in active])
-        slot_of = dict(zip(active, slots))
-        current = dict(zip(active, self._prefill(slots, [prefixes[i] for i in active])))
-        while active:
-            for i in active:
-                if states[i] is not None:
-                    current[i] = _apply_mask(current[i], states[i].allowed_tokens(), self.vocab_size)
-            drawn, logp, logq = draw_tokens(np.stack([current[i] for i in active]), temperature, rng)
-            still = []
-            for i, token, lp, lq in zip(active, drawn.tolist(), logp.tolist(), logq.tolist()):
-                tokens[i].append(token)
-                logps[i].append(lp)
-                logqs[i].append(lq)
-                if states[i] is not None:
-                    states[i].advance(token)
-                if token in self.stop_token_ids or (states[i] is not None and states[i].is_finished()):
-                    stopped[i] = True
-                elif len(tokens[i]) < requests[i].max_new_tokens:
-                    still.append(i)
-            if still and deadline is not None and time.monotonic() > deadline:
-                for i in still:
-                    interrupted[i] = True
-                still = []
-            active = still
-            if active:
-                entries = [(tokens[i][-1], len(prefixes[i]) + len(tokens[i]) - 1, slot_of[i], k)
-                           for k, i in enumerate(active)]
-                current = dict(zip(active, self._evaluate(entries, len(active))))
-        return [Continuation(tokens[i], np.asarray(logps[i], dtype=np.float64),
-                             np.asarray(logqs[i], dtype=np.float64), stopped[i], interrupted[i]) for i in rows]
 
     def _probe_batch_invariance(self) -> int:
         """The largest evaluation batch (tokens per ``llama_decode`` call) whose logits equal one-token
@@ -388,61 +287,38 @@ class LlamaCppLM:
         return chosen
 
 
-def draw_token(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> tuple[int, float, float]:
-    """Draw one token from softmax(logits / temperature) over the full vocabulary (no truncation).
+class _SlotBatch:
+    """The decode loop's view of a LlamaCppLM: each row decodes in its own sequence slot, all rows' tokens of a
+    step in one ``llama_decode`` call."""
 
-    Returns (token, log p at temperature 1, log q at ``temperature``), both from the same float64 logits; at
-    temperature 0 the token is the argmax and log q is 0. ``-inf`` logits are impossible tokens.
-    """
-    tokens, logp, logq = draw_tokens(np.asarray(logits, dtype=np.float64)[None, :], temperature, rng)
-    return int(tokens[0]), float(logp[0]), float(logq[0])
+    def __init__(self, lm: LlamaCppLM) -> None:
+        import torch
 
+        self.lm = lm
+        self.device = torch.device("cpu")
+        self.rows: list[Row] = []
+        self.slots: list[int] = []
 
-def draw_tokens(logits: np.ndarray, temperature: float, rng: np.random.Generator
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``draw_token`` for every row of a (rows, vocab) float64 array at once, one uniform per row."""
-    peak = np.max(logits, axis=1, keepdims=True)
-    if not np.all(np.isfinite(peak)):
-        raise ValueError("every token is disallowed at this step (the constraint allows nothing the model can emit)")
-    shifted = logits - peak
-    log_z = np.log(np.sum(np.exp(shifted), axis=1))
-    rows = np.arange(len(logits))
-    if temperature == 0:
-        tokens = np.argmax(logits, axis=1)
-        return tokens, shifted[rows, tokens] - log_z, np.zeros(len(logits))
-    scaled = shifted if temperature == 1.0 else shifted / temperature
-    weights = np.exp(scaled)
-    cdf = np.cumsum(weights, axis=1)
-    total = cdf[:, -1]
-    targets = rng.random(len(logits)) * total
-    tokens = np.minimum(np.sum(cdf <= targets[:, None], axis=1), logits.shape[1] - 1)  # searchsorted, side="right"
-    for row in rows:
-        while weights[row, tokens[row]] == 0:  # float edge at a plateau of the CDF: step back to its owner
-            tokens[row] -= 1
-    return tokens, shifted[rows, tokens] - log_z, scaled[rows, tokens] - np.log(total)
+    def start(self, rows: list[Row]):
+        self.rows = list(rows)
+        prefixes = [row.prefix for row in rows]
+        self.slots = self.lm._place(prefixes)
+        return _as_tensor(self.lm._prefill(self.slots, prefixes))
+
+    def step(self, keep: list[int]):
+        self.rows = [self.rows[j] for j in keep]
+        self.slots = [self.slots[j] for j in keep]
+        if not keep:
+            return None
+        entries = [(row.tokens[-1], row.length - 1, slot, k)
+                   for k, (row, slot) in enumerate(zip(self.rows, self.slots))]
+        return _as_tensor(self.lm._evaluate(entries, len(entries)))
 
 
-def _apply_mask(logits: np.ndarray, allowed: np.ndarray, vocab_size: int) -> np.ndarray:
-    allowed = np.asarray(allowed, dtype=bool)
-    if len(allowed) < vocab_size:  # grammar vocabularies can be shorter than the model's padded one
-        allowed = np.concatenate([allowed, np.zeros(vocab_size - len(allowed), dtype=bool)])
-    return np.where(allowed[:vocab_size], logits, -np.inf)
+def _as_tensor(logits: list[np.ndarray]):
+    import torch
 
-
-def _common_length(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    same = a[:n] == b[:n]
-    return n if same.all() else int(np.argmin(same))
-
-
-def _end_of_generation_tokens(llama) -> frozenset[int]:
-    """llama.cpp's end-of-generation set (EOS, EOT and the chat turn delimiters the GGUF marks as such)."""
-    import llama_cpp
-
-    vocab = llama_cpp.llama_model_get_vocab(llama.model)
-    return frozenset(t for t in range(llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
+    return torch.from_numpy(np.stack(logits))
 
 
 def load_llamacpp(

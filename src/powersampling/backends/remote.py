@@ -54,6 +54,8 @@ import numpy as np
 
 from ..errors import CapabilityError, ConfigError, ModelLoadError
 from .base import Continuation, ContinuationRequest
+from .decoding import log_softmax
+from .tokenizers import as_tokenizer, stop_tokens_of
 
 _UNTRUNCATED = {"top_p": 1.0, "top_k": -1, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
                 "repetition_penalty": 1.0}
@@ -108,22 +110,15 @@ class RemoteLM:
                                      "SGLang server? (use api='vllm' for a vLLM server)")
             self.api = "sglang" if self._sglang_info is not None else "vllm"
             self.base_url = root if self.api == "sglang" else root + "/v1"
-            self.tokenizer = _wrap_tokenizer(tokenizer)
+            self.tokenizer = as_tokenizer(tokenizer)
             hf = getattr(self.tokenizer, "hf_tokenizer", None)
             self.model = model or self._served_model()
             self.name = f"remote:{self.model}"
             self.vocab_size = int(vocab_size or (len(hf) if hf is not None else 0))
             if stop_token_ids is not None:
                 self.stop_token_ids = frozenset(int(t) for t in stop_token_ids)
-            elif hf is not None:
-                from .hf import stop_token_ids_of
-
-                class _NoConfig:
-                    config = None
-
-                self.stop_token_ids = stop_token_ids_of(_NoConfig(), hf)
             else:
-                self.stop_token_ids = frozenset()
+                self.stop_token_ids = stop_tokens_of(hf)
             self.approximate = approximate
             self.max_log_z_gap = 0.0
             self._k = 0
@@ -270,11 +265,11 @@ class RemoteLM:
         for i, (dist, token) in enumerate(zip(distributions, tokens)):
             values = _dense(dist, self.vocab_size)
             if self.logprobs_are_processed and temperature not in (0, 1):
-                base = _log_softmax(values * temperature)
+                base = log_softmax(values * temperature)
             else:
                 base = values
             logp[i] = base[token]
-            logq[i] = 0.0 if temperature == 0 else _log_softmax(base / temperature)[token]
+            logq[i] = 0.0 if temperature == 0 else log_softmax(base / temperature)[token]
         return logp, logq
 
     def _from_topk(self, distributions: list[dict], sampled: np.ndarray, temperature: float) -> np.ndarray:
@@ -554,20 +549,6 @@ def bounded_log_z(top_logp: np.ndarray, alpha: float) -> tuple[float, float]:
     return math.log(0.5 * (z_low + z_high)), math.log(z_high) - math.log(z_low)
 
 
-def _wrap_tokenizer(tokenizer):
-    if tokenizer is None:
-        return None
-    if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    if hasattr(tokenizer, "chat_prompt"):
-        return tokenizer
-    from .hf import HFTokenizer
-
-    return HFTokenizer(tokenizer)
-
-
 def _token_ids(choice: dict) -> list[int]:
     out = []
     for token in choice["logprobs"]["tokens"]:
@@ -592,11 +573,6 @@ def _dense(distribution: dict, vocab_size: int) -> np.ndarray:
     for token, value in entries:
         values[token] = value if value > -9999.0 else -np.inf  # vLLM writes -inf as -9999.0; SGLang clamps it too
     return values
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = np.max(x)
-    return x - (m + np.log(np.sum(np.exp(x - m))))
 
 
 def _error_text(body: Any) -> str:

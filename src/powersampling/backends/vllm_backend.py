@@ -38,7 +38,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -236,7 +235,7 @@ class VLLMLM:
             )
         from vllm import SamplingParams
 
-        from .hf import HFTokenizer, stop_token_ids_of
+        from .tokenizers import HFTokenizer, stop_tokens_of
 
         self.llm = llm
         self._engine = engine
@@ -250,9 +249,8 @@ class VLLMLM:
         self.max_model_len = int(model_config.max_model_len)
         hf_tokenizer = hf_tokenizer if hf_tokenizer is not None else llm.get_tokenizer()
         self.tokenizer = HFTokenizer(hf_tokenizer)
-        config_holder = SimpleNamespace(config=model_config.hf_config,
-                                        generation_config=_generation_config(model_config.model))
-        self.stop_token_ids = stop_token_ids_of(config_holder, hf_tokenizer)
+        self.stop_token_ids = stop_tokens_of(hf_tokenizer, (_generation_config(model_config.model),
+                                                            model_config.hf_config))
         self.per_request_seeds = per_request_seeds
         self.cached_scoring = cached_scoring
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()

@@ -33,7 +33,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from .datasets import TASKS, Problem, load_problems
-from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, StopStringConstraint, build_prompt, grade_completion, resolve_style
+from ..backends.constraints import StopStringConstraint
+from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, build_prompt, grade_completion, resolve_style
 
 RESULTS_FILE = "results.jsonl"
 SETTINGS_FILE = "run.json"
@@ -405,7 +406,7 @@ def _run_one(problem, method, plan, model, settings, base, extra_params, rows, l
         else:
             params["n"], n_rule = matched_best_of_n(rows)
     sampler = build_sampler(method, model, **params)
-    constraint = StopStringConstraint(model.tokenizer, plan.stops, model.vocab_size) if plan.stops else None
+    constraint = StopStringConstraint(model.tokenizer, plan.stops) if plan.stops else None
     start = time.perf_counter()
     result = sampler.sample(plan.ids, constraint=constraint, progress=bar.sampler_event)
     wall = time.perf_counter() - start

@@ -1,18 +1,13 @@
 """Prompting and grading per task: few-shot text for base models, the chat template for instruct models.
 
 Stop strings (few-shot prompts end a completion at the next "Question:") are enforced while decoding by
-``StopStringConstraint``: a constraint that allows every token and only declares the completion finished once a
-stop string appears. It masks nothing, so the sampled distribution is the model's own, and the target of power
-sampling becomes p^alpha over completions that end at the first stop string (the part that gets graded) instead of
-over whatever the model writes after it.
+``backends.constraints.StopStringConstraint``, which masks nothing: the target of power sampling becomes p^alpha
+over completions that end at the first stop string (the part that gets graded).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
-import numpy as np
 
 from ..errors import ConfigError
 from .datasets import Problem, gsm8k_fewshot_examples, math_fewshot_examples
@@ -43,45 +38,6 @@ class PromptPlan:
 class ExecLimits:
     timeout_s: float = 10.0
     memory_mb: int = 1024
-
-
-class StopStringConstraint:
-    """Finishes a completion when its decoded text contains a stop string; allows every token."""
-
-    def __init__(self, tokenizer, stops: Sequence[str], vocab_size: int) -> None:
-        if not stops:
-            raise ValueError("StopStringConstraint needs at least one stop string")
-        self.tokenizer = tokenizer
-        self.stops = tuple(stops)
-        self.allowed = np.ones(vocab_size, dtype=bool)
-        # a stop string spans at most one token per character; a few more cover partial byte tokens at the edge
-        self.window = max(len(s) for s in self.stops) + 4
-
-    def start(self, generated: Sequence[int]) -> "_StopState":
-        return _StopState(self, list(generated))
-
-
-class _StopState:
-    def __init__(self, owner: StopStringConstraint, tokens: list[int]) -> None:
-        self.owner = owner
-        self.tokens = tokens
-        self.finished = self._tail_has_stop()
-
-    def allowed_tokens(self) -> np.ndarray:
-        return self.owner.allowed
-
-    def advance(self, token_id: int) -> None:
-        self.tokens.append(int(token_id))
-        self.finished = self.finished or self._tail_has_stop()
-
-    def is_finished(self) -> bool:
-        return self.finished
-
-    def _tail_has_stop(self) -> bool:
-        if not self.tokens:
-            return False
-        tail = self.owner.tokenizer.decode(self.tokens[-self.owner.window:])
-        return any(stop in tail for stop in self.owner.stops)
 
 
 def resolve_style(style: str, model) -> str:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..backends.grammar import JsonSchemaConstraint
+from ..backends.constraints import JsonSchemaConstraint
 from ..errors import CapabilityError, ConfigError, PowerSamplingError
 from ..samplers import available_methods, build_sampler, prompt_ids
 from ..samplers.result import ProgressEvent

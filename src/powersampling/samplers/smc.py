@@ -200,7 +200,8 @@ class _Run:
             self._reweight(cfg.alpha if last else cfg.alpha_at(self.steps))
             ess = effective_sample_size(normalized(self.log_weights))
             self.ess_trace.append(ess)
-            resampled = not last and ess < cfg.ess_threshold * cfg.n_particles
+            # threshold 1 means every check, equal weights included (ESS == N is not below N)
+            resampled = not last and (cfg.ess_threshold >= 1 or ess < cfg.ess_threshold * cfg.n_particles)
             if resampled:
                 self._resample()
             self._notify(ProgressEvent("block", block=check, blocks_total=checks_total,

@@ -1,4 +1,10 @@
-"""JSON-schema constrained decoding with xgrammar, as a ``TokenConstraint``.
+"""Token constraints: JSON-schema grammars (xgrammar) and stop strings.
+
+``StopStringConstraint`` masks nothing (its state allows every token, ``None``) and only declares a completion
+finished once its text contains a stop string: the sampled distribution stays the model's own, and power sampling
+targets p^alpha over completions that end at the first stop string.
+
+``JsonSchemaConstraint``: JSON-schema constrained decoding with xgrammar.
 
 A state can start after any generated prefix (``start(generated)`` replays the prefix through a fresh matcher),
 which is what Metropolis-Hastings needs: it resamples suffixes from arbitrary cuts. Compiled grammars and tokenizer
@@ -131,3 +137,41 @@ class GrammarState:
 
     def is_finished(self) -> bool:
         return self.matcher.is_terminated()
+
+
+class StopStringConstraint:
+    """Finishes a completion when its decoded text contains a stop string; allows every token."""
+
+    def __init__(self, tokenizer, stops: Sequence[str]) -> None:
+        if not stops:
+            raise ValueError("StopStringConstraint needs at least one stop string")
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        # a stop string spans at most one token per character; a few more cover partial byte tokens at the edge
+        self.window = max(len(s) for s in self.stops) + 4
+
+    def start(self, generated: Sequence[int]) -> "StopStringState":
+        return StopStringState(self, list(generated))
+
+
+class StopStringState:
+    def __init__(self, owner: StopStringConstraint, tokens: list[int]) -> None:
+        self.owner = owner
+        self.tokens = tokens
+        self.finished = self._tail_has_stop()
+
+    def allowed_tokens(self) -> None:
+        return None  # every token: the protocol's "no mask"
+
+    def advance(self, token_id: int) -> None:
+        self.tokens.append(int(token_id))
+        self.finished = self.finished or self._tail_has_stop()
+
+    def is_finished(self) -> bool:
+        return self.finished
+
+    def _tail_has_stop(self) -> bool:
+        if not self.tokens:
+            return False
+        tail = self.owner.tokenizer.decode(self.tokens[-self.owner.window:])
+        return any(stop in tail for stop in self.owner.stops)

@@ -1,0 +1,214 @@
+"""The decode core every local backend (``FunctionLM``, transformers, llama.cpp) runs: one loop, one row state,
+one mask policy, one draw.
+
+A backend only supplies a ``Stepper``: how to get next-token logits for a batch of rows (prefill), and how to feed
+each continuing row its newest token. Everything that decides *what* is sampled lives here, once:
+
+* ``Row``: a request's tokens so far, its constraint state, and the stop rules (a stop token, the constraint
+  finishing, ``max_new_tokens``);
+* ``apply_masks``: a constraint state's ``allowed_tokens()`` masks disallowed tokens to ``-inf``; ``None`` means
+  every token is allowed and costs nothing (a mask shorter than the vocabulary, as grammar vocabularies can be,
+  leaves the rest disallowed);
+* ``draw``: one token per row from softmax(logits / T) over the whole vocabulary (no top-k/top-p/min-p), with
+  log p (temperature 1) and log q (temperature T) of the drawn token from the same float64 logits. Because both
+  come from one forward pass, a Metropolis-Hastings or SMC ratio built from them is exact.
+
+``log_softmax`` and ``temperature_logprobs`` are the numpy forms used where logits are not torch tensors (remote
+servers, the exactness enumerator).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+import numpy as np
+
+from .base import Continuation, ContinuationRequest
+
+if TYPE_CHECKING:
+    import torch
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis in float64; ``-inf`` entries stay ``-inf`` (all ``-inf`` gives NaN-free
+    ``-inf``)."""
+    x = np.asarray(x, dtype=np.float64)
+    peak = np.max(x, axis=-1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return x - (peak + np.log(np.sum(np.exp(x - peak), axis=-1, keepdims=True)))
+
+
+def temperature_logprobs(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log p at temperature 1, log q at ``temperature``) for a vector or batch of logits, in float64; at
+    temperature 0 both are log p. ``-inf`` logits are disallowed tokens; the rest are renormalized."""
+    logits = np.asarray(logits, dtype=np.float64)
+    logp = log_softmax(logits)
+    if temperature == 0:
+        return logp, logp
+    return logp, log_softmax(logits / temperature)
+
+
+def common_prefix_length(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
+    """How many leading token ids ``a`` and ``b`` share."""
+    a, b = np.asarray(a), np.asarray(b)
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    same = a[:n] == b[:n]
+    return n if same.all() else int(np.argmin(same))
+
+
+class Row:
+    """One request being decoded: its tokens and per-token log p / log q so far, its constraint state, and
+    whether it is done (a stop token, the constraint finished, or ``max_new_tokens`` reached)."""
+
+    __slots__ = ("prefix", "max_new", "state", "tokens", "logp", "logq", "stopped", "interrupted", "done",
+                 "stop_ids")
+
+    def __init__(self, request: ContinuationRequest, stop_ids: frozenset[int]) -> None:
+        self.prefix = [int(t) for t in request.prefix]
+        if not self.prefix:
+            raise ValueError("a request needs at least one prefix token (the prompt)")
+        self.max_new = int(request.max_new_tokens)
+        self.stop_ids = stop_ids
+        constraint = request.constraint
+        self.state = constraint.start(self.prefix[request.generated_start:]) if constraint is not None else None
+        self.tokens: list[int] = []
+        self.logp: list[float] = []
+        self.logq: list[float] = []
+        self.stopped = self.interrupted = False
+        self.done = self.max_new <= 0
+
+    @property
+    def length(self) -> int:
+        """Tokens fed or to be fed: prefix plus generated."""
+        return len(self.prefix) + len(self.tokens)
+
+    def allowed_tokens(self) -> np.ndarray | None:
+        return self.state.allowed_tokens() if self.state is not None else None
+
+    def push(self, token: int, logp: float, logq: float) -> bool:
+        """Record a drawn token; True when the row is done."""
+        self.tokens.append(token)
+        self.logp.append(logp)
+        self.logq.append(logq)
+        if self.state is not None:
+            self.state.advance(token)
+        if token in self.stop_ids or (self.state is not None and self.state.is_finished()):
+            self.stopped = True
+        self.done = self.stopped or len(self.tokens) >= self.max_new
+        return self.done
+
+    def continuation(self) -> Continuation:
+        return Continuation(list(self.tokens), np.asarray(self.logp, dtype=np.float64),
+                            np.asarray(self.logq, dtype=np.float64), self.stopped, self.interrupted)
+
+
+class Stepper(Protocol):
+    """What a backend gives the decode loop.
+
+    ``start(rows)`` returns next-token logits, one row per given row (a (rows, vocab) tensor), for rows whose
+    prefix may share cached work with earlier calls. ``step(keep)`` continues the rows at positions ``keep`` of
+    the current batch (the batch becomes those rows, in that order), feeding each its newest token, and returns
+    their logits; the other rows are finished (a backend may keep their cache). ``step([])`` finishes all and
+    returns None.
+    """
+
+    device: torch.device
+
+    def start(self, rows: list[Row]) -> torch.Tensor: ...
+
+    def step(self, keep: list[int]) -> torch.Tensor | None: ...
+
+
+def decode(
+    stepper: Stepper,
+    requests: Sequence[ContinuationRequest],
+    temperature: float,
+    rng: np.random.Generator,
+    stop_ids: frozenset[int],
+    *,
+    deadline: float | None = None,
+) -> list[Continuation]:
+    """Decode every request to a stop token, its constraint's end, ``max_new_tokens`` or ``deadline``
+    (``time.monotonic()`` seconds; rows then come back ``interrupted``). All rows advance together, one token per
+    step."""
+    import torch  # here, not at the top: the numpy helpers above serve backends that never load torch
+
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    rows = [Row(r, stop_ids) for r in requests]
+    live = [row for row in rows if not row.done]
+    if not live:
+        return [row.continuation() for row in rows]
+    generator = torch.Generator(device=stepper.device).manual_seed(int(rng.integers(0, 2**62)))
+    logits = stepper.start(live)
+    while True:
+        tokens, logp, logq = draw(apply_masks(logits, live), temperature, generator)
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        keep = []
+        for j, row in enumerate(live):
+            if row.push(tokens[j], logp[j], logq[j]):
+                continue
+            if out_of_time:
+                row.interrupted = True
+            else:
+                keep.append(j)
+        live = [live[j] for j in keep]
+        logits = stepper.step(keep)
+        if not live:
+            return [row.continuation() for row in rows]
+
+
+def apply_masks(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+    """``logits`` with each row's disallowed tokens at ``-inf``; unchanged (no copy) when no row has a mask."""
+    masks = [row.allowed_tokens() for row in rows]
+    if all(m is None for m in masks):
+        return logits
+    import torch
+
+    vocab = logits.shape[-1]
+    allowed = np.ones((len(rows), vocab), dtype=bool)
+    for j, mask in enumerate(masks):
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)[:vocab]
+            allowed[j, : len(mask)] = mask
+            allowed[j, len(mask):] = False  # beyond a grammar's (shorter) vocabulary nothing is allowed
+    return logits.masked_fill(~torch.from_numpy(allowed).to(logits.device), float("-inf"))
+
+
+def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator
+         ) -> tuple[list[int], list[float], list[float]]:
+    """One token per row from softmax(logits / temperature) over the full vocabulary (no truncation).
+
+    Returns the tokens, their log p at temperature 1 and their log q at ``temperature``, computed in float64 from
+    the same logits; at temperature 0 the token is the argmax and log q is 0. ``-inf`` logits are impossible.
+    """
+    import torch
+
+    logits = logits.to(torch.float64)
+    peak = logits.max(dim=-1, keepdim=True).values
+    if not bool(torch.isfinite(peak).all()):
+        raise ValueError("every token is disallowed at this step (the constraint allows nothing the model can emit)")
+    shifted = logits - peak
+    log_z = torch.log(torch.exp(shifted).sum(dim=-1))
+    if temperature == 0:
+        tokens = shifted.argmax(dim=-1)
+        logq = torch.zeros_like(log_z)
+    else:
+        scaled = shifted if temperature == 1.0 else shifted / temperature
+        cdf = torch.cumsum(torch.exp(scaled), dim=-1)
+        total = cdf[:, -1:].contiguous()
+        u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype) * total
+        # the first index whose cumulative weight exceeds u owns [cdf[i-1], cdf[i]), a positive weight; u rounded
+        # up to the total goes to the last token that carries weight
+        tokens = torch.searchsorted(cdf, u, right=True)
+        past_end = tokens >= cdf.shape[-1]
+        if bool(past_end.any()):
+            tokens = torch.where(past_end, torch.searchsorted(cdf, total), tokens)
+        tokens = tokens.squeeze(-1)
+        logq = scaled.gather(-1, tokens[:, None]).squeeze(-1) - torch.log(total.squeeze(-1))
+    logp = shifted.gather(-1, tokens[:, None]).squeeze(-1) - log_z
+    return tokens.tolist(), logp.tolist(), logq.tolist()

@@ -1,0 +1,128 @@
+"""The decode core shared by the local backends: the draw, the mask policy and the row rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from powersampling import FunctionLM
+from powersampling.backends.base import ContinuationRequest
+from powersampling.backends.decoding import common_prefix_length, draw, log_softmax
+
+
+def _draw_many(logits: np.ndarray, temperature: float, draws: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.from_numpy(np.repeat(np.atleast_2d(logits), draws, axis=0))
+    return draw(batch, temperature, generator)
+
+
+def test_draw_follows_the_tempered_distribution_over_the_full_vocabulary():
+    logits = np.array([2.0, 1.0, 0.0, -1.0, -np.inf, -3.0])
+    temperature = 0.5
+    tokens, logp, logq = _draw_many(logits, temperature, 20000)
+    counts = np.bincount(tokens, minlength=len(logits))
+    expected = np.exp(log_softmax(logits / temperature))
+    assert counts[4] == 0  # -inf is impossible
+    # binomial standard error at 20000 draws is below 0.0036 for every token
+    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.015)
+    assert counts[5] > 0 or expected[5] < 1e-4  # no truncation of the tail
+    for token, lp, lq in zip(tokens[:200], logp, logq):
+        assert lp == pytest.approx(log_softmax(logits)[token], abs=1e-12)
+        assert lq == pytest.approx(log_softmax(logits / temperature)[token], abs=1e-12)
+
+
+def test_draw_takes_each_row_from_its_own_distribution():
+    logits = np.array([[3.0, 0.0, -1.0, -np.inf], [-2.0, 0.5, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    temperature = 0.7
+    generator = torch.Generator().manual_seed(1)
+    counts = np.zeros_like(logits)
+    for _ in range(4000):
+        tokens, logp, logq = draw(torch.from_numpy(logits), temperature, generator)
+        counts[np.arange(3), tokens] += 1
+        for row, token in enumerate(tokens):
+            assert logp[row] == pytest.approx(log_softmax(logits[row])[token], abs=1e-12)
+            assert logq[row] == pytest.approx(log_softmax(logits[row] / temperature)[token], abs=1e-12)
+    expected = np.array([np.exp(log_softmax(row / temperature)) for row in logits])
+    np.testing.assert_allclose(counts / 4000, expected, atol=0.03)
+
+
+def test_draw_greedy_and_all_masked():
+    tokens, logp, logq = draw(torch.tensor([[0.0, 3.0, 1.0]]), 0.0, torch.Generator())
+    assert tokens == [1] and logq == [0.0] and logp[0] == pytest.approx(log_softmax([0.0, 3.0, 1.0])[1])
+    with pytest.raises(ValueError, match="disallowed"):
+        draw(torch.full((1, 3), -np.inf), 1.0, torch.Generator())
+
+
+def test_draw_never_returns_a_zero_weight_token_at_the_end_of_the_cdf():
+    # the last tokens are impossible: a uniform rounded up to the total must land on the last possible one
+    logits = torch.tensor([[0.0, 0.0, -np.inf, -np.inf]] * 2000, dtype=torch.float64)
+    tokens, _, _ = draw(logits, 1.0, torch.Generator().manual_seed(3))
+    assert set(tokens) <= {0, 1}
+
+
+def test_common_prefix_length():
+    assert common_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix_length([1, 2], [1, 2, 3]) == 2
+    assert common_prefix_length([], [1]) == 0
+    assert common_prefix_length([5], [4]) == 0
+
+
+class _NoMaskState:
+    """A constraint state in the protocol's own terms: None means every token is allowed."""
+
+    def __init__(self, finish_after: int) -> None:
+        self.left = finish_after
+
+    def allowed_tokens(self):
+        return None
+
+    def advance(self, token_id: int) -> None:
+        self.left -= 1
+
+    def is_finished(self) -> bool:
+        return self.left <= 0
+
+
+class _NoMask:
+    def start(self, generated):
+        return _NoMaskState(3 - len(generated))
+
+
+class _ShortMask:
+    """A grammar-like mask over a vocabulary shorter than the model's: tokens past it are disallowed."""
+
+    def start(self, generated):
+        return self
+
+    def allowed_tokens(self):
+        return np.array([False, True, True])
+
+    def advance(self, token_id: int) -> None:
+        pass
+
+    def is_finished(self) -> bool:
+        return False
+
+
+def _flat_lm(vocab: int = 5) -> FunctionLM:
+    return FunctionLM(vocab, 0, lambda prefix: np.zeros(vocab))
+
+
+def test_a_constraint_state_without_a_mask_allows_every_token_and_can_finish_the_row():
+    lm = _flat_lm()
+    requests = [ContinuationRequest([1], 10, generated_start=1, constraint=_NoMask()) for _ in range(200)]
+    conts = lm.sample(requests, 1.0, np.random.default_rng(0))
+    drawn = {t for c in conts for t in c.token_ids}
+    assert drawn == {0, 1, 2, 3, 4}
+    for c in conts:  # three tokens unless the stop token came first
+        assert c.stopped and (len(c) == 3 or c.token_ids[-1] == 0)
+
+
+def test_a_mask_shorter_than_the_vocabulary_disallows_the_rest():
+    lm = _flat_lm()
+    requests = [ContinuationRequest([1], 4, generated_start=1, constraint=_ShortMask()) for _ in range(50)]
+    conts = lm.sample(requests, 1.0, np.random.default_rng(0))
+    assert {t for c in conts for t in c.token_ids} == {1, 2}
+    # renormalized over the allowed tokens: two equal choices
+    assert all(np.allclose(c.logp, np.log(0.5)) for c in conts)
