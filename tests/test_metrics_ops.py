@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from powersampling.observability import metrics
+from powersampling.samplers import planner_routes
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
 ALERTS = OPS / "prometheus" / "alerts.yml"
@@ -64,7 +65,7 @@ def test_every_metric_and_label_value_used_is_exported(source):
         assert referenced(expr), expr
         assert referenced(expr) <= names, (referenced(expr) - names, expr)
         assert label_values(expr, "status") <= set(metrics.STATUSES), expr
-        assert label_values(expr, "route") <= set(metrics.ROUTES), expr
+        assert label_values(expr, "route") <= set(planner_routes()) | {"mixed"}, expr
         assert label_values(expr, "endpoint") <= {"completions", "chat", "plan", "library"}, expr
 
 

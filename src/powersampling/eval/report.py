@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .runner import RESULTS_FILE, SETTINGS_FILE, read_rows
+from .results import RESULTS_FILE, SETTINGS_FILE, read_rows
 from .stats import mcnemar_exact, paired_bootstrap, wilson_interval
 
 PLOT_FILE = "accuracy_vs_cost.png"

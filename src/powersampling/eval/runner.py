@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 import zlib
@@ -32,12 +31,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..errors import ConfigError
+from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
 from .datasets import TASKS, Problem, load_problems
+from .results import RESULTS_FILE, SETTINGS_FILE, append_row, read_rows, repair_torn_tail, write_rows
 from ..backends.constraints import StopStringConstraint
 from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, build_prompt, grade_completion, resolve_style
-
-RESULTS_FILE = "results.jsonl"
-SETTINGS_FILE = "run.json"
 
 # power (and smc) run before best-of-n on each problem so its matched n can use this problem's cost too
 _METHOD_ORDER = {"sample": 0, "greedy": 1, "low-temp": 2, "power": 3, "smc": 4, "best-of-n": 9}
@@ -70,48 +68,6 @@ class RunSettings:
 def method_seed(run_seed: int, problem_index: int, method: str) -> int:
     state = np.random.SeedSequence([run_seed, problem_index, zlib.crc32(method.encode())]).generate_state(2)
     return int((int(state[0]) << 32 | int(state[1])) >> 1)
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a results file; a torn last line (the process died mid-write) is ignored."""
-    if not path.is_file():
-        return []
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ConfigError(f"{path} line {i + 1} is not valid JSON; fix or remove that line") from None
-    return rows
-
-
-def _append_row(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in a results row")
-
-
-def _repair_torn_tail(path: Path) -> None:
-    """Drop a partial last line so the next append starts on a fresh line."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def matched_best_of_n(rows: Iterable[dict]) -> tuple[int, str]:
@@ -216,13 +172,13 @@ def _validate(task: str, methods: list[str], limit: int | None) -> None:
 
 
 def check_arguments(
-    task: str, methods: list[str], limit: int | None, *, offset: int = 0, alpha: float = 4.0, n_mcmc: int = 10,
+    task: str, methods: list[str], limit: int | None, *, offset: int = 0, alpha: float = DEFAULT_ALPHA, n_mcmc: int = DEFAULT_N_MCMC,
     block_size: int | None = None, max_new_tokens: int | None = None, best_of_n: int | None = None,
     extra_params: dict[str, Any] | None = None,
 ) -> tuple[list[Problem], dict[str, Any]]:
     """Everything that can be checked before a model loads: names, ranges, sampler parameters, the data files.
     Returns the problems and the sampler parameters shared by all methods."""
-    from ..samplers import build_sampler
+    from ..samplers import validate_params
 
     _validate(task, methods, limit)
     max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]
@@ -233,8 +189,7 @@ def check_arguments(
         raise ConfigError("best-of-n at matched cost needs power sampling in the methods (or set best_of_n)")
     base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
     for method in methods:
-        build_sampler(method, None, **base, **(extra_params or {}), seed=0,
-                      **({"n": 2} if method == "best-of-n" else {}))
+        validate_params(method, **base, **(extra_params or {}), **({"n": 2} if method == "best-of-n" else {}))
     return load_problems(task, limit, offset), base
 
 
@@ -245,8 +200,8 @@ def run_eval(
     model,
     out_dir: str | Path,
     *,
-    alpha: float = 4.0,
-    n_mcmc: int = 10,
+    alpha: float = DEFAULT_ALPHA,
+    n_mcmc: int = DEFAULT_N_MCMC,
     block_size: int | None = None,
     max_new_tokens: int | None = None,
     seed: int = 0,
@@ -295,7 +250,7 @@ def run_eval(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": platform.node(), "python": platform.python_version(),
         }, indent=2))
-    _repair_torn_tail(results_path)
+    repair_torn_tail(results_path)
     rows = read_rows(results_path)
     done = {(r["problem_id"], r["method"]) for r in rows}
     ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 5))
@@ -313,7 +268,7 @@ def run_eval(
             bar.starting(problem, method)
             row = _run_one(problem, method, plan, model, settings, base, extra_params, rows, exec_limits, bar)
             row["prompt_prefill_s"] = prefill_s
-            _append_row(results_path, row)
+            append_row(results_path, row)
             rows.append(row)
             bar.finished(row)
             if on_row is not None:
@@ -383,11 +338,7 @@ def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "merged_from": [str(s) for s in sources],
     }, indent=2))
-    tmp = out / (RESULTS_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
-    tmp.replace(out / RESULTS_FILE)
+    write_rows(out / RESULTS_FILE, rows)
     return len(rows)
 
 

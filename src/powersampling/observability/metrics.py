@@ -8,9 +8,11 @@ series carries ``model_name``.
 Label values used by the dashboard and the alert rules (ops/):
 
 * ``endpoint``: ``completions``, ``chat``, ``plan``, or ``library`` for calls made in-process;
-* ``method``: the decoding method (``power``, ``sample``, ``greedy``, ...) or ``none`` when no sampler ran;
-* ``route``: the planner's routes ``baseline``, ``power``, ``best-of-n``, ``smc``; a completion request is on the
-  route of its method (power, smc, best-of-n) or on ``baseline`` (plain sampling, greedy, low temperature);
+* ``method``: the decoding method (a name from the sampler registry) or ``none`` when no sampler ran;
+* ``route``: the planner route a method runs under (``samplers.registry.route_of``: ``baseline`` for plain
+  sampling, greedy and low temperature, the method's own name for power, smc, best-of-n, ...), ``mixed`` for a
+  plan whose calls fell back part of the way; callers pass it (this module depends on no other part of the
+  package, so it does not look methods up);
 * ``status``: one of ``STATUSES``; ``error`` and ``timeout`` count against the error-rate rollback trigger,
   client mistakes (``invalid``, ``unauthorized``) and load shedding (``rejected``) do not.
 """
@@ -34,9 +36,6 @@ from prometheus_client import (
 
 PREFIX = "powersampling"
 STATUSES = ("ok", "invalid", "unauthorized", "not_found", "rejected", "timeout", "cancelled", "error")
-ROUTES = ("baseline", "power", "best-of-n", "smc", "mixed")  # the planner's routes; mixed: some calls fell back
-POWER_METHODS = frozenset({"power", "smc"})
-TOKEN_KINDS = ("prompt", "proposal", "final")
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # process_resident_memory_bytes and friends: the load test reads them
@@ -119,10 +118,6 @@ RUNNING = Gauge(
 )
 
 
-def route_of_method(method: str) -> str:
-    return method if method in ROUTES else "baseline"
-
-
 def status_of_http(code: int) -> str:
     """The ``status`` label for an HTTP status code."""
     if code < 400:
@@ -135,21 +130,24 @@ def record_request(
     *, model_name: str, endpoint: str, method: str = "none", route: str | None = None, status: str = "ok",
     latency_s: float | None = None,
 ) -> None:
-    """Count one request (any outcome) and observe its end-to-end latency when given."""
+    """Count one request (any outcome) and observe its end-to-end latency when given. ``route`` None: the request
+    ran no power route (``baseline``)."""
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}; one of {STATUSES}")
-    route = route or route_of_method(method)
+    route = route or "baseline"
     REQUESTS.labels(model_name, endpoint, method, route, status).inc()
     if latency_s is not None and math.isfinite(latency_s) and latency_s >= 0:
         E2E_LATENCY.labels(model_name, endpoint, method, route).observe(latency_s)
 
 
 def record_sample(
-    result: Any, model_name: str, endpoint: str = "library", *, prompt_tokens: int | None = None,
-    status: str = "ok", latency_s: float | None = None, count_request: bool = True,
+    result: Any, model_name: str, endpoint: str = "library", *, route: str | None = None,
+    prompt_tokens: int | None = None, status: str = "ok", latency_s: float | None = None,
+    count_request: bool = True,
 ) -> None:
     """Record one finished sampler run (a ``SampleResult``): tokens, acceptance, cost multiplier and, unless
-    ``count_request`` is False, the request itself with its latency (default: the run's measured latency)."""
+    ``count_request`` is False, the request itself with its latency (default: the run's measured latency), on
+    ``route`` (default: the route the sampler reported in its metadata)."""
     md: Mapping[str, Any] = getattr(result, "metadata", None) or {}
     method = str(getattr(result, "method", None) or md.get("method") or "unknown")
     if prompt_tokens:
@@ -161,7 +159,7 @@ def record_sample(
     if proposal is not None:
         TOKENS.labels(model_name, endpoint, method, "proposal").inc(proposal)
     TOKENS.labels(model_name, endpoint, method, "final").inc(final)
-    if method in POWER_METHODS and _number(md.get("total_iterations")):
+    if _number(md.get("total_iterations")):  # a run with Metropolis-Hastings steps
         rate = _number(md.get("acceptance_rate"))
         if rate is not None:
             ACCEPTANCE_RATE.labels(model_name, endpoint).observe(rate)
@@ -171,7 +169,8 @@ def record_sample(
     if count_request:
         if latency_s is None and _number(md.get("latency_ms")) is not None:
             latency_s = float(md["latency_ms"]) / 1000.0
-        record_request(model_name=model_name, endpoint=endpoint, method=method, status=status, latency_s=latency_s)
+        record_request(model_name=model_name, endpoint=endpoint, method=method, route=route or md.get("route"),
+                       status=status, latency_s=latency_s)
 
 
 def record_plan(
@@ -182,8 +181,6 @@ def record_plan(
     """Record one planner run. ``route`` is the route that produced the plan (after any fallback); a fallback
     to the baseline is counted under its reason. ``count_request=False`` when the caller counts the request itself
     (the server's middleware does)."""
-    if route not in ROUTES:
-        raise ValueError(f"unknown route {route!r}; one of {ROUTES}")
     if quality_score is not None and math.isfinite(quality_score):
         PLAN_QUALITY.labels(model_name, route).observe(quality_score)
     if fallback_reason:

@@ -1,26 +1,40 @@
 """OpenTelemetry spans for requests, blocks and MH steps (GenAI semantic conventions where they apply).
 
-Tracing is off unless the standard OTEL environment variables ask for an exporter; without a configured SDK the
-OpenTelemetry API hands out non-recording spans, so instrumented code costs next to nothing.
+Tracing is off unless the standard OTEL environment variables ask for an exporter (or the application set up
+OpenTelemetry itself). OpenTelemetry is imported only then: until something has imported it, no tracer provider
+can exist and every span would be a non-recording one, so ``span`` hands out a no-op context instead and
+``import powersampling`` stays light.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+import sys
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator
 
-from opentelemetry import trace
+if TYPE_CHECKING:
+    from opentelemetry import trace
 
 _TRACER_NAME = "powersampling"
+_NO_SPAN = contextlib.nullcontext()
 
 
-def tracer() -> trace.Tracer:
+def tracer() -> "trace.Tracer":
+    from opentelemetry import trace
+
     return trace.get_tracer(_TRACER_NAME)
 
 
+def span(name: str, attributes: dict[str, Any] | None = None) -> ContextManager[Any]:
+    """A span named ``name`` (attributes with value None are dropped: OTel rejects them); a no-op while nothing in
+    the process uses OpenTelemetry."""
+    if "opentelemetry.trace" not in sys.modules:
+        return _NO_SPAN
+    return _recording_span(name, attributes)
+
+
 @contextlib.contextmanager
-def span(name: str, attributes: dict[str, Any] | None = None) -> Iterator[trace.Span]:
-    """A span named ``name``; attributes with value None are dropped (OTel rejects them)."""
+def _recording_span(name: str, attributes: dict[str, Any] | None) -> Iterator[Any]:
     attrs = {k: v for k, v in (attributes or {}).items() if v is not None}
     with tracer().start_as_current_span(name, attributes=attrs) as s:
         yield s
@@ -57,6 +71,7 @@ def configure_tracing_from_env(environ: dict[str, str] | None = None) -> str | N
         raise ValueError(f"unsupported OTEL_TRACES_EXPORTER value(s) {', '.join(sorted(unknown))}; use otlp, console or none")
     if _configured:
         return ",".join(names)
+    from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor

@@ -19,14 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..backends.constraints import JsonSchemaConstraint
-from ..errors import CapabilityError, ConfigError, PowerSamplingError
-from ..samplers import available_methods, build_sampler, prompt_ids
+from ..errors import ConfigError, PowerSamplingError
+from ..samplers import build_sampler, method_spec, planner_routes, prompt_ids, validate_params
 from ..samplers.result import ProgressEvent
 from .quality import PlanQualityEvaluator
 
 log = logging.getLogger("powersampling.planner")
-
-ROUTE_METHODS = {"baseline": "sample", "power": "power", "best-of-n": "best-of-n", "smc": "smc"}
 
 
 class GenerationError(PowerSamplingError):
@@ -40,7 +38,9 @@ class GenerationError(PowerSamplingError):
 
 @dataclass(frozen=True)
 class RouteSettings:
-    """Sampler settings for the routes. None leaves the sampler's default."""
+    """Sampler settings of the planner's routes: the planner's own defaults (the ``power_sample`` contract: alpha 2,
+    10 MH steps per 32-token block), written here once. None leaves the sampler's default. Every route's
+    parameters are validated when the settings are built."""
 
     alpha: float = 2.0
     n_mcmc: int = 10
@@ -50,16 +50,24 @@ class RouteSettings:
     n_particles: int | None = None
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        for route in planner_routes():
+            validate_params(route_method(route), **self.params_for(route))
+
     def params_for(self, route: str) -> dict[str, Any]:
-        if route == "baseline":
-            return {"temperature": self.temperature}
-        if route == "power":
-            return {"alpha": self.alpha, "n_mcmc": self.n_mcmc, "block_size": self.block_size}
-        if route == "best-of-n":
-            return {"temperature": self.temperature, "n": self.best_of_n}
-        if route == "smc":
-            return {"alpha": self.alpha, "n_particles": self.n_particles}
-        raise ConfigError(f"unknown route {route!r}; choose one of: {', '.join(ROUTE_METHODS)}")
+        """The sampler parameters of ``route``: each setting the route's method takes."""
+        values = {"alpha": self.alpha, "n_mcmc": self.n_mcmc, "block_size": self.block_size,
+                  "temperature": self.temperature, "n": self.best_of_n, "n_particles": self.n_particles}
+        names = method_spec(route_method(route)).config.parameter_names()
+        return {k: v for k, v in values.items() if k in names and v is not None}
+
+
+def route_method(route: str) -> str:
+    """The sampler method a planner route runs."""
+    routes = planner_routes()
+    if route not in routes:
+        raise ConfigError(f"unknown route {route!r}; choose one of: {', '.join(routes)}")
+    return routes[route]
 
 
 @dataclass
@@ -67,14 +75,6 @@ class GenerationOutcome:
     text: str
     data: Any
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def check_route_available(route: str) -> None:
-    if route not in ROUTE_METHODS:
-        raise ConfigError(f"unknown route {route!r}; choose one of: {', '.join(ROUTE_METHODS)}")
-    if ROUTE_METHODS[route] not in available_methods():
-        raise CapabilityError(f"route {route!r} needs the {ROUTE_METHODS[route]!r} sampler, which this installation "
-                              "does not provide")
 
 
 def generate_json(
@@ -92,11 +92,11 @@ def generate_json(
 ) -> GenerationOutcome:
     """One constrained model call on ``route``; the parsed JSON or a ``GenerationError``."""
     settings = settings or RouteSettings()
-    check_route_available(route)
+    method = route_method(route)
     constraint = JsonSchemaConstraint.for_model(model, response_schema)
     params = {**settings.params_for(route), "max_new_tokens": max_new_tokens, "seed": settings.seed,
               "deadline_s": deadline_s}
-    sampler = build_sampler(ROUTE_METHODS[route], model, evaluator=evaluator, **params)
+    sampler = build_sampler(method, model, evaluator=evaluator, **params)
     ids = prompt_ids(model, user_prompt, system=system_prompt)
     started = time.monotonic()
     result = sampler.sample(ids, constraint=constraint, progress=progress)
@@ -120,9 +120,9 @@ async def power_sample(
     system_prompt: str,
     user_prompt: str,
     response_schema: Mapping[str, Any],
-    n_mcmc: int = 10,
-    alpha: float = 2.0,
-    block_size: int = 32,
+    n_mcmc: int = RouteSettings.n_mcmc,
+    alpha: float = RouteSettings.alpha,
+    block_size: int = RouteSettings.block_size,
     quality_evaluator: Callable[[str], float] | None = None,
     *,
     max_new_tokens: int = 512,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -24,10 +25,10 @@ from ..errors import ConfigError, PowerSamplingError
 from ..samplers.result import ProgressEvent
 from .dag import DAGLimits, DAGValidationError, Task, TaskDAG, TaskStatus
 from .export import SCHEMA_VERSION
-from ..samplers import available_methods, build_sampler
-from .generation import ROUTE_METHODS, GenerationError, RouteSettings, check_route_available, generate_json
+from ..samplers import planner_routes
+from .generation import GenerationError, RouteSettings, generate_json, route_method
 from .quality import PlanQualityEvaluator
-from .routing import ROUTES, RoutingConfig
+from .routing import RoutingConfig
 from .safety import InputLimits, PlanInputError, neutralize_control_tokens, screen_input, screen_mapping_values
 from .schema import TaskListSpec, max_output_tokens, parse_task_list, task_list_schema
 
@@ -83,8 +84,8 @@ class PlannerConfig:
             raise ConfigError("max_dependencies must be >= 0")
         if self.description_max_chars < 16:
             raise ConfigError("description_max_chars must be >= 16")
-        if self.route is not None and self.route not in ROUTES:
-            raise ConfigError(f"unknown route {self.route!r}; choose one of: {', '.join(ROUTES)}")
+        if self.route is not None:
+            route_method(self.route)  # a ConfigError naming the routes
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ConfigError("deadline_s must be > 0")
         for name in ("task_types", "tools", "agents"):
@@ -184,14 +185,8 @@ class Planner:
         self.evaluator = evaluator or PlanQualityEvaluator()
         self.on_stage = on_stage
         self.progress = progress
-        self.settings = self.config.settings or RouteSettings(
-            alpha=self.routing.alpha, n_mcmc=self.routing.n_mcmc, block_size=self.routing.block_size)
-        # fail at start, not at the first request: the chosen route must exist, and every setting must be valid
-        for route in [self.config.route] if self.config.route else ["baseline", "power"]:
-            check_route_available(route)
-        for route, method in ROUTE_METHODS.items():
-            if method in available_methods():
-                build_sampler(method, None, **self.settings.params_for(route))
+        # settings were validated when they were built (RouteSettings checks every route's parameters)
+        self.settings = self.config.settings or self.routing.settings
 
     # public API
 
@@ -254,7 +249,7 @@ class Planner:
             if flags:
                 log.warning("possible prompt injection in planner feedback: %s", ", ".join(flags))
             route = self.config.route or dag.metadata.get("route") or "baseline"
-            if route not in ROUTES or route == "manual":
+            if route not in planner_routes():  # "mixed": some calls of the original plan fell back
                 route = "baseline"
             run = _PlanRun(self, neutralize_control_tokens(dag.request), "", route, budget)
             current = dag
@@ -333,12 +328,11 @@ class _PlanRun:
         return self.routes_used[0] if len(set(self.routes_used)) == 1 else "mixed"
 
     def expand_breadth_first(self, request: str, tasks: list[Task]) -> list[Task]:
-        queue = [t.id for t in tasks if not t.atomic]
+        # breadth first: every task in the queue knows its level, so no DAG is rebuilt to look it up
+        queue = deque((t, 2) for t in tasks if not t.atomic)
         while queue:
-            task_id = queue.pop(0)
-            by_id = {t.id: t for t in tasks}
-            parent = by_id[task_id]
-            level = TaskDAG(request, tasks, limits=self.config.limits).level(task_id) + 1
+            parent, level = queue.popleft()
+            task_id = parent.id
             self.planner._stage(f"expanding {task_id}: {parent.description}")
             try:
                 children = self.generate_children(parent=parent, plan_so_far=tasks, note=None, level=level)
@@ -357,7 +351,7 @@ class _PlanRun:
             candidate = [*tasks, *children]
             TaskDAG(request, candidate, limits=self.config.limits)  # validated on every update
             tasks = candidate
-            queue.extend(c.id for c in children if not c.atomic)
+            queue.extend((c, level + 1) for c in children if not c.atomic)
         return tasks
 
     def generate_children(self, parent: Task | None, plan_so_far: Sequence[Task], note: str | None,

@@ -5,7 +5,8 @@ environment.
 * ``POWER_SAMPLING_ROLLOUT_PERCENT``: 0-100, default 100: the share of requests (by a stable hash of the request
   key) that take the power route while the flag is on. The same key always gets the same route, and raising the
   percentage only adds keys (a key in at 20% stays in at 50%).
-* ``POWER_SAMPLING_N_MCMC``, ``POWER_SAMPLING_ALPHA``, ``POWER_SAMPLING_BLOCK_SIZE``: MH settings.
+* ``POWER_SAMPLING_N_MCMC``, ``POWER_SAMPLING_ALPHA``, ``POWER_SAMPLING_BLOCK_SIZE``: MH settings of the power
+  route; unset, they keep the planner's defaults (``RouteSettings``).
 
 Bad values raise ``ConfigError`` when the config is read (at start), naming the variable.
 """
@@ -14,13 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import ConfigError
-from ..samplers.config import PowerSamplingConfig
-
-ROUTES = ("baseline", "power", "best-of-n", "smc")
+from .generation import RouteSettings
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -35,27 +34,28 @@ class RouteDecision:
 
 @dataclass(frozen=True)
 class RoutingConfig:
+    """The flag, the rollout share, and the route settings (the power route's MH knobs from the environment)."""
+
     enabled: bool = False
     rollout_percent: float = 100.0
-    n_mcmc: int = 10
-    alpha: float = 4.0
-    block_size: int = 16
+    settings: RouteSettings = field(default_factory=RouteSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rollout_percent <= 100:
             raise ConfigError(f"POWER_SAMPLING_ROLLOUT_PERCENT must be between 0 and 100, got {self.rollout_percent}")
-        # the sampler's own validation, so the limits live in one place
-        PowerSamplingConfig(n_mcmc=self.n_mcmc, alpha=self.alpha, block_size=self.block_size)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RoutingConfig":
         env = os.environ if env is None else env
+        defaults = RouteSettings()
         return cls(
             enabled=_parse_bool(env, "POWER_SAMPLING_HTDAG_ENABLED", False),
             rollout_percent=_parse_number(env, "POWER_SAMPLING_ROLLOUT_PERCENT", float, 100.0, 0, 100),
-            n_mcmc=_parse_number(env, "POWER_SAMPLING_N_MCMC", int, 10, 1, 10_000),
-            alpha=_parse_number(env, "POWER_SAMPLING_ALPHA", float, 4.0, 0, 64, exclusive_low=True),
-            block_size=_parse_number(env, "POWER_SAMPLING_BLOCK_SIZE", int, 16, 1, 1_000_000),
+            settings=RouteSettings(
+                n_mcmc=_parse_number(env, "POWER_SAMPLING_N_MCMC", int, defaults.n_mcmc, 1, 10_000),
+                alpha=_parse_number(env, "POWER_SAMPLING_ALPHA", float, defaults.alpha, 0, 64, exclusive_low=True),
+                block_size=_parse_number(env, "POWER_SAMPLING_BLOCK_SIZE", int, defaults.block_size, 1, 1_000_000),
+            ),
         )
 
     def decide(self, request_key: str) -> RouteDecision:

@@ -1,16 +1,18 @@
-"""Samplers: pure algorithms over the backend protocol."""
+"""Samplers: pure algorithms over the backend protocol, registered by name in ``registry``."""
 
-from .base import Sampler, prompt_ids
+from .base import MethodSpec, Sampler, prompt_ids
 from .baselines import TemperatureSampler
-from .config import PowerSamplingConfig, SamplingConfig
+from .config import (BestOfNConfig, DecodeConfig, GreedyConfig, LowTemperatureConfig, PowerSamplingConfig,
+                     SamplingConfig, SMCConfig)
 from .mh import PowerSampler
-from .registry import available_methods, build_sampler, register_method
+from .registry import (available_methods, build_sampler, method_names, method_spec, planner_routes,
+                       register_method, route_of, validate_params)
 from .result import Completion, ProgressEvent, SampleResult
+from .smc import SMCSampler
 
 __all__ = [
-    "Completion", "PowerSampler", "PowerSamplingConfig", "ProgressEvent", "SampleResult", "Sampler",
-    "SamplingConfig", "TemperatureSampler", "available_methods", "build_sampler", "prompt_ids", "register_method",
-    "SMCConfig", "SMCSampler",
+    "BestOfNConfig", "Completion", "DecodeConfig", "GreedyConfig", "LowTemperatureConfig", "MethodSpec",
+    "PowerSampler", "PowerSamplingConfig", "ProgressEvent", "SMCConfig", "SMCSampler", "SampleResult", "Sampler",
+    "SamplingConfig", "TemperatureSampler", "available_methods", "build_sampler", "method_names", "method_spec",
+    "planner_routes", "prompt_ids", "register_method", "route_of", "validate_params",
 ]
-
-from .smc import SMCConfig, SMCSampler  # noqa: E402  (last: importing it registers "smc")

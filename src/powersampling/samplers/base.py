@@ -1,16 +1,21 @@
-"""What all samplers share: prompt handling, text decoding, evaluator calls, deadlines."""
+"""What all samplers share: how a method is declared, prompt handling, text decoding, evaluator calls, deadlines,
+and the metadata keys every result carries."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from ..backends.base import LanguageModel, TokenConstraint
 from .result import ProgressEvent, SampleResult
+
+if TYPE_CHECKING:
+    from .config import DecodeConfig
 
 log = logging.getLogger("powersampling.samplers")
 
@@ -29,6 +34,19 @@ def prompt_ids(
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return list(tok.chat_prompt(messages))
     return list(tok.encode(((system + "\n\n") if system else "") + prompt))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A decoding method as the registry knows it: its name, its validated config type (which holds every default),
+    how to build it, and the planner route / metrics ``route`` label it runs under (``baseline`` for methods that
+    only sample)."""
+
+    name: str
+    config: "type[DecodeConfig]"
+    build: "Callable[[LanguageModel, Any, Callable[[str], float] | None], Sampler]"
+    route: str = "baseline"
+    summary: str = ""
 
 
 class Sampler:
@@ -128,3 +146,47 @@ class Deadline:
 def resolve_seed(seed: int | None) -> int:
     """The seed actually used: the given one, or fresh entropy (recorded in metadata so the run can be replayed)."""
     return int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def common_metadata(
+    method: str,
+    config: "DecodeConfig",
+    *,
+    seed: int,
+    tokens_generated: int,
+    final_tokens: int,
+    backend_calls: int,
+    latency_ms: float,
+    stopped_by: str,
+    complete: bool,
+    selected_by: str,
+    quality_score: float | None,
+    tracker: EvaluatorTracker,
+    constrained: bool,
+) -> dict[str, Any]:
+    """The keys every sampler's metadata has: the method, its settings, and what the run measured.
+
+    ``cost_multiplier`` is decoded tokens / tokens of the returned completion: every token the backend drew
+    (rejected proposals, other chains, particles and candidates included) per token the user gets back. It is
+    the number to compare across methods, and the evaluation's matched-budget rule uses it.
+    """
+    from .registry import method_names, route_of  # here: the registry imports the sampler modules
+
+    return {
+        "method": method,
+        "route": route_of(method) if method in method_names() else "baseline",
+        **config.model_dump(exclude={"quality_evaluator"}),
+        "seed": seed,
+        "tokens_generated": tokens_generated,
+        "final_tokens": final_tokens,
+        "cost_multiplier": tokens_generated / max(1, final_tokens),
+        "backend_calls": backend_calls,
+        "latency_ms": latency_ms,
+        "stopped_by": stopped_by,
+        "complete": complete,
+        "selected_by": selected_by,
+        "quality_score": quality_score,
+        "evaluator_calls": tracker.calls,
+        "evaluator_errors": tracker.errors,
+        "constrained": constrained,
+    }

@@ -1,24 +1,27 @@
-"""Baselines through the same API: ancestral sampling at a temperature, greedy, best-of-n."""
+"""Baselines through the same API: ancestral sampling at a temperature, low temperature, greedy, best-of-n."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
 from ..backends.base import ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
-from .base import Deadline, EvaluatorTracker, ProgressCallback, Sampler, resolve_seed
-from .config import SamplingConfig
+from .base import Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata, resolve_seed
+from .config import BestOfNConfig, GreedyConfig, LowTemperatureConfig, SamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
+
+TemperatureConfig = Union[SamplingConfig, GreedyConfig, LowTemperatureConfig, BestOfNConfig]
 
 
 class TemperatureSampler(Sampler):
-    """n independent samples at ``temperature`` (0 = greedy) decoded as one batch; the first is returned, or with
-    ``n > 1`` the best by the quality evaluator, else by mean base-model log p per token (best-of-n)."""
+    """n independent samples at the config's temperature (0 = greedy) decoded as one batch; the first is returned,
+    or with ``n > 1`` the best by the quality evaluator, else by mean base-model log p per token (best-of-n)."""
 
     def __init__(
-        self, model: LanguageModel, config: SamplingConfig | None = None, *, evaluator=None, method: str | None = None
+        self, model: LanguageModel, config: TemperatureConfig | None = None, *, evaluator=None,
+        method: str | None = None,
     ) -> None:
         super().__init__(model)
         self.config = config or SamplingConfig()
@@ -52,25 +55,14 @@ class TemperatureSampler(Sampler):
         chosen, selected_by = self._select(completions, conts)
         cont = conts[chosen]
         tokens_generated = sum(len(c) for c in conts)
-        stopped_by = "deadline" if cont.interrupted else ("eos" if cont.stopped else "length")
-        metadata = {
-            "method": self.method,
-            "temperature": cfg.temperature,
-            "n": cfg.n,
-            "max_new_tokens": cfg.max_new_tokens,
-            "seed": seed,
-            "tokens_generated": tokens_generated,
-            "final_tokens": len(cont),
-            "cost_multiplier": tokens_generated / max(1, len(cont)),
-            "latency_ms": deadline.elapsed_ms(),
-            "stopped_by": stopped_by,
-            "complete": completions[chosen].complete,
-            "selected_by": selected_by,
-            "quality_score": completions[chosen].quality_score,
-            "evaluator_calls": tracker.calls,
-            "evaluator_errors": tracker.errors,
-            "constrained": constraint is not None,
-        }
+        metadata = common_metadata(
+            self.method, cfg, seed=seed, tokens_generated=tokens_generated, final_tokens=len(cont), backend_calls=1,
+            latency_ms=deadline.elapsed_ms(),
+            stopped_by="deadline" if cont.interrupted else ("eos" if cont.stopped else "length"),
+            complete=completions[chosen].complete, selected_by=selected_by,
+            quality_score=completions[chosen].quality_score, tracker=tracker, constrained=constraint is not None,
+        )
+        metadata["temperature"] = cfg.temperature
         if progress is not None:
             progress(ProgressEvent("done", tokens_generated=tokens_generated))
         return SampleResult(list(cont.token_ids), completions[chosen].text, np.asarray(cont.logp), self.method,
@@ -84,3 +76,20 @@ class TemperatureSampler(Sampler):
             return max(scored)[1], "evaluator"
         mean_logp = [float(np.mean(c.logp)) if len(c) else -np.inf for c in conts]
         return int(np.argmax(mean_logp)), "mean_logprob"
+
+
+def _builder(method: str):
+    def build(model: LanguageModel, config: TemperatureConfig, evaluator) -> TemperatureSampler:
+        return TemperatureSampler(model, config, evaluator=evaluator, method=method)
+
+    return build
+
+
+METHODS = (
+    MethodSpec("sample", SamplingConfig, _builder("sample"), summary="plain ancestral sampling at a temperature"),
+    MethodSpec("low-temp", LowTemperatureConfig, _builder("low-temp"),
+               summary="per-token temperature 1/alpha (the MH proposal, not the p^alpha target)"),
+    MethodSpec("greedy", GreedyConfig, _builder("greedy"), summary="the most likely token at every step"),
+    MethodSpec("best-of-n", BestOfNConfig, _builder("best-of-n"), route="best-of-n",
+               summary="n samples, the best by the evaluator or by mean log-probability"),
+)

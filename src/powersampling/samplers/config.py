@@ -1,4 +1,9 @@
-"""Validated sampler configuration. Validation happens once, here; samplers trust what they are given."""
+"""Validated sampler configuration: one pydantic type per method, and every default written once, here.
+
+Validation happens once, when a config is built; samplers trust what they are given. The field sets form a small
+hierarchy so the settings methods share are declared once: ``DecodeConfig`` (length, seed, deadline, evaluator)
+for every method, ``PowerTargetConfig`` adds the power ``alpha`` for the methods aiming at p^alpha.
+"""
 
 from __future__ import annotations
 
@@ -33,19 +38,86 @@ class _Config(BaseModel):
         """A copy with some fields changed, validated again."""
         return type(self)(**{**self.__dict__, **changes})
 
+    @classmethod
+    def parameter_names(cls) -> frozenset[str]:
+        """The parameters a caller may set by name (the evaluator is passed separately)."""
+        return frozenset(cls.model_fields) - {"quality_evaluator"}
 
-class PowerSamplingConfig(_Config):
+
+class DecodeConfig(_Config):
+    """What every method has: a length cap, a seed, an overall deadline and an optional quality evaluator."""
+
+    max_new_tokens: int = Field(96, ge=1, le=1_000_000, description="generated tokens at most")
+    seed: Optional[int] = Field(None, ge=0, lt=2**63, description="None: fresh entropy, recorded in metadata")
+    deadline_s: Optional[float] = Field(None, gt=0, description="overall time limit; the best so far is returned")
+    quality_evaluator: Optional[QualityEvaluator] = Field(None, exclude=True)
+
+
+class PowerTargetConfig(DecodeConfig):
+    """Methods built around the power distribution p^alpha."""
+
+    alpha: float = Field(4.0, gt=0, le=64, description="power of the target p^alpha (alpha < 1 flattens)")
+
+
+class _TemperatureConfig(DecodeConfig):
+    temperature: float = Field(1.0, ge=0, le=100, description="sampling temperature (0: greedy)")
+
+
+class SamplingConfig(_TemperatureConfig):
+    """Plain ancestral sampling at a temperature (no truncation)."""
+
+    @property
+    def n(self) -> int:
+        return 1
+
+
+class GreedyConfig(DecodeConfig):
+    """The most likely token at every step."""
+
+    @property
+    def temperature(self) -> float:
+        return 0.0
+
+    @property
+    def n(self) -> int:
+        return 1
+
+
+class LowTemperatureConfig(PowerTargetConfig):
+    """Per-token temperature 1/alpha: the MH proposal, not the p^alpha target."""
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 / self.alpha
+
+    @property
+    def n(self) -> int:
+        return 1
+
+
+class BestOfNConfig(_TemperatureConfig):
+    """n samples at a temperature, one returned: the best by the evaluator, else by mean log p per token."""
+
+    n: int = Field(4, ge=1, le=4096, description="candidates")
+
+    @model_validator(mode="after")
+    def _greedy_has_one_candidate(self):
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError("best-of-n with temperature 0 would draw n identical greedy candidates; use "
+                             "temperature > 0")
+        return self
+
+
+class PowerSamplingConfig(PowerTargetConfig):
     """Metropolis-Hastings power sampling (Karan & Du, arXiv 2510.14901), block-wise annealed.
 
     The target is p(x)^alpha over whole completions. Proposals are drawn at ``proposal_temperature`` (default
     1/alpha, the paper's choice); any other value still gives the exact ratio because log p and log q are kept apart.
     """
 
-    alpha: float = Field(4.0, gt=0, le=64, description="power of the target p^alpha")
     n_mcmc: int = Field(10, ge=1, le=10_000, description="MH steps after each block")
     block_size: int = Field(16, ge=1, description="tokens added per block")
-    max_new_tokens: int = Field(96, ge=1, le=1_000_000)
-    proposal_temperature: Optional[float] = Field(None, gt=0, le=100)
+    proposal_temperature: Optional[float] = Field(None, gt=0, le=100, description="default 1/alpha")
     n_chains: int = Field(1, ge=1, le=4096, description="independent chains, decoded as batched rows")
     proposal_batch: Optional[int] = Field(
         None, ge=1, description="MH proposals drawn per chain in one batched call (default: n_mcmc)"
@@ -56,10 +128,7 @@ class PowerSamplingConfig(_Config):
         "upcoming steps prefetched in batches); sorted: the block's n_mcmc cuts drawn uniform over the block's "
         "positions and applied from the last position backwards, so all of them are drawn in one batched call",
     )
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
-    step_timeout_s: Optional[float] = Field(None, gt=0)
-    deadline_s: Optional[float] = Field(None, gt=0)
-    quality_evaluator: Optional[QualityEvaluator] = Field(None, exclude=True)
+    step_timeout_s: Optional[float] = Field(None, gt=0, description="limit per batched proposal call")
 
     @property
     def effective_proposal_temperature(self) -> float:
@@ -70,18 +139,44 @@ class PowerSamplingConfig(_Config):
         return self.proposal_batch if self.proposal_batch is not None else self.n_mcmc
 
 
-class SamplingConfig(_Config):
-    """Plain decoding baselines: ancestral sampling at a temperature (0 = greedy), and best-of-n."""
+class SMCConfig(PowerTargetConfig):
+    """Power-SMC: N particles, proposal temperature (default 1/alpha), adaptive systematic resampling."""
 
-    temperature: float = Field(1.0, ge=0, le=100)
-    max_new_tokens: int = Field(96, ge=1, le=1_000_000)
-    n: int = Field(1, ge=1, le=4096, description="candidates for best-of-n")
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
-    deadline_s: Optional[float] = Field(None, gt=0)
-    quality_evaluator: Optional[QualityEvaluator] = Field(None, exclude=True)
+    n_particles: int = Field(8, ge=1, le=4096, description="particles, decoded as the rows of one batch")
+    proposal_temperature: Optional[float] = Field(
+        None, gt=0, le=100, description="default 1/alpha_t (1/alpha once annealing is over)"
+    )
+    ess_threshold: float = Field(
+        0.5, ge=0, le=1, description="resample when ESS < ess_threshold * n_particles (0: never, 1: at every check)"
+    )
+    anneal_tokens: int = Field(
+        0, ge=0, le=1_000_000, description="alpha rises linearly from 1 to alpha over the first k tokens (0: off)"
+    )
+    resample_every: int = Field(
+        4, ge=1, le=1_000_000,
+        description="tokens decoded per backend call between weight updates / ESS checks (exact for any value; "
+        "larger is fewer calls but more weight degeneracy between checks)",
+    )
+    return_particles: bool = Field(False, description="all final particles in samples, weights in metadata")
 
-    @model_validator(mode="after")
-    def _greedy_has_one_candidate(self):
-        if self.temperature == 0 and self.n > 1:
-            raise ValueError("best-of-n with temperature 0 would draw n identical greedy candidates; use temperature > 0")
-        return self
+    def alpha_at(self, tokens: int) -> float:
+        """Exponent of the intermediate target after ``tokens`` decode steps."""
+        if self.anneal_tokens == 0 or tokens >= self.anneal_tokens:
+            return self.alpha
+        return 1.0 + (self.alpha - 1.0) * tokens / self.anneal_tokens
+
+    def proposal_temperature_at(self, tokens: int) -> float:
+        """Temperature for a chunk ending at ``tokens``: 1/alpha_t there minimizes the per-token weight variance
+        for that chunk's target (the Power-SMC result), unless the user fixed a temperature."""
+        if self.proposal_temperature is not None:
+            return self.proposal_temperature
+        return 1.0 / self.alpha_at(tokens)
+
+
+def default(config: type[_Config], field: str) -> Any:
+    """A config field's default, for signatures and help texts that show it without writing it again."""
+    return config.model_fields[field].default
+
+
+DEFAULT_ALPHA: float = default(PowerTargetConfig, "alpha")
+DEFAULT_N_MCMC: int = default(PowerSamplingConfig, "n_mcmc")

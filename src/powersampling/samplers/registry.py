@@ -1,71 +1,99 @@
-"""Build a sampler from a method name and flat parameters (what the CLI, server and planner receive)."""
+"""The one method registry: every decoding method by name, with its config type, builder and route.
+
+Each built-in sampler module declares its methods in a module-level ``METHODS`` tuple of ``MethodSpec``; the
+registry reads the modules listed in ``BUILTIN_MODULES`` (in that order, whatever was imported before) and then any
+method added with ``register_method``. The CLI choices, the server's ``method`` values, the planner routes and the
+metrics ``route`` labels all come from here.
+"""
 
 from __future__ import annotations
 
+import importlib
+import threading
 from typing import Any, Callable
 
 from ..backends.base import LanguageModel
 from ..errors import ConfigError
-from .base import Sampler
-from .baselines import TemperatureSampler
-from .config import PowerSamplingConfig, SamplingConfig
-from .mh import PowerSampler
+from .base import MethodSpec, Sampler
+from .config import DecodeConfig
 
-METHODS = ("power", "sample", "low-temp", "greedy", "best-of-n")
+BUILTIN_MODULES = ("baselines", "mh", "smc")
 
-_SHARED = {"max_new_tokens", "seed", "deadline_s"}
-_PARAMS = {
-    "power": set(PowerSamplingConfig.model_fields) - {"quality_evaluator"},
-    "sample": _SHARED | {"temperature"},
-    "low-temp": _SHARED | {"alpha"},
-    "greedy": set(_SHARED),
-    "best-of-n": _SHARED | {"temperature", "n"},
-}
-_ALL_PARAMS = set().union(*_PARAMS.values())
-
-_extra_builders: dict[str, Callable[..., Sampler]] = {}
+_lock = threading.Lock()
+_methods: dict[str, MethodSpec] = {}
+_extra: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, builder: Callable[..., Sampler], params: set[str]) -> None:
-    """Make another sampler available by name (``builder(model, evaluator=..., **params)``)."""
-    _extra_builders[name] = builder
-    _PARAMS[name] = set(params)
-    _ALL_PARAMS.update(params)
+def _registry() -> dict[str, MethodSpec]:
+    if not _methods:
+        with _lock:
+            if not _methods:
+                found: dict[str, MethodSpec] = {}
+                for module in BUILTIN_MODULES:
+                    for spec in importlib.import_module(f"{__package__}.{module}").METHODS:
+                        found[spec.name] = spec
+                _methods.update(found)
+    return {**_methods, **_extra}
 
 
-def available_methods() -> tuple[str, ...]:
-    return tuple(_PARAMS)
+def register_method(spec: MethodSpec) -> None:
+    """Make another method available by name everywhere (CLI, server, planner routes, evaluation)."""
+    if not spec.name or spec.name in _registry():
+        raise ConfigError(f"a method named {spec.name!r} is already registered (or the name is empty)")
+    _extra[spec.name] = spec
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(_registry())
+
+
+available_methods = method_names
+
+
+def method_spec(method: str) -> MethodSpec:
+    registry = _registry()
+    if method not in registry:
+        shown = "''" if method == "" else repr(method)
+        raise ConfigError(f"unknown method {shown}; choose one of: {', '.join(registry)}")
+    return registry[method]
+
+
+def route_of(method: str) -> str:
+    """The planner route (and metrics ``route`` label) a method runs under."""
+    return method_spec(method).route
+
+
+def planner_routes() -> dict[str, str]:
+    """Planner route -> the method that serves it: ``baseline`` is plain sampling, every other route is the
+    method of the same name."""
+    routes = {"baseline": "sample"}
+    routes.update({spec.route: spec.name for spec in _registry().values() if spec.route != "baseline"})
+    return routes
+
+
+def validate_params(method: str, *, strict: bool = False, **params: Any) -> DecodeConfig:
+    """The validated config of ``method`` for ``params``, without building a sampler.
+
+    Parameters that are None are ignored (they keep the config's default); parameters that belong to other
+    methods are ignored unless ``strict``; names no method knows are an error.
+    """
+    spec = method_spec(method)
+    given = {k: v for k, v in params.items() if v is not None}
+    known = frozenset().union(*(s.config.parameter_names() for s in _registry().values()))
+    unknown = set(given) - known
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(sorted(unknown))} for method {method!r}")
+    mine = spec.config.parameter_names()
+    foreign = set(given) - mine
+    if strict and foreign:
+        raise ConfigError(f"parameter(s) {', '.join(sorted(foreign))} do not apply to method {method!r}")
+    return spec.config(**{k: v for k, v in given.items() if k in mine})
 
 
 def build_sampler(
     method: str, model: LanguageModel, *, evaluator: Callable[[str], float] | None = None, strict: bool = False,
     **params: Any,
 ) -> Sampler:
-    """A sampler for ``method``. Parameters that are None are ignored; parameters that belong to other methods are
-    ignored unless ``strict``; unknown names are an error."""
-    if method not in _PARAMS:
-        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(available_methods())}")
-    params = {k: v for k, v in params.items() if v is not None}
-    unknown = set(params) - _ALL_PARAMS
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(sorted(unknown))} for method {method!r}")
-    foreign = set(params) - _PARAMS[method]
-    if strict and foreign:
-        raise ConfigError(f"parameter(s) {', '.join(sorted(foreign))} do not apply to method {method!r}")
-    mine = {k: v for k, v in params.items() if k in _PARAMS[method]}
-    if method in _extra_builders:
-        return _extra_builders[method](model, evaluator=evaluator, **mine)
-    if method == "power":
-        return PowerSampler(model, PowerSamplingConfig(**mine), evaluator=evaluator)
-    if method == "low-temp":
-        alpha = mine.pop("alpha", PowerSamplingConfig.model_fields["alpha"].default)
-        if alpha <= 0:
-            raise ConfigError(f"invalid alpha: must be > 0 (got {alpha})")
-        return TemperatureSampler(model, SamplingConfig(temperature=1.0 / alpha, **mine), evaluator=evaluator,
-                                  method="low-temp")
-    if method == "greedy":
-        return TemperatureSampler(model, SamplingConfig(temperature=0.0, **mine), evaluator=evaluator, method="greedy")
-    if method == "best-of-n":
-        mine.setdefault("n", 4)
-        return TemperatureSampler(model, SamplingConfig(**mine), evaluator=evaluator, method="best-of-n")
-    return TemperatureSampler(model, SamplingConfig(**mine), evaluator=evaluator, method="sample")
+    """A sampler for ``method`` (see ``validate_params`` for how parameters are read)."""
+    config = validate_params(method, strict=strict, **params)
+    return method_spec(method).build(model, config, evaluator)

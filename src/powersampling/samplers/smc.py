@@ -36,56 +36,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
-from pydantic import Field
-
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
-from .base import Deadline, EvaluatorTracker, ProgressCallback, Sampler, resolve_seed
-from .config import QualityEvaluator, _Config
-from .registry import register_method
+from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
+                   resolve_seed)
+from .config import SMCConfig
 from .result import Completion, ProgressEvent, SampleResult
-
-
-class SMCConfig(_Config):
-    """Power-SMC: N particles, proposal temperature (default 1/alpha), adaptive systematic resampling."""
-
-    alpha: float = Field(4.0, gt=0, le=64, description="power of the target p^alpha")
-    n_particles: int = Field(8, ge=1, le=4096, description="particles, decoded as the rows of one batch")
-    max_new_tokens: int = Field(96, ge=1, le=1_000_000)
-    proposal_temperature: Optional[float] = Field(
-        None, gt=0, le=100, description="default 1/alpha_t (1/alpha once annealing is over)"
-    )
-    ess_threshold: float = Field(
-        0.5, ge=0, le=1, description="resample when ESS < ess_threshold * n_particles (0: never, 1: at every check)"
-    )
-    anneal_tokens: int = Field(
-        0, ge=0, le=1_000_000, description="alpha rises linearly from 1 to alpha over the first k tokens (0: off)"
-    )
-    resample_every: int = Field(
-        4, ge=1, le=1_000_000,
-        description="tokens decoded per backend call between weight updates / ESS checks (exact for any value; "
-        "larger is fewer calls but more weight degeneracy between checks)",
-    )
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
-    deadline_s: Optional[float] = Field(None, gt=0)
-    return_particles: bool = Field(False, description="all final particles in samples, weights in metadata")
-    quality_evaluator: Optional[QualityEvaluator] = Field(None, exclude=True)
-
-    def alpha_at(self, tokens: int) -> float:
-        """Exponent of the intermediate target after ``tokens`` decode steps."""
-        if self.anneal_tokens == 0 or tokens >= self.anneal_tokens:
-            return self.alpha
-        return 1.0 + (self.alpha - 1.0) * tokens / self.anneal_tokens
-
-    def proposal_temperature_at(self, tokens: int) -> float:
-        """Temperature for a chunk ending at ``tokens``: 1/alpha_t there minimizes the per-token weight variance
-        for that chunk's target (the Power-SMC result), unless the user fixed a temperature."""
-        if self.proposal_temperature is not None:
-            return self.proposal_temperature
-        return 1.0 / self.alpha_at(tokens)
 
 
 @dataclass
@@ -128,9 +87,13 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return float(1.0 / np.sum(weights**2))
 
 
-def _logmeanexp(x: np.ndarray) -> float:
-    m = float(np.max(x))
-    return m + math.log(float(np.mean(np.exp(x - m))))
+def normalize(log_weights: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The normalize step: (normalized weights, their effective sample size, the log-evidence increment
+    log mean w). Resampling resets the weights and adds the increment to the running log-marginal estimate."""
+    peak = float(np.max(log_weights))
+    shifted = np.exp(log_weights - peak)
+    weights = shifted / shifted.sum()
+    return weights, effective_sample_size(weights), peak + math.log(float(np.mean(shifted)))
 
 
 class SMCSampler(Sampler):
@@ -161,7 +124,7 @@ class SMCSampler(Sampler):
 
 
 class _Run:
-    """One call of SMCSampler.sample: particles, weights, counters."""
+    """One call of SMCSampler.sample: particles, weights, the ESS trace and the tokens decoded per call."""
 
     def __init__(self, sampler: SMCSampler, prompt: list[int], constraint, progress) -> None:
         self.sampler, self.cfg, self.model = sampler, sampler.config, sampler.model
@@ -177,7 +140,7 @@ class _Run:
         self.steps = 0  # decode steps so far (the length of every live particle)
         self.ess_trace: list[float] = []
         self.resample_steps: list[int] = []
-        self.tokens_generated = self.backend_calls = 0
+        self.call_tokens: list[int] = []  # tokens decoded per backend call
         self.hit_deadline = False
 
     def execute(self) -> SampleResult:
@@ -187,25 +150,24 @@ class _Run:
         while self.steps < cfg.max_new_tokens:
             if self.deadline.expired():
                 self.hit_deadline = True
-                break
             live = [p for p in self.particles if not p.finished]
-            if not live:
+            if self.hit_deadline or not live:
                 break
-            chunk = min(cfg.resample_every, cfg.max_new_tokens - self.steps)
-            self._extend(live, chunk)
+            self._extend(live, min(cfg.resample_every, cfg.max_new_tokens - self.steps))
             if self.hit_deadline:
                 break
             check += 1
             last = self.steps >= cfg.max_new_tokens or all(p.finished for p in self.particles)
             self._reweight(cfg.alpha if last else cfg.alpha_at(self.steps))
-            ess = effective_sample_size(normalized(self.log_weights))
+            weights, ess, log_evidence = normalize(self.log_weights)
             self.ess_trace.append(ess)
             # threshold 1 means every check, equal weights included (ESS == N is not below N)
             resampled = not last and (cfg.ess_threshold >= 1 or ess < cfg.ess_threshold * cfg.n_particles)
             if resampled:
-                self._resample()
+                self.log_marginal += log_evidence
+                self._resample(weights)
             self._notify(ProgressEvent("block", block=check, blocks_total=checks_total,
-                                       tokens_generated=self.tokens_generated,
+                                       tokens_generated=sum(self.call_tokens),
                                        extra={"ess": ess, "resampled": resampled,
                                               "live": sum(not p.finished for p in self.particles)}))
         # the final target is p^alpha whatever the schedule reached (a no-op when the last check already used it)
@@ -238,8 +200,7 @@ class _Run:
         with span("power_sampling smc chunk", {"power_sampling.rows": len(requests),
                                                "power_sampling.tokens": max(wanted)}):
             conts = self.model.sample(requests, temperature, self.rng, deadline=self.deadline.end)
-        self.backend_calls += 1
-        self.tokens_generated += sum(len(c) for c in conts)
+        self.call_tokens.append(sum(len(c) for c in conts))
         for particle, cont, n in zip(particles, conts, wanted):
             particle.extend(cont, n)
             if cont.interrupted:
@@ -253,9 +214,8 @@ class _Run:
             self.log_weights[i] += potential - particle.potential
             particle.potential = potential
 
-    def _resample(self) -> None:
-        self.log_marginal += _logmeanexp(self.log_weights)
-        indices = systematic_resample(normalized(self.log_weights), self.rng)
+    def _resample(self, weights: np.ndarray) -> None:
+        indices = systematic_resample(weights, self.rng)
         self.particles = [self.particles[j].copy() for j in indices]
         self.log_weights = np.zeros(len(self.particles))
         self.resample_steps.append(self.steps)
@@ -285,8 +245,7 @@ class _Run:
 
     def _result(self) -> SampleResult:
         cfg, decode = self.cfg, self.sampler._decode
-        weights = normalized(self.log_weights)
-        log_marginal = self.log_marginal + _logmeanexp(self.log_weights)
+        weights, final_ess, log_evidence = normalize(self.log_weights)
         drawn = int(self.rng.choice(len(weights), p=self._draw_weights(weights)))
         for particle in self.particles:
             self._offer(particle)
@@ -297,56 +256,42 @@ class _Run:
         order = [drawn] + [i for i in range(len(self.particles)) if i != drawn]
         if not cfg.return_particles:
             order = order[:1]
-        samples = [
-            Completion(list(self.particles[i].tokens), decode(self.particles[i].tokens),
-                       math.fsum(self.particles[i].logp), self._is_complete(self.particles[i]),
-                       self.tracker.score(tuple(self.particles[i].tokens), decode(self.particles[i].tokens))
-                       if self.tracker.evaluator is not None and self._is_complete(self.particles[i]) else None)
-            for i in order
-        ]
+        samples = []
+        for i in order:
+            particle = self.particles[i]
+            text, complete = decode(particle.tokens), self._is_complete(particle)
+            score = self.tracker.score(tuple(particle.tokens), text) if self.tracker.evaluator and complete else None
+            samples.append(Completion(list(particle.tokens), text, math.fsum(particle.logp), complete, score))
         tokens = list(chosen.tokens)
-        stopped_by = "deadline" if self.hit_deadline else ("eos" if chosen.stopped else "length")
-        metadata = {
-            "method": "smc",
-            "alpha": cfg.alpha,
-            "n_particles": cfg.n_particles,
-            "max_new_tokens": cfg.max_new_tokens,
+        tokens_generated = sum(self.call_tokens)
+        metadata = common_metadata(
+            "smc", cfg, seed=self.seed, tokens_generated=tokens_generated, final_tokens=len(tokens),
+            backend_calls=len(self.call_tokens), latency_ms=self.deadline.elapsed_ms(),
+            stopped_by="deadline" if self.hit_deadline else ("eos" if chosen.stopped else "length"),
+            complete=self._is_complete(chosen) and not self.hit_deadline, selected_by=selected_by,
+            quality_score=self.tracker.best_score, tracker=self.tracker, constrained=self.constraint is not None,
+        )
+        metadata.update({
             "proposal_temperature": cfg.proposal_temperature_at(cfg.max_new_tokens),
-            "ess_threshold": cfg.ess_threshold,
-            "resample_every": cfg.resample_every,
-            "anneal_tokens": cfg.anneal_tokens,
-            "seed": self.seed,
             "ess_trace": self.ess_trace,
-            "final_ess": effective_sample_size(weights),
+            "final_ess": final_ess,
             "resample_count": len(self.resample_steps),
             "resample_steps": self.resample_steps,
-            "log_marginal_estimate": log_marginal,
+            "log_marginal_estimate": self.log_marginal + log_evidence,
             "unique_particles": len({tuple(p.tokens) for p in self.particles}),
             "particles_stopped": sum(p.stopped for p in self.particles),
-            "tokens_generated": self.tokens_generated,
-            "final_tokens": len(tokens),
-            "cost_multiplier": self.tokens_generated / max(1, len(tokens)),
-            "backend_calls": self.backend_calls,
-            "latency_ms": self.deadline.elapsed_ms(),
-            "stopped_by": stopped_by,
-            "complete": self._is_complete(chosen) and not self.hit_deadline,
-            "selected_by": selected_by,
-            "quality_score": self.tracker.best_score,
-            "evaluator_calls": self.tracker.calls,
-            "evaluator_errors": self.tracker.errors,
-            "constrained": self.constraint is not None,
-        }
+        })
         if cfg.return_particles:
             metadata["particle_weights"] = [float(weights[i]) for i in order]
         self._notify(ProgressEvent("done", blocks_total=len(self.ess_trace), block=len(self.ess_trace),
-                                   tokens_generated=self.tokens_generated,
-                                   extra={"ess": metadata["final_ess"]}))
+                                   tokens_generated=tokens_generated, extra={"ess": final_ess}))
         return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp, dtype=np.float64), "smc", metadata,
                             samples)
 
 
-def _build(model: LanguageModel, *, evaluator=None, **params) -> SMCSampler:
-    return SMCSampler(model, SMCConfig(**params), evaluator=evaluator)
+def _build(model: LanguageModel, config: SMCConfig, evaluator) -> SMCSampler:
+    return SMCSampler(model, config, evaluator=evaluator)
 
 
-register_method("smc", _build, set(SMCConfig.model_fields) - {"quality_evaluator"})
+METHODS = (MethodSpec("smc", SMCConfig, _build, route="smc",
+                      summary="Power-SMC: particles decoded as one batch, p^alpha by importance weights"),)

@@ -25,6 +25,7 @@ from ..backends.base import LanguageModel
 from ..errors import PowerSamplingError
 from ..observability.metrics import exposition, record_sample
 from ..observability.tracing import tracer
+from ..samplers import route_of
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError, install_error_handlers
 from .executor import Cancelled, DeadlineBeforeStart, Job, QueueFull, SamplingExecutor
@@ -45,10 +46,6 @@ _ERRORS = {status: {"model": ErrorResponse, "description": text} for status, tex
     (400, "malformed or out-of-range request"), (401, "missing or wrong API key"), (404, "unknown model"),
     (413, "request body too large"), (429, "queue full"), (504, "deadline reached; 'partial' holds what was reached"),
 )}
-
-
-class ClientGone(Exception):
-    """The client disconnected while its request waited or ran."""
 
 
 class ServerState:
@@ -175,7 +172,7 @@ def _log_request(state: ServerState, endpoint: str, call: SamplingCall, status: 
 async def _serve_sampling(state: ServerState, request: Request, kind: str, body: Any, ids: list[int]):
     arrived = time.monotonic()
     call = resolve_call(body, ids, state.settings, state.model)
-    _set_labels(request, method=call.method)
+    _set_labels(request, method=call.method, route=route_of(call.method))
     if state.settings.log_prompts:
         log.info("%s id=%s prompt=%r", kind, call.request_id, state.model.tokenizer.decode(ids)
                  if state.model.tokenizer else ids)

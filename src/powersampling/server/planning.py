@@ -35,11 +35,11 @@ class PlanService:
         self.routing = RoutingConfig.from_env()
 
     def prepare(self, body: PlanRequest, settings: ServerSettings) -> "PlanRun":
-        from ..planner import Planner, PlannerConfig, RouteSettings
-        from ..planner.generation import ROUTE_METHODS
+        from ..planner import Planner, PlannerConfig
+        from ..planner.generation import route_method
 
         route = None if body.route in (None, "auto") else body.route
-        base = RouteSettings(alpha=self.routing.alpha, n_mcmc=self.routing.n_mcmc, block_size=self.routing.block_size)
+        base = self.routing.settings
         ps = body.power_sampling
         changes: dict[str, Any] = {}
         if body.seed is not None:
@@ -67,7 +67,7 @@ class PlanService:
         except (ConfigError, CapabilityError, ValueError) as exc:
             raise APIError(400, str(exc), param="power_sampling" if changes else "route", code="invalid_value") \
                 from None
-        method = ROUTE_METHODS[route] if route else "none"
+        method = route_method(route) if route else "none"
         return PlanRun(self, body, config, route or "baseline", method)
 
     def record(self, outcome: PlanOutcome, latency_s: float) -> None:
@@ -87,7 +87,7 @@ class PlanRun:
     def execute(self, job: Job) -> PlanOutcome:
         """Runs in a worker thread."""
         from ..planner import Planner, PlanBudgetError, PlanInputError, dag_to_dict
-        from ..planner.generation import ROUTE_METHODS
+        from ..samplers import planner_routes
 
         service = self.service
         config = dataclasses.replace(self.config, deadline_s=max(job.remaining_s(), 1e-3))
@@ -117,4 +117,4 @@ class PlanRun:
             "usage": {"model_calls": md.get("model_calls"), "tokens_generated": md.get("tokens_generated")},
             "plan": dag_to_dict(dag),
         }
-        return PlanOutcome(body, route, ROUTE_METHODS.get(route, "none"), md.get("quality_score"), reason)
+        return PlanOutcome(body, route, planner_routes().get(route, "none"), md.get("quality_score"), reason)

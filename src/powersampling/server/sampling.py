@@ -14,7 +14,7 @@ import numpy as np
 from ..backends.base import LanguageModel
 from ..errors import PowerSamplingError
 from ..observability.metrics import StepTimer
-from ..samplers import available_methods, build_sampler
+from ..samplers import available_methods, build_sampler, validate_params
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError
 from .executor import Job
@@ -78,7 +78,7 @@ def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerS
         if ps.n is not None:
             params["n"] = ps.n
     try:
-        build_sampler(method, model, strict=True, **params)  # validation only; the run builds its own
+        validate_params(method, strict=True, **params)
     except (PowerSamplingError, ValueError) as exc:
         raise APIError(400, str(exc), param="power_sampling", code="invalid_value") from None
     return SamplingCall(method, params, prompt_ids, ps.deadline_s if ps is not None else None)

@@ -44,12 +44,12 @@ def plan_command(
     deadline: Optional[float] = typer.Option(None, help="overall time limit in seconds"),
 ) -> None:
     """Decompose REQUEST into a hierarchical task DAG (grammar-constrained JSON from the model)."""
-    from ..cli import SamplerProgress, fail, load_model_or_fail, stderr
+    from .common import SamplerProgress, fail, load_model_or_fail, stderr
     from ..errors import PowerSamplingError
-    from .export import dag_to_json, to_dot, to_mermaid, to_tree
-    from .generation import RouteSettings
-    from .planner import Planner, PlannerConfig
-    from .routing import RoutingConfig
+    from ..planner.export import dag_to_json, to_dot, to_mermaid, to_tree
+    from ..planner.generation import RouteSettings
+    from ..planner.planner import Planner, PlannerConfig
+    from ..planner.routing import RoutingConfig
 
     if not request.strip():
         fail("the request is empty")
@@ -57,9 +57,9 @@ def plan_command(
     try:
         routing = RoutingConfig.from_env()
         settings = RouteSettings(
-            alpha=alpha if alpha is not None else routing.alpha,
-            n_mcmc=mcmc_steps if mcmc_steps is not None else routing.n_mcmc,
-            block_size=block_size if block_size is not None else routing.block_size,
+            alpha=alpha if alpha is not None else routing.settings.alpha,
+            n_mcmc=mcmc_steps if mcmc_steps is not None else routing.settings.n_mcmc,
+            block_size=block_size if block_size is not None else routing.settings.block_size,
             temperature=temperature, best_of_n=n, seed=seed,
         )
         tool_list = tuple(t.strip() for t in tools.split(",") if t.strip()) if tools is not None else None

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import MODEL_HELP, TOKENIZER_HELP
+from .common import MODEL_HELP, TOKENIZER_HELP
 from ..errors import PowerSamplingError
 
 
@@ -30,10 +30,10 @@ def serve_command(
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
 ) -> None:
     """Serve OpenAI-compatible completions with power sampling, the planner, /metrics and /health."""
-    from ..cli import fail, load_model_or_fail
+    from .common import fail, load_model_or_fail
     from ..observability.tracing import configure_tracing_from_env
     from ..samplers import available_methods
-    from .settings import ServerSettings
+    from ..server.settings import ServerSettings
 
     if default_method not in available_methods():
         fail(f"unknown method {default_method!r}; choose one of: {', '.join(available_methods())}")
@@ -56,7 +56,7 @@ def serve_command(
     lm = load_model_or_fail(model, backend, device, tokenizer)
     import uvicorn
 
-    from .app import create_app
+    from ..server.app import create_app
 
     try:
         app = create_app(lm, settings)

@@ -8,8 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from ..cli import MODEL_HELP, THREADS_HELP, TOKENIZER_HELP
+from .common import MODEL_HELP, THREADS_HELP, TOKENIZER_HELP
 from ..errors import PowerSamplingError
+from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
 
 DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
 
@@ -39,8 +40,8 @@ def eval_command(
     tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda)"),
     out: Path = typer.Option(..., help="output folder: results.jsonl, run.json, summary.md, summary.json, accuracy_vs_cost.png"),
-    alpha: float = typer.Option(4.0, help="power of the target p^alpha; low-temp samples at T = 1/alpha"),
-    n_mcmc: int = typer.Option(10, "--n-mcmc", help="MH steps after each block"),
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="power of the target p^alpha; low-temp samples at T = 1/alpha"),
+    n_mcmc: int = typer.Option(DEFAULT_N_MCMC, "--n-mcmc", help="MH steps after each block"),
     block_size: Optional[int] = typer.Option(None, help="tokens per block (default: max-new-tokens / 16)"),
     max_new_tokens: Optional[int] = typer.Option(None, help="generated tokens at most (default per task: gsm8k 256, math500 512, code 384)"),
     seed: int = typer.Option(0, help="run seed; each problem and method derives its own seed from it"),
@@ -57,13 +58,14 @@ def eval_command(
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Evaluate decoding methods on a benchmark; rows are appended as they finish, so rerunning resumes."""
-    from ..cli import fail, load_model_or_fail, stderr
-    from .report import SUMMARY_MD, write_report
-    from .runner import RESULTS_FILE, check_arguments, run_eval
-    from .tasks import STYLES, ExecLimits
+    from .common import fail, load_model_or_fail, stderr
+    from ..eval.report import SUMMARY_MD, write_report
+    from ..eval.results import RESULTS_FILE
+    from ..eval.runner import check_arguments, run_eval
+    from ..eval.tasks import STYLES, ExecLimits
 
     if merge:
-        from .runner import merge_runs
+        from ..eval.runner import merge_runs
 
         try:
             n_rows = merge_runs(merge, out)

@@ -1,0 +1,90 @@
+"""``powersampling generate``: one completion by any registered method, with a progress bar."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from ..errors import PowerSamplingError
+from ..samplers.config import BestOfNConfig, PowerSamplingConfig, SMCConfig
+from .common import (MODEL_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, SamplerProgress, fail, load_model_or_fail,
+                     method_choices, stderr)
+
+Method = method_choices()
+
+
+def _defaults(field: str, config: type = PowerSamplingConfig):
+    return config.model_fields[field].default
+
+
+def generate(
+    prompt: str = typer.Argument(..., help="the prompt text"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    backend: Backend = typer.Option(Backend.auto, help="engine for the model"),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
+    device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    method: Method = typer.Option("power", help="decoding method"),
+    alpha: Optional[float] = typer.Option(
+        None, help=f"power of the target p^alpha (power, smc, low-temp; default {_defaults('alpha')})"),
+    mcmc_steps: Optional[int] = typer.Option(
+        None, "--mcmc-steps", help=f"MH steps after each block (default {_defaults('n_mcmc')})"),
+    block_size: Optional[int] = typer.Option(None, help=f"tokens per block (default {_defaults('block_size')})"),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help=f"generated tokens at most (default {_defaults('max_new_tokens')})"),
+    chains: Optional[int] = typer.Option(
+        None, help=f"independent MH chains (batched rows; default {_defaults('n_chains')}), or SMC particles "
+                   f"(default {_defaults('n_particles', SMCConfig)})"),
+    scan: Optional[str] = typer.Option(
+        None, help="MH cut order: random (the paper's, default) or sorted (exact too; one batched call per block)"),
+    temperature: Optional[float] = typer.Option(
+        None, help="sampling temperature (sample, best-of-n; default 1); MH proposal temperature (power; default "
+                   "1/alpha)"),
+    n: Optional[int] = typer.Option(None, help=f"candidates for best-of-n (default {_defaults('n', BestOfNConfig)})"),
+    seed: Optional[int] = typer.Option(None, help="random seed (the same seed gives the same text on CPU)"),
+    deadline: Optional[float] = typer.Option(None, help="overall time limit in seconds; the best state so far is returned"),
+    raw: bool = typer.Option(False, "--raw", help="no chat template (for base models)"),
+    system: Optional[str] = typer.Option(None, help="system message for the chat template"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object {text, method, metadata} on stdout"),
+) -> None:
+    """Generate a completion, by default with Metropolis-Hastings power sampling."""
+    from ..samplers import build_sampler, prompt_ids, validate_params
+
+    if not prompt.strip():
+        fail("the prompt is empty")
+    if chains is not None and chains < 1:
+        fail(f"--chains must be >= 1 (got {chains})")
+    # options shared by name across methods; each method's config takes the ones it knows and keeps its defaults
+    params = dict(
+        alpha=alpha, n_mcmc=mcmc_steps, block_size=block_size, max_new_tokens=max_new_tokens, seed=seed,
+        deadline_s=deadline, scan=scan, n=n, n_chains=chains, n_particles=chains, temperature=temperature,
+        proposal_temperature=temperature if method.value == "power" else None,
+    )
+    if method.value == "power":
+        params["temperature"] = None
+    try:
+        validate_params(method.value, **params)  # before the (slow) model load
+    except PowerSamplingError as exc:
+        fail(str(exc))
+    lm = load_model_or_fail(model, backend.value, device, tokenizer, threads=threads)
+    try:
+        sampler = build_sampler(method.value, lm, **params)
+        ids = prompt_ids(lm, prompt, chat=False if raw else None, system=system)
+        with SamplerProgress(enabled=stderr.is_terminal) as progress:
+            result = sampler.sample(ids, progress=progress)
+    except (PowerSamplingError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted")
+    if as_json:
+        typer.echo(json.dumps({"text": result.text, "method": result.method, "metadata": result.metadata}))
+        return
+    typer.echo(result.text)
+    md = result.metadata
+    summary = (f"[dim]{result.method}: {md.get('final_tokens')} tokens, {md.get('tokens_generated')} decoded, "
+               f"{md.get('latency_ms', 0) / 1000:.1f} s")
+    if "acceptance_rate" in md:
+        summary += f", acceptance {md['acceptance_rate']:.0%}"
+    stderr.print(summary + f", stopped by {md.get('stopped_by')}, seed {md.get('seed')}[/dim]", highlight=False)
