@@ -179,6 +179,20 @@ def test_programs_run_concurrently_and_no_descriptor_leaks():
     assert len(os.listdir("/proc/self/fd")) == before
 
 
+def test_works_in_a_process_with_more_than_1024_descriptors():
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("the descriptor limit is too low to test this")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        result = run_python("pass", backend=_need(isolation_backend() or NO_ISOLATION))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert result.status == PASSED, result.stderr_tail
+
+
 def test_without_isolation_run_python_refuses_unless_unsafe(monkeypatch):
     monkeypatch.setattr(sandbox, "backend_works", lambda backend: False)
     assert isolation_backend() is None

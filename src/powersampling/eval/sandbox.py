@@ -368,13 +368,20 @@ def _tail(path: Path, limit: int = 2000) -> str:
         return ""
 
 
+def _readable(fd: int, timeout_s: float) -> bool:
+    """poll(), not select(): descriptor numbers in a big process (torch) can exceed select's limit of 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout_s * 1000) + 1)))
+
+
 def _read_pid(fd: int, wait_s: float) -> int | None:
     """The host PID that bwrap (--info-fd) or the launcher writes once the namespaces exist; None if it never
     comes (the sandbox failed to start)."""
     data, deadline = b"", time.monotonic() + wait_s
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not _readable(fd, left):
             break
         chunk = os.read(fd, 4096)
         if not chunk:
@@ -472,7 +479,7 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
         pidfd = None
     if pidfd is not None:
         try:
-            if not select.select([pidfd], [], [], timeout_s)[0]:
+            if not _readable(pidfd, timeout_s):
                 return False
         finally:
             os.close(pidfd)
