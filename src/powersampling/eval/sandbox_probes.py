@@ -163,7 +163,6 @@ def _tcp_connect(ctx: ProbeContext) -> str:
 
 
 def _check_connections(result: ExecResult, ctx: ProbeContext) -> str | None:
-    time.sleep(0.05)  # let the listener thread record a late connection
     return f"reached a host listener ({len(ctx.connections)} connection(s))" if ctx.connections else None
 
 
@@ -204,13 +203,23 @@ def _unix_connect(ctx: ProbeContext) -> str:
 def _fork_setsid_fork(ctx: ProbeContext) -> str:
     # the grandchild becomes a `sleep` whose argv[0] is the marker, so it can be found in the host's process table
     return (
-        "import os\n"
+        "import os, time\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
         f"        os.execv('/bin/sleep', [{ctx.marker!r}, '30'])\n"
         "    os._exit(0)\n"
         "os.wait()\n"
+        "def running():\n"  # end only once the grandchild has become the marked sleep
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        f"            if open(f'/proc/{{pid}}/cmdline', 'rb').read().startswith({ctx.marker.encode()!r}):\n"
+        "                return True\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "deadline = time.monotonic() + 2\n"
+        "while not running() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
     )
 
 
@@ -377,10 +386,12 @@ PROBE_NAMES = tuple(p.name for p in PROBES)
 
 def _listen(ctx: ProbeContext, server: socket.socket, stop: threading.Event) -> None:
     server.settimeout(0.05)
-    while not stop.is_set():
+    while True:
         try:
             conn, _ = server.accept()
         except OSError:
+            if stop.is_set():  # stop only once the queue is empty: a connection made just before the end counts
+                break
             continue
         with conn:
             conn.settimeout(1)
