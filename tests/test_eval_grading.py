@@ -32,6 +32,12 @@ def math500():
     return load_problems("math500")
 
 
+def _grade(program: str):
+    # these tests are about grading: they use OS isolation where it works and run without it where it does not
+    # (the sandbox itself, and the refusal without isolation, are tested in test_eval_sandbox.py)
+    return grade_program(program, unsafe=True)
+
+
 def test_datasets_have_their_published_sizes():
     assert [len(load_problems(t)) for t in ("gsm8k", "math500", "humaneval", "mbpp")] == [1319, 500, 164, 500]
     assert load_problems("gsm8k", limit=2, offset=5)[0].index == 5
@@ -143,12 +149,12 @@ def test_humaneval_canonical_solutions_pass_and_broken_ones_fail():
     for p in problems:
         f = p.fields
         good = humaneval_program(f["prompt"], p.reference, f["test"], f["entry_point"], chat=False)
-        assert grade_program(good).correct, p.problem_id
+        assert _grade(good).correct, p.problem_id
         bad = humaneval_program(f["prompt"], "    return None\n", f["test"], f["entry_point"], chat=False)
-        assert not grade_program(bad).correct, p.problem_id
+        assert not _grade(bad).correct, p.problem_id
         chat_reply = f"Here it is:\n```python\n{f['prompt']}{p.reference}```\nHope this helps."
         restated = humaneval_program(f["prompt"], chat_reply, f["test"], f["entry_point"], chat=True)
-        assert grade_program(restated).correct, p.problem_id
+        assert _grade(restated).correct, p.problem_id
 
 
 def test_a_candidate_that_exits_early_does_not_pass():
@@ -156,16 +162,17 @@ def test_a_candidate_that_exits_early_does_not_pass():
     f = p.fields
     cheat = "    import sys\n    sys.exit(0)\n"
     program = humaneval_program(f["prompt"], cheat + p.reference, f["test"], f["entry_point"], chat=False)
-    # the function only exits when called, i.e. inside check(): no sentinel is printed, so it fails
-    assert not grade_program(program).correct
-    assert not grade_program("import os\nos._exit(0)\n" + program).correct
+    # the function only exits when called, i.e. inside check(): the program never reaches its end, so
+    # the wrapper never reports the pass token
+    assert not _grade(program).correct
+    assert not _grade("import os\nos._exit(0)\n" + program).correct
 
 
 def test_mbpp_reference_solutions_pass_and_swapped_solutions_fail():
     problems = load_problems("mbpp", limit=5)
     for p, other in zip(problems, problems[1:] + problems[:1]):
         f = p.fields
-        assert grade_program(mbpp_program(p.reference, f["tests"], f["setup"], chat=False)).correct, p.problem_id
-        assert not grade_program(mbpp_program(other.reference, f["tests"], f["setup"], chat=False)).correct
+        assert _grade(mbpp_program(p.reference, f["tests"], f["setup"], chat=False)).correct, p.problem_id
+        assert not _grade(mbpp_program(other.reference, f["tests"], f["setup"], chat=False)).correct
         reply = f"```python\n{p.reference}\n```"
-        assert grade_program(mbpp_program(reply, f["tests"], f["setup"], chat=True)).correct
+        assert _grade(mbpp_program(reply, f["tests"], f["setup"], chat=True)).correct

@@ -223,8 +223,10 @@ def mbpp_program(completion: str, tests: list[str], setup: str, *, chat: bool) -
     return "\n".join([code, setup, *tests]) + "\n"
 
 
-def grade_program(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> Grade:
-    result = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb)
+def grade_program(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, unsafe: bool = False) -> Grade:
+    """Run the program in the sandbox (see ``sandbox.run_python``; ``unsafe`` allows running it without OS
+    isolation where none works, instead of raising SandboxUnavailableError)."""
+    result = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb, unsafe=unsafe)
     detail = result.status
     if not result.passed and result.stderr_tail:
         last = result.stderr_tail.strip().splitlines()[-1:] or [""]

@@ -38,6 +38,7 @@ class PromptPlan:
 class ExecLimits:
     timeout_s: float = 10.0
     memory_mb: int = 1024
+    unsafe_exec: bool = False  # run generated code without OS isolation when none works (--unsafe-exec)
 
 
 def resolve_style(style: str, model) -> str:
@@ -132,8 +133,10 @@ def grade_completion(problem: Problem, text: str, plan: PromptPlan, limits: Exec
     if problem.task == "humaneval":
         f = problem.fields
         program = humaneval_program(f["prompt"], graded, f["test"], f["entry_point"], chat=chat)
-        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb)
+        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb,
+                             unsafe=limits.unsafe_exec)
     if problem.task == "mbpp":
         program = mbpp_program(graded, problem.fields["tests"], problem.fields["setup"], chat=chat)
-        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb)
+        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb,
+                             unsafe=limits.unsafe_exec)
     raise ConfigError(f"unknown task {problem.task!r}")
