@@ -51,6 +51,8 @@ def eval_command(
     param: List[str] = typer.Option([], "--param", help="extra sampler parameter name=value (repeatable), e.g. --param scan=sorted"),
     exec_timeout: float = typer.Option(10.0, help="seconds per program run when grading code"),
     exec_memory_mb: int = typer.Option(1024, help="address-space limit in MiB per program run when grading code"),
+    unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="run generated code (humaneval, mbpp) without "
+                                     "operating-system isolation when no sandbox (bwrap, unshare) works here"),
     report_only: bool = typer.Option(False, "--report-only", help="rewrite the report from OUT/results.jsonl without sampling"),
     merge: List[Path] = typer.Option([], "--merge", help="a run folder to gather into OUT (repeat; runs made side by "
                                      "side with other --offset ranges and the same settings); then write the report"),
@@ -102,11 +104,21 @@ def eval_command(
         fail(f"--out {out} exists and is not a folder")
     if threads is not None and threads < 1:
         fail(f"--threads must be >= 1 (got {threads})")
+    if task in ("humaneval", "mbpp"):
+        from ..eval.sandbox import require_isolation
+
+        try:
+            isolation = require_isolation(unsafe_exec)
+        except PowerSamplingError as exc:
+            fail(str(exc))
+        if isolation == "none":
+            stderr.print("[yellow]warning:[/yellow] generated programs run WITHOUT isolation (--unsafe-exec)",
+                         highlight=False)
     lm = load_model_or_fail(model, backend, device, tokenizer, threads=threads)
     try:
         run_eval(task, method_list, limit, lm, out, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
                  max_new_tokens=max_new_tokens, seed=seed, style=style, shots=shots, best_of_n=best_of_n,
-                 offset=offset, extra_params=extra, exec_limits=ExecLimits(exec_timeout, exec_memory_mb),
+                 offset=offset, extra_params=extra, exec_limits=ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec),
                  progress=progress)
     except PowerSamplingError as exc:
         fail(str(exc))
