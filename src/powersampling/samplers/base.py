@@ -9,7 +9,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..backends.base import LanguageModel, TokenConstraint
+from ..backends.base import Continuation, LanguageModel, TokenConstraint
+from ..errors import CapabilityError
 from .result import ProgressEvent, SampleResult
 
 log = logging.getLogger("powersampling.samplers")
@@ -29,6 +30,17 @@ def prompt_ids(
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return list(tok.chat_prompt(messages))
     return list(tok.encode(((system + "\n\n") if system else "") + prompt))
+
+
+def require_exact(model: LanguageModel, conts: Sequence[Continuation]) -> None:
+    """Acceptance ratios and importance weights are only right with the target's log p and log q; a backend that
+    could not apply a constraint's mask to them marks its continuations inexact."""
+    if all(c.exact for c in conts):
+        return
+    reason = getattr(model, "inexact_constraints_reason", None) or \
+        f"{model.name} could not apply the constraint's mask to its log-probabilities"
+    raise CapabilityError(f"power sampling under this constraint needs exact log-probabilities, and {reason}. "
+                          "Baseline methods (sample, low-temp, best-of-n) still run under the constraint.")
 
 
 class Sampler:

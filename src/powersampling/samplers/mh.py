@@ -34,7 +34,7 @@ import numpy as np
 
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
-from .base import Deadline, EvaluatorTracker, ProgressCallback, Sampler, resolve_seed
+from .base import Deadline, EvaluatorTracker, ProgressCallback, Sampler, require_exact, resolve_seed
 from .config import PowerSamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -285,6 +285,7 @@ class _Run:
 
     def _call(self, requests: list[ContinuationRequest], deadline: float | None) -> list[Continuation]:
         conts = self.model.sample(requests, self.temperature, self.rng, deadline=deadline)
+        require_exact(self.model, conts)
         self.backend_calls += 1
         self.tokens_generated += sum(len(c) for c in conts)
         return conts

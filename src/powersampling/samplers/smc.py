@@ -43,7 +43,7 @@ from pydantic import Field
 
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
-from .base import Deadline, EvaluatorTracker, ProgressCallback, Sampler, resolve_seed
+from .base import Deadline, EvaluatorTracker, ProgressCallback, Sampler, require_exact, resolve_seed
 from .config import QualityEvaluator, _Config
 from .registry import register_method
 from .result import Completion, ProgressEvent, SampleResult
@@ -238,6 +238,7 @@ class _Run:
         with span("power_sampling smc chunk", {"power_sampling.rows": len(requests),
                                                "power_sampling.tokens": max(wanted)}):
             conts = self.model.sample(requests, temperature, self.rng, deadline=self.deadline.end)
+        require_exact(self.model, conts)
         self.backend_calls += 1
         self.tokens_generated += sum(len(c) for c in conts)
         for particle, cont, n in zip(particles, conts, wanted):
