@@ -41,9 +41,33 @@ SGLang stops on its own EOS ids as well as on ``stop_token_ids`` (``ignore_eos``
 continuation also counts as stopped when the server reports ``finish_reason`` ``{"type": "stop", "matched": id}``
 for its last token.
 
+Constraints. A request's ``JsonSchemaConstraint`` goes to the server with the row, as the server's own structured
+output (vLLM ``structured_outputs: {"json": ...}``, falling back once to the older ``guided_json`` when the server
+refuses that field with a 400; SGLang ``sampling_params.json_schema``). Every constraint, whatever its type, is
+then replayed locally over the drawn tokens: the row is cut right after the token where the constraint finishes
+and marked stopped, which is exact for a constraint that masks nothing (``StopStringConstraint``), and a drawn
+token the local constraint does not allow is a ``CapabilityError`` (only JSON schemas are applied by a server).
+
+The target under a mask is the step-wise renormalized masked model, whose normalizer needs the whole next-token
+distribution:
+
+* ``full`` mode (``exact_under_constraints`` is True): log p is renormalized over the local mask's allowed tokens
+  at every position, and log q = log_softmax over them of log p / T. A server that computes its log-probabilities
+  after its grammar mask (vLLM V1 does) shows its allowed tokens, and they must equal the local ones; either
+  disagreement is a ``CapabilityError`` saying the server's grammar disagrees with the local one (build the local
+  grammar with the server's whitespace setting). A server starts a grammar at the first generated token, so a
+  row that continues from inside its grammar (power sampling resamples suffixes) is drawn token by token here,
+  from the server's whole next-token distribution under the local mask: exact, one request per token. So is a
+  masking constraint no server knows.
+* ``score`` and ``topk`` modes (``exact_under_constraints`` is False; ``inexact_constraints_reason`` says why and
+  how to start the server): a row that starts at the grammar's start still runs under the server's grammar, for
+  plain draws (the baseline methods), but its ``logp``/``logq`` are the server's unmasked values and the
+  ``Continuation`` has ``exact=False``; power sampling and SMC refuse such continuations. A row from inside a
+  grammar cannot be drawn at all there (``CapabilityError``).
+
 Layout: ``client`` holds ``RemoteLM`` (the probe, the modes, log p and log q from what a server returned, deadlines
 and the thread pool); ``vllm_api`` and ``sglang_api`` each know one wire format behind the interface in ``wire``
-(draw, score, and the probe's questions).
+(draw, score, and the probe's questions); ``masking`` applies a local constraint to what a server returned.
 """
 
 from __future__ import annotations

@@ -12,13 +12,14 @@ import httpx
 import numpy as np
 
 from ...errors import CapabilityError, ConfigError, ModelLoadError
-from ..base import Continuation, ContinuationRequest
+from ..base import ConstraintState, Continuation, ContinuationRequest
 from ..decoding import log_softmax
 from ..tokenizers import as_tokenizer, stop_tokens_of
 from . import sglang_api
+from .masking import allowed_vector, draw_token, matches_served_mask, renormalized, replay, server_grammar
 from .sglang_api import SGLangApi
 from .vllm_api import VLLMApi
-from .wire import WHOLE_VOCABULARY, Draw, Refused
+from .wire import WHOLE_VOCABULARY, Draw, Grammar, Refused
 
 APIS = ("auto", "vllm", "sglang")
 _SAME_DISTRIBUTION_TOL = 1e-4
@@ -35,7 +36,8 @@ class RemoteLM:
     tokenizer (object or local folder) matching the served model; it gives text encoding, the chat template, the
     stop tokens (unless ``stop_token_ids`` is given) and the vocabulary size (unless ``vocab_size`` is given).
     After connecting, ``api`` and ``mode`` say what was found; ``logprobs_are_processed`` is True when the
-    server's sampled-token log-probabilities carry the temperature.
+    server's sampled-token log-probabilities carry the temperature. ``exact_under_constraints`` says whether
+    grammar-constrained rows keep exact log p and log q (``inexact_constraints_reason`` says why not).
     """
 
     def __init__(
@@ -96,6 +98,21 @@ class RemoteLM:
         self._pool.shutdown(wait=False)
         self._http.close()
 
+    @property
+    def exact_under_constraints(self) -> bool:
+        """Whether a constraint that masks tokens keeps log p and log q exact: renormalizing them over the
+        allowed tokens needs the whole next-token distribution, which only ``full`` mode has. Constraints that
+        mask nothing (``StopStringConstraint``) are exact in every mode."""
+        return self.mode == "full"
+
+    @property
+    def inexact_constraints_reason(self) -> str | None:
+        if self.exact_under_constraints:
+            return None
+        return (f"{self.base_url} does not return full-vocabulary log-probabilities, which exact sampling under a "
+                "grammar needs (log p and log q renormalized over the allowed tokens at every step): "
+                f"{self._wire.full_vocabulary_hint}")
+
     # the protocol
 
     def sample(
@@ -107,11 +124,6 @@ class RemoteLM:
         deadline: float | None = None,
     ) -> list[Continuation]:
         for r in requests:
-            if r.constraint is not None:
-                raise CapabilityError(
-                    "the remote backend cannot apply token constraints (grammar masks) with exact log-probabilities; "
-                    "use a local backend (llama.cpp or transformers) for constrained power sampling"
-                )
             if len(r.prefix) == 0:
                 raise ValueError("a request needs at least one prefix token (the prompt)")
         seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=len(requests))]
@@ -243,24 +255,92 @@ class RemoteLM:
                     deadline: float | None) -> Continuation:
         if request.max_new_tokens <= 0:
             return _empty()
-        timeout = None
-        if deadline is not None:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                return _empty(interrupted=True)
         prefix = [int(t) for t in request.prefix]
+        generated = prefix[request.generated_start:]
+        state = request.constraint.start(generated) if request.constraint is not None else None
+        grammar = server_grammar(request.constraint, generated)
+        if state is not None and grammar is None and state.allowed_tokens() is not None:
+            return self._decode_locally(prefix, request.max_new_tokens, state, temperature, seed, deadline)
+        timeout = _time_left(deadline)
+        if timeout is not None and timeout <= 0:
+            return _empty(interrupted=True)
         top_logprobs = {"full": WHOLE_VOCABULARY, "score": 0, "topk": self._k}[self.mode]
         try:
             drawn = self._wire.draw(prefix, max_new_tokens=request.max_new_tokens, temperature=temperature,
-                                    top_logprobs=top_logprobs, seed=seed, timeout=timeout)
+                                    top_logprobs=top_logprobs, seed=seed, timeout=timeout, grammar=grammar)
         except httpx.TimeoutException:
             return _empty(interrupted=True)
-        logp, logq = self._log_p_and_q(prefix, drawn, temperature)
+        masks, finished = (None, False) if state is None else self._replay(state, drawn, len(generated), grammar)
+        drawn = drawn.cut(len(masks)) if finished else drawn
+        logp, logq = self._log_p_and_q(prefix, drawn, temperature, masks)
         tokens = drawn.tokens
-        stopped = bool(tokens) and (tokens[-1] in self.stop_token_ids or drawn.server_stopped)
-        return Continuation(tokens, logp, logq, stopped, False)
+        stopped = finished or (bool(tokens) and (tokens[-1] in self.stop_token_ids or drawn.server_stopped))
+        # a row under the server's grammar is masked there whatever the local replay saw before disagreeing
+        exact = self.exact_under_constraints or (grammar is None and all(m is None for m in masks or []))
+        return Continuation(tokens, logp, logq, stopped, False, exact)
 
-    def _log_p_and_q(self, prefix: list[int], drawn: Draw, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    def _replay(self, state: ConstraintState, drawn: Draw, generated_before: int,
+                grammar: Grammar | None) -> tuple[list[np.ndarray | None], bool]:
+        """The local constraint over the drawn tokens. A disagreement with the server's own grammar is only
+        tolerated where the log-probabilities are not exact anyway: the server's grammar then rules the draw."""
+        masks, finished = replay(state, drawn.tokens)
+        if finished or len(masks) == len(drawn.tokens) or (grammar is not None and not self.exact_under_constraints):
+            return masks, finished
+        token, position = drawn.tokens[len(masks)], generated_before + len(masks)
+        if grammar is not None:
+            raise CapabilityError(
+                f"the server's grammar disagrees with the local one: {self.base_url} drew token {token} at generated "
+                f"position {position}, which the local grammar does not allow there (a server builds its JSON "
+                "grammar with its own whitespace setting; build the JsonSchemaConstraint with any_whitespace=True "
+                "for a server that allows any whitespace)"
+            )
+        raise CapabilityError(
+            f"{self.base_url} drew token {token} at generated position {position}, which the constraint does not "
+            "allow there: a server applies only JSON-schema grammars (JsonSchemaConstraint) itself, so another "
+            "constraint must allow every token, as StopStringConstraint does"
+        )
+
+    def _decode_locally(self, prefix: list[int], max_new_tokens: int, state: ConstraintState, temperature: float,
+                        seed: int, deadline: float | None) -> Continuation:
+        """A grammar already under way cannot be handed to a server, which starts it afresh at the first generated
+        token; so each token is drawn here from the server's whole next-token distribution under the local mask.
+        Exact, at one request per token."""
+        if not self.exact_under_constraints:
+            raise CapabilityError(f"{self.inexact_constraints_reason}; a row that continues from inside its "
+                                  "grammar (as power sampling resamples) is drawn token by token from them")
+        rng = np.random.default_rng(seed)
+        tokens, logp, logq = [], [], []
+        stopped, interrupted = state.is_finished(), False
+        while not stopped and len(tokens) < max_new_tokens:
+            values = self._next_distribution(prefix + tokens, deadline)
+            if values is None:
+                interrupted = True
+                break
+            allowed = allowed_vector(state.allowed_tokens(), len(values))
+            token, token_logp, token_logq = draw_token(renormalized(values, allowed), temperature, rng)
+            tokens.append(token)
+            logp.append(token_logp)
+            logq.append(token_logq)
+            state.advance(token)
+            stopped = token in self.stop_token_ids or state.is_finished()
+        return Continuation(tokens, np.asarray(logp, dtype=np.float64), np.asarray(logq, dtype=np.float64),
+                            stopped, interrupted)
+
+    def _next_distribution(self, ids: list[int], deadline: float | None) -> np.ndarray | None:
+        """The whole next-token distribution at temperature 1 (log p), or None once the deadline has passed."""
+        timeout = _time_left(deadline)
+        if timeout is not None and timeout <= 0:
+            return None
+        try:
+            distribution = self._wire.full_distribution(ids, 1.0, timeout=timeout)
+        except httpx.TimeoutException:
+            return None
+        if distribution is None:
+            raise CapabilityError(f"{self.base_url} stopped returning whole next-token distributions")
+        return self._dense(distribution)
+
+    def _log_p_and_q(self, prefix: list[int], drawn: Draw, temperature: float,
+                     masks: list[np.ndarray | None] | None) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "score":
             logp = self._wire.score(prefix, drawn.tokens)
             if logp is None:
@@ -270,10 +350,11 @@ class RemoteLM:
             raise CapabilityError(f"{self.base_url} returned {len(drawn.tops or [])} top log-probability lists "
                                   f"for {len(drawn.tokens)} tokens")
         if self.mode == "full":
-            return self._from_full(drawn.tops, drawn.tokens, temperature)
+            return self._from_full(drawn.tops, drawn.tokens, temperature, masks)
         return drawn.sampled, self._from_topk(drawn.tops, drawn.sampled, temperature)
 
-    def _from_full(self, distributions: list[dict[int, float]], tokens: list[int], temperature: float):
+    def _from_full(self, distributions: list[dict[int, float]], tokens: list[int], temperature: float,
+                   masks: list[np.ndarray | None] | None = None):
         logp, logq = np.zeros(len(tokens)), np.zeros(len(tokens))
         for i, (dist, token) in enumerate(zip(distributions, tokens)):
             values = self._dense(dist)
@@ -281,9 +362,20 @@ class RemoteLM:
                 base = log_softmax(values * temperature)
             else:
                 base = values
+            if masks is not None and masks[i] is not None:
+                base = self._under_mask(base, masks[i], i)
             logp[i] = base[token]
             logq[i] = 0.0 if temperature == 0 else log_softmax(base / temperature)[token]
         return logp, logq
+
+    def _under_mask(self, logp: np.ndarray, mask: np.ndarray, index: int) -> np.ndarray:
+        allowed = allowed_vector(mask, len(logp))
+        if not matches_served_mask(logp, allowed):
+            raise CapabilityError(
+                f"the server's grammar disagrees with the local one: at drawn token {index} its log-probabilities "
+                f"allow {int(np.isfinite(logp).sum())} tokens, the local grammar {int(allowed.sum())}"
+            )
+        return renormalized(logp, allowed)
 
     def _from_topk(self, distributions: list[dict[int, float]], sampled: np.ndarray, temperature: float
                    ) -> np.ndarray:
@@ -320,6 +412,10 @@ def bounded_log_z(top_logp: np.ndarray, alpha: float) -> tuple[float, float]:
     rest = max(0.0, 1.0 - float(np.sum(np.exp(top_logp))))
     z_high = z_low + rest * float(np.exp(top_logp[-1])) ** (alpha - 1.0)
     return math.log(0.5 * (z_low + z_high)), math.log(z_high) - math.log(z_low)
+
+
+def _time_left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def _empty(interrupted: bool = False) -> Continuation:

@@ -5,6 +5,10 @@
 (``top_logprobs_num`` per position) and ``input_token_logprobs`` for the prompt from ``logprob_start_len`` on.
 A server is recognized by ``GET /model_info`` (``/get_model_info`` before it was renamed) answering a
 ``model_path``.
+
+A grammar goes out as ``sampling_params.json_schema`` (the schema as a JSON string). SGLang takes whitespace from
+its server settings (``--constrained-json-disable-any-whitespace`` for a compact grammar), so the server must be
+started to match the local grammar.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import httpx
 import numpy as np
 
 from ...errors import CapabilityError
-from .wire import UNTRUNCATED, WHOLE_VOCABULARY, Draw, Refused, error_text, post
+from .wire import UNTRUNCATED, WHOLE_VOCABULARY, Draw, Grammar, Refused, error_text, post
 
 # SGLang's SamplingParams rejects unknown keys, so only keys it knows are sent
 _SAMPLING = {**UNTRUNCATED, "min_new_tokens": 0}
@@ -51,11 +55,11 @@ class SGLangApi:
         self.model = model or str(info.get("served_model_name") or info["model_path"])
 
     def draw(self, prefix: list[int], *, max_new_tokens: int, temperature: float, top_logprobs: int,
-             seed: int | None = None, timeout: float | None = None) -> Draw:
+             seed: int | None = None, timeout: float | None = None, grammar: Grammar | None = None) -> Draw:
         # the seed is not sent, as before the protocols were split: SGLang draws with its own randomness
         top = self._vocab_size if top_logprobs == WHOLE_VOCABULARY else top_logprobs
         status, meta = self._generate(prefix, temperature=temperature, max_new_tokens=max_new_tokens,
-                                      top_logprobs_num=top, timeout=timeout)
+                                      top_logprobs_num=top, timeout=timeout, grammar=grammar)
         if status >= 400:
             raise Refused(f"{self.base_url}/generate", status, meta)
         pairs = _pairs(meta, "output_token_logprobs")
@@ -93,12 +97,14 @@ class SGLangApi:
             raise CapabilityError(f"{self.base_url} left input_token_logprobs without values")
         return np.asarray(values, dtype=np.float64)
 
-    def full_distribution(self, prompt: list[int], temperature: float) -> dict[int, float] | None:
+    def full_distribution(self, prompt: list[int], temperature: float,
+                          timeout: float | None = None) -> dict[int, float] | None:
         """``top_logprobs_num = vocab_size``, which needs the vocabulary size; the answer must sum to 1, or part
         of the distribution was left out."""
         if not self._vocab_size:
             return None
-        draw = self.draw(prompt, max_new_tokens=1, temperature=temperature, top_logprobs=WHOLE_VOCABULARY)
+        draw = self.draw(prompt, max_new_tokens=1, temperature=temperature, top_logprobs=WHOLE_VOCABULARY,
+                         timeout=timeout)
         top = draw.tops[0] if draw.tops else {}
         values = np.array([v for v in top.values() if v > -1e30], dtype=np.float64)
         if values.size == 0:
@@ -110,8 +116,8 @@ class SGLangApi:
         return _TOP_K  # not probed: a fixed top-k, vLLM's default maximum, keeps the answers small
 
     def _generate(self, input_ids: list[int], *, temperature: float, max_new_tokens: int,
-                  top_logprobs_num: int = 0, logprob_start_len: int = -1,
-                  timeout: float | None = None) -> tuple[int, Any]:
+                  top_logprobs_num: int = 0, logprob_start_len: int = -1, timeout: float | None = None,
+                  grammar: Grammar | None = None) -> tuple[int, Any]:
         """One ``/generate`` request: (status, ``meta_info``) or (error status, error body)."""
         payload: dict[str, Any] = {
             "input_ids": input_ids,
@@ -126,6 +132,8 @@ class SGLangApi:
             "return_text_in_logprobs": False,
             "stream": False,
         }
+        if grammar is not None:
+            payload["sampling_params"]["json_schema"] = grammar.schema_text
         status, body = post(self._http, "/generate", payload, timeout)
         if status >= 400:
             return status, body

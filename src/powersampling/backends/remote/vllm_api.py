@@ -4,17 +4,25 @@ Token-id ``prompt``; ``logprobs`` per generated token (-1: the whole vocabulary,
 ``--max-logprobs -1``); ``prompt_logprobs`` to score tokens after a prefix; ``return_tokens_as_token_ids`` so that
 answers name token ids rather than text. ``ignore_eos`` is set so that only the stop ids RemoteLM sends end a
 generation.
+
+A grammar goes out as ``structured_outputs: {"json": schema}`` (vLLM 0.10.2 and later); a server that answers 400
+about that field is asked once more with the older top-level ``guided_json``, which is then used from there on.
+``disable_any_whitespace`` is sent for a compact grammar, but vLLM's xgrammar backend takes whitespace from its
+server configuration (``--structured-outputs-config '{"disable_any_whitespace": true}'``), so the server must be
+started to match the local grammar.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import json
+
 import httpx
 import numpy as np
 
 from ...errors import CapabilityError, ModelLoadError
-from .wire import UNTRUNCATED, WHOLE_VOCABULARY, Draw, Refused, error_text, post
+from .wire import UNTRUNCATED, WHOLE_VOCABULARY, Draw, Grammar, Refused, error_text, post
 
 _TOP_K_CANDIDATES = (20, 10, 5, 2, 1)  # 20 is vLLM's default --max-logprobs
 
@@ -28,6 +36,7 @@ class VLLMApi:
         self.base_url = root + "/v1"
         self._stop_token_ids = sorted(stop_token_ids)
         self.model = model or self._listed_model()
+        self._grammar_field = "structured_outputs"
 
     def _listed_model(self) -> str:
         try:
@@ -38,9 +47,17 @@ class VLLMApi:
             raise ModelLoadError(f"could not list models at {self.base_url}/models: {exc}") from exc
 
     def draw(self, prefix: list[int], *, max_new_tokens: int, temperature: float, top_logprobs: int,
-             seed: int | None = None, timeout: float | None = None) -> Draw:
-        status, body = self._complete(prefix, max_tokens=max_new_tokens, temperature=temperature,
-                                      logprobs=top_logprobs, seed=seed, timeout=timeout)
+             seed: int | None = None, timeout: float | None = None, grammar: Grammar | None = None) -> Draw:
+        def complete() -> tuple[int, Any]:
+            return self._complete(prefix, max_tokens=max_new_tokens, temperature=temperature, logprobs=top_logprobs,
+                                  seed=seed, timeout=timeout, grammar=grammar)
+
+        field = self._grammar_field
+        status, body = complete()
+        if grammar is not None and field == "structured_outputs" and status in (400, 422) \
+                and field in error_text(body):
+            self._grammar_field = "guided_json"
+            status, body = complete()
         self._raise_for(status, body)
         logprobs = body["choices"][0]["logprobs"]
         tops = logprobs.get("top_logprobs")
@@ -64,8 +81,10 @@ class VLLMApi:
             out.append(float(value["logprob"] if isinstance(value, dict) else value))
         return np.asarray(out, dtype=np.float64)
 
-    def full_distribution(self, prompt: list[int], temperature: float) -> dict[int, float] | None:
-        status, body = self._complete(prompt, max_tokens=1, temperature=temperature, logprobs=WHOLE_VOCABULARY)
+    def full_distribution(self, prompt: list[int], temperature: float,
+                          timeout: float | None = None) -> dict[int, float] | None:
+        status, body = self._complete(prompt, max_tokens=1, temperature=temperature, logprobs=WHOLE_VOCABULARY,
+                                      timeout=timeout)
         if status >= 400:
             detail = error_text(body).lower()
             if "prompt" in detail or status == 422 and "logprobs" not in detail:
@@ -91,8 +110,8 @@ class VLLMApi:
             )
 
     def _complete(self, prompt: list[int], *, max_tokens: int, temperature: float, logprobs: int | None = None,
-                  prompt_logprobs: int | None = None, seed: int | None = None,
-                  timeout: float | None = None) -> tuple[int, Any]:
+                  prompt_logprobs: int | None = None, seed: int | None = None, timeout: float | None = None,
+                  grammar: Grammar | None = None) -> tuple[int, Any]:
         payload: dict[str, Any] = {
             "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
             "return_tokens_as_token_ids": True, "skip_special_tokens": False, "ignore_eos": True,
@@ -104,7 +123,15 @@ class VLLMApi:
             payload["prompt_logprobs"] = prompt_logprobs
         if seed is not None:
             payload["seed"] = seed
+        if grammar is not None:
+            payload.update(self._grammar_payload(grammar))
         return post(self._http, "/v1/completions", payload, timeout)
+
+    def _grammar_payload(self, grammar: Grammar) -> dict[str, Any]:
+        schema = json.loads(grammar.schema_text)
+        if self._grammar_field == "guided_json":
+            return {"guided_json": schema}
+        return {"structured_outputs": {"json": schema, **({"disable_any_whitespace": True} if grammar.compact else {})}}
 
     def _raise_for(self, status: int, body: Any) -> None:
         if status >= 400:

@@ -39,6 +39,22 @@ class Draw:
     tops: list[dict[int, float]] | None = None
     server_stopped: bool = False
 
+    def cut(self, length: int) -> "Draw":
+        """The first ``length`` tokens (the server's stop, if any, was on a later one)."""
+        if length >= len(self.tokens):
+            return self
+        return Draw(self.tokens[:length], self.sampled[:length],
+                    self.tops[:length] if self.tops is not None else None, False)
+
+
+@dataclass
+class Grammar:
+    """A JSON-schema grammar for the server to apply from the first generated token. ``compact``: no whitespace
+    outside strings beyond the ``", "`` and ``": "`` separators, as the local grammar was built."""
+
+    schema_text: str
+    compact: bool
+
 
 class Refused(CapabilityError):
     """The server answered a request with an error status."""
@@ -59,15 +75,17 @@ class WireProtocol(Protocol):
     full_vocabulary_hint: str  # how to start this server so that it returns full-vocabulary log-probabilities
 
     def draw(self, prefix: list[int], *, max_new_tokens: int, temperature: float, top_logprobs: int,
-             seed: int | None = None, timeout: float | None = None) -> Draw:
-        """Continue ``prefix`` at ``temperature``; ``top_logprobs``: 0 for the sampled tokens' log-probabilities
-        only, k for the top k at each position as well, ``WHOLE_VOCABULARY`` for all of them."""
+             seed: int | None = None, timeout: float | None = None, grammar: Grammar | None = None) -> Draw:
+        """Continue ``prefix`` at ``temperature``, under ``grammar`` when given; ``top_logprobs``: 0 for the
+        sampled tokens' log-probabilities only, k for the top k at each position as well, ``WHOLE_VOCABULARY``
+        for all of them."""
 
     def score(self, prefix: list[int], tokens: list[int]) -> np.ndarray | None:
         """log p (temperature 1) of ``tokens`` after ``prefix``; None when the server gives no prompt
         log-probabilities at all."""
 
-    def full_distribution(self, prompt: list[int], temperature: float) -> dict[int, float] | None:
+    def full_distribution(self, prompt: list[int], temperature: float,
+                          timeout: float | None = None) -> dict[int, float] | None:
         """The whole next-token distribution after ``prompt``, or None when the server will not give it."""
 
     def largest_accepted_k(self, prompt: list[int]) -> int:
