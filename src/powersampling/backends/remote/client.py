@@ -275,16 +275,16 @@ class RemoteLM:
         logp, logq = self._log_p_and_q(prefix, drawn, temperature, masks)
         tokens = drawn.tokens
         stopped = finished or (bool(tokens) and (tokens[-1] in self.stop_token_ids or drawn.server_stopped))
-        # a row under the server's grammar is masked there whatever the local replay saw before disagreeing
-        exact = self.exact_under_constraints or (grammar is None and all(m is None for m in masks or []))
+        exact = self.exact_under_constraints or all(m is None for m in masks or [])
         return Continuation(tokens, logp, logq, stopped, False, exact)
 
     def _replay(self, state: ConstraintState, drawn: Draw, generated_before: int,
                 grammar: Grammar | None) -> tuple[list[np.ndarray | None], bool]:
-        """The local constraint over the drawn tokens. A disagreement with the server's own grammar is only
-        tolerated where the log-probabilities are not exact anyway: the server's grammar then rules the draw."""
+        """The local constraint over the drawn tokens. A disagreement is refused in every mode, also where the
+        log-probabilities are not exact anyway: a server that ignored the grammar (an older vLLM warns about an
+        unknown field and goes on) would otherwise pass off unconstrained text."""
         masks, finished = replay(state, drawn.tokens)
-        if finished or len(masks) == len(drawn.tokens) or (grammar is not None and not self.exact_under_constraints):
+        if finished or len(masks) == len(drawn.tokens):
             return masks, finished
         token, position = drawn.tokens[len(masks)], generated_before + len(masks)
         if grammar is not None:
