@@ -16,8 +16,10 @@ computes them (file paths below are inside the sglang package):
 * stop: on ``stop_token_ids`` and on the model's EOS unless ``ignore_eos`` (which switches off both), the stop
   token kept, ``finish_reason`` ``{"type": "stop", "matched": id}`` (srt/managers/schedule_batch.py);
 * an unknown ``sampling_params`` key is refused with 400, as SGLang's contract check does (api/v1/api_types.py).
-  Truncation (top_k/top_p/min_p), penalties, grammars and stop strings are refused as well: the stand-in does not
-  implement them, and RemoteLM must never ask for them.
+  Truncation (top_k/top_p/min_p), penalties, grammars other than ``json_schema`` and stop strings are refused as
+  well: the stand-in does not implement them, and RemoteLM must never ask for them;
+* ``json_schema``: sampled under an xgrammar mask (the tokenizer of ``json_tokenizer()``), compact JSON as if
+  started with ``--constrained-json-disable-any-whitespace``; log-probabilities stay the unmasked model's.
 
 Two server configurations are mounted under path prefixes, as SGLang would be started with different settings:
 
@@ -33,8 +35,10 @@ import uuid
 import numpy as np
 import pytest
 
-from test_remote_backend import (STOP, VOCAB, _requests, free_port, local_model, log_softmax,  # noqa: F401
-                                 model_logits, start_server, stop_server, tiny_model, wait_for)
+from test_remote_backend import (STOP, VOCAB, ServerGrammar, _constrained, _requests,  # noqa: F401
+                                 assert_masked_values, assert_matches_schema, free_port, json_constraint,
+                                 json_tokenizer, local_model, log_softmax, model_logits, start_server, stop_server,
+                                 tiny_model, wait_for)
 
 CONFIGS = {"default": False, "original": True}  # prefix -> SGLANG_RETURN_ORIGINAL_LOGPROB
 TOP_K_ALL = 1 << 30
@@ -45,7 +49,7 @@ SAMPLING_KEYS = {  # SGLang 0.5.23 api/v1/api_types.py SamplingParams
     "stream_interval", "logit_bias", "sampling_seed", "custom_params", "beam_width", "watermark", "choice",
 }
 NEUTRAL = {"top_p": 1.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0,
-           "min_new_tokens": 0, "n": 1, "json_schema": None, "regex": None, "ebnf": None, "structural_tag": None,
+           "min_new_tokens": 0, "n": 1, "regex": None, "ebnf": None, "structural_tag": None,
            "stop": None, "stop_regex": None, "logit_bias": {}, "custom_params": None, "beam_width": None,
            "watermark": None, "choice": []}
 
@@ -89,16 +93,20 @@ def generate_one(model, original: bool, prompt, params: dict, return_logprob: bo
         raise BadRequest(f"req.logprob_start_len={start} is higher than the number of input tokens "
                          f"len(req.origin_input_ids)={n}. Please use a smaller logprob_start_len.")
 
+    grammar = ServerGrammar(params["json_schema"], any_whitespace=False) if params.get("json_schema") else None
     ids = list(prompt)
     out, out_lp, out_top = [], [], []
     finish = {"type": "length", "length": max_new}
     for _ in range(max_new):
         logits = model_logits(model, ids)[-1]
+        masked = logits if grammar is None else np.where(grammar.allowed(), logits, -np.inf)
         if top_k == 1:
-            token = int(np.argmax(logits))
+            token = int(np.argmax(masked))
         else:
-            probs = np.exp(log_softmax(logits / temperature))
+            probs = np.exp(log_softmax(masked / temperature))
             token = int(rng.choice(VOCAB, p=probs / probs.sum()))
+        if grammar is not None:
+            grammar.accept(token)
         reported = log_softmax(logits if original else logits / temperature)
         out.append(token)
         out_lp.append([float(reported[token]), token, None])
@@ -314,6 +322,36 @@ def test_power_sampling_runs_through_sglang(sglang_like_server, local_model):
         logits = model_logits(local_model, [1, 2] + result.token_ids)[1: 1 + len(result.token_ids)]
         expected = log_softmax(logits)[np.arange(len(result.token_ids)), result.token_ids]
         np.testing.assert_allclose(result.logprobs, expected, atol=1e-4)
+    finally:
+        lm.close()
+
+
+def test_schema_constrained_draws_are_exact_with_original_log_probabilities(sglang_like_server, local_model):
+    from powersampling.backends.remote import RemoteLM
+
+    lm = RemoteLM(f"{sglang_like_server}/original", tokenizer=json_tokenizer(), stop_token_ids=[STOP])
+    try:
+        assert lm.mode == "full" and lm.exact_under_constraints
+        constraint = json_constraint()
+        conts = lm.sample(_constrained(constraint, n=2), 0.5, np.random.default_rng(0))
+        assert_masked_values(local_model, constraint, conts, 0.5, atol=1e-4)
+        for cont in conts:
+            assert cont.stopped
+            assert_matches_schema(lm.tokenizer.decode(cont.token_ids))
+    finally:
+        lm.close()
+
+
+def test_default_server_draws_under_its_grammar_but_not_exactly(sglang_like_server):
+    from powersampling.backends.remote import RemoteLM
+
+    lm = RemoteLM(f"{sglang_like_server}/default", tokenizer=json_tokenizer(), stop_token_ids=[STOP])
+    try:
+        assert lm.mode == "score" and not lm.exact_under_constraints
+        assert "SGLANG_RETURN_ORIGINAL_LOGPROB=1" in lm.inexact_constraints_reason
+        for cont in lm.sample(_constrained(json_constraint(), n=2), 0.5, np.random.default_rng(0)):
+            assert not cont.exact and cont.stopped
+            assert_matches_schema(lm.tokenizer.decode(cont.token_ids))
     finally:
         lm.close()
 

@@ -25,7 +25,10 @@ class Continuation:
     one is used); ``logq[i]`` is the log-probability under the proposal the token was drawn from.
     ``stopped`` is True when the last token is a stop token or the request's constraint accepted the text as
     complete. ``interrupted`` is True when a deadline cut the
-    decode short.
+    decode short. ``exact`` is False when the row ran under a constraint whose mask the backend could not apply to
+    ``logp`` and ``logq`` (a server that applies the grammar itself but returns only unmasked log-probabilities):
+    the tokens follow the constraint, the log-probabilities are the unmasked model's, and samplers that need the
+    target's values (power sampling, SMC) must not use them.
     """
 
     token_ids: list[int]
@@ -33,6 +36,7 @@ class Continuation:
     logq: np.ndarray
     stopped: bool = False
     interrupted: bool = False
+    exact: bool = True
 
     def __len__(self) -> int:
         return len(self.token_ids)

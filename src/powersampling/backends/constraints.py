@@ -70,6 +70,7 @@ class JsonSchemaConstraint:
             raise CapabilityError("grammar-constrained decoding needs at least one stop token id")
         schema_text = schema if isinstance(schema, str) else json.dumps(schema)  # key order is the output order
         self.schema_text = schema_text
+        self.any_whitespace = any_whitespace  # a server applying the same schema must build the same grammar
         self.vocab_size = int(vocab_size)
         self.stop_token_ids = frozenset(int(i) for i in stop_token_ids)
         key, self.tokenizer_info, compiler = _compiler_for(hf_tokenizer, vocab_size, list(self.stop_token_ids))

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..backends.base import LanguageModel, TokenConstraint
+from ..backends.base import Continuation, LanguageModel, TokenConstraint
+from ..errors import CapabilityError
 from .result import ProgressEvent, SampleResult
 
 if TYPE_CHECKING:
@@ -47,6 +48,17 @@ class MethodSpec:
     build: "Callable[[LanguageModel, Any, Callable[[str], float] | None], Sampler]"
     route: str = "baseline"
     summary: str = ""
+
+
+def require_exact(model: LanguageModel, conts: Sequence[Continuation]) -> None:
+    """Acceptance ratios and importance weights are only right with the target's log p and log q; a backend that
+    could not apply a constraint's mask to them marks its continuations inexact."""
+    if all(c.exact for c in conts):
+        return
+    reason = getattr(model, "inexact_constraints_reason", None) or \
+        f"{model.name} could not apply the constraint's mask to its log-probabilities"
+    raise CapabilityError(f"power sampling under this constraint needs exact log-probabilities, and {reason}. "
+                          "Baseline methods (sample, low-temp, best-of-n) still run under the constraint.")
 
 
 class Sampler:

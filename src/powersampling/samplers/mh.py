@@ -38,7 +38,7 @@ import numpy as np
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
 from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
-                   resolve_seed)
+                   require_exact, resolve_seed)
 from .config import PowerSamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -298,7 +298,9 @@ class _Run:
                                    generated_start=len(self.prompt), constraint=self.constraint)
 
     def _call(self, requests: list[ContinuationRequest], deadline: float | None) -> list[Continuation]:
-        return self.model.sample(requests, self.temperature, self.rng, deadline=deadline)
+        conts = self.model.sample(requests, self.temperature, self.rng, deadline=deadline)
+        require_exact(self.model, conts)
+        return conts
 
     # results
 

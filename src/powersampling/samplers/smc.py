@@ -42,7 +42,7 @@ import numpy as np
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
 from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
-                   resolve_seed)
+                   require_exact, resolve_seed)
 from .config import SMCConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -200,6 +200,7 @@ class _Run:
         with span("power_sampling smc chunk", {"power_sampling.rows": len(requests),
                                                "power_sampling.tokens": max(wanted)}):
             conts = self.model.sample(requests, temperature, self.rng, deadline=self.deadline.end)
+        require_exact(self.model, conts)
         self.call_tokens.append(sum(len(c) for c in conts))
         for particle, cont, n in zip(particles, conts, wanted):
             particle.extend(cont, n)
