@@ -33,17 +33,24 @@ _GRAMMARS: "OrderedDict[tuple, Any]" = OrderedDict()
 _MAX_GRAMMARS = 64
 
 
-def _compiler_for(hf_tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
+def _compiler_for(vocabulary, vocab_size: int, stop_token_ids: Sequence[int]):
+    """xgrammar's tokenizer info and compiler for a vocabulary source: a tokenizer that lists its token pieces
+    (``token_pieces()``: raw bytes, special tokens empty, as llama.cpp's vocabulary gives them, no transformers
+    tokenizer to build) or a Hugging Face tokenizer."""
     import xgrammar as xgr
 
-    key = (id(hf_tokenizer), int(vocab_size), tuple(sorted(int(i) for i in stop_token_ids)))
+    key = (id(vocabulary), int(vocab_size), tuple(sorted(int(i) for i in stop_token_ids)))
     with _LOCK:
         entry = _COMPILERS.get(key)
-        if entry is None or entry[0] is not hf_tokenizer:
-            info = xgr.TokenizerInfo.from_huggingface(hf_tokenizer, vocab_size=int(vocab_size),
-                                                      stop_token_ids=list(key[2]) or None)
-            # the tokenizer is kept alive so its id cannot be reused by another object while cached
-            entry = (hf_tokenizer, info, xgr.GrammarCompiler(info))
+        if entry is None or entry[0] is not vocabulary:
+            stops = list(key[2]) or None
+            if hasattr(vocabulary, "token_pieces"):
+                info = xgr.TokenizerInfo(vocabulary.token_pieces(), xgr.VocabType.RAW, vocab_size=int(vocab_size),
+                                         stop_token_ids=stops)
+            else:
+                info = xgr.TokenizerInfo.from_huggingface(vocabulary, vocab_size=int(vocab_size), stop_token_ids=stops)
+            # the source is kept alive so its id cannot be reused by another object while cached
+            entry = (vocabulary, info, xgr.GrammarCompiler(info))
             _COMPILERS[key] = entry
         return key, entry[1], entry[2]
 
@@ -93,7 +100,8 @@ class JsonSchemaConstraint:
     @classmethod
     def for_model(cls, model, schema: Mapping[str, Any] | str, **kwargs) -> "JsonSchemaConstraint":
         """The constraint for ``model``'s tokenizer, vocabulary size and stop tokens."""
-        hf_tokenizer = getattr(getattr(model, "tokenizer", None), "hf_tokenizer", None)
+        tokenizer = getattr(model, "tokenizer", None)
+        hf_tokenizer = tokenizer if hasattr(tokenizer, "token_pieces") else getattr(tokenizer, "hf_tokenizer", None)
         if hf_tokenizer is None:
             raise CapabilityError(f"model {getattr(model, 'name', model)!r} has no Hugging Face tokenizer; "
                                   "grammar-constrained decoding is not available for it")

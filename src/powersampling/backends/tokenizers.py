@@ -109,6 +109,25 @@ class LlamaCppTokenizer:
             eos_token=piece(vocab.token_eos()) if vocab.token_eos() >= 0 else "",
         )
 
+    def token_pieces(self) -> list[bytes]:
+        """Every token's bytes as generated text shows them; special tokens (control, not text) are empty."""
+        import ctypes
+
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
+        buffer = ctypes.create_string_buffer(256)
+        pieces = []
+        for token in range(self._llama.n_vocab()):
+            n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+            if n < 0:  # longer than the buffer: -n is the size needed
+                larger = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(vocab, token, larger, len(larger), 0, False)
+                pieces.append(larger.raw[:n])
+            else:
+                pieces.append(buffer.raw[:n])
+        return pieces
+
     @property
     def hf_tokenizer(self):
         if self._hf_tokenizer is None:
