@@ -12,9 +12,8 @@ from powersampling.backends.decoding import common_prefix_length, draw, log_soft
 
 
 def _draw_many(logits: np.ndarray, temperature: float, draws: int, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    batch = torch.from_numpy(np.repeat(np.atleast_2d(logits), draws, axis=0))
-    return draw(batch, temperature, generator)
+    batch = np.repeat(np.atleast_2d(logits), draws, axis=0)
+    return draw(batch, temperature, np.random.default_rng(seed).random(draws))
 
 
 def test_draw_follows_the_tempered_distribution_over_the_full_vocabulary():
@@ -35,10 +34,10 @@ def test_draw_follows_the_tempered_distribution_over_the_full_vocabulary():
 def test_draw_takes_each_row_from_its_own_distribution():
     logits = np.array([[3.0, 0.0, -1.0, -np.inf], [-2.0, 0.5, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0]])
     temperature = 0.7
-    generator = torch.Generator().manual_seed(1)
+    rng = np.random.default_rng(1)
     counts = np.zeros_like(logits)
     for _ in range(4000):
-        tokens, logp, logq = draw(torch.from_numpy(logits), temperature, generator)
+        tokens, logp, logq = draw(logits, temperature, rng.random(3))
         counts[np.arange(3), tokens] += 1
         for row, token in enumerate(tokens):
             assert logp[row] == pytest.approx(log_softmax(logits[row])[token], abs=1e-12)
@@ -47,18 +46,39 @@ def test_draw_takes_each_row_from_its_own_distribution():
     np.testing.assert_allclose(counts / 4000, expected, atol=0.03)
 
 
-def test_draw_greedy_and_all_masked():
-    tokens, logp, logq = draw(torch.tensor([[0.0, 3.0, 1.0]]), 0.0, torch.Generator())
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_draw_greedy_and_all_masked(as_tensor):
+    wrap = torch.tensor if as_tensor else np.array
+    tokens, logp, logq = draw(wrap([[0.0, 3.0, 1.0]]), 0.0, np.zeros(1))
     assert tokens == [1] and logq == [0.0] and logp[0] == pytest.approx(log_softmax([0.0, 3.0, 1.0])[1])
     with pytest.raises(ValueError, match="disallowed"):
-        draw(torch.full((1, 3), -np.inf), 1.0, torch.Generator())
+        draw(wrap(np.full((1, 3), -np.inf)), 1.0, np.zeros(1))
 
 
-def test_draw_never_returns_a_zero_weight_token_at_the_end_of_the_cdf():
-    # the last tokens are impossible: a uniform rounded up to the total must land on the last possible one
-    logits = torch.tensor([[0.0, 0.0, -np.inf, -np.inf]] * 2000, dtype=torch.float64)
-    tokens, _, _ = draw(logits, 1.0, torch.Generator().manual_seed(3))
-    assert set(tokens) <= {0, 1}
+def test_the_inverse_cdf_gives_each_token_its_interval_and_never_a_zero_weight_token():
+    # two equal tokens, then impossible ones: u below 1/2 is token 0, from 1/2 on token 1, and a uniform at the
+    # very top of [0, 1) (whose product with the total can round up to it) still lands on token 1
+    logits = np.array([[0.0, 0.0, -np.inf, -np.inf]] * 4)
+    uniforms = np.array([0.0, 0.4999, 0.5, np.nextafter(1.0, 0.0)])
+    tokens, logp, _ = draw(logits, 1.0, uniforms)
+    assert tokens == [0, 0, 1, 1] and np.allclose(logp, np.log(0.5))
+
+
+def test_the_accelerator_path_draws_the_same_tokens_as_the_cpu_path():
+    """The torch implementation (used for tensors on an accelerator) against the numpy one, on the same uniforms;
+    here both run on the CPU, which exercises the torch code path without a GPU."""
+    from powersampling.backends.decoding import _draw_numpy, _draw_torch
+
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(64, 300)) * 3
+    logits[:, ::7] = -np.inf
+    uniforms = rng.random(64)
+    for temperature in (0.0, 0.25, 1.0, 2.0):
+        a = _draw_numpy(logits, temperature, uniforms)
+        b = _draw_torch(torch.from_numpy(logits), temperature, uniforms)
+        assert a[0] == b[0]
+        np.testing.assert_allclose(a[1], b[1], atol=1e-12)
+        np.testing.assert_allclose(a[2], b[2], atol=1e-12)
 
 
 def test_common_prefix_length():

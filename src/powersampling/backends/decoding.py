@@ -20,7 +20,7 @@ servers, the exactness enumerator).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -28,6 +28,8 @@ from .base import Continuation, ContinuationRequest
 
 if TYPE_CHECKING:
     import torch
+
+Logits = Union[np.ndarray, "torch.Tensor"]
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -109,18 +111,16 @@ class Row:
 class Stepper(Protocol):
     """What a backend gives the decode loop.
 
-    ``start(rows)`` returns next-token logits, one row per given row (a (rows, vocab) tensor), for rows whose
-    prefix may share cached work with earlier calls. ``step(keep)`` continues the rows at positions ``keep`` of
-    the current batch (the batch becomes those rows, in that order), feeding each its newest token, and returns
-    their logits; the other rows are finished (a backend may keep their cache). ``step([])`` finishes all and
-    returns None.
+    ``start(rows)`` returns next-token logits, one row per given row (a (rows, vocab) numpy array, or a torch
+    tensor on the backend's device), for rows whose prefix may share cached work with earlier calls.
+    ``step(keep)`` continues the rows at positions ``keep`` of the current batch (the batch becomes those rows, in
+    that order), feeding each its newest token, and returns their logits; the other rows are finished (a backend
+    may keep their cache). ``step([])`` finishes all and returns None.
     """
 
-    device: torch.device
+    def start(self, rows: list[Row]) -> Logits: ...
 
-    def start(self, rows: list[Row]) -> torch.Tensor: ...
-
-    def step(self, keep: list[int]) -> torch.Tensor | None: ...
+    def step(self, keep: list[int]) -> Logits | None: ...
 
 
 def decode(
@@ -134,19 +134,16 @@ def decode(
 ) -> list[Continuation]:
     """Decode every request to a stop token, its constraint's end, ``max_new_tokens`` or ``deadline``
     (``time.monotonic()`` seconds; rows then come back ``interrupted``). All rows advance together, one token per
-    step."""
-    import torch  # here, not at the top: the numpy helpers above serve backends that never load torch
-
+    step; each step's uniforms come from ``rng``, so a seed gives the same draws on every backend."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     rows = [Row(r, stop_ids) for r in requests]
     live = [row for row in rows if not row.done]
     if not live:
         return [row.continuation() for row in rows]
-    generator = torch.Generator(device=stepper.device).manual_seed(int(rng.integers(0, 2**62)))
     logits = stepper.start(live)
     while True:
-        tokens, logp, logq = draw(apply_masks(logits, live), temperature, generator)
+        tokens, logp, logq = draw(apply_masks(logits, live), temperature, rng.random(len(live)))
         out_of_time = deadline is not None and time.monotonic() > deadline
         keep = []
         for j, row in enumerate(live):
@@ -162,13 +159,11 @@ def decode(
             return [row.continuation() for row in rows]
 
 
-def apply_masks(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+def apply_masks(logits: Logits, rows: Sequence[Row]) -> Logits:
     """``logits`` with each row's disallowed tokens at ``-inf``; unchanged (no copy) when no row has a mask."""
     masks = [row.allowed_tokens() for row in rows]
     if all(m is None for m in masks):
         return logits
-    import torch
-
     vocab = logits.shape[-1]
     allowed = np.ones((len(rows), vocab), dtype=bool)
     for j, mask in enumerate(masks):
@@ -176,20 +171,58 @@ def apply_masks(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
             mask = np.asarray(mask, dtype=bool)[:vocab]
             allowed[j, : len(mask)] = mask
             allowed[j, len(mask):] = False  # beyond a grammar's (shorter) vocabulary nothing is allowed
+    if isinstance(logits, np.ndarray):
+        return np.where(allowed, logits, -np.inf)
+    import torch
+
     return logits.masked_fill(~torch.from_numpy(allowed).to(logits.device), float("-inf"))
 
 
-def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator
-         ) -> tuple[list[int], list[float], list[float]]:
-    """One token per row from softmax(logits / temperature) over the full vocabulary (no truncation).
+def draw(logits: Logits, temperature: float, uniforms: np.ndarray) -> tuple[list[int], list[float], list[float]]:
+    """One token per row from softmax(logits / temperature) over the full vocabulary (no truncation), by inverse
+    CDF with the given uniforms in [0, 1).
 
     Returns the tokens, their log p at temperature 1 and their log q at ``temperature``, computed in float64 from
     the same logits; at temperature 0 the token is the argmax and log q is 0. ``-inf`` logits are impossible.
+    Logits on the CPU (numpy, or torch tensors, viewed as numpy) are drawn in numpy: no thread pool for a few
+    vector passes, which matter per token. Tensors on an accelerator are drawn there, with the same arithmetic.
     """
+    if isinstance(logits, np.ndarray) or logits.device.type == "cpu":
+        if not isinstance(logits, np.ndarray):
+            logits = logits.numpy()
+        return _draw_numpy(np.asarray(logits, dtype=np.float64), temperature, np.asarray(uniforms))
+    return _draw_torch(logits, temperature, uniforms)
+
+
+def _draw_numpy(logits: np.ndarray, temperature: float, uniforms: np.ndarray):
+    peak = np.max(logits, axis=-1, keepdims=True)
+    if not np.all(np.isfinite(peak)):
+        raise ValueError("every token is disallowed at this step (the constraint allows nothing the model can emit)")
+    shifted = logits - peak
+    log_z = np.log(np.sum(np.exp(shifted), axis=-1))
+    rows = np.arange(len(logits))
+    if temperature == 0:
+        tokens = np.argmax(shifted, axis=-1)
+        logq = np.zeros(len(logits))
+    else:
+        scaled = shifted if temperature == 1.0 else shifted / temperature
+        cdf = np.cumsum(np.exp(scaled), axis=-1)
+        total = cdf[:, -1]
+        # the first index whose cumulative weight exceeds u owns [cdf[i-1], cdf[i]), a positive weight; u rounded
+        # up to the total goes to the last token that carries weight
+        tokens = np.sum(cdf <= (uniforms * total)[:, None], axis=-1)
+        past_end = tokens >= cdf.shape[-1]
+        if past_end.any():
+            tokens = np.where(past_end, np.argmax(cdf >= total[:, None], axis=-1), tokens)
+        logq = scaled[rows, tokens] - np.log(total)
+    return tokens.tolist(), (shifted[rows, tokens] - log_z).tolist(), logq.tolist()
+
+
+def _draw_torch(logits, temperature: float, uniforms: np.ndarray):
     import torch
 
     logits = logits.to(torch.float64)
-    peak = logits.max(dim=-1, keepdim=True).values
+    peak = logits.amax(dim=-1, keepdim=True)
     if not bool(torch.isfinite(peak).all()):
         raise ValueError("every token is disallowed at this step (the constraint allows nothing the model can emit)")
     shifted = logits - peak
@@ -201,9 +234,7 @@ def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator
         scaled = shifted if temperature == 1.0 else shifted / temperature
         cdf = torch.cumsum(torch.exp(scaled), dim=-1)
         total = cdf[:, -1:].contiguous()
-        u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype) * total
-        # the first index whose cumulative weight exceeds u owns [cdf[i-1], cdf[i]), a positive weight; u rounded
-        # up to the total goes to the last token that carries weight
+        u = torch.as_tensor(uniforms, dtype=cdf.dtype, device=cdf.device)[:, None] * total
         tokens = torch.searchsorted(cdf, u, right=True)
         past_end = tokens >= cdf.shape[-1]
         if bool(past_end.any()):

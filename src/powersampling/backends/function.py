@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from .base import Continuation, ContinuationRequest
 from .decoding import Row, decode
@@ -75,19 +74,17 @@ class FunctionLM:
 class _FunctionStepper:
     """Logits straight from the function, one prefix at a time (there is no cache to keep)."""
 
-    device = torch.device("cpu")
-
     def __init__(self, model: FunctionLM) -> None:
         self.model = model
         self.rows: list[Row] = []
 
-    def start(self, rows: list[Row]) -> torch.Tensor:
+    def start(self, rows: list[Row]) -> np.ndarray:
         self.rows = list(rows)
         return self._logits()
 
-    def step(self, keep: list[int]) -> torch.Tensor | None:
+    def step(self, keep: list[int]) -> np.ndarray | None:
         self.rows = [self.rows[j] for j in keep]
         return self._logits() if self.rows else None
 
-    def _logits(self) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.model.logits(row.prefix + row.tokens) for row in self.rows]))
+    def _logits(self) -> np.ndarray:
+        return np.stack([self.model.logits(row.prefix + row.tokens) for row in self.rows])
