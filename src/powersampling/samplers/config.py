@@ -125,8 +125,9 @@ class PowerSamplingConfig(PowerTargetConfig):
     scan: Literal["random", "sorted"] = Field(
         "random",
         description="random: the paper's cut, uniform over the current tokens, one step at a time (proposals for "
-        "upcoming steps prefetched in batches); sorted: the block's n_mcmc cuts drawn uniform over the block's "
-        "positions and applied from the last position backwards, so all of them are drawn in one batched call",
+        "upcoming steps prefetched in batches); sorted: the block's n_mcmc cuts spread evenly over the block's "
+        "positions (stratified) and applied from the last position backwards, so all of them are drawn in one "
+        "batched call",
     )
     step_timeout_s: Optional[float] = Field(None, gt=0, description="limit per batched proposal call")
 

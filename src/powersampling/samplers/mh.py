@@ -20,8 +20,8 @@ The kernel is pure: ``accept_step(state, cut, continuation, alpha, log_u) -> (st
   chain, so the sequence of moves is exactly that of sequential MH.
 * ``scan="sorted"``: for a fixed cut m, "redraw the suffix after m and accept with the ratio above without the
   log n - log n' term" leaves p^alpha invariant on its own (the reverse move uses the same m; a state with m or fewer
-  tokens is left as is). So the block's n_mcmc cuts are drawn uniform over the block's positions, independently of
-  the chain, and applied in descending order: a step at cut m only changes tokens from m on, so every later step's
+  tokens is left as is). So the block's n_mcmc cuts are spread evenly over the block's positions (stratified, from
+  one uniform offset), independently of the chain, and applied in descending order: a step at cut m only changes tokens from m on, so every later step's
   prefix is still the one its proposal was drawn from, and all proposals of a block come from one batched call.
 
 Counters in the metadata are reductions over the per-step ``StepInfo`` and the per-call token counts.
@@ -91,6 +91,16 @@ def accept_step(state: ChainState, cut: int, proposal: Continuation, alpha: floa
     accepted = log_u < log_accept
     info = StepInfo(cut, len(proposal), log_accept, accepted)
     return (state.with_suffix(cut, proposal) if accepted else state), info
+
+
+def stratified_cuts(steps: int, limit: int, u: float) -> list[int]:
+    """``steps`` cut positions spread evenly over [0, limit) from one uniform ``u``: floor((k + u) * limit / steps).
+
+    Each position gets floor or ceil(steps / limit) cuts (all of them once steps >= limit), where independent
+    uniform cuts would skip some: fewer positions left as the block proposal drew them, so the chain mixes more per
+    step. The cuts depend on nothing in the chain, so every fixed-cut move still leaves p^alpha invariant.
+    """
+    return [int((k + u) * limit / steps) for k in range(steps)]
 
 
 @dataclass
@@ -218,7 +228,7 @@ class _Run:
         """The block's cuts drawn up front, proposals for all of them in one call, applied from the last cut back."""
         requests, owners = [], []
         for chain in chains:
-            cuts = sorted(self.rng.integers(0, chain.limit, size=chain.steps_left).tolist(), reverse=True)
+            cuts = sorted(stratified_cuts(chain.steps_left, chain.limit, self.rng.random()), reverse=True)
             chain.steps_left = 0
             for cut in cuts:
                 if cut >= len(chain.state):  # nothing after the cut to redraw: the move changes nothing
@@ -369,5 +379,5 @@ def _build(model: LanguageModel, config: PowerSamplingConfig, evaluator) -> Powe
     return PowerSampler(model, config, evaluator=evaluator)
 
 
-METHODS = (MethodSpec("power", PowerSamplingConfig, _build, route="power",
+METHODS = (MethodSpec("power", PowerSamplingConfig, _build, route="power", exact_logprobs=True,
                       summary="Metropolis-Hastings power sampling, exact p^alpha"),)
