@@ -143,16 +143,21 @@ class LlamaCppLM:
     # internals: scheduling
 
     def _groups(self, requests: Sequence[ContinuationRequest]) -> list[list[int]]:
-        """Rows in groups that fit the sequence slots and (counting every row's cells separately, an upper bound)
-        the context, longest prefixes first so that rows cut from one state share a group."""
+        """Rows in groups that fit the sequence slots and the context, longest prefixes first so that rows cut from
+        one state share a group. A group's cells are bounded by its first (longest) prefix plus, per row, the part
+        of its prefix not shared with that one (shared cells are copied by reference) and its max_new_tokens."""
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prefix))
         groups: list[list[int]] = []
         cells = 0
+        head: np.ndarray = np.zeros(0, dtype=np.int64)
         for i in order:
-            need = len(requests[i].prefix) + requests[i].max_new_tokens
+            prefix = np.asarray(requests[i].prefix, dtype=np.int64)
+            own = len(prefix) - common_prefix_length(head, prefix) if groups else len(prefix)
+            need = own + requests[i].max_new_tokens
             if not groups or len(groups[-1]) == self.n_seq_max or cells + need > self.n_ctx:
                 groups.append([])
-                cells = 0
+                head, cells = prefix, len(prefix)
+                need = requests[i].max_new_tokens
             groups[-1].append(i)
             cells += need
         return groups
@@ -292,10 +297,7 @@ class _SlotBatch:
     step in one ``llama_decode`` call."""
 
     def __init__(self, lm: LlamaCppLM) -> None:
-        import torch
-
         self.lm = lm
-        self.device = torch.device("cpu")
         self.rows: list[Row] = []
         self.slots: list[int] = []
 
@@ -303,7 +305,7 @@ class _SlotBatch:
         self.rows = list(rows)
         prefixes = [row.prefix for row in rows]
         self.slots = self.lm._place(prefixes)
-        return _as_tensor(self.lm._prefill(self.slots, prefixes))
+        return np.stack(self.lm._prefill(self.slots, prefixes))
 
     def step(self, keep: list[int]):
         self.rows = [self.rows[j] for j in keep]
@@ -312,13 +314,7 @@ class _SlotBatch:
             return None
         entries = [(row.tokens[-1], row.length - 1, slot, k)
                    for k, (row, slot) in enumerate(zip(self.rows, self.slots))]
-        return _as_tensor(self.lm._evaluate(entries, len(entries)))
-
-
-def _as_tensor(logits: list[np.ndarray]):
-    import torch
-
-    return torch.from_numpy(np.stack(logits))
+        return np.stack(self.lm._evaluate(entries, len(entries)))
 
 
 def load_llamacpp(
