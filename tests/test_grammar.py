@@ -43,9 +43,9 @@ def _constraint():
 def test_state_from_any_prefix_matches_step_by_step_advance():
     tok = smol_tokenizer()
     constraint = _constraint()
-    text = ('{"tasks": [{"id": 1, "description": "Find cat photos", "task_type": "search", "tool": "Image Search", '
-            '"dependencies": [], "atomic": true}, {"id": 2, "description": "Translate captions", "task_type": '
-            '"translate", "tool": "Translator", "dependencies": [1], "atomic": true}]}')
+    text = ('{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Image Search", "arguments": {}}, '
+            '"dependencies": [], "atomic": true}, {"id": 2, "description": "Translate captions", "call": {"tool": '
+            '"Translator", "arguments": {}}, "dependencies": [1], "atomic": true}]}')
     ids = tok.encode(text, add_special_tokens=False)
     walker = constraint.start([])
     for cut, token in enumerate(ids):
@@ -64,9 +64,9 @@ def test_schema_rules_are_enforced_and_bad_prefixes_rejected():
     tok = smol_tokenizer()
     constraint = _constraint()
     for bad in ('{"tasks": [{"id": 2', '{"tasks": [{"id": 1, "description": "   spaces first"',
-                '{"tasks": [{"id": 1, "description": "Find cat photos", "task_type": "search", "tool": "Web"',
-                '{"tasks": [{"id": 1, "description": "Find cat photos", "task_type": "search", "tool": '
-                '"Translator", "dependencies": [1'):
+                '{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Web"',
+                '{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Translator", "arguments": '
+                '{}}, "dependencies": [1'):
         with pytest.raises(ValueError, match="does not match"):
             constraint.start(tok.encode(bad, add_special_tokens=False))
     with pytest.raises(ConfigError):
@@ -99,7 +99,7 @@ def test_random_model_gives_schema_valid_output_on_every_route(tiny_smol, method
     assert result.token_ids[-1] == 2, "the answer always finishes within the bound"
     assert len(result.token_ids) <= bound
     tasks = parse_task_list(result.text, spec)
-    assert len(tasks) == 2 and all(t["tool"] in spec.tools for t in tasks)
+    assert len(tasks) == 2 and all(t["tool"] in {tool.name for tool in spec.tools} for t in tasks)
     assert tasks[1]["dependencies"] in ([], [1])
     json.loads(result.text)
 

@@ -105,15 +105,19 @@ class ScriptedLM:
 
 def answer(*tasks: tuple, atomic: bool | None = None, task_type: str = "work") -> str:
     """A model answer in the planner's format: tasks given as (description, [dependency numbers]) or
-    (description, [deps], extra_fields). Field order follows the planner's schema."""
+    (description, [deps], extra_fields) with extra fields task_type, tool (+ arguments), agent, atomic. Field order
+    follows the planner's schema."""
     out = []
     for k, spec in enumerate(tasks, start=1):
         description, deps = spec[0], spec[1]
         extra = spec[2] if len(spec) > 2 else {}
-        item = {"id": k, "description": description, "task_type": extra.get("task_type", task_type)}
-        for key in ("tool", "agent"):
-            if key in extra:
-                item[key] = extra[key]
+        item = {"id": k, "description": description}
+        if "tool" in extra:  # a tool plan: the call replaces the task type
+            item["call"] = {"tool": extra["tool"], "arguments": extra.get("arguments", {})}
+        else:
+            item["task_type"] = extra.get("task_type", task_type)
+        if "agent" in extra:
+            item["agent"] = extra["agent"]
         item["dependencies"] = list(deps)
         if atomic is not None:
             item["atomic"] = extra.get("atomic", atomic)

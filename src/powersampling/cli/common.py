@@ -24,6 +24,13 @@ class Backend(str, Enum):
     remote = "remote"
 
 
+def route_choices(name: str = "PlanRoute") -> type[Enum]:
+    """The planner routes (from the method registry) as a CLI choice type."""
+    from ..samplers import planner_routes
+
+    return Enum(name, {r.replace("-", "_"): r for r in planner_routes()}, type=str)
+
+
 def method_choices(name: str = "Method") -> type[Enum]:
     """The decoding methods of the registry as a CLI choice type."""
     from ..samplers import method_names

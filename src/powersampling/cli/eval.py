@@ -31,7 +31,9 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def eval_command(
-    task: str = typer.Option(..., help="benchmark: gsm8k, math500, humaneval or mbpp"),
+    task: str = typer.Option(..., help="benchmark: gsm8k, math500, humaneval, mbpp or taskbench (with --data)"),
+    data: Optional[Path] = typer.Option(None, help="data folder of a task that reads one: taskbench (tools.json, "
+                                        "one records *.jsonl, optionally *_user_requests.jsonl)"),
     methods: str = typer.Option(DEFAULT_METHODS, help="comma-separated decoding methods (also: greedy, smc when available)"),
     limit: Optional[int] = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),
@@ -97,7 +99,7 @@ def eval_command(
     try:
         extra = _parse_params(param)
         check_arguments(task, method_list, limit, offset=offset, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
-                        max_new_tokens=max_new_tokens, best_of_n=best_of_n, extra_params=extra)
+                        max_new_tokens=max_new_tokens, best_of_n=best_of_n, extra_params=extra, data=data)
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
     if out.exists() and not out.is_dir():
@@ -118,7 +120,7 @@ def eval_command(
     try:
         run_eval(task, method_list, limit, lm, out, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
                  max_new_tokens=max_new_tokens, seed=seed, style=style, shots=shots, best_of_n=best_of_n,
-                 offset=offset, extra_params=extra, exec_limits=ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec),
+                 offset=offset, data=data, extra_params=extra, exec_limits=ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec),
                  progress=progress)
     except PowerSamplingError as exc:
         fail(str(exc))

@@ -8,12 +8,10 @@ from typing import Optional
 
 import typer
 
+from ..planner.generation import RouteSettings
+from .common import MODEL_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, route_choices
 
-class PlanMethod(str, Enum):
-    baseline = "baseline"
-    power = "power"
-    best_of_n = "best-of-n"
-    smc = "smc"
+PlanRoute = route_choices()
 
 
 class PlanFormat(str, Enum):
@@ -25,31 +23,41 @@ class PlanFormat(str, Enum):
 
 def plan_command(
     request: str = typer.Argument(..., help="what to plan"),
-    method: Optional[PlanMethod] = typer.Option(
+    method: Optional[PlanRoute] = typer.Option(
         None, help="route; default: POWER_SAMPLING_HTDAG_ENABLED and POWER_SAMPLING_ROLLOUT_PERCENT decide"),
     max_depth: int = typer.Option(1, "--max-depth", help="levels of subtasks (1: top-level tasks only)"),
-    model: Optional[str] = typer.Option(None, help="local model folder or .gguf file (default: embedded model)"),
-    device: str = typer.Option("cpu", help="torch device (cpu, cuda, cuda:1)"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    backend: Backend = typer.Option(Backend.auto, help="engine for the model"),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
+    device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     output_format: PlanFormat = typer.Option(PlanFormat.tree, "--format", help="output format"),
     as_json: bool = typer.Option(False, "--json", help="same as --format json"),
     context: Optional[str] = typer.Option(None, help="extra context for the planner (text)"),
     tools: Optional[str] = typer.Option(None, help="comma-separated closed list of tools the tasks must use"),
+    tools_file: Optional[str] = typer.Option(
+        None, "--tools-file", help="JSON file of tools with descriptions and typed parameters (TaskBench tools.json "
+                                   "format): every task then calls one of them with its arguments"),
     max_tasks_per_level: int = typer.Option(6, "--max-tasks-per-level", help="subtasks per task at most"),
-    alpha: Optional[float] = typer.Option(None, help="power (default: POWER_SAMPLING_ALPHA or 2.0)"),
-    mcmc_steps: Optional[int] = typer.Option(None, "--mcmc-steps", help="MH steps per block (default: env or 10)"),
-    block_size: Optional[int] = typer.Option(None, help="tokens per block (default: env or 32)"),
-    n: int = typer.Option(4, help="candidates for best-of-n"),
-    temperature: float = typer.Option(1.0, help="sampling temperature of the baseline and best-of-n routes"),
+    alpha: Optional[float] = typer.Option(
+        None, help=f"power (default: POWER_SAMPLING_ALPHA or {RouteSettings.alpha})"),
+    mcmc_steps: Optional[int] = typer.Option(
+        None, "--mcmc-steps", help=f"MH steps per block (default: POWER_SAMPLING_N_MCMC or {RouteSettings.n_mcmc})"),
+    block_size: Optional[int] = typer.Option(
+        None, help=f"tokens per block (default: POWER_SAMPLING_BLOCK_SIZE or {RouteSettings.block_size})"),
+    n: int = typer.Option(RouteSettings.best_of_n, help="candidates for best-of-n"),
+    temperature: float = typer.Option(RouteSettings.temperature,
+                                      help="sampling temperature of the baseline and best-of-n routes"),
     seed: Optional[int] = typer.Option(None, help="random seed"),
     deadline: Optional[float] = typer.Option(None, help="overall time limit in seconds"),
 ) -> None:
     """Decompose REQUEST into a hierarchical task DAG (grammar-constrained JSON from the model)."""
-    from .common import SamplerProgress, fail, load_model_or_fail, stderr
     from ..errors import PowerSamplingError
     from ..planner.export import dag_to_json, to_dot, to_mermaid, to_tree
-    from ..planner.generation import RouteSettings
     from ..planner.planner import Planner, PlannerConfig
     from ..planner.routing import RoutingConfig
+    from ..planner.tools import load_tools
+    from .common import SamplerProgress, fail, load_model_or_fail, stderr
 
     if not request.strip():
         fail("the request is empty")
@@ -62,17 +70,18 @@ def plan_command(
             block_size=block_size if block_size is not None else routing.settings.block_size,
             temperature=temperature, best_of_n=n, seed=seed,
         )
+        if tools is not None and tools_file is not None:
+            fail("give either --tools or --tools-file, not both")
         tool_list = tuple(t.strip() for t in tools.split(",") if t.strip()) if tools is not None else None
+        if tools_file is not None:
+            tool_list = load_tools(tools_file)
         config = PlannerConfig(max_depth=max_depth, route=method.value if method else None, tools=tool_list,
                                max_children=max_tasks_per_level, min_children=min(2, max_tasks_per_level),
                                deadline_s=deadline, settings=settings)
         Planner(None, config, routing=routing)  # validates settings before the (slow) model load
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
-    if model and model.startswith(("http://", "https://")):
-        fail("plan needs a local model (it constrains decoding with a JSON grammar, which a remote server cannot "
-             f"apply here); got the server URL {model!r}")
-    lm = load_model_or_fail(model, "transformers", device)
+    lm = load_model_or_fail(model, backend.value, device, tokenizer, threads=threads)
     logging.getLogger("powersampling.planner").setLevel(logging.ERROR)  # stages go to stderr below instead
     try:
         with SamplerProgress(enabled=stderr.is_terminal) as progress:

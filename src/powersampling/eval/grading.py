@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from .datasets import last_boxed
@@ -20,6 +20,7 @@ class Grade:
     correct: bool
     extracted: str | None
     detail: str
+    fields: dict = field(default_factory=dict)  # task-specific results stored in the row (TaskBench's counts)
 
 
 def truncate_at_stops(text: str, stops: list[str] | tuple[str, ...]) -> str:

@@ -87,8 +87,53 @@ def summarize(rows: list[dict], methods: Sequence[str] | None = None, problem_id
             "mcnemar_exact_p": mc.p_value,
         })
     prefill = {r["problem_id"]: r["prompt_prefill_s"] for r in rows if r.get("prompt_prefill_s") is not None}
-    return {"methods": per_method, "comparisons": comparisons,
-            "mean_prompt_prefill_s": _mean(prefill.values()) if prefill else None}
+    summary = {"methods": per_method, "comparisons": comparisons,
+               "mean_prompt_prefill_s": _mean(prefill.values()) if prefill else None}
+    if any("node_counts" in r for r in rows):
+        _add_plan_metrics(summary, by_method, n_boot=min(n_boot, 2000))
+    return summary
+
+
+def _add_plan_metrics(summary: dict, by_method: dict[str, dict[str, dict]], *, n_boot: int) -> None:
+    """TaskBench's graph metrics per method (with breakdowns by record type and gold plan size), paired
+    differences of node and edge F1, and how the plans' quality score ranks against their node and edge F1."""
+    from scipy.stats import spearmanr
+
+    from .taskbench import bootstrap_metric_ci, f1, paired_metric_difference, pooled_metrics
+
+    for method, rows_by_id in by_method.items():
+        rows = list(rows_by_id.values())
+        entry = summary["methods"][method]
+        entry.update(pooled_metrics(rows))
+        entry["ci95_f1"] = bootstrap_metric_ci(rows, n_boot=n_boot)
+        entry["valid_rate"] = float(np.mean([bool(r["valid"]) for r in rows])) if rows else None
+        entry["mean_quality_score"] = _mean(r["quality_score"] for r in rows)
+        for key, group in (("by_type", lambda r: str(r.get("type"))),
+                           ("by_gold_nodes", lambda r: str(r.get("gold_nodes")))):
+            groups: dict[str, list[dict]] = {}
+            for r in rows:
+                groups.setdefault(group(r), []).append(r)
+            entry[key] = {name: {"records": len(g), **{m: v for m, v in pooled_metrics(g).items()
+                                                       if m in ("node_f1", "edge_f1")}}
+                          for name, g in sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))}
+    for comparison in summary["comparisons"]:
+        a, b = by_method[comparison["a"]], by_method[comparison["b"]]
+        common = sorted(set(a) & set(b))
+        comparison.update({f"{metric}_difference_b_minus_a": value for metric, value in
+                           paired_metric_difference([a[p] for p in common], [b[p] for p in common],
+                                                    n_boot=n_boot).items()})
+    plans = [r for rows_by_id in by_method.values() for r in rows_by_id.values() if r.get("valid")]
+
+    def record_f1(counts) -> float:
+        return 1.0 if not any(counts) else f1(counts)
+
+    if len(plans) >= 3:
+        quality = [r["quality_score"] for r in plans]
+        summary["quality_score_spearman"] = {
+            "plans": len(plans),
+            "node_f1": float(spearmanr(quality, [record_f1(r["node_counts"]) for r in plans]).statistic),
+            "edge_f1": float(spearmanr(quality, [record_f1(r["edge_counts"]) for r in plans]).statistic),
+        }
 
 
 def _mean(values) -> float | None:
@@ -106,15 +151,16 @@ def plot_accuracy_vs_cost(summary: dict, path: Path, title: str) -> Path | None:
     points = [(m, s) for m, s in summary["methods"].items() if s["problems"] and s["mean_tokens_decoded"]]
     if not points:
         return None
+    plans = all("node_f1" in s for _, s in points)  # TaskBench: node F1 with its bootstrap interval
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for m, s in points:
-        x, y = s["mean_tokens_decoded"], s["accuracy"]
-        lo, hi = s["ci95"]
+        x, y = s["mean_tokens_decoded"], s["node_f1"] if plans else s["accuracy"]
+        lo, hi = s["ci95_f1"].get("node_f1", (y, y)) if plans else s["ci95"]
         ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="o", capsize=4, label=f"{m} (n={s['problems']})")
         ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     ax.set_xscale("log")
     ax.set_xlabel("decoded tokens per problem (log scale)")
-    ax.set_ylabel("accuracy (95% Wilson interval)")
+    ax.set_ylabel("node F1 (95% bootstrap interval)" if plans else "accuracy (95% Wilson interval)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
@@ -133,18 +179,8 @@ def _p_value(p: float, n_boot: int) -> str:
     return f"< {1 / n_boot:.0e}" if p == 0 else f"{p:.3g}"
 
 
-def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None, n_boot: int = 10_000) -> str:
-    lines = ["# Evaluation summary", ""]
-    if settings:
-        s = settings
-        lines += [
-            f"- task **{s['task']}**, model **{s['model']}**, prompt style {s['style']}"
-            + (f", {s['shots']} shots" if s.get("shots") is not None else ""),
-            f"- alpha {s['alpha']} (low-temp T = {1 / s['alpha']:.3g}), MH steps per block {s['n_mcmc']}, block size "
-            f"{s['block_size']}, max new tokens {s['max_new_tokens']}, run seed {s['seed']}"
-            + (f", extra sampler parameters {s['extra_params']}" if s.get("extra_params") else ""),
-            "",
-        ]
+def _accuracy_table(summary: dict) -> list[str]:
+    lines = []
     lines += [
         "| method | problems | correct | accuracy | 95% CI (Wilson) | decoded tokens / problem | token cost x sample "
         "| wall s / problem | time x sample | final tokens | hit the token cap | MH acceptance |",
@@ -161,11 +197,66 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
             f"{_fmt(s['mean_final_tokens'])} | {_fmt(s.get('hit_token_cap'), 'd')} | "
             f"{_fmt(s.get('mean_acceptance_rate'), '.1%')} |"
         )
+    return lines
+
+
+def _plan_tables(summary: dict) -> list[str]:
+    """TaskBench's graph metrics per method, the breakdowns, and the quality score against the truth."""
+
+    def ci(entry: dict, metric: str) -> str:
+        low, high = entry.get("ci95_f1", {}).get(metric, (None, None))
+        return f"{entry[metric]:.3f} ({low:.2f}-{high:.2f})" if low is not None else f"{entry[metric]:.3f}"
+
+    lines = [
+        "| method | records | valid | node F1 (95% CI) | edge F1 (95% CI) | t-F1 | v-F1 | edit distance | exact graph "
+        "match | quality score | decoded tokens / record | token cost x sample | wall s / record | time x sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, e in summary["methods"].items():
+        name = m + (f" (n={','.join(map(str, e['n_values']))})" if e.get("n_values") else "")
+        lines.append(
+            f"| {name} | {e['problems']} | {_fmt(e.get('valid_rate'), '.0%')} | {ci(e, 'node_f1')} | "
+            f"{ci(e, 'edge_f1')} | {e['arg_name_f1']:.3f} | {e['arg_value_f1']:.3f} | {e['edit_distance']:.3f} | "
+            f"{e['correct']}/{e['problems']} | {_fmt(e.get('mean_quality_score'), '.2f')} | "
+            f"{_fmt(e['mean_tokens_decoded'])} | {_fmt(e.get('token_cost_vs_sample'), '.2f')} | "
+            f"{_fmt(e['mean_wall_s'], '.2f')} | {_fmt(e.get('time_cost_vs_sample'), '.2f')} |"
+        )
+    for key, title in (("by_type", "record type"), ("by_gold_nodes", "gold plan size (nodes)")):
+        groups = list(dict.fromkeys(g for e in summary["methods"].values() for g in e.get(key, {})))
+        lines += ["", f"Node F1 / edge F1 by {title} (records):", "",
+                  "| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+        for m, e in summary["methods"].items():
+            cells = []
+            for g in groups:
+                v = e.get(key, {}).get(g)
+                cells.append(f"{v['node_f1']:.2f} / {v['edge_f1']:.2f} ({v['records']})" if v else "-")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    rho = summary.get("quality_score_spearman")
+    if rho:
+        lines += ["", f"Quality score against the truth, over {rho['plans']} valid plans: Spearman rho "
+                      f"{rho['node_f1']:+.2f} with the plan's node F1, {rho['edge_f1']:+.2f} with its edge F1."]
+    return lines
+
+
+def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None, n_boot: int = 10_000) -> str:
+    lines = ["# Evaluation summary", ""]
+    if settings:
+        s = settings
+        lines += [
+            f"- task **{s['task']}**, model **{s['model']}**, prompt style {s['style']}"
+            + (f", {s['shots']} shots" if s.get("shots") is not None else ""),
+            f"- alpha {s['alpha']} (low-temp T = {1 / s['alpha']:.3g}), MH steps per block {s['n_mcmc']}, block size "
+            f"{s['block_size']}, max new tokens {s['max_new_tokens']}, run seed {s['seed']}"
+            + (f", extra sampler parameters {s['extra_params']}" if s.get("extra_params") else ""),
+            "",
+        ]
+    plan_metrics = any("node_f1" in m for m in summary["methods"].values())
+    lines += _plan_tables(summary) if plan_metrics else _accuracy_table(summary)
     if summary.get("mean_prompt_prefill_s") is not None:
         lines += ["", f"Wall times exclude the prompt prefill, done once per problem before its methods run: "
                       f"{summary['mean_prompt_prefill_s']:.2f} s per problem on average."]
     bon = summary["methods"].get("best-of-n")
-    if bon and bon.get("oracle_pass_at_n") is not None:
+    if bon and bon.get("oracle_pass_at_n") is not None and not plan_metrics:
         lines += ["", f"best-of-n picks by mean log-probability; with an oracle picking any correct candidate it would "
                       f"score {bon['oracle_pass_at_n']:.1%} (pass@n, not a fair comparison)."]
     if summary["comparisons"]:
@@ -182,6 +273,16 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
                 f"{c['difference_b_minus_a']:+.1%} | {lo:+.1%} .. {hi:+.1%} | {c['only_a_correct']} | "
                 f"{c['only_b_correct']} | {c['mcnemar_exact_p']:.3g} | {_p_value(c['bootstrap_p'], n_boot)} |"
             )
+        if plan_metrics:
+            lines += ["", "(acc: exact graph match, the node set and the link set both equal to the gold ones)", "",
+                      "| A | B | node F1 B - A (95% CI, p) | edge F1 B - A (95% CI, p) |", "|---|---|---|---|"]
+            for c in summary["comparisons"]:
+                cells = []
+                for metric in ("node_f1", "edge_f1"):
+                    d = c[f"{metric}_difference_b_minus_a"]
+                    cells.append(f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}, "
+                                 f"p {d['p']:.3g})")
+                lines.append(f"| {c['a']} | {c['b']} | " + " | ".join(cells) + " |")
     if plot_name:
         lines += ["", f"![accuracy against cost]({plot_name})"]
     return "\n".join(lines) + "\n"

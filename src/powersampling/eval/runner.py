@@ -58,6 +58,7 @@ class RunSettings:
     seed: int
     best_of_n: int | None
     extra_params: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None  # the data folder's fingerprint, for tasks that read one (taskbench)
 
     def differences(self, other: "RunSettings", mine_label: str = "now",
                     other_label: str = "in the directory") -> list[str]:
@@ -174,13 +175,19 @@ def _validate(task: str, methods: list[str], limit: int | None) -> None:
 def check_arguments(
     task: str, methods: list[str], limit: int | None, *, offset: int = 0, alpha: float = DEFAULT_ALPHA, n_mcmc: int = DEFAULT_N_MCMC,
     block_size: int | None = None, max_new_tokens: int | None = None, best_of_n: int | None = None,
-    extra_params: dict[str, Any] | None = None,
+    extra_params: dict[str, Any] | None = None, data: str | Path | None = None,
 ) -> tuple[list[Problem], dict[str, Any]]:
     """Everything that can be checked before a model loads: names, ranges, sampler parameters, the data files.
     Returns the problems and the sampler parameters shared by all methods."""
     from ..samplers import validate_params
 
     _validate(task, methods, limit)
+    problems = load_problems(task, limit, offset, data=data)
+    if task == "taskbench":  # the plan grammar's bound: every admissible plan fits
+        from ..planner.schema import max_output_tokens
+
+        max_new_tokens = max_new_tokens or max_output_tokens(problems[0].fields["data"].spec)
+        block_size = block_size or 32  # the planner's block: plans are short next to their bound
     max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]
     block_size = block_size or max(1, math.ceil(max_new_tokens / 16))  # the paper's K=16 blocks
     if best_of_n is not None and best_of_n < 1:
@@ -190,7 +197,7 @@ def check_arguments(
     base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
     for method in methods:
         validate_params(method, **base, **(extra_params or {}), **({"n": 2} if method == "best-of-n" else {}))
-    return load_problems(task, limit, offset), base
+    return problems, base
 
 
 def run_eval(
@@ -209,6 +216,7 @@ def run_eval(
     shots: int | None = None,
     best_of_n: int | None = None,
     offset: int = 0,
+    data: str | Path | None = None,
     extra_params: dict[str, Any] | None = None,
     exec_limits: ExecLimits = ExecLimits(),
     progress: bool = True,
@@ -225,7 +233,7 @@ def run_eval(
     extra_params = dict(extra_params or {})
     problems, base = check_arguments(task, methods, limit, offset=offset, alpha=alpha, n_mcmc=n_mcmc,
                                      block_size=block_size, max_new_tokens=max_new_tokens, best_of_n=best_of_n,
-                                     extra_params=extra_params)
+                                     extra_params=extra_params, data=data)
     block_size, max_new_tokens = base["block_size"], base["max_new_tokens"]
 
     if model is None or isinstance(model, (str, Path)):
@@ -233,8 +241,9 @@ def run_eval(
 
         model = load_model(None if model is None else str(model))
     resolved_style = resolve_style(style, model)
+    fingerprint = problems[0].fields["data"].fingerprint if task == "taskbench" else None
     settings = RunSettings(task, model.name, type(model).__name__, resolved_style, shots, float(alpha), n_mcmc,
-                           block_size, max_new_tokens, seed, best_of_n, extra_params)
+                           block_size, max_new_tokens, seed, best_of_n, extra_params, fingerprint)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +366,7 @@ def _run_one(problem, method, plan, model, settings, base, extra_params, rows, l
         else:
             params["n"], n_rule = matched_best_of_n(rows)
     sampler = build_sampler(method, model, **params)
-    constraint = StopStringConstraint(model.tokenizer, plan.stops) if plan.stops else None
+    constraint = plan.constraint or (StopStringConstraint(model.tokenizer, plan.stops) if plan.stops else None)
     start = time.perf_counter()
     result = sampler.sample(plan.ids, constraint=constraint, progress=bar.sampler_event)
     wall = time.perf_counter() - start
@@ -383,6 +392,7 @@ def _run_one(problem, method, plan, model, settings, base, extra_params, rows, l
         "params": {k: v for k, v in params.items() if k != "seed"},
         "metadata": md,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **grade.fields,
     }
     if method == "best-of-n":
         row["n"] = params["n"]

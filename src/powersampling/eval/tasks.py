@@ -8,6 +8,7 @@ over completions that end at the first stop string (the part that gets graded).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError
 from .datasets import Problem, gsm8k_fewshot_examples, math_fewshot_examples
@@ -23,7 +24,7 @@ from .grading import (
 
 STYLES = ("auto", "chat", "fewshot")
 
-DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 256, "math500": 512, "humaneval": 384, "mbpp": 384}
+DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 256, "math500": 512, "humaneval": 384, "mbpp": 384}  # taskbench: its grammar's bound
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class PromptPlan:
     stops: tuple[str, ...]
     style: str  # "chat" or "fewshot"
     text: str  # the prompt as text (for the results file)
+    constraint: Any = None  # a token constraint of its own (TaskBench's plan grammar) instead of stop strings
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ def build_prompt(problem: Problem, model, style: str, shots: int | None = None) 
     """The prompt for ``problem`` in ``style`` ('chat' or 'fewshot'; resolve 'auto' first)."""
     tok = model.tokenizer
     task = problem.task
+    if task == "taskbench":
+        return _taskbench_plan(problem, model, style)
     if task == "gsm8k":
         examples = gsm8k_fewshot_examples(problem.fields["fewshot_context"])
         if style == "chat":
@@ -113,6 +117,23 @@ def build_prompt(problem: Problem, model, style: str, shots: int | None = None) 
     raise ConfigError(f"unknown task {task!r}")
 
 
+def _taskbench_plan(problem: Problem, model, style: str) -> PromptPlan:
+    from ..backends.constraints import JsonSchemaConstraint
+    from ..planner.prompts import system_prompt, task_prompt
+    from ..planner.schema import task_list_schema
+
+    data = problem.fields["data"]
+    system = system_prompt(data.spec)
+    user = task_prompt(problem.question, data.spec, tools=data.tools)
+    constraint = JsonSchemaConstraint.for_model(model, task_list_schema(data.spec))
+    if style == "chat":
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        plan = _chat_plan(model, messages, ())
+    else:
+        plan = _text_plan(model.tokenizer, f"{system}\n\n{user}\nJSON:", ())
+    return PromptPlan(plan.ids, (), plan.style, plan.text, constraint)
+
+
 def _chat_plan(model, messages, stops) -> PromptPlan:
     ids = _chat_ids(model, messages)
     return PromptPlan(ids, tuple(stops), "chat", model.tokenizer.decode(ids))
@@ -122,10 +143,31 @@ def _text_plan(tok, text: str, stops) -> PromptPlan:
     return PromptPlan(list(tok.encode(text)), tuple(stops), "fewshot", text)
 
 
+def grade_tool_plan(problem: Problem, text: str) -> Grade:
+    """A TaskBench record: the plan's nodes and links, TaskBench's per-record counts, and the plan's quality
+    score (the planner's default evaluator, which sees only the request, the tools and the plan)."""
+    from ..planner.quality import PlanQualityEvaluator
+    from .taskbench import parse_plan, record_scores
+
+    data, record = problem.fields["data"], problem.fields["record"]
+    try:
+        nodes, links = parse_plan(text, data.spec)
+        valid, detail = True, f"{len(nodes)} tool calls, {len(links)} links"
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError: an answer cut off by the token cap
+        nodes, links, valid, detail = [], [], False, f"no valid plan: {exc}"
+    scores = record_scores(record["task_nodes"], record["task_links"], nodes, links, [t.name for t in data.tools])
+    quality = PlanQualityEvaluator(problem.question, tools=data.tools).evaluate_text(text).score if valid else 0.0
+    fields = {"valid": valid, "pred_nodes": nodes, "pred_links": links, "quality_score": quality,
+              "type": record.get("type"), "gold_nodes": len(record["task_nodes"]), **scores}
+    return Grade(scores["exact_match"], None, detail, fields)
+
+
 def grade_completion(problem: Problem, text: str, plan: PromptPlan, limits: ExecLimits = ExecLimits()) -> Grade:
     """Grade a completion; the text is first cut at the prompt's stop strings."""
     graded = truncate_at_stops(text, plan.stops)
     chat = plan.style == "chat"
+    if problem.task == "taskbench":
+        return grade_tool_plan(problem, text)
     if problem.task == "gsm8k":
         return grade_gsm8k(problem.reference, graded)
     if problem.task == "math500":

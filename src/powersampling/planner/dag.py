@@ -41,7 +41,7 @@ class TaskStatus(str, enum.Enum):
 @dataclass(frozen=True)
 class Task:
     """One unit of work. ``dependencies`` are ids of tasks that must finish first (precedence); ``parent`` is the
-    task this one refines (hierarchy). ``effort`` is an estimate in hours (None when unknown). ``atomic`` says
+    task this one refines (hierarchy). ``tool`` and ``arguments`` say what to call, for an agent to execute. ``effort`` is an estimate in hours (None when unknown). ``atomic`` says
     whether the task is meant to be executed as is (True) or could still be decomposed (False)."""
 
     id: str
@@ -52,6 +52,7 @@ class Task:
     status: TaskStatus = TaskStatus.pending
     agent: str | None = None
     tool: str | None = None
+    arguments: Mapping[str, Any] | None = None
     effort: float | None = None
     atomic: bool = True
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -70,8 +71,12 @@ class Task:
         object.__setattr__(self, "status", TaskStatus(self.status))
         if self.effort is not None and not (self.effort >= 0):
             raise DAGValidationError(f"task {self.id!r}: effort must be >= 0, got {self.effort!r}")
-        # a private deep copy: a caller mutating its dict later cannot change this task
+        # private deep copies: a caller mutating its dicts later cannot change this task
         object.__setattr__(self, "metadata", copy.deepcopy(dict(self.metadata)))
+        if self.arguments is not None:
+            if not isinstance(self.arguments, Mapping) or any(not isinstance(k, str) for k in self.arguments):
+                raise DAGValidationError(f"task {self.id!r}: arguments must be an object with string keys")
+            object.__setattr__(self, "arguments", copy.deepcopy(dict(self.arguments)))
 
     def with_changes(self, **changes: Any) -> "Task":
         return replace(self, **changes)
@@ -86,6 +91,7 @@ class Task:
             "status": self.status.value,
             "agent": self.agent,
             "tool": self.tool,
+            "arguments": copy.deepcopy(self.arguments) if self.arguments is not None else None,
             "effort": self.effort,
             "atomic": self.atomic,
             "metadata": copy.deepcopy(dict(self.metadata)),
@@ -98,8 +104,8 @@ class Task:
         missing = [k for k in ("id", "description") if k not in data]
         if missing:
             raise DAGValidationError(f"task {data.get('id', '?')!r} misses field(s): {', '.join(missing)}")
-        known = {"id", "description", "task_type", "parent", "dependencies", "status", "agent", "tool", "effort",
-                 "atomic", "metadata"}
+        known = {"id", "description", "task_type", "parent", "dependencies", "status", "agent", "tool", "arguments",
+                 "effort", "atomic", "metadata"}
         unknown = set(data) - known
         if unknown:
             raise DAGValidationError(f"task {data['id']!r} has unknown field(s): {', '.join(sorted(unknown))}")
@@ -110,7 +116,7 @@ class Task:
         return cls(
             id=data["id"], description=data["description"], task_type=data.get("task_type") or "generic",
             parent=data.get("parent"), dependencies=tuple(data.get("dependencies") or ()), status=status,
-            agent=data.get("agent"), tool=data.get("tool"), effort=data.get("effort"),
+            agent=data.get("agent"), tool=data.get("tool"), arguments=data.get("arguments"), effort=data.get("effort"),
             atomic=bool(data.get("atomic", True)), metadata=data.get("metadata") or {},
         )
 

@@ -29,6 +29,7 @@ _TASK_SCHEMA: dict[str, Any] = {
         "status": {"enum": ["pending", "in_progress", "done", "failed", "skipped"]},
         "agent": {"type": ["string", "null"]},
         "tool": {"type": ["string", "null"]},
+        "arguments": {"type": ["object", "null"], "description": "the tool's parameters and their values"},
         "effort": {"type": ["number", "null"], "minimum": 0, "description": "estimated hours"},
         "atomic": {"type": "boolean"},
         "metadata": {"type": "object"},
@@ -181,6 +182,13 @@ def to_dot(dag: TaskDAG) -> str:
 
 # readable tree
 
+def call_text(task) -> str:
+    """``tool(name=value, ...)`` for a task that names a tool."""
+    if not task.arguments:
+        return str(task.tool)
+    return f"{task.tool}(" + ", ".join(f"{k}={json.dumps(v)}" for k, v in task.arguments.items()) + ")"
+
+
 def to_tree(dag: TaskDAG) -> str:
     """An indented outline: id, description, type/tool, and what each task waits for; then the parallel waves."""
     lines = [f"Plan: {' '.join(dag.request.split())}"]
@@ -190,7 +198,7 @@ def to_tree(dag: TaskDAG) -> str:
         for i, task in enumerate(kids):
             last = i == len(kids) - 1
             branch = "└── " if last else "├── "
-            tags = [task.task_type] + ([f"tool={task.tool}"] if task.tool else []) + (
+            tags = [task.task_type] + ([f"tool={call_text(task)}"] if task.tool else []) + (
                 [f"agent={task.agent}"] if task.agent else [])
             after = f"  (after {', '.join(task.dependencies)})" if task.dependencies else ""
             text = " ".join(task.description.split())

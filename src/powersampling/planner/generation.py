@@ -79,39 +79,40 @@ class GenerationOutcome:
 
 def generate_json(
     model,
-    route: str,
+    method: str,
     system_prompt: str,
     user_prompt: str,
     response_schema: Mapping[str, Any] | str,
     *,
     max_new_tokens: int,
-    settings: RouteSettings | None = None,
+    params: Mapping[str, Any] | None = None,
     evaluator: Callable[[str], float] | None = None,
     deadline_s: float | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    label: str | None = None,
 ) -> GenerationOutcome:
-    """One constrained model call on ``route``; the parsed JSON or a ``GenerationError``."""
-    settings = settings or RouteSettings()
-    method = route_method(route)
+    """One grammar-constrained model call with sampler ``method`` (any registered method, with its ``params``);
+    the parsed JSON or a ``GenerationError``. ``label`` names the call in messages (the planner passes its route)."""
+    label = label or method
     constraint = JsonSchemaConstraint.for_model(model, response_schema)
-    params = {**settings.params_for(route), "max_new_tokens": max_new_tokens, "seed": settings.seed,
-              "deadline_s": deadline_s}
-    sampler = build_sampler(method, model, evaluator=evaluator, **params)
+    sampler = build_sampler(method, model, evaluator=evaluator,
+                            **{**(params or {}), "max_new_tokens": max_new_tokens, "deadline_s": deadline_s})
     ids = prompt_ids(model, user_prompt, system=system_prompt)
     started = time.monotonic()
     result = sampler.sample(ids, constraint=constraint, progress=progress)
-    metadata = {**result.metadata, "route": route, "prompt_tokens": len(ids),
+    metadata = {**result.metadata, "route": label, "prompt_tokens": len(ids),
                 "call_latency_ms": (time.monotonic() - started) * 1000.0}
     tokens = result.token_ids
     finished = bool(tokens) and tokens[-1] in model.stop_token_ids
     if not finished:
         why = metadata.get("stopped_by", "length")
-        raise GenerationError(f"the {route} route returned an unfinished answer (stopped by {why}, "
+        raise GenerationError(f"the {label} route returned an unfinished answer (stopped by {why}, "
                               f"{len(tokens)} tokens)", metadata)
     try:
         data = json.loads(result.text)
     except json.JSONDecodeError as exc:
-        raise GenerationError(f"the {route} route returned invalid JSON despite the grammar: {exc}", metadata) from None
+        raise GenerationError(f"the {label} route returned invalid JSON despite the grammar: {exc}", metadata) \
+            from None
     return GenerationOutcome(result.text, data, metadata)
 
 
@@ -140,8 +141,9 @@ async def power_sample(
     """
     settings = RouteSettings(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, seed=seed)
     outcome = await asyncio.to_thread(
-        generate_json, model, "power", system_prompt, user_prompt, response_schema, max_new_tokens=max_new_tokens,
-        settings=settings, evaluator=quality_evaluator, deadline_s=deadline_s,
+        generate_json, model, route_method("power"), system_prompt, user_prompt, response_schema,
+        max_new_tokens=max_new_tokens, params={**settings.params_for("power"), "seed": seed},
+        evaluator=quality_evaluator, deadline_s=deadline_s, label="power",
     )
     data = outcome.data
     tasks = data.get("tasks", []) if isinstance(data, dict) else (data if isinstance(data, list) else [])

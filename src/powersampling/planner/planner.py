@@ -21,31 +21,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
-from ..errors import ConfigError, PowerSamplingError
+from ..errors import CapabilityError, ConfigError, PowerSamplingError
 from ..samplers.result import ProgressEvent
 from .dag import DAGLimits, DAGValidationError, Task, TaskDAG, TaskStatus
 from .export import SCHEMA_VERSION
-from ..samplers import planner_routes
+from ..samplers import method_spec, planner_routes
 from .generation import GenerationError, RouteSettings, generate_json, route_method
 from .quality import PlanQualityEvaluator
 from .routing import RoutingConfig
+from .prompts import system_prompt, task_prompt
 from .safety import InputLimits, PlanInputError, neutralize_control_tokens, screen_input, screen_mapping_values
 from .schema import TaskListSpec, max_output_tokens, parse_task_list, task_list_schema
+from .tools import ToolSpec, ToolsFileError, as_tool_specs
 
 log = logging.getLogger("powersampling.planner")
-
-SYSTEM_PROMPT = (
-    "You are a project planner. Break the user's request into a short list of concrete tasks that together "
-    "complete it. Describe each task in a few plain words (an action and its object). For each task, list in "
-    "'dependencies' the ids of earlier tasks that must finish before it can start; leave it empty when the task can "
-    "start right away, so that independent work can run in parallel. Answer in JSON."
-)
-_EXAMPLE = (
-    'Example for "organize a team dinner": {"tasks": [{"id": 1, "description": "Choose a date with the team", '
-    '"dependencies": []}, {"id": 2, "description": "Book a restaurant", "dependencies": [1]}, {"id": 3, '
-    '"description": "Send the invitations", "dependencies": [1, 2]}]}'
-)
-
 
 class PlanBudgetError(PowerSamplingError):
     """A budget (model calls, tasks, deadline) ran out before the plan had its top-level tasks."""
@@ -63,7 +52,7 @@ class PlannerConfig:
     max_model_calls: int = 8
     description_max_chars: int = 80
     task_types: tuple[str, ...] | None = None
-    tools: tuple[str, ...] | None = None
+    tools: tuple[ToolSpec, ...] | None = None  # also accepted: names, or dicts in the tools.json format
     agents: tuple[str, ...] | None = None
     route: str | None = None
     fallback_to_baseline: bool = True
@@ -88,7 +77,12 @@ class PlannerConfig:
             route_method(self.route)  # a ConfigError naming the routes
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ConfigError("deadline_s must be > 0")
-        for name in ("task_types", "tools", "agents"):
+        if self.tools is not None:
+            try:
+                object.__setattr__(self, "tools", as_tool_specs(tuple(self.tools)))
+            except ToolsFileError as exc:
+                raise ConfigError(f"invalid tools: {exc}") from None
+        for name in ("task_types", "agents"):
             values = getattr(self, name)
             if values is not None:
                 values = tuple(values)
@@ -187,6 +181,12 @@ class Planner:
         self.progress = progress
         # settings were validated when they were built (RouteSettings checks every route's parameters)
         self.settings = self.config.settings or self.routing.settings
+        route = self.config.route
+        if route is not None and model is not None and method_spec(route_method(route)).exact_logprobs \
+                and not getattr(model, "exact_under_constraints", True):
+            reason = getattr(model, "inexact_constraints_reason", None) or "it cannot give them under a grammar"
+            raise CapabilityError(f"the {route} route needs exact log-probabilities under the plan's grammar from "
+                                  f"{model.name}, and {reason}. The baseline and best-of-n routes run on it.")
 
     # public API
 
@@ -368,17 +368,22 @@ class _PlanRun:
             description_max_chars=cfg.description_max_chars, task_types=cfg.task_types, tools=cfg.tools,
             agents=cfg.agents, ask_atomic=level < cfg.max_depth,
         )
-        user_prompt = self._prompt(parent, plan_so_far, note)
+        user_prompt = task_prompt(
+            self.request_text, spec, context=self.context_text, tools=cfg.tools, agents=cfg.agents,
+            task_types=cfg.task_types, note=note, may_expand=cfg.max_depth > 1,
+            parent=(parent.id, parent.description, parent.dependencies) if parent is not None else None,
+            plan_so_far=[(t.id, t.description) for t in plan_so_far] if parent is not None else (),
+        )
         items, route = self._call_with_fallback(spec, user_prompt, parent)
         prefix = f"{parent.id}." if parent is not None else "t"
         parent_id = parent.id if parent is not None else None
         return [
             Task(
                 id=f"{prefix}{item['id']}", description=" ".join(item["description"].split()),
-                task_type=item.get("task_type") or "generic", parent=parent_id,
-                dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]), agent=item.get("agent"),
-                tool=item.get("tool"), atomic=bool(item.get("atomic", True)),
-                metadata={"generated_by": route, "level": level},
+                task_type=item.get("task_type") or ("tool_call" if item.get("tool") else "generic"),
+                parent=parent_id, dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]),
+                agent=item.get("agent"), tool=item.get("tool"), arguments=item.get("arguments"),
+                atomic=bool(item.get("atomic", True)), metadata={"generated_by": route, "level": level},
             )
             for item in items
         ]
@@ -411,10 +416,12 @@ class _PlanRun:
         remaining = self.budget.remaining_s()
         outcome = None
         try:
+            settings = self.planner.settings
             outcome = generate_json(
-                self.planner.model, route, SYSTEM_PROMPT + "\n" + _EXAMPLE, user_prompt, schema,
-                max_new_tokens=max_tokens, settings=self.planner.settings, evaluator=evaluator,
-                deadline_s=max(remaining, 0.001) if remaining is not None else None, progress=self.planner.progress,
+                self.planner.model, route_method(route), system_prompt(spec), user_prompt, schema,
+                max_new_tokens=max_tokens, params={**settings.params_for(route), "seed": settings.seed},
+                evaluator=evaluator, deadline_s=max(remaining, 0.001) if remaining is not None else None,
+                progress=self.planner.progress, label=route,
             )
             items = parse_task_list(outcome.text, spec)
         finally:
@@ -427,31 +434,6 @@ class _PlanRun:
             })
         self.routes_used.append(route)
         return items
-
-    def _prompt(self, parent: Task | None, plan_so_far: Sequence[Task], note: str | None) -> str:
-        lines = [f"Request: {self.request_text}"]
-        if self.context_text:
-            lines.append(f"Context: {self.context_text}")
-        cfg = self.config
-        if cfg.tools:
-            lines.append("Each task uses exactly one tool from: " + ", ".join(cfg.tools) + ".")
-        if cfg.task_types:
-            lines.append("Task types: " + ", ".join(cfg.task_types) + ".")
-        if cfg.agents:
-            lines.append("Agents: " + ", ".join(cfg.agents) + ".")
-        if parent is None:
-            lines.append(f"List {cfg.min_children} to {cfg.max_children} top-level tasks.")
-        else:
-            lines.append("Plan so far:")
-            lines.extend(f"- {t.id}: {t.description}" for t in plan_so_far)
-            after = f" It starts after: {', '.join(parent.dependencies)}." if parent.dependencies else ""
-            lines.append(f"Break task {parent.id} ({parent.description}) into {cfg.min_children} to "
-                         f"{cfg.max_children} smaller steps.{after}")
-        if cfg.max_depth > 1:
-            lines.append("Set 'atomic' to false only for a task that is still too big to do in one step.")
-        if note:
-            lines.append(f"Feedback: {neutralize_control_tokens(note)}")
-        return "\n".join(lines)
 
 
 def _subtasks_from_dicts(parent_id: str, items: Iterable[Mapping[str, Any]], dag: TaskDAG) -> list[Task]:

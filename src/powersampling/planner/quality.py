@@ -9,8 +9,17 @@ Criteria (weights in ``DEFAULT_WEIGHTS``):
 * coverage: share of the request's content words that some task description mentions (crude stemming);
 * duplication: share of tasks that are not near-duplicates of another (word-set Jaccard >= 0.8).
 
-These are heuristics for ranking candidate plans and for monitoring, not a measure of truth: a plan can score well
-and still be wrong. Any callable ``text -> float`` can replace the evaluator.
+With a tool vocabulary (``tools=``) the criteria are those of a tool plan (weights in ``TOOL_WEIGHTS``):
+
+* tool_relevance: share of calls whose tool's name or description shares a content word with the request;
+* argument_grounding: mean share of each argument value's words and numbers that the request contains;
+* coverage: share of the request's content words accounted for by the calls (tools and argument values);
+* description_grounding: share of the task descriptions' words that come from the request, the tool or its
+  arguments (a description of words from nowhere, such as gibberish, scores low);
+* duplication: share of calls that do not repeat an earlier call with the same arguments.
+
+These are heuristics for ranking candidate plans and for monitoring; how far they track the truth is measured on
+TaskBench's gold plans (docs/evaluation.md). Any callable ``text -> float`` can replace the evaluator.
 """
 
 from __future__ import annotations
@@ -23,8 +32,12 @@ from typing import Any, Mapping, Sequence
 import networkx as nx
 
 from .dag import TaskDAG
+from .tools import ToolSpec
 
 DEFAULT_WEIGHTS: dict[str, float] = {"structure": 0.3, "dependencies": 0.25, "coverage": 0.25, "duplication": 0.2}
+# tool plans: whether each call is asked for and grounded in the request replaces the free-text criteria
+TOOL_WEIGHTS: dict[str, float] = {"tool_relevance": 0.35, "argument_grounding": 0.25, "coverage": 0.2,
+                                  "description_grounding": 0.1, "duplication": 0.1}
 MIN_TASKS_PER_LEVEL, MAX_TASKS_PER_LEVEL = 2, 10
 
 _STOPWORDS = frozenset("""a an the and or but if then else of to in on at by for with from into onto over under about
@@ -53,15 +66,18 @@ class PlanQualityEvaluator:
     """Scores plans. ``evaluator(text)`` scores a model output ``{"tasks": [...]}`` against the bound request
     (``for_request``); ``evaluate_dag`` and ``evaluate_tasks`` return the full report."""
 
-    def __init__(self, request: str = "", weights: Mapping[str, float] | None = None) -> None:
+    def __init__(self, request: str = "", weights: Mapping[str, float] | None = None, *,
+                 tools: Sequence[ToolSpec] | None = None) -> None:
         self.request = request
-        self.weights = dict(weights or DEFAULT_WEIGHTS)
-        unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
+        self.tools = {t.name: t for t in tools} if tools else None
+        criteria = TOOL_WEIGHTS if self.tools else DEFAULT_WEIGHTS
+        self.weights = dict(weights or criteria)
+        unknown = set(self.weights) - set(criteria)
         if unknown or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
-            raise ValueError(f"weights must be non-negative, sum > 0, keys among {sorted(DEFAULT_WEIGHTS)}")
+            raise ValueError(f"weights must be non-negative, sum > 0, keys among {sorted(criteria)}")
 
     def for_request(self, request: str) -> "PlanQualityEvaluator":
-        return PlanQualityEvaluator(request, self.weights)
+        return PlanQualityEvaluator(request, self.weights, tools=list(self.tools.values()) if self.tools else None)
 
     def __call__(self, text: str) -> float:
         return self.evaluate_text(text).score
@@ -87,6 +103,8 @@ class PlanQualityEvaluator:
         tasks = [dict(t, id=str(t["id"]), dependencies=[str(d) for d in t.get("dependencies") or []],
                       parent=None if t.get("parent") is None else str(t["parent"])) for t in tasks]
         details: dict[str, Any] = {}
+        if self.tools:
+            return self._tool_plan(tasks, details)
         breakdown = {
             "structure": self._structure(tasks, details),
             "dependencies": self._dependencies(tasks, details),
@@ -162,5 +180,84 @@ class PlanQualityEvaluator:
         details["near_duplicates"] = sorted(duplicated)
         return 1.0 - len(duplicated) / len(tasks)
 
+    # tool plans
+
+    def _tool_plan(self, tasks: list[dict], details: dict) -> QualityReport:
+        calls = []
+        for t in tasks:
+            call = t.get("call") if isinstance(t.get("call"), dict) else t
+            tool = self.tools.get(call.get("tool")) if self.tools else None
+            if tool is None:
+                return self._zero(f"task {t['id']} does not call a listed tool")
+            arguments = call.get("arguments") if isinstance(call.get("arguments"), dict) else {}
+            calls.append((tool, {k: str(v) for k, v in arguments.items()}))
+        request = content_words(self.request)
+        breakdown = {
+            "tool_relevance": self._tool_relevance(calls, request, details),
+            "argument_grounding": self._argument_grounding(calls, request, details),
+            "coverage": self._call_coverage(calls, request, details),
+            "description_grounding": self._description_grounding(tasks, calls, request, details),
+            "duplication": 1.0 - self._repeated_calls(calls, details) / len(calls),
+        }
+        total = sum(self.weights.values())
+        score = sum(self.weights[k] * v for k, v in breakdown.items() if k in self.weights) / total
+        return QualityReport(round(score, 6), breakdown, details)
+
+    @staticmethod
+    def _tool_words(tool: ToolSpec) -> set[str]:
+        return content_words(tool.name.replace("_", " ") + " " + tool.description)
+
+    def _tool_relevance(self, calls, request: set[str], details: dict) -> float:
+        """Share of calls whose tool (name or description) shares a content word with the request."""
+        unasked = [tool.name for tool, _ in calls if not self._tool_words(tool) & request]
+        details["tools_not_in_request"] = unasked
+        return 1.0 - len(unasked) / len(calls)
+
+    def _argument_grounding(self, calls, request: set[str], details: dict) -> float:
+        """Mean share of each argument value's words and numbers found in the request."""
+        known = request | set(re.findall(r"[0-9]+", self.request))
+        shares, ungrounded = [], []
+        for tool, arguments in calls:
+            for name, value in arguments.items():
+                words = content_words(value) | set(re.findall(r"[0-9]+", value))
+                if not words:
+                    continue
+                shares.append(len(words & known) / len(words))
+                if shares[-1] < 0.5:
+                    ungrounded.append(f"{tool.name}.{name}")
+        details["ungrounded_arguments"] = ungrounded
+        return float(sum(shares) / len(shares)) if shares else 1.0
+
+    def _call_coverage(self, calls, request: set[str], details: dict) -> float:
+        """Share of the request's content words that the calls account for (their tools and argument values)."""
+        if not request:
+            return 1.0
+        said = set().union(*(self._tool_words(tool) | content_words(" ".join(args.values())) for tool, args in calls))
+        missing = sorted(request - said)
+        details["uncovered_request_words"] = missing
+        return 1.0 - len(missing) / len(request)
+
+    def _description_grounding(self, tasks, calls, request: set[str], details: dict) -> float:
+        """Share of description words that come from the request, the task's tool or its arguments: a description
+        made of words from nowhere (gibberish) scores low."""
+        shares = []
+        for task, (tool, arguments) in zip(tasks, calls):
+            words = content_words(task.get("description", ""))
+            if words:
+                known = request | self._tool_words(tool) | content_words(" ".join(arguments.values()))
+                shares.append(len(words & known) / len(words))
+        details["description_grounding"] = shares
+        return float(sum(shares) / len(shares)) if shares else 0.0
+
+    @staticmethod
+    def _repeated_calls(calls, details: dict) -> int:
+        seen, repeated = set(), 0
+        for tool, arguments in calls:
+            key = (tool.name, tuple(sorted(arguments.items())))
+            repeated += key in seen
+            seen.add(key)
+        details["repeated_calls"] = repeated
+        return repeated
+
     def _zero(self, reason: str) -> QualityReport:
-        return QualityReport(0.0, {k: 0.0 for k in DEFAULT_WEIGHTS}, {"invalid": reason})
+        return QualityReport(0.0, {k: 0.0 for k in self.weights}, {"invalid": reason})

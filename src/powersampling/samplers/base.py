@@ -40,14 +40,15 @@ def prompt_ids(
 @dataclass(frozen=True)
 class MethodSpec:
     """A decoding method as the registry knows it: its name, its validated config type (which holds every default),
-    how to build it, and the planner route / metrics ``route`` label it runs under (``baseline`` for methods that
-    only sample)."""
+    how to build it, the planner route / metrics ``route`` label it runs under (``baseline`` for methods that only
+    sample), and whether it needs exact log p and log q from the backend (its ratios or weights use them)."""
 
     name: str
     config: "type[DecodeConfig]"
     build: "Callable[[LanguageModel, Any, Callable[[str], float] | None], Sampler]"
     route: str = "baseline"
     summary: str = ""
+    exact_logprobs: bool = False
 
 
 def require_exact(model: LanguageModel, conts: Sequence[Continuation]) -> None:

@@ -294,5 +294,5 @@ def _build(model: LanguageModel, config: SMCConfig, evaluator) -> SMCSampler:
     return SMCSampler(model, config, evaluator=evaluator)
 
 
-METHODS = (MethodSpec("smc", SMCConfig, _build, route="smc",
+METHODS = (MethodSpec("smc", SMCConfig, _build, route="smc", exact_logprobs=True,
                       summary="Power-SMC: particles decoded as one batch, p^alpha by importance weights"),)
