@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import time
 
 import httpx
@@ -276,3 +277,14 @@ def test_stream_disconnect_cancels_the_run():
         _assert_run_stopped(server, slow)
         assert wait_until(lambda: metric(server, "powersampling_requests_total", model_name="toy-cancel-stream",
                                          status="cancelled") == 1, 5)
+
+
+def test_client_that_leaves_mid_upload_is_cancelled_not_an_error():
+    with serve(toy_lm("toy-upload")) as server:
+        with socket.create_connection((server.host, server.port)) as conn:
+            conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"model\": \"toy-upload\", ")
+            time.sleep(0.2)  # the server reads the headers and the first bytes before the client leaves
+        labels = dict(model_name="toy-upload", endpoint="completions")
+        assert wait_until(lambda: metric(server, "powersampling_requests_total", **labels, status="cancelled") == 1, 5)
+        assert metric(server, "powersampling_requests_total", **labels, status="error") == 0

@@ -42,8 +42,15 @@ class RequestMetricsMiddleware:
             return
         labels: dict[str, Any] = {"method": "none", "route": None, "status": None}
         scope.setdefault("state", {})["metrics"] = labels
-        code = 500
+        code: int | None = None
+        left = False
         start = time.perf_counter()
+
+        async def receive_watching() -> dict:
+            nonlocal left
+            message = await receive()
+            left = left or message["type"] == "http.disconnect"
+            return message
 
         async def send_recording(message: dict) -> None:
             nonlocal code
@@ -51,11 +58,16 @@ class RequestMetricsMiddleware:
                 code = message["status"]
             await send(message)
 
+        returned = False
         try:
-            await self.app(scope, receive, send_recording)
+            await self.app(scope, receive_watching, send_recording)
+            returned = True
         finally:
+            # an app that returns no answer because the client left (mid-upload, say) saw a cancelled request, not
+            # a server error; one that raised did fail
+            fallback = "cancelled" if returned and left and code is None else status_of_http(code or 500)
             record_request(model_name=self.model_name, endpoint=endpoint, method=labels["method"],
-                           route=labels["route"], status=labels["status"] or status_of_http(code),
+                           route=labels["route"], status=labels["status"] or fallback,
                            latency_s=time.perf_counter() - start)
 
 
