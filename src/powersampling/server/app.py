@@ -175,6 +175,7 @@ async def _stream(scope: RequestScope, kind: str, call: SamplingCall, events: as
     headers went out travel as ``data: {"error": ...}``, which the OpenAI clients raise."""
     status = "cancelled"  # until the stream ends otherwise: the client left
     name, future, job = scope.state.model_name, scope.future, scope.job
+    getter: asyncio.Future | None = None
     try:
         if kind == "chat":
             yield _sse(chunk(kind, name, call, [{"index": 0, "delta": {"role": "assistant", "content": ""},
@@ -207,6 +208,10 @@ async def _stream(scope: RequestScope, kind: str, call: SamplingCall, events: as
         yield _sse(exc.body())
     finally:
         scope.close(status)
+        # a client that leaves closes the stream while it waits here: the reader would wait on the queue forever
+        if getter is not None and not getter.done():
+            getter.cancel()
+            await asyncio.wait({getter})
 
 
 async def _serve_plan(state: ServerState, request: Request, body: PlanRequest):
