@@ -14,7 +14,7 @@ import numpy as np
 from ..backends.base import LanguageModel
 from ..errors import PowerSamplingError
 from ..observability.metrics import StepTimer
-from ..samplers import available_methods, build_sampler, validate_params
+from ..samplers import build_sampler, validate_params
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError
 from .executor import Job
@@ -43,10 +43,7 @@ def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerS
     problem = body.unsupported()
     if problem:
         raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
-    method = body.method or settings.default_method
-    if method not in available_methods():
-        raise APIError(400, f"unknown method {method!r}; choose one of: {', '.join(available_methods())}",
-                       param="method", code="invalid_value")
+    method = body.method if body.method is not None else settings.default_method
     ps = body.power_sampling
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or settings.default_max_tokens
     check_limits(ps, settings, max_tokens=max_tokens)

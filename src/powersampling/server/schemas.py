@@ -8,13 +8,21 @@ filtering a power sample would change the distribution it was drawn from.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from ..samplers import method_names
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _method_enum(schema: dict[str, Any]) -> None:
+    # read from the registry when the OpenAPI document is built, so methods registered after import are listed
+    schema["enum"] = list(method_names())
 
 
 class PowerSamplingParams(_Strict):
@@ -48,8 +56,18 @@ class _SamplingFields(_Strict):
     stop: Optional[Union[str, list[str]]] = None
     logprobs: Optional[Union[bool, int]] = None
     user: Optional[str] = Field(None, max_length=256)
-    method: Optional[str] = Field(None, max_length=64, description="decoding method: power, sample, greedy, ...")
+    method: Optional[Annotated[str, Field(json_schema_extra=_method_enum)]] = Field(
+        None, max_length=64, description="decoding method (default: the server's)")
     power_sampling: Optional[PowerSamplingParams] = None
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str | None) -> str | None:
+        # checked against the registry at request time: a method registered after the app was built is served
+        if method is not None and method not in method_names():
+            raise PydanticCustomError("unknown_method", "must be one of: {choices}",
+                                      {"choices": ", ".join(method_names())})
+        return method
 
     def unsupported(self) -> tuple[str, str] | None:
         """(field, reason) for the first field the server cannot honour exactly, or None."""

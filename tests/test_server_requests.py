@@ -1,0 +1,64 @@
+"""What the server accepts as a request: methods from the registry, strictly typed fields, JSON bodies only, prompts
+that fit the model. The real app behind FastAPI's TestClient (no network: the checks are about parsing)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+
+from powersampling.server import ServerSettings, create_app
+from powersampling.samplers import method_names
+from test_server import toy_lm
+
+
+@pytest.fixture(scope="module")
+def http():
+    with TestClient(create_app(toy_lm("toy-req"), ServerSettings(max_prompt_tokens=64))) as client:
+        yield client
+
+
+def _completion(**fields):
+    return {"model": "toy-req", "prompt": "1 2", "max_tokens": 4, **fields}
+
+
+def _error(response, status: int = 400) -> dict:
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+@pytest.mark.parametrize("method", ["", "beam", " power"])
+def test_a_method_outside_the_registry_is_400_naming_method(http, method):
+    error = _error(http.post("/v1/completions", json=_completion(method=method)))
+    assert error["param"] == "method" and error["code"] == "invalid_value"
+    assert "power" in error["message"]  # says what to choose from
+
+
+def test_openapi_lists_the_registry_methods():
+    schema = TestClient(create_app(toy_lm("toy-openapi"))).get("/openapi.json").json()["components"]["schemas"]
+    for model in ("CompletionRequest", "ChatCompletionRequest"):
+        choices = [s for s in schema[model]["properties"]["method"]["anyOf"] if s.get("type") == "string"]
+        assert choices[0]["enum"] == list(method_names())
+
+
+def test_a_method_registered_after_the_app_was_built_is_served():
+    code = """
+from fastapi.testclient import TestClient
+from powersampling import FunctionLM
+from powersampling.samplers import method_spec, register_method
+from powersampling.samplers.base import MethodSpec
+from powersampling.server import create_app
+import numpy as np
+
+client = TestClient(create_app(FunctionLM(4, 0, lambda prefix: np.zeros(4), name="m")))
+greedy = method_spec("greedy")
+register_method(MethodSpec("my-greedy", greedy.config, greedy.build))
+answer = client.post("/v1/completions", json={"model": "m", "prompt": [1], "max_tokens": 2, "method": "my-greedy"})
+assert answer.status_code == 200, answer.text
+enum = client.get("/openapi.json").json()["components"]["schemas"]["CompletionRequest"]["properties"]["method"]
+assert "my-greedy" in enum["anyOf"][0]["enum"], enum
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
