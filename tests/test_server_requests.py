@@ -62,3 +62,36 @@ assert "my-greedy" in enum["anyOf"][0]["enum"], enum
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"stream": "yes"}, "stream"),
+    ({"stream": 1}, "stream"),
+    ({"max_tokens": "5"}, "max_tokens"),
+    ({"max_tokens": True}, "max_tokens"),
+    ({"max_tokens": 5.0}, "max_tokens"),
+    ({"temperature": "0.5"}, "temperature"),
+    ({"temperature": True}, "temperature"),
+    ({"seed": "1"}, "seed"),
+    ({"power_sampling": {"alpha": "2"}}, "power_sampling.alpha"),
+    ({"power_sampling": {"n_mcmc": True}}, "power_sampling.n_mcmc"),
+    ({"stream": True, "stream_options": {"include_usage": "true"}}, "stream_options.include_usage"),
+    ({"prompt": [1, True]}, "prompt"),
+])
+def test_fields_are_strictly_typed(http, fields, param):
+    error = _error(http.post("/v1/completions", json=_completion(**fields)))
+    assert error["param"] is not None and error["param"].startswith(param), error
+
+
+def test_an_int_is_a_float():
+    with TestClient(create_app(toy_lm("toy-req"))) as client:
+        for fields in ({"method": "sample", "temperature": 1}, {"power_sampling": {"alpha": 2, "n_mcmc": 1}}):
+            answer = client.post("/v1/completions", json=_completion(**fields))
+            assert answer.status_code == 200, answer.text
+
+
+def test_plan_fields_are_strictly_typed(http):
+    for fields, param in (({"max_depth": "1"}, "max_depth"), ({"seed": True}, "seed"),
+                          ({"power_sampling": {"n_mcmc": "2"}}, "power_sampling.n_mcmc")):
+        error = _error(http.post("/v1/plan", json={"request": "Plan a party", **fields}))
+        assert error["param"] == param

@@ -4,6 +4,9 @@ Extensions travel in extra body fields so the official clients can send them (``
 the decoding method and ``power_sampling`` holds its parameters. Fields the server cannot honour exactly (stop
 sequences, top_p, n > 1, logprobs, echo) are refused with a 400 instead of being silently ignored: truncating or
 filtering a power sample would change the distribution it was drawn from.
+
+Fields are strictly typed (``"5"`` is not an integer, ``"yes"`` and ``1`` are not booleans; an integer is a valid
+float): a value the client did not mean to send is refused instead of reinterpreted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ..samplers import method_names
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _method_enum(schema: dict[str, Any]) -> None:
@@ -103,7 +106,7 @@ class TextPart(_Strict):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[TextPart]]
