@@ -95,3 +95,20 @@ def test_plan_fields_are_strictly_typed(http):
                           ({"power_sampling": {"n_mcmc": "2"}}, "power_sampling.n_mcmc")):
         error = _error(http.post("/v1/plan", json={"request": "Plan a party", **fields}))
         assert error["param"] == param
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_declared_json_is_415(http, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/plan"):
+        response = http.post(path, content=b'{"model": "toy-req", "prompt": "1"}', headers=headers)
+        error = _error(response, 415)
+        assert error["code"] == "unsupported_media_type" and error["type"] == "invalid_request_error"
+        assert "application/json" in error["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
+def test_json_with_parameters_is_json(http, content_type):
+    response = http.post("/v1/completions", content=b'{"model": "toy-req", "prompt": "1", "max_tokens": 2}',
+                         headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text

@@ -25,7 +25,7 @@ from ..samplers import route_of
 from ..samplers.result import ProgressEvent
 from .errors import APIError, install_error_handlers
 from .executor import SamplingExecutor
-from .middleware import BearerAuthMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
+from .middleware import METERED_PATHS, BearerAuthMiddleware, RequestBodyMiddleware, RequestMetricsMiddleware
 from .planning import PlanService
 from .sampling import (
     SamplingCall, chat_prompt_ids, chunk, completion_body, completion_prompt_ids, final_choice, progress_payload,
@@ -39,7 +39,8 @@ log = logging.getLogger("powersampling.server")
 
 _ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
     (400, "malformed or out-of-range request"), (401, "missing or wrong API key"), (404, "unknown model"),
-    (413, "request body too large"), (429, "queue full"), (504, "deadline reached; 'partial' holds what was reached"),
+    (413, "request body too large"), (415, "the body is not declared JSON"), (429, "queue full"),
+    (504, "deadline reached; 'partial' holds what was reached"),
 )}
 
 
@@ -67,7 +68,8 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
     app.state.powersampling = state
     install_error_handlers(app)
     # the last one added is the outermost: metrics see every answer, including 401 and 413
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes,
+                       json_paths=frozenset(METERED_PATHS))
     app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key)
     app.add_middleware(RequestMetricsMiddleware, model_name=state.model_name)
 

@@ -91,18 +91,28 @@ class BearerAuthMiddleware:
         await self.app(scope, receive, send)
 
 
-class BodyLimitMiddleware:
+class RequestBodyMiddleware:
     """Reads a request body up to ``max_bytes`` (413 beyond it, whether or not Content-Length says so) and replays
-    it to the app; after the body, ``receive`` is the server's again, so disconnects still reach the handler."""
+    it to the app; after the body, ``receive`` is the server's again, so disconnects still reach the handler.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    A POST to one of ``json_paths`` must declare a JSON body (``application/json``, parameters such as charset
+    allowed, or ``application/*+json``): 415 otherwise, a missing Content-Type included."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, json_paths: frozenset[str] = frozenset()) -> None:
+        self.app, self.max_bytes, self.json_paths = app, max_bytes, json_paths
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        json_only = scope.get("method") == "POST" and scope.get("path") in self.json_paths
+        if json_only and not _is_json(headers.get(b"content-type")):
+            given = headers.get(b"content-type", b"").decode("latin-1")
+            await send_error(send, 415, f"{f'unsupported Content-Type {given!r}' if given else 'no Content-Type'}: "
+                                        "send the body as JSON with 'Content-Type: application/json'",
+                             code="unsupported_media_type")
+            return
         too_large = f"request body larger than {self.max_bytes} bytes"
         declared = headers.get(b"content-length")
         if declared is not None:
@@ -138,3 +148,8 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    media = (content_type or b"").split(b";")[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
