@@ -112,3 +112,14 @@ def test_json_with_parameters_is_json(http, content_type):
     response = http.post("/v1/completions", content=b'{"model": "toy-req", "prompt": "1", "max_tokens": 2}',
                          headers={"Content-Type": content_type})
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n"])
+def test_an_empty_body_says_so(http, body):
+    error = _error(http.post("/v1/completions", content=body, headers={"Content-Type": "application/json"}))
+    assert error["message"] == "the request body is empty; send a JSON object"
+
+
+def test_a_null_body_is_not_a_missing_parameter(http):
+    error = _error(http.post("/v1/completions", content=b"null", headers={"Content-Type": "application/json"}))
+    assert error["message"] == "the request body must be a JSON object"

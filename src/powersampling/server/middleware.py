@@ -96,7 +96,8 @@ class RequestBodyMiddleware:
     it to the app; after the body, ``receive`` is the server's again, so disconnects still reach the handler.
 
     A POST to one of ``json_paths`` must declare a JSON body (``application/json``, parameters such as charset
-    allowed, or ``application/*+json``): 415 otherwise, a missing Content-Type included."""
+    allowed, or ``application/*+json``): 415 otherwise, a missing Content-Type included; and an empty one is a 400
+    that says so."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, json_paths: frozenset[str] = frozenset()) -> None:
         self.app, self.max_bytes, self.json_paths = app, max_bytes, json_paths
@@ -138,6 +139,9 @@ class RequestBodyMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if json_only and not body.strip():
+            await send_error(send, 400, "the request body is empty; send a JSON object", code="invalid_value")
+            return
         replayed = False
 
         async def replay() -> dict:
