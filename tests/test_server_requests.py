@@ -123,3 +123,29 @@ def test_an_empty_body_says_so(http, body):
 def test_a_null_body_is_not_a_missing_parameter(http):
     error = _error(http.post("/v1/completions", content=b"null", headers={"Content-Type": "application/json"}))
     assert error["message"] == "the request body must be a JSON object"
+
+
+@pytest.fixture(scope="module")
+def short_context():
+    model = toy_lm("toy-ctx")
+    model.context_length = 12  # a model that states its window
+    with TestClient(create_app(model, ServerSettings(request_timeout_s=5))) as client:
+        yield client
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", {"prompt": [1] * 9, "max_tokens": 4}, "prompt"),
+    ("/v1/completions", {"prompt": "1 2", "max_tokens": 11}, "prompt"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "1 2 3 4 5 6 7 8 9"}], "max_tokens": 4},
+     "messages"),
+])
+def test_prompt_and_max_tokens_beyond_the_context_are_refused_at_once(short_context, path, body, param):
+    error = _error(short_context.post(path, json={"model": "toy-ctx", **body}))
+    assert error["code"] == "context_length_exceeded" and error["param"] == param
+    assert "context length" in error["message"] and "12" in error["message"]
+
+
+def test_prompt_and_max_tokens_that_fit_the_context_run(short_context):
+    response = short_context.post("/v1/completions", json={"model": "toy-ctx", "prompt": [1] * 8, "max_tokens": 4,
+                                                           "method": "greedy"})
+    assert response.status_code == 200, response.text

@@ -120,6 +120,7 @@ class RemoteLM:
             else:
                 self.stop_token_ids = stop_tokens_of(hf)
             self.approximate = approximate
+            self.context_length: int | None = None  # the serving engine enforces its own window
             self.max_log_z_gap = 0.0
             self._k = 0
             self.mode, self.logprobs_are_processed = self._probe() if self.api == "vllm" else self._probe_sglang()

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CapabilityError, ConfigError, PowerSamplingError
+from ..errors import CapabilityError, ConfigError, ContextLengthError, PowerSamplingError
 from ..observability.metrics import record_plan
 from .errors import APIError
 from .executor import Job
@@ -92,6 +92,9 @@ class PlanRun:
             dag = planner.decompose(self.body.request)
         except PlanInputError as exc:
             raise APIError(400, str(exc), param="request", code="invalid_value") from None
+        except ContextLengthError as exc:
+            raise APIError(400, f"the planner's prompt does not fit the model: {exc}", param="request",
+                           code="context_length_exceeded") from None
         except (ConfigError, CapabilityError) as exc:
             raise APIError(400, str(exc), code="unsupported") from None
         except (PlanBudgetError, PowerSamplingError, ValueError) as exc:

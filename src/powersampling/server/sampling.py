@@ -11,8 +11,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..backends.base import LanguageModel
-from ..errors import PowerSamplingError
+from ..backends.base import LanguageModel, check_context_length
+from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
 from ..samplers import build_sampler, validate_params
 from ..samplers.result import ProgressEvent, SampleResult
@@ -47,6 +47,12 @@ def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerS
     ps = body.power_sampling
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or settings.default_max_tokens
     check_limits(ps, settings, max_tokens=max_tokens)
+    param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+    try:
+        check_context_length(model, len(prompt_ids), max_tokens)
+    except ContextLengthError as exc:
+        raise APIError(400, f"{exc}; shorten the {param} or lower max_tokens", param=param,
+                       code="context_length_exceeded") from None
     params: dict[str, Any] = {"max_new_tokens": max_tokens}
     seed = ps.seed if ps is not None and ps.seed is not None else body.seed
     if seed is not None:
