@@ -78,6 +78,8 @@ def test_serve_embedded_model_answers_the_openai_client():
         assert out.usage.completion_tokens == ps["final_tokens"] <= 12
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
+        docs = httpx.get(f"http://127.0.0.1:{port}/docs").text
+        assert "/v1/chat/completions" in docs and "<script" not in docs and "https://" not in docs
     finally:
         proc.send_signal(signal.SIGINT)
         try:

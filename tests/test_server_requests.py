@@ -149,3 +149,22 @@ def test_prompt_and_max_tokens_that_fit_the_context_run(short_context):
     response = short_context.post("/v1/completions", json={"model": "toy-ctx", "prompt": [1] * 8, "max_tokens": 4,
                                                            "method": "greedy"})
     assert response.status_code == 200, response.text
+
+
+def test_docs_are_one_self_contained_page():
+    with TestClient(create_app(toy_lm("toy-docs"), ServerSettings(api_key="k"))) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        for path in ("/v1/completions", "/v1/chat/completions", "/v1/plan", "PowerSamplingParams"):
+            assert path in page.text
+        lowered = page.text.lower()
+        assert "<script" not in lowered and "<link" not in lowered and "//" not in lowered.replace("</", "")
+        assert client.get("/openapi.json").status_code == 200
+        assert client.get("/redoc").status_code == 404
+
+
+def test_no_docs_serves_neither_page_nor_schema():
+    with TestClient(create_app(toy_lm("toy-docs"), ServerSettings(docs=False))) as client:
+        assert client.get("/docs").status_code == 404
+        assert client.get("/openapi.json").status_code == 404

@@ -28,6 +28,9 @@ def serve_command(
     request_timeout: float = typer.Option(120.0, help="seconds per request, queueing included, before 504"),
     max_tokens_limit: int = typer.Option(2048, min=1, help="largest max_tokens a request may ask for"),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="log prompts and completions (off by default)"),
+    docs: bool = typer.Option(
+        True, "--docs/--no-docs", help="serve /docs, a self-contained API reference page (no scripts, nothing "
+                                       "fetched from a CDN or anywhere else; no Swagger UI or ReDoc), and /openapi.json"),
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
 ) -> None:
     """Serve OpenAI-compatible completions with power sampling, the planner, /metrics and /health."""
@@ -44,7 +47,7 @@ def serve_command(
         settings = ServerSettings(
             model_name=served_model_name, api_key=api_key, default_method=default_method, workers=workers,
             max_queue=max_queue, request_timeout_s=request_timeout, max_tokens_limit=max_tokens_limit,
-            log_prompts=log_prompts,
+            log_prompts=log_prompts, docs=docs,
         )
     except ValueError as exc:
         fail(_first_error(exc))

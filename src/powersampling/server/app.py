@@ -16,13 +16,14 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .. import __version__
 from ..backends.base import LanguageModel
 from ..observability.metrics import exposition, record_sample
 from ..samplers import route_of
 from ..samplers.result import ProgressEvent
+from .docs import CONTENT_SECURITY_POLICY, docs_page
 from .errors import APIError, install_error_handlers
 from .executor import SamplingExecutor
 from .middleware import METERED_PATHS, BearerAuthMiddleware, RequestBodyMiddleware, RequestMetricsMiddleware
@@ -63,7 +64,9 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         yield
         state.executor.shutdown()
 
-    app = FastAPI(title="powersampling", version=__version__, lifespan=lifespan,
+    # FastAPI's own /docs and /redoc load their assets from a public CDN: never served (see docs.py)
+    app = FastAPI(title="powersampling", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if settings.docs else None,
                   description="OpenAI-compatible completions with exact power sampling, and an HTDAG planner.")
     app.state.powersampling = state
     install_error_handlers(app)
@@ -72,6 +75,11 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
                        json_paths=frozenset(METERED_PATHS))
     app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key)
     app.add_middleware(RequestMetricsMiddleware, model_name=state.model_name)
+
+    if settings.docs:
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return HTMLResponse(docs_page(app.openapi()), headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

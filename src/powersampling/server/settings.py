@@ -28,6 +28,8 @@ class ServerSettings(BaseModel):
     max_chains: int = Field(16, ge=1, description="largest power_sampling.chains (or best-of-n n) a request may ask for")
     max_n_mcmc: int = Field(64, ge=1, description="largest power_sampling.n_mcmc a request may ask for")
     log_prompts: bool = Field(False, description="log prompt and completion text (off: only sizes and timings)")
+    docs: bool = Field(True, description="serve /docs (a self-contained page: no scripts, nothing fetched from "
+                                         "elsewhere) and /openapi.json; off: neither")
     progress_interval_s: float = Field(0.2, ge=0, description="at most one streamed MH-step progress event per interval")
 
     @field_validator("default_method")
