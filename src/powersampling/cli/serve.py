@@ -29,8 +29,9 @@ def serve_command(
     max_tokens_limit: int = typer.Option(2048, min=1, help="largest max_tokens a request may ask for"),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="log prompts and completions (off by default)"),
     docs: bool = typer.Option(
-        True, "--docs/--no-docs", help="serve /docs, a self-contained API reference page (no scripts, nothing "
-                                       "fetched from a CDN or anywhere else; no Swagger UI or ReDoc), and /openapi.json"),
+        True, "--docs/--no-docs",
+        help="serve /docs, a self-contained API reference page (no scripts, nothing fetched from a CDN or anywhere "
+             "else; no Swagger UI or ReDoc), and /openapi.json"),
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
 ) -> None:
     """Serve OpenAI-compatible completions with power sampling, the planner, /metrics and /health."""

@@ -16,17 +16,17 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .. import __version__
 from ..backends.base import LanguageModel
 from ..observability.metrics import exposition, record_sample
 from ..samplers import route_of
 from ..samplers.result import ProgressEvent
-from .docs import CONTENT_SECURITY_POLICY, docs_page
+from .docs import install_docs
 from .errors import APIError, install_error_handlers
 from .executor import SamplingExecutor
-from .middleware import METERED_PATHS, BearerAuthMiddleware, RequestBodyMiddleware, RequestMetricsMiddleware
+from .middleware import install_middleware
 from .planning import PlanService
 from .sampling import (
     SamplingCall, chat_prompt_ids, chunk, completion_body, completion_prompt_ids, final_choice, progress_payload,
@@ -64,22 +64,17 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         yield
         state.executor.shutdown()
 
-    # FastAPI's own /docs and /redoc load their assets from a public CDN: never served (see docs.py)
+    # FastAPI's own /docs and /redoc load their assets from a public CDN: never served (docs.py)
     app = FastAPI(title="powersampling", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json" if settings.docs else None,
                   description="OpenAI-compatible completions with exact power sampling, and an HTDAG planner.")
     app.state.powersampling = state
     install_error_handlers(app)
-    # the last one added is the outermost: metrics see every answer, including 401 and 413
-    app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes,
-                       json_paths=frozenset(METERED_PATHS))
-    app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key)
-    app.add_middleware(RequestMetricsMiddleware, model_name=state.model_name)
+    install_middleware(app, model_name=state.model_name, api_key=settings.api_key,
+                       max_body_bytes=settings.max_body_bytes)
 
     if settings.docs:
-        @app.get("/docs", include_in_schema=False)
-        async def docs() -> HTMLResponse:
-            return HTMLResponse(docs_page(app.openapi()), headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
+        install_docs(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -120,7 +115,6 @@ def _check_model(state: ServerState, name: str) -> None:
     if name != state.model_name:
         raise APIError(404, f"the model {name!r} does not exist; this server serves {state.model_name!r}",
                        param="model", code="model_not_found")
-
 
 
 async def _serve_sampling(state: ServerState, request: Request, kind: str, body: Any, ids: list[int]):

@@ -11,12 +11,21 @@ import json
 from html import escape
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}
 code,pre{font-family:ui-monospace,monospace}pre{background:#f4f4f4;padding:.6rem;overflow-x:auto}
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;
 vertical-align:top}h2{margin-top:2rem;border-bottom:1px solid #ddd}"""
+
+
+def install_docs(app: FastAPI) -> None:
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page(app.openapi()), headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
 
 
 def docs_page(openapi: dict[str, Any]) -> str:

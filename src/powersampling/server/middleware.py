@@ -16,6 +16,13 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 METERED_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/plan": "plan"}
 
 
+def install_middleware(app, *, model_name: str, api_key: str | None, max_body_bytes: int) -> None:
+    # the last one added is the outermost: metrics see every answer, including 401, 413 and 415
+    app.add_middleware(RequestBodyMiddleware, max_bytes=max_body_bytes, json_paths=frozenset(METERED_PATHS))
+    app.add_middleware(BearerAuthMiddleware, api_key=api_key)
+    app.add_middleware(RequestMetricsMiddleware, model_name=model_name)
+
+
 async def send_error(send, status: int, message: str, *, code: str | None = None,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"error": error_object(status, message, code=code)}).encode()
