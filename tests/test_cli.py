@@ -58,3 +58,13 @@ def test_generate_greedy_plain_text():
     proc = run_cli("generate", "Name a color.", "--method", "greedy", "--max-new-tokens", "12")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt, max_new_tokens", [("hello " * 9000, "16"), ("Name a color.", "8190")])
+def test_generate_refuses_what_the_context_cannot_hold(prompt, max_new_tokens):
+    # the embedded model's window is 8192 tokens: refused before any decoding, not after minutes of it
+    proc = run_cli("generate", prompt, "--max-new-tokens", max_new_tokens, "--raw", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-500:]
+    assert "context length" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

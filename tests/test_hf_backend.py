@@ -101,3 +101,14 @@ def test_cache_pool_respects_its_token_budget(tiny_hf):
     for start in range(1, 6):
         lm.sample([ContinuationRequest([start, 2, 3], 10)], 1.0, rng)
     assert lm._pool.tokens <= 40
+
+
+def test_the_context_length_is_the_models_position_limit(tiny_hf):
+    from powersampling.backends.base import check_context_length
+    from powersampling.errors import ContextLengthError
+
+    lm = TransformersLM(tiny_hf, None, name="tiny")
+    assert lm.context_length == 64  # max_position_embeddings of the tiny config
+    check_context_length(lm, 60, 4)
+    with pytest.raises(ContextLengthError, match="context length of tiny"):
+        check_context_length(lm, 60, 5)

@@ -225,6 +225,7 @@ def test_deadline_interrupts_and_context_overflow_is_refused(lm, prompt):
     assert cont.interrupted and len(cont) == 1
     with pytest.raises(ValueError, match="n_ctx"):
         lm.sample([ContinuationRequest(prompt, 5000)], 1.0, np.random.default_rng(0))
+    assert lm.context_length == lm.n_ctx == 1024
 
 
 @pytest.mark.slow

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import gc
 import json
+import logging
+import socket
 import time
 
 import httpx
@@ -276,3 +280,37 @@ def test_stream_disconnect_cancels_the_run():
         _assert_run_stopped(server, slow)
         assert wait_until(lambda: metric(server, "powersampling_requests_total", model_name="toy-cancel-stream",
                                          status="cancelled") == 1, 5)
+
+
+def test_client_that_leaves_mid_upload_is_cancelled_not_an_error():
+    with serve(toy_lm("toy-upload")) as server:
+        with socket.create_connection((server.host, server.port)) as conn:
+            conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"model\": \"toy-upload\", ")
+            time.sleep(0.2)  # the server reads the headers and the first bytes before the client leaves
+        labels = dict(model_name="toy-upload", endpoint="completions")
+        assert wait_until(lambda: metric(server, "powersampling_requests_total", **labels, status="cancelled") == 1, 5)
+        assert metric(server, "powersampling_requests_total", **labels, status="error") == 0
+
+
+def _server_tasks(server) -> list[str]:
+    """The coroutine names of the tasks alive on the server's event loop."""
+    async def names():
+        return [task.get_coro().__qualname__ for task in asyncio.all_tasks()]
+
+    return asyncio.run_coroutine_threadsafe(names(), server.server.servers[0].get_loop()).result(5)
+
+
+def test_disconnected_streams_leave_no_task_behind(caplog):
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    slow = toy_lm("toy-stream-tasks", max_len=400, delay_s=0.002)
+    with serve(slow) as server:
+        body = {"model": "toy-stream-tasks", "prompt": "1", "max_tokens": 300, "stream": True,
+                "power_sampling": {"n_mcmc": 50, "block_size": 10}}
+        for _ in range(3):
+            with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as response:
+                next(line for line in response.iter_lines() if '"progress"' in line)
+            _assert_run_stopped(server, slow)
+        assert wait_until(lambda: "Queue.get" not in _server_tasks(server), 5), _server_tasks(server)
+        gc.collect()  # a task still pending when collected is reported then
+    assert "Task was destroyed but it is pending" not in caplog.text

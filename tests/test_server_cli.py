@@ -35,6 +35,22 @@ def test_bad_options_exit_2_with_one_line():
     assert proc.returncode == 2 and "does not exist" in err and "Traceback" not in err
 
 
+def test_an_address_it_cannot_listen_on_exits_2_with_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _cli("serve", "--port", str(port))
+        _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, err
+    assert err.strip().count("\n") == 0 and f"error: cannot listen on 127.0.0.1:{port}: " in err, err
+    assert "in use" in err
+    proc = _cli("serve", "--host", "256.1.1.1", "--port", "8000")
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, err
+    assert err.strip().count("\n") == 0 and "error: cannot listen on 256.1.1.1:8000: " in err, err
+
+
 @pytest.mark.slow
 def test_serve_embedded_model_answers_the_openai_client():
     port = _free_port()
@@ -62,6 +78,8 @@ def test_serve_embedded_model_answers_the_openai_client():
         assert out.usage.completion_tokens == ps["final_tokens"] <= 12
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
+        docs = httpx.get(f"http://127.0.0.1:{port}/docs").text
+        assert "/v1/chat/completions" in docs and "<script" not in docs and "https://" not in docs
     finally:
         proc.send_signal(signal.SIGINT)
         try:

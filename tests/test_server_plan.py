@@ -93,3 +93,15 @@ def test_a_model_without_a_tokenizer_cannot_plan():
         response = httpx.post(server.url + "/v1/plan", json={"request": "Plan a party", "route": "baseline"})
         assert response.status_code == 400
         assert "tokenizer" in response.json()["error"]["message"]
+
+
+def test_a_plan_prompt_beyond_the_context_is_400():
+    model = ScriptedLM(_answers)
+    model.context_length = 64  # far less than the planner's own instructions
+    with _serve(model, "plan-context") as server:
+        response = httpx.post(server.url + "/v1/plan", timeout=300,
+                              json={"request": "Plan a party", "route": "baseline"})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "context_length_exceeded" and error["param"] == "request"
+        assert model.sample_calls == 0

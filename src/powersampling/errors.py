@@ -13,5 +13,9 @@ class ModelLoadError(PowerSamplingError):
     """A model could not be found or loaded."""
 
 
+class ContextLengthError(PowerSamplingError, ValueError):
+    """A prompt and the new tokens asked for do not fit the model's context window."""
+
+
 class CapabilityError(PowerSamplingError):
     """The chosen backend or provider cannot do what was asked (for example: no log-probabilities)."""

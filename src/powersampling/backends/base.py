@@ -16,6 +16,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..errors import ContextLengthError
+
 
 @dataclass
 class Continuation:
@@ -78,7 +80,12 @@ class Tokenizer(Protocol):
 
 @runtime_checkable
 class LanguageModel(Protocol):
-    """What samplers need from a model."""
+    """What samplers need from a model.
+
+    A model may also state ``context_length``: the most tokens (prompt and generated) one row can hold, or None
+    when unknown. It is optional (read with ``getattr``) so that models written before it still qualify; see
+    ``check_context_length``.
+    """
 
     name: str
     vocab_size: int
@@ -115,3 +122,14 @@ class ContinuationRequest:
     generated_start: int = 0
     constraint: TokenConstraint | None = None
     tags: dict = field(default_factory=dict)
+
+
+def check_context_length(model: LanguageModel, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Raise ``ContextLengthError`` when ``prompt_tokens + max_new_tokens`` exceeds the model's ``context_length``
+    (models that state none are not checked): decoding past the window fails late in llama.cpp and vLLM, after
+    minutes of work, and silently degrades in transformers."""
+    limit = getattr(model, "context_length", None)
+    if limit is not None and prompt_tokens + max_new_tokens > limit:
+        raise ContextLengthError(
+            f"the prompt has {prompt_tokens} tokens and up to {max_new_tokens} new tokens were asked for: "
+            f"{prompt_tokens + max_new_tokens} is more than the context length of {model.name} ({limit} tokens)")

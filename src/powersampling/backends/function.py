@@ -50,6 +50,7 @@ class FunctionLM:
         self.eos_token_id = eos_token_id
         self.stop_token_ids = frozenset([eos_token_id, *extra_stop_token_ids])
         self.tokenizer = _IdTokenizer()
+        self.context_length: int | None = None  # no window unless the caller sets one
         self._fn = next_token_logprobs
         self.forward_calls = 0
 

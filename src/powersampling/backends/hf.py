@@ -116,6 +116,8 @@ class TransformersLM:
         self.tokenizer = HFTokenizer(hf_tokenizer) if hf_tokenizer is not None else None
         self.name = name or getattr(hf_model.config, "_name_or_path", None) or type(hf_model).__name__
         self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
+        window = getattr(hf_model.config, "max_position_embeddings", None)
+        self.context_length = int(window) if window else None
         self.stop_token_ids = stop_tokens_of(hf_tokenizer, (getattr(hf_model, "generation_config", None),
                                                             hf_model.config))
         self.device = next(hf_model.parameters()).device

@@ -91,6 +91,11 @@ class LlamaCppLM:
             warnings.warn(f"llama.cpp gives {name} different logits for batched and one-token evaluation on this "
                           "machine; feeding one token per call (exact, slower)", RuntimeWarning, stacklevel=2)
 
+    @property
+    def context_length(self) -> int:
+        """The most tokens one row can hold: the context's cells (shared by all rows, so a row alone can fill them)."""
+        return self.n_ctx
+
     # the protocol
 
     def sample(

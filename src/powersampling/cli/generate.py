@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import PowerSamplingError
+from ..backends.base import check_context_length
+from ..errors import ContextLengthError, PowerSamplingError
 from ..samplers.config import BestOfNConfig, PowerSamplingConfig, SMCConfig
 from .common import (MODEL_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, SamplerProgress, fail, load_model_or_fail,
                      method_choices, stderr)
@@ -65,15 +66,18 @@ def generate(
     if method.value == "power":
         params["temperature"] = None
     try:
-        validate_params(method.value, **params)  # before the (slow) model load
+        config = validate_params(method.value, **params)  # before the (slow) model load
     except PowerSamplingError as exc:
         fail(str(exc))
     lm = load_model_or_fail(model, backend.value, device, tokenizer, threads=threads)
     try:
         sampler = build_sampler(method.value, lm, **params)
         ids = prompt_ids(lm, prompt, chat=False if raw else None, system=system)
+        check_context_length(lm, len(ids), config.max_new_tokens)
         with SamplerProgress(enabled=stderr.is_terminal) as progress:
             result = sampler.sample(ids, progress=progress)
+    except ContextLengthError as exc:
+        fail(f"{exc}; shorten the prompt or lower --max-new-tokens")
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

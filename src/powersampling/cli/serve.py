@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Optional
 
 import typer
 
-from .common import MODEL_HELP, TOKENIZER_HELP
+from .common import MODEL_HELP, TOKENIZER_HELP, fail
 from ..errors import PowerSamplingError
 
 
@@ -27,10 +28,14 @@ def serve_command(
     request_timeout: float = typer.Option(120.0, help="seconds per request, queueing included, before 504"),
     max_tokens_limit: int = typer.Option(2048, min=1, help="largest max_tokens a request may ask for"),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="log prompts and completions (off by default)"),
+    docs: bool = typer.Option(
+        True, "--docs/--no-docs",
+        help="serve /docs, a self-contained API reference page (no scripts, nothing fetched from a CDN or anywhere "
+             "else; no Swagger UI or ReDoc), and /openapi.json"),
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
 ) -> None:
     """Serve OpenAI-compatible completions with power sampling, the planner, /metrics and /health."""
-    from .common import fail, load_model_or_fail
+    from .common import load_model_or_fail
     from ..observability.tracing import configure_tracing_from_env
     from ..samplers import available_methods
     from ..server.settings import ServerSettings
@@ -43,7 +48,7 @@ def serve_command(
         settings = ServerSettings(
             model_name=served_model_name, api_key=api_key, default_method=default_method, workers=workers,
             max_queue=max_queue, request_timeout_s=request_timeout, max_tokens_limit=max_tokens_limit,
-            log_prompts=log_prompts,
+            log_prompts=log_prompts, docs=docs,
         )
     except ValueError as exc:
         fail(_first_error(exc))
@@ -51,6 +56,8 @@ def serve_command(
         configure_tracing_from_env()
     except ValueError as exc:
         fail(str(exc))
+    # bound before the (slow) model load, so that a taken port or a bad host is one line at once
+    sockets = _bind(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line per remote call
     lm = load_model_or_fail(model, backend, device, tokenizer)
@@ -62,7 +69,38 @@ def serve_command(
         app = create_app(lm, settings)
     except PowerSamplingError as exc:
         fail(str(exc))
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=True))
+    # uvicorn says where it listens only for sockets it bound itself
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown,
+                                            sockets[0].getsockname()[1])
+    try:
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn's code for a failed startup, which it has logged
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound on every address of ``host``, as asyncio (and so uvicorn) would bind them; a one-line error and
+    exit code 2 when any cannot be."""
+    sockets: list[socket.socket] = []
+    try:
+        addresses = {(family, address) for family, _, _, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
+        for family, address in sorted(addresses, key=str):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # else [::] would also claim the IPv4 port bound next to it
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    return sockets
 
 
 def _first_error(exc: Exception) -> str:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ..backends.base import check_context_length
 from ..backends.constraints import JsonSchemaConstraint
 from ..errors import ConfigError, PowerSamplingError
 from ..samplers import build_sampler, method_spec, planner_routes, prompt_ids, validate_params
@@ -98,6 +99,7 @@ def generate_json(
     sampler = build_sampler(method, model, evaluator=evaluator,
                             **{**(params or {}), "max_new_tokens": max_new_tokens, "deadline_s": deadline_s})
     ids = prompt_ids(model, user_prompt, system=system_prompt)
+    check_context_length(model, len(ids), max_new_tokens)
     started = time.monotonic()
     result = sampler.sample(ids, constraint=constraint, progress=progress)
     metadata = {**result.metadata, "route": label, "prompt_tokens": len(ids),

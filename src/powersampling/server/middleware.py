@@ -16,6 +16,13 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 METERED_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/plan": "plan"}
 
 
+def install_middleware(app, *, model_name: str, api_key: str | None, max_body_bytes: int) -> None:
+    # the last one added is the outermost: metrics see every answer, including 401, 413 and 415
+    app.add_middleware(RequestBodyMiddleware, max_bytes=max_body_bytes, json_paths=frozenset(METERED_PATHS))
+    app.add_middleware(BearerAuthMiddleware, api_key=api_key)
+    app.add_middleware(RequestMetricsMiddleware, model_name=model_name)
+
+
 async def send_error(send, status: int, message: str, *, code: str | None = None,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"error": error_object(status, message, code=code)}).encode()
@@ -42,8 +49,15 @@ class RequestMetricsMiddleware:
             return
         labels: dict[str, Any] = {"method": "none", "route": None, "status": None}
         scope.setdefault("state", {})["metrics"] = labels
-        code = 500
+        code: int | None = None
+        left = False
         start = time.perf_counter()
+
+        async def receive_watching() -> dict:
+            nonlocal left
+            message = await receive()
+            left = left or message["type"] == "http.disconnect"
+            return message
 
         async def send_recording(message: dict) -> None:
             nonlocal code
@@ -51,11 +65,16 @@ class RequestMetricsMiddleware:
                 code = message["status"]
             await send(message)
 
+        returned = False
         try:
-            await self.app(scope, receive, send_recording)
+            await self.app(scope, receive_watching, send_recording)
+            returned = True
         finally:
+            # an app that returns no answer because the client left (mid-upload, say) saw a cancelled request, not
+            # a server error; one that raised did fail
+            fallback = "cancelled" if returned and left and code is None else status_of_http(code or 500)
             record_request(model_name=self.model_name, endpoint=endpoint, method=labels["method"],
-                           route=labels["route"], status=labels["status"] or status_of_http(code),
+                           route=labels["route"], status=labels["status"] or fallback,
                            latency_s=time.perf_counter() - start)
 
 
@@ -79,18 +98,29 @@ class BearerAuthMiddleware:
         await self.app(scope, receive, send)
 
 
-class BodyLimitMiddleware:
+class RequestBodyMiddleware:
     """Reads a request body up to ``max_bytes`` (413 beyond it, whether or not Content-Length says so) and replays
-    it to the app; after the body, ``receive`` is the server's again, so disconnects still reach the handler."""
+    it to the app; after the body, ``receive`` is the server's again, so disconnects still reach the handler.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    A POST to one of ``json_paths`` must declare a JSON body (``application/json``, parameters such as charset
+    allowed, or ``application/*+json``): 415 otherwise, a missing Content-Type included; and an empty one is a 400
+    that says so."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, json_paths: frozenset[str] = frozenset()) -> None:
+        self.app, self.max_bytes, self.json_paths = app, max_bytes, json_paths
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        json_only = scope.get("method") == "POST" and scope.get("path") in self.json_paths
+        if json_only and not _is_json(headers.get(b"content-type")):
+            given = headers.get(b"content-type", b"").decode("latin-1")
+            await send_error(send, 415, f"{f'unsupported Content-Type {given!r}' if given else 'no Content-Type'}: "
+                                        "send the body as JSON with 'Content-Type: application/json'",
+                             code="unsupported_media_type")
+            return
         too_large = f"request body larger than {self.max_bytes} bytes"
         declared = headers.get(b"content-length")
         if declared is not None:
@@ -116,6 +146,9 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if json_only and not body.strip():
+            await send_error(send, 400, "the request body is empty; send a JSON object", code="invalid_value")
+            return
         replayed = False
 
         async def replay() -> dict:
@@ -126,3 +159,8 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    media = (content_type or b"").split(b";")[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))

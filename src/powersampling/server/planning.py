@@ -7,11 +7,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CapabilityError, ConfigError, PowerSamplingError
+from ..errors import CapabilityError, ConfigError, ContextLengthError, PowerSamplingError
 from ..observability.metrics import record_plan
 from .errors import APIError
 from .executor import Job
 from .schemas import PlanRequest
+from .scope import check_limits
 from .settings import ServerSettings
 
 
@@ -41,17 +42,11 @@ class PlanService:
         route = None if body.route in (None, "auto") else body.route
         base = self.routing.settings
         ps = body.power_sampling
+        check_limits(ps, settings)
         changes: dict[str, Any] = {}
         if body.seed is not None:
             changes["seed"] = body.seed
         if ps is not None:
-            if ps.n_mcmc is not None and ps.n_mcmc > settings.max_n_mcmc:
-                raise APIError(400, f"power_sampling.n_mcmc must be <= {settings.max_n_mcmc} on this server",
-                               param="power_sampling.n_mcmc", code="invalid_value")
-            for name in ("chains", "n"):
-                if (getattr(ps, name) or 0) > settings.max_chains:
-                    raise APIError(400, f"power_sampling.{name} must be <= {settings.max_chains} on this server",
-                                   param=f"power_sampling.{name}", code="invalid_value")
             for src, dst in (("alpha", "alpha"), ("n_mcmc", "n_mcmc"), ("block_size", "block_size"),
                              ("n", "best_of_n"), ("chains", "n_particles"), ("seed", "seed")):
                 if getattr(ps, src) is not None:
@@ -97,6 +92,9 @@ class PlanRun:
             dag = planner.decompose(self.body.request)
         except PlanInputError as exc:
             raise APIError(400, str(exc), param="request", code="invalid_value") from None
+        except ContextLengthError as exc:
+            raise APIError(400, f"the planner's prompt does not fit the model: {exc}", param="request",
+                           code="context_length_exceeded") from None
         except (ConfigError, CapabilityError) as exc:
             raise APIError(400, str(exc), code="unsupported") from None
         except (PlanBudgetError, PowerSamplingError, ValueError) as exc:

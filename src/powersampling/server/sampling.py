@@ -11,14 +11,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..backends.base import LanguageModel
-from ..errors import PowerSamplingError
+from ..backends.base import LanguageModel, check_context_length
+from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
-from ..samplers import available_methods, build_sampler, validate_params
+from ..samplers import build_sampler, validate_params
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError
 from .executor import Job
 from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from .scope import check_limits
 from .settings import ServerSettings
 
 # power_sampling fields that map onto sampler parameters under the same name
@@ -42,15 +43,16 @@ def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerS
     problem = body.unsupported()
     if problem:
         raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
-    method = body.method or settings.default_method
-    if method not in available_methods():
-        raise APIError(400, f"unknown method {method!r}; choose one of: {', '.join(available_methods())}",
-                       param="method", code="invalid_value")
+    method = body.method if body.method is not None else settings.default_method
     ps = body.power_sampling
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or settings.default_max_tokens
-    if max_tokens > settings.max_tokens_limit:
-        raise APIError(400, f"max_tokens must be <= {settings.max_tokens_limit} on this server (got {max_tokens})",
-                       param="max_tokens", code="invalid_value")
+    check_limits(ps, settings, max_tokens=max_tokens)
+    param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+    try:
+        check_context_length(model, len(prompt_ids), max_tokens)
+    except ContextLengthError as exc:
+        raise APIError(400, f"{exc}; shorten the {param} or lower max_tokens", param=param,
+                       code="context_length_exceeded") from None
     params: dict[str, Any] = {"max_new_tokens": max_tokens}
     seed = ps.seed if ps is not None and ps.seed is not None else body.seed
     if seed is not None:
@@ -62,14 +64,6 @@ def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerS
         for name in _SAME_NAME:
             if name in given:
                 params[name] = given[name]
-        if ps.n_mcmc is not None and ps.n_mcmc > settings.max_n_mcmc:
-            raise APIError(400, f"power_sampling.n_mcmc must be <= {settings.max_n_mcmc} on this server "
-                                f"(got {ps.n_mcmc})", param="power_sampling.n_mcmc", code="invalid_value")
-        for name in ("chains", "n"):
-            value = given.get(name)
-            if value is not None and value > settings.max_chains:
-                raise APIError(400, f"power_sampling.{name} must be <= {settings.max_chains} on this server "
-                                    f"(got {value})", param=f"power_sampling.{name}", code="invalid_value")
         if ps.chains is not None:
             if method not in ("power", "smc"):
                 raise APIError(400, f"power_sampling.chains applies to methods power and smc, not {method!r}",

@@ -4,17 +4,28 @@ Extensions travel in extra body fields so the official clients can send them (``
 the decoding method and ``power_sampling`` holds its parameters. Fields the server cannot honour exactly (stop
 sequences, top_p, n > 1, logprobs, echo) are refused with a 400 instead of being silently ignored: truncating or
 filtering a power sample would change the distribution it was drawn from.
+
+Fields are strictly typed (``"5"`` is not an integer, ``"yes"`` and ``1`` are not booleans; an integer is a valid
+float): a value the client did not mean to send is refused instead of reinterpreted.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from ..samplers import method_names
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _method_enum(schema: dict[str, Any]) -> None:
+    # read from the registry when the OpenAPI document is built, so methods registered after import are listed
+    schema["enum"] = list(method_names())
 
 
 class PowerSamplingParams(_Strict):
@@ -48,8 +59,18 @@ class _SamplingFields(_Strict):
     stop: Optional[Union[str, list[str]]] = None
     logprobs: Optional[Union[bool, int]] = None
     user: Optional[str] = Field(None, max_length=256)
-    method: Optional[str] = Field(None, max_length=64, description="decoding method: power, sample, greedy, ...")
+    method: Optional[Annotated[str, Field(json_schema_extra=_method_enum)]] = Field(
+        None, max_length=64, description="decoding method (default: the server's)")
     power_sampling: Optional[PowerSamplingParams] = None
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str | None) -> str | None:
+        # checked against the registry at request time: a method registered after the app was built is served
+        if method is not None and method not in method_names():
+            raise PydanticCustomError("unknown_method", "must be one of: {choices}",
+                                      {"choices": ", ".join(method_names())})
+        return method
 
     def unsupported(self) -> tuple[str, str] | None:
         """(field, reason) for the first field the server cannot honour exactly, or None."""
@@ -85,7 +106,7 @@ class TextPart(_Strict):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[TextPart]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ServerSettings(BaseModel):
@@ -28,4 +28,15 @@ class ServerSettings(BaseModel):
     max_chains: int = Field(16, ge=1, description="largest power_sampling.chains (or best-of-n n) a request may ask for")
     max_n_mcmc: int = Field(64, ge=1, description="largest power_sampling.n_mcmc a request may ask for")
     log_prompts: bool = Field(False, description="log prompt and completion text (off: only sizes and timings)")
+    docs: bool = Field(True, description="serve /docs (a self-contained page: no scripts, nothing fetched from "
+                                         "elsewhere) and /openapi.json; off: neither")
     progress_interval_s: float = Field(0.2, ge=0, description="at most one streamed MH-step progress event per interval")
+
+    @field_validator("default_method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        from ..samplers import method_names
+
+        if method not in method_names():
+            raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(method_names())}")
+        return method
