@@ -122,6 +122,8 @@ def answer(*tasks: tuple, atomic: bool | None = None, task_type: str = "work") -
         if atomic is not None:
             item["atomic"] = extra.get("atomic", atomic)
         out.append(item)
+    if any("call" in item for item in out):  # tool plans state their task count first
+        return json.dumps({"count": len(out), "tasks": out})
     return json.dumps({"tasks": out})
 
 

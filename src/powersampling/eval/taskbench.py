@@ -46,7 +46,7 @@ class TaskBenchData:
     @property
     def spec(self) -> TaskListSpec:
         return TaskListSpec(min_tasks=1, max_tasks=MAX_TASKS, max_dependencies=MAX_TASKS - 1, tools=self.tools,
-                            ask_atomic=False)
+                            ask_atomic=False, count_first=True)
 
 
 def load_data(folder: str | Path | None) -> TaskBenchData:

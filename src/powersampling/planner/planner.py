@@ -366,7 +366,7 @@ class _PlanRun:
         spec = TaskListSpec(
             min_tasks=cfg.min_children, max_tasks=room, max_dependencies=cfg.max_dependencies,
             description_max_chars=cfg.description_max_chars, task_types=cfg.task_types, tools=cfg.tools,
-            agents=cfg.agents, ask_atomic=level < cfg.max_depth,
+            agents=cfg.agents, ask_atomic=level < cfg.max_depth, count_first=cfg.tools is not None,
         )
         user_prompt = task_prompt(
             self.request_text, spec, context=self.context_text, tools=cfg.tools, agents=cfg.agents,

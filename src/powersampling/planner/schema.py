@@ -52,6 +52,7 @@ class TaskListSpec:
     tools: tuple[ToolSpec, ...] | None = None
     agents: tuple[str, ...] | None = None
     ask_atomic: bool = True
+    count_first: bool = False  # the answer states how many tasks it lists before listing them
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_tasks <= self.max_tasks:
@@ -68,17 +69,33 @@ class TaskListSpec:
 
 def task_list_schema(spec: TaskListSpec) -> dict[str, Any]:
     items = [_task_schema(spec, k) for k in range(1, spec.max_tasks + 1)]
-    schema: dict[str, Any] = {
-        "type": "object",
-        "properties": {
-            "tasks": {"type": "array", "prefixItems": items, "items": False, "minItems": spec.min_tasks,
-                      "maxItems": spec.max_tasks},
-        },
-        "required": ["tasks"],
-        "additionalProperties": False,
-    }
+    defs: dict[str, Any] = {}
     if spec.tools:
-        schema["$defs"] = {"call": {"anyOf": [_call_schema(tool) for tool in spec.tools]}}
+        defs["call"] = {"anyOf": [_call_schema(tool) for tool in spec.tools]}
+    if not spec.count_first:
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                "tasks": {"type": "array", "prefixItems": items, "items": False, "minItems": spec.min_tasks,
+                          "maxItems": spec.max_tasks},
+            },
+            "required": ["tasks"],
+            "additionalProperties": False,
+        }
+    else:  # one variant per count, the tasks of each position shared between variants
+        defs.update({f"task_{k}": item for k, item in enumerate(items, start=1)})
+        schema = {"anyOf": [{
+            "type": "object",
+            "properties": {
+                "count": {"const": n},
+                "tasks": {"type": "array", "prefixItems": [{"$ref": f"#/$defs/task_{k}"} for k in range(1, n + 1)],
+                          "items": False, "minItems": n, "maxItems": n},
+            },
+            "required": ["count", "tasks"],
+            "additionalProperties": False,
+        } for n in range(spec.min_tasks, spec.max_tasks + 1)]}
+    if defs:
+        schema["$defs"] = defs
     return schema
 
 
@@ -140,7 +157,8 @@ def max_output_tokens(spec: TaskListSpec) -> int:
             task["atomic"] = False
         longest_tasks.append(task)
     # \u escapes are never shorter than UTF-8, so the ASCII-escaped length bounds either spelling
-    text = json.dumps({"tasks": longest_tasks}, ensure_ascii=True, separators=(", ", ": "))
+    answer: dict[str, Any] = {"count": spec.max_tasks} if spec.count_first else {}
+    text = json.dumps({**answer, "tasks": longest_tasks}, ensure_ascii=True, separators=(", ", ": "))
     return len(text.encode("utf-8")) + 1
 
 
