@@ -19,6 +19,7 @@ from powersampling.errors import ConfigError
 from powersampling.eval.datasets import load_problems
 from powersampling.eval.report import write_report
 from powersampling.eval.runner import (
+    check_arguments,
     RESULTS_FILE,
     matched_best_of_n,
     merge_runs,
@@ -303,3 +304,35 @@ def test_stop_string_constraint_states():
     assert constraint.start(tok.encode("x\n\n")).is_finished()
     with pytest.raises(ValueError):
         StopStringConstraint(tok, [])
+
+
+def test_vote_methods_pick_the_answer_most_outputs_give(problems, tmp_path):
+    """sample+vote: n samples at T=1, n matched to power's cost, the majority answer returned; the toy model puts
+    60% on each right digit, so most samples agree on the right answer and the vote is right more often."""
+    lm = toy_model(problems, p_digit=0.6)
+    rows = []
+    run_eval("gsm8k", ["sample", "power", "sample+vote", "smc+vote"], 6, lm, tmp_path, on_row=rows.append,
+             write_report=False, **SMALL)
+    votes = [r for r in rows if r["method"] == "sample+vote"]
+    assert len(votes) == 6 and all(r["n"] >= 2 and r["n_rule"].startswith("power/sample") for r in votes)
+    for r in votes + [r for r in rows if r["method"] == "smc+vote"]:
+        vote = r["metadata"]["vote"]
+        assert r["metadata"]["selected_by"] == "majority" and vote["winner"] == vote_answer(r["text"])
+        assert vote["votes"][vote["winner"]] == max(vote["votes"].values())
+    single = sum(r["correct"] for r in rows if r["method"] == "sample")
+    assert sum(r["correct"] for r in votes) >= single
+
+
+def vote_answer(text):
+    from powersampling.eval.grading import gsm8k_vote_answer
+
+    return gsm8k_vote_answer(text)
+
+
+def test_vote_methods_are_checked_before_a_model_loads():
+    with pytest.raises(ConfigError, match="grades programs"):
+        check_arguments("humaneval", ["sample+vote"], 1)
+    with pytest.raises(ConfigError, match="n_chains"):
+        check_arguments("gsm8k", ["power+vote"], 1)
+    with pytest.raises(ConfigError, match="unknown method"):
+        check_arguments("gsm8k", ["nope+vote"], 1)

@@ -163,3 +163,31 @@ def test_proposal_batch_reduces_backend_calls_without_changing_the_rule():
     bat = PowerSampler(lm, PowerSamplingConfig(proposal_batch=10, **base)).sample([1])
     assert bat.metadata["backend_calls"] < seq.metadata["backend_calls"]
     assert bat.metadata["total_iterations"] == seq.metadata["total_iterations"]
+
+
+def test_majority_vote_counts_answers_and_breaks_ties_by_mean_logprob():
+    from powersampling.samplers.base import last_number, majority_vote
+    from powersampling.samplers.result import Completion
+
+    outs = [Completion([1, 2], "so 7", -2.0, True), Completion([1, 2, 3, 4], "it is 9", -2.0, True),
+            Completion([1], "7", -3.0, True), Completion([1, 2], "9", -0.5, True),
+            Completion([1], "unfinished 9", 0.0, False)]  # an incomplete output casts no vote
+    index, vote = majority_vote(outs, None)
+    # 7 and 9 have two votes each: the tie goes to the answer of the highest mean log-prob output (-0.25, "9")
+    assert vote["votes"] == {"7": 2.0, "9": 2.0} and vote["winner"] == "9" and index == 3 and vote["voters"] == 4
+    index, vote = majority_vote(outs, None, weights=[1, 0.1, 1, 0.1, 5])
+    assert vote["winner"] == "7" and index == 0  # within the answer, the best mean log-prob (-1.0 vs -3.0)
+
+    def broken(text):
+        raise RuntimeError("extractor bug")
+
+    assert majority_vote(outs, broken) == (None, {"votes": {}, "voters": 0, "winner": None})
+    assert last_number("1,250.0 dollars then 3.5") == "3.5" and last_number("no digits") is None
+
+
+def test_select_majority_through_the_registry(toy_lm):
+    result = build_sampler("best-of-n", toy_lm, n=8, max_new_tokens=4, seed=0, select="majority",
+                           answer_extractor=lambda text: text.split()[0] if text else None).sample([1])
+    vote = result.metadata["vote"]
+    assert result.metadata["selected_by"] == "majority"
+    assert result.text.split()[0] == vote["winner"] and vote["votes"][vote["winner"]] == max(vote["votes"].values())

@@ -78,3 +78,50 @@ def exact_sampler_tv_quantile(
     counts = rng.multinomial(n_samples, probs, size=replicates)
     tvs = 0.5 * np.abs(counts / n_samples - probs).sum(axis=1)
     return float(np.quantile(tvs, quantile))
+
+
+def random_table_model(vocab: int = 4, eos: int = 0, max_len: int = 5, scale: float = 0.6, seed: int = 3):
+    """A small enumerable ``FunctionLM``: next-token logits random but fixed per prefix, EOS forced once the prefix
+    (prompt included) reaches ``max_len`` tokens, so every completion is finite and lengths differ. The test-suite
+    and the bias-against-cost benchmark use it as the model whose p^alpha is known exactly."""
+    from .backends.function import FunctionLM
+
+    rng = np.random.default_rng(seed)
+    table: dict[tuple[int, ...], np.ndarray] = {}
+
+    def next_token_logprobs(prefix):
+        if prefix not in table:
+            logits = rng.normal(size=vocab) * scale
+            if len(prefix) >= max_len:
+                logits = np.full(vocab, -np.inf)
+                logits[eos] = 0.0
+            table[prefix] = logits
+        return table[prefix]
+
+    return FunctionLM(vocab, eos, next_token_logprobs, name="random-table")
+
+
+def sampler_tv(method: str, model, prompt: Sequence[int], max_new_tokens: int, alpha: float, n_samples: int,
+               seed: int = 0, **params) -> dict:
+    """Draw ``n_samples`` independent completions with a registered method and measure them against the exact
+    p^alpha: the total variation, the decoded tokens per sample, and the 99% TV quantile an exact sampler shows at
+    the same sample count (the noise floor)."""
+    from .samplers import build_sampler
+
+    target = power_distribution(enumerate_completions(model, prompt, max_new_tokens), alpha)
+    samples, decoded = [], 0
+    if method == "power":  # independent chains are the rows of one run
+        result = build_sampler(method, model, alpha=alpha, max_new_tokens=max_new_tokens, seed=seed,
+                               n_chains=n_samples, **params).sample(list(prompt))
+        samples = [c.token_ids for c in result.samples]
+        decoded = result.metadata["tokens_generated"]
+    else:
+        sampler_seed = np.random.SeedSequence(seed)
+        for child in sampler_seed.spawn(n_samples):
+            result = build_sampler(method, model, alpha=alpha, max_new_tokens=max_new_tokens,
+                                   seed=int(child.generate_state(1)[0]), **params).sample(list(prompt))
+            samples.append(result.token_ids)
+            decoded += result.metadata["tokens_generated"]
+    return {"method": method, "params": params, "samples": n_samples,
+            "tv": total_variation(empirical(samples), target), "tokens_per_sample": decoded / n_samples,
+            "exact_noise_q99": exact_sampler_tv_quantile(target, n_samples, 0.99, seed=seed)}

@@ -109,6 +109,17 @@ class LanguageModel(Protocol):
         ...
 
 
+@runtime_checkable
+class NextTokenModel(Protocol):
+    """A model that also gives whole next-token distributions (the local backends do; samplers that need them,
+    such as scalable power sampling, check for this)."""
+
+    def next_token_logprobs(self, requests: Sequence["ContinuationRequest"]) -> np.ndarray:
+        """log p at temperature 1 of every token after each request's prefix, its constraint's mask applied and
+        renormalized: a (rows, vocab) array."""
+        ...
+
+
 @dataclass
 class ContinuationRequest:
     """One row to decode: the full prefix (prompt and generated tokens), and how many new tokens at most.

@@ -159,6 +159,19 @@ def decode(
             return [row.continuation() for row in rows]
 
 
+def next_token_logprobs(stepper: Stepper, requests: Sequence[ContinuationRequest],
+                        stop_ids: frozenset[int]) -> np.ndarray:
+    """log p (temperature 1, each request's constraint mask applied and renormalized) of every token after each
+    request's prefix: a (rows, vocab) float64 array. The forward pass is the decode loop's own, so the rows'
+    caches serve later calls."""
+    rows = [Row(r, stop_ids) for r in requests]
+    logits = apply_masks(stepper.start(rows), rows)
+    stepper.step([])
+    if not isinstance(logits, np.ndarray):
+        logits = logits.to("cpu").double().numpy()
+    return log_softmax(logits)
+
+
 def apply_masks(logits: Logits, rows: Sequence[Row]) -> Logits:
     """``logits`` with each row's disallowed tokens at ``-inf``; unchanged (no copy) when no row has a mask."""
     masks = [row.allowed_tokens() for row in rows]

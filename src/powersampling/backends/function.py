@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .base import Continuation, ContinuationRequest
-from .decoding import Row, decode
+from .decoding import Row, decode, next_token_logprobs
 
 
 class _IdTokenizer:
@@ -70,6 +70,9 @@ class FunctionLM:
         deadline: float | None = None,
     ) -> list[Continuation]:
         return decode(_FunctionStepper(self), requests, temperature, rng, self.stop_token_ids, deadline=deadline)
+
+    def next_token_logprobs(self, requests: Sequence[ContinuationRequest]) -> np.ndarray:
+        return next_token_logprobs(_FunctionStepper(self), requests, self.stop_token_ids)
 
 
 class _FunctionStepper:

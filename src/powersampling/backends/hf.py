@@ -17,7 +17,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .base import Continuation, ContinuationRequest
-from .decoding import Row, common_prefix_length, decode
+from .decoding import Row, common_prefix_length, decode, next_token_logprobs
 from .tokenizers import HFTokenizer, stop_tokens_of
 
 
@@ -140,6 +140,10 @@ class TransformersLM:
         deadline: float | None = None,
     ) -> list[Continuation]:
         return decode(_CachedBatch(self), requests, temperature, rng, self.stop_token_ids, deadline=deadline)
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, requests: Sequence[ContinuationRequest]) -> np.ndarray:
+        return next_token_logprobs(_CachedBatch(self), requests, self.stop_token_ids)
 
     def clear_cache(self) -> None:
         self._pool.clear()

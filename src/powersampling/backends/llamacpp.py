@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from .base import Continuation, ContinuationRequest
-from .decoding import Row, common_prefix_length, decode
+from .decoding import Row, common_prefix_length, decode, next_token_logprobs
 from .tokenizers import LlamaCppTokenizer, end_of_generation_tokens
 
 DEFAULT_N_CTX = 8192  # cells shared by all sequences (a unified cache)
@@ -123,6 +123,12 @@ class LlamaCppLM:
             for index, continuation in zip(group, continuations):
                 results[index] = continuation
         return results  # type: ignore[return-value]
+
+    def next_token_logprobs(self, requests: Sequence[ContinuationRequest]) -> np.ndarray:
+        out = np.empty((len(requests), self.vocab_size))
+        for group in self._groups(requests):
+            out[group] = next_token_logprobs(_SlotBatch(self), [requests[i] for i in group], self.stop_token_ids)
+        return out
 
     def clear_cache(self) -> None:
         self._lib.llama_memory_clear(self._memory, True)

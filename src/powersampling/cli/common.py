@@ -4,6 +4,7 @@ Every subcommand module imports from here (never from the package ``__init__``, 
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from typing import Optional
 
@@ -99,3 +100,22 @@ class SamplerProgress:
             description += f" step {event.step}/{event.steps_total}"
         self.progress.update(self.task, total=event.blocks_total or None, completed=event.block, info=info,
                              description=description)
+
+
+PARAM_HELP = ("a sampler parameter name=value (repeatable), e.g. --param scan=sorted, --param top_k=4 "
+              "(any field of the method's config; values read as JSON when they parse)")
+
+
+def parse_params(items: list[str]) -> dict:
+    """``name=value`` pairs; values are read as JSON when they parse (numbers, true/false), else kept as text."""
+    params = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--param expects name=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params[name.strip().replace("-", "_")] = value
+    return params

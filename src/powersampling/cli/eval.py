@@ -8,26 +8,11 @@ from typing import List, Optional
 
 import typer
 
-from .common import MODEL_HELP, THREADS_HELP, TOKENIZER_HELP
+from .common import MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, parse_params
 from ..errors import PowerSamplingError
 from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
 
 DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
-
-
-def _parse_params(items: list[str]) -> dict:
-    """``name=value`` pairs; values are read as JSON when they parse (numbers, true/false), else kept as text."""
-    params = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"--param expects name=value, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        params[name.strip().replace("-", "_")] = value
-    return params
 
 
 def eval_command(
@@ -50,7 +35,7 @@ def eval_command(
     style: str = typer.Option("auto", help="prompting: chat (instruct models), fewshot (base models), auto (chat when the tokenizer has a chat template)"),
     shots: Optional[int] = typer.Option(None, help="worked examples in the prompt (default: 0 for chat, the dataset's few-shot set for fewshot)"),
     best_of_n: Optional[int] = typer.Option(None, "--best-of-n", help="candidates for best-of-n (default: matched to power sampling's measured token cost)"),
-    param: List[str] = typer.Option([], "--param", help="extra sampler parameter name=value (repeatable), e.g. --param scan=sorted"),
+    param: List[str] = typer.Option([], "--param", help=PARAM_HELP),
     exec_timeout: float = typer.Option(10.0, help="seconds per program run when grading code"),
     exec_memory_mb: int = typer.Option(1024, help="address-space limit in MiB per program run when grading code"),
     unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="run generated code (humaneval, mbpp) without "
@@ -97,7 +82,7 @@ def eval_command(
     if shots is not None and shots < 0:
         fail(f"--shots must be >= 0 (got {shots})")
     try:
-        extra = _parse_params(param)
+        extra = parse_params(param)
         check_arguments(task, method_list, limit, offset=offset, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
                         max_new_tokens=max_new_tokens, best_of_n=best_of_n, extra_params=extra, data=data)
     except (PowerSamplingError, ValueError) as exc:

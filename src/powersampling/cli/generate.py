@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+import re
+from typing import List, Optional
 
 import typer
 
 from ..backends.base import check_context_length
 from ..errors import ContextLengthError, PowerSamplingError
 from ..samplers.config import BestOfNConfig, PowerSamplingConfig, SMCConfig
-from .common import (MODEL_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, SamplerProgress, fail, load_model_or_fail,
-                     method_choices, stderr)
+from .common import (MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, SamplerProgress, fail,
+                     load_model_or_fail, method_choices, parse_params, stderr)
 
 Method = method_choices()
 
@@ -48,6 +49,13 @@ def generate(
     deadline: Optional[float] = typer.Option(None, help="overall time limit in seconds; the best state so far is returned"),
     raw: bool = typer.Option(False, "--raw", help="no chat template (for base models)"),
     system: Optional[str] = typer.Option(None, help="system message for the chat template"),
+    select: Optional[str] = typer.Option(
+        None, help="default, or majority: the answer most outputs agree on (best-of-n candidates, --chains MH "
+                   "chains, SMC particles)"),
+    answer_regex: Optional[str] = typer.Option(
+        None, help="with --select majority: a regular expression whose last match (or first group) is an output's "
+                   "answer (default: the last number)"),
+    param: List[str] = typer.Option([], "--param", help=PARAM_HELP),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object {text, method, metadata} on stdout"),
 ) -> None:
     """Generate a completion, by default with Metropolis-Hastings power sampling."""
@@ -61,13 +69,18 @@ def generate(
     params = dict(
         alpha=alpha, n_mcmc=mcmc_steps, block_size=block_size, max_new_tokens=max_new_tokens, seed=seed,
         deadline_s=deadline, scan=scan, n=n, n_chains=chains, n_particles=chains, temperature=temperature,
-        proposal_temperature=temperature if method.value == "power" else None,
+        proposal_temperature=temperature if method.value == "power" else None, select=select,
     )
     if method.value == "power":
         params["temperature"] = None
     try:
+        params.update(parse_params(param))
+        if answer_regex is not None:
+            if select != "majority":
+                fail("--answer-regex is used by --select majority only")
+            params["answer_extractor"] = _regex_extractor(answer_regex)
         config = validate_params(method.value, **params)  # before the (slow) model load
-    except PowerSamplingError as exc:
+    except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
     lm = load_model_or_fail(model, backend.value, device, tokenizer, threads=threads)
     try:
@@ -92,3 +105,18 @@ def generate(
     if "acceptance_rate" in md:
         summary += f", acceptance {md['acceptance_rate']:.0%}"
     stderr.print(summary + f", stopped by {md.get('stopped_by')}, seed {md.get('seed')}[/dim]", highlight=False)
+
+
+def _regex_extractor(pattern: str):
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--answer-regex is not a valid regular expression: {exc}") from None
+
+    def extract(text: str):
+        matches = list(compiled.finditer(text))
+        if not matches:
+            return None
+        return matches[-1].group(1) if compiled.groups else matches[-1].group(0)
+
+    return extract

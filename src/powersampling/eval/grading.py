@@ -66,6 +66,13 @@ def extract_gsm8k_answer(text: str) -> tuple[str | None, str]:
     return None, "no number"
 
 
+def gsm8k_vote_answer(text: str) -> str | None:
+    """The extracted number in a canonical form, so that 1,000 and 1000.00 are the same vote."""
+    answer, _ = extract_gsm8k_answer(text)
+    value = _to_decimal(answer) if answer is not None else None
+    return None if value is None else format(value.normalize(), "f")
+
+
 def grade_gsm8k(reference: str, text: str) -> Grade:
     answer, rule = extract_gsm8k_answer(text)
     if answer is None:
@@ -78,6 +85,11 @@ def grade_gsm8k(reference: str, text: str) -> Grade:
 
 
 # MATH500
+
+
+def math_vote_answer(text: str) -> str | None:
+    answer, _ = extract_math_answer(text)
+    return None if answer is None else normalize_math(answer)
 
 
 def extract_math_answer(text: str) -> tuple[str | None, str]:

@@ -35,10 +35,13 @@ from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
 from .datasets import TASKS, Problem, load_problems
 from .results import RESULTS_FILE, SETTINGS_FILE, append_row, read_rows, repair_torn_tail, write_rows
 from ..backends.constraints import StopStringConstraint
-from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, build_prompt, grade_completion, resolve_style
+from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, answer_extractor, build_prompt, grade_completion, resolve_style
 
 # power (and smc) run before best-of-n on each problem so its matched n can use this problem's cost too
-_METHOD_ORDER = {"sample": 0, "greedy": 1, "low-temp": 2, "power": 3, "smc": 4, "best-of-n": 9}
+# power (and smc) run before best-of-n and the votes on each problem so their matched n can use this problem's cost
+_METHOD_ORDER = {"sample": 0, "greedy": 1, "low-temp": 2, "power": 3, "smc": 4, "scalable-power": 5,
+                 "best-of-n": 9}
+VOTE = "+vote"  # method suffix: a majority vote over the method's outputs (see _run_one)
 BEST_OF_N_RANGE = (2, 64)
 
 
@@ -71,17 +74,18 @@ def method_seed(run_seed: int, problem_index: int, method: str) -> int:
     return int((int(state[0]) << 32 | int(state[1])) >> 1)
 
 
-def matched_best_of_n(rows: Iterable[dict]) -> tuple[int, str]:
-    """n for best-of-n so its decoded tokens match power sampling's, from the rows so far."""
+def matched_best_of_n(rows: Iterable[dict], unit: str = "sample") -> tuple[int, str]:
+    """n for best-of-n (or a vote) so its decoded tokens match power sampling's, from the rows so far: power's
+    decoded tokens over those of one sample of the ``unit`` method (the one the n samples are drawn like)."""
     by_problem: dict[str, dict[str, dict]] = {}
     for r in rows:
         by_problem.setdefault(r["problem_id"], {})[r["method"]] = r
-    power = [p["power"]["tokens_generated"] for p in by_problem.values() if "power" in p and "sample" in p]
-    plain = [p["sample"]["tokens_generated"] for p in by_problem.values() if "power" in p and "sample" in p]
+    power = [p["power"]["tokens_generated"] for p in by_problem.values() if "power" in p and unit in p]
+    plain = [p[unit]["tokens_generated"] for p in by_problem.values() if "power" in p and unit in p]
     lo, hi = BEST_OF_N_RANGE
     if power and sum(plain) > 0:
         ratio = sum(power) / sum(plain)
-        rule = f"power/sample decoded tokens {ratio:.2f} over {len(power)} problems"
+        rule = f"power/{unit} decoded tokens {ratio:.2f} over {len(power)} problems"
     else:
         multipliers = [p["power"]["metadata"].get("cost_multiplier", 0.0) for p in by_problem.values() if "power" in p]
         if not multipliers:
@@ -163,9 +167,12 @@ def _validate(task: str, methods: list[str], limit: int | None) -> None:
         raise ConfigError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     if not methods:
         raise ConfigError("no methods given")
-    unknown = [m for m in methods if m not in available_methods()]
+    unknown = [m for m in methods if m.removesuffix(VOTE) not in available_methods()]
     if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available_methods())}")
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available_methods())}, "
+                          f"each also with '{VOTE}' (a majority vote over its outputs)")
+    if any(m.endswith(VOTE) for m in methods) and task in ("humaneval", "mbpp"):
+        raise ConfigError(f"'{VOTE}' needs answers to compare; {task} grades programs")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"methods repeat: {', '.join(methods)}")
     if limit is not None and limit < 1:
@@ -196,7 +203,10 @@ def check_arguments(
         raise ConfigError("best-of-n at matched cost needs power sampling in the methods (or set best_of_n)")
     base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
     for method in methods:
-        validate_params(method, **base, **(extra_params or {}), **({"n": 2} if method == "best-of-n" else {}))
+        validate_params(method.removesuffix(VOTE), **base, **(extra_params or {}),
+                        **({"n": 2} if method == "best-of-n" else {}))
+    if "power+vote" in methods and int((extra_params or {}).get("n_chains", 1)) < 2:
+        raise ConfigError("power+vote votes over MH chains: give --param n_chains=N with N >= 2")
     return problems, base
 
 
@@ -262,7 +272,7 @@ def run_eval(
     repair_torn_tail(results_path)
     rows = read_rows(results_path)
     done = {(r["problem_id"], r["method"]) for r in rows}
-    ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 5))
+    ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 8 if m.endswith(VOTE) else 6))
     todo = [(p, m) for p in problems for m in ordered if (p.problem_id, m) not in done]
     wanted_ids = {p.problem_id for p in problems}
     rows_in_scope = [r for r in rows if r["problem_id"] in wanted_ids and r["method"] in methods]
@@ -352,20 +362,32 @@ def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
 
 
 def _run_one(problem, method, plan, model, settings, base, extra_params, rows, limits, bar) -> dict:
+    """One (problem, method) row. A method ``m+vote`` returns the answer most of m's outputs agree on: SMC's
+    particles (weighted), MH's chains (``n_chains``), and for single-sample methods (sample, low-temp) n samples
+    at that method's temperature, n matched to power sampling's cost like best-of-n's."""
     from ..samplers import build_sampler
+    from ..samplers.config import LowTemperatureConfig
 
     seed = method_seed(settings.seed, problem.index, method)
+    base_method = method.removesuffix(VOTE)
     params = {**base, **extra_params, "seed": seed}
     n_rule = None
-    if method == "sample":
+    if base_method == "sample":
         params["temperature"] = 1.0
-    if method == "best-of-n":
-        params["temperature"] = 1.0
+    unit = "sample"  # the single-sample method whose cost one best-of-n candidate has
+    if method.endswith(VOTE):
+        params.update(select="majority", answer_extractor=answer_extractor(problem))
+        if base_method in ("sample", "low-temp"):  # n samples at the method's own temperature
+            params["temperature"] = LowTemperatureConfig(alpha=base["alpha"]).temperature \
+                if base_method == "low-temp" else 1.0
+            unit, base_method = base_method, "best-of-n"
+    if base_method == "best-of-n":
+        params.setdefault("temperature", 1.0)
         if settings.best_of_n is not None:
             params["n"], n_rule = settings.best_of_n, "fixed"
         else:
-            params["n"], n_rule = matched_best_of_n(rows)
-    sampler = build_sampler(method, model, **params)
+            params["n"], n_rule = matched_best_of_n(rows, unit)
+    sampler = build_sampler(base_method, model, **params)
     constraint = plan.constraint or (StopStringConstraint(model.tokenizer, plan.stops) if plan.stops else None)
     start = time.perf_counter()
     result = sampler.sample(plan.ids, constraint=constraint, progress=bar.sampler_event)
@@ -389,12 +411,12 @@ def _run_one(problem, method, plan, model, settings, base, extra_params, rows, l
         "wall_s": wall,
         "style": plan.style,
         "model": settings.model,
-        "params": {k: v for k, v in params.items() if k != "seed"},
+        "params": {k: v for k, v in params.items() if k not in ("seed", "answer_extractor")},
         "metadata": md,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **grade.fields,
     }
-    if method == "best-of-n":
+    if base_method == "best-of-n":
         row["n"] = params["n"]
         row["n_rule"] = n_rule
         row["candidates_correct"] = sum(

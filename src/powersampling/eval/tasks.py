@@ -17,7 +17,9 @@ from .grading import (
     grade_gsm8k,
     grade_math,
     grade_program,
+    gsm8k_vote_answer,
     humaneval_program,
+    math_vote_answer,
     mbpp_program,
     truncate_at_stops,
 )
@@ -141,6 +143,30 @@ def _chat_plan(model, messages, stops) -> PromptPlan:
 
 def _text_plan(tok, text: str, stops) -> PromptPlan:
     return PromptPlan(list(tok.encode(text)), tuple(stops), "fewshot", text)
+
+
+def answer_extractor(problem: Problem):
+    """What a majority vote compares for this task: the GSM8K number, the MATH boxed answer, a TaskBench plan's
+    tool calls and links; None for the code tasks (two programs are not one answer by their text)."""
+    if problem.task == "gsm8k":
+        return gsm8k_vote_answer
+    if problem.task == "math500":
+        return math_vote_answer
+    if problem.task == "taskbench":
+        from .taskbench import parse_plan
+
+        spec = problem.fields["data"].spec
+
+        def plan_answer(text: str) -> str | None:
+            try:
+                nodes, links = parse_plan(text, spec)
+            except ValueError:
+                return None
+            calls = sorted(f"{n['task']}({sorted((a['name'], a['value']) for a in n['arguments'])})" for n in nodes)
+            return " ; ".join(calls) + " | " + " ; ".join(sorted(f"{x['source']}>{x['target']}" for x in links))
+
+        return plan_answer
+    return None
 
 
 def grade_tool_plan(problem: Problem, text: str) -> Grade:

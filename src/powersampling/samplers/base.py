@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..backends.base import Continuation, LanguageModel, TokenConstraint
 from ..errors import CapabilityError
-from .result import ProgressEvent, SampleResult
+from .result import Completion, ProgressEvent, SampleResult
 
 if TYPE_CHECKING:
     from .config import DecodeConfig
@@ -203,3 +204,47 @@ def common_metadata(
         "evaluator_errors": tracker.errors,
         "constrained": constrained,
     }
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The default answer for a majority vote: the last number in the text, commas and a trailing .0 dropped."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    value = found[-1].replace(",", "")
+    return value[:-2] if value.endswith(".0") else value
+
+
+def majority_vote(completions: Sequence[Completion], extract: Callable[[str], str | None] | None,
+                  weights: Sequence[float] | None = None) -> tuple[int | None, dict[str, Any]]:
+    """The index of the completion whose answer most completions give (``weights``: votes per completion, default
+    one each), ties and the pick within the winning answer by the highest mean log-probability per token; None
+    when no complete completion yields an answer. Returns the index and a summary of the votes."""
+    extract = extract or last_number
+    weights = list(weights) if weights is not None else [1.0] * len(completions)
+    votes: dict[str, float] = {}
+    answers: list[str | None] = []
+    for completion, weight in zip(completions, weights):
+        try:
+            answer = extract(completion.text) if completion.complete else None
+        except Exception as exc:  # user code: a failed extraction is no vote, not a failed run
+            log.warning("answer extractor failed (%s: %s); that output casts no vote", type(exc).__name__, exc)
+            answer = None
+        answers.append(None if answer is None else str(answer))
+        if answers[-1] is not None:
+            votes[answers[-1]] = votes.get(answers[-1], 0.0) + float(weight)
+    if not votes:
+        return None, {"votes": {}, "voters": 0, "winner": None}
+
+    def mean_logprob(i: int) -> float:
+        return completions[i].logprob / max(1, len(completions[i].token_ids))
+
+    best = max(votes.values())
+    tied = {a for a, v in votes.items() if v >= best - 1e-12}
+    chosen = max((i for i, a in enumerate(answers) if a in tied), key=mean_logprob)
+    total = sum(votes.values())
+    return chosen, {"votes": dict(sorted(votes.items(), key=lambda kv: -kv[1])), "winner": answers[chosen],
+                    "voters": sum(a is not None for a in answers), "agreement": votes[answers[chosen]] / total}

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..backends.base import ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
-from .base import Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata, resolve_seed
+from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
+                   majority_vote, resolve_seed)
 from .config import BestOfNConfig, GreedyConfig, LowTemperatureConfig, SamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -52,7 +53,13 @@ class TemperatureSampler(Sampler):
             complete = cont.stopped or len(cont) >= cfg.max_new_tokens
             score = tracker.score(tuple(cont.token_ids), text) if complete else None
             completions.append(Completion(list(cont.token_ids), text, float(cont.logp.sum()), complete, score))
-        chosen, selected_by = self._select(completions, conts)
+        vote = None
+        if cfg.select == "majority" and len(completions) > 1:
+            chosen, vote = majority_vote(completions, cfg.answer_extractor)
+        if vote is not None and chosen is not None:
+            selected_by = "majority"
+        else:
+            chosen, selected_by = self._select(completions, conts)
         cont = conts[chosen]
         tokens_generated = sum(len(c) for c in conts)
         metadata = common_metadata(
@@ -63,6 +70,8 @@ class TemperatureSampler(Sampler):
             quality_score=completions[chosen].quality_score, tracker=tracker, constrained=constraint is not None,
         )
         metadata["temperature"] = cfg.temperature
+        if vote is not None:
+            metadata["vote"] = vote
         if progress is not None:
             progress(ProgressEvent("done", tokens_generated=tokens_generated))
         return SampleResult(list(cont.token_ids), completions[chosen].text, np.asarray(cont.logp), self.method,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import ConfigError
 
 QualityEvaluator = Callable[[str], float]
+AnswerExtractor = Callable[[str], Optional[str]]
 
 
 def _raise_config_error(exc: ValidationError, owner: str) -> None:
@@ -41,7 +42,7 @@ class _Config(BaseModel):
     @classmethod
     def parameter_names(cls) -> frozenset[str]:
         """The parameters a caller may set by name (the evaluator is passed separately)."""
-        return frozenset(cls.model_fields) - {"quality_evaluator"}
+        return frozenset(cls.model_fields) - {"quality_evaluator", "answer_extractor"}
 
 
 class DecodeConfig(_Config):
@@ -51,6 +52,12 @@ class DecodeConfig(_Config):
     seed: Optional[int] = Field(None, ge=0, lt=2**63, description="None: fresh entropy, recorded in metadata")
     deadline_s: Optional[float] = Field(None, gt=0, description="overall time limit; the best so far is returned")
     quality_evaluator: Optional[QualityEvaluator] = Field(None, exclude=True)
+    select: Literal["default", "majority"] = Field(
+        "default", description="which of a run's outputs (best-of-n candidates, MH chains, SMC particles) is "
+        "returned: the method's own rule, or the answer most of them agree on (majority vote; ties to the highest "
+        "mean log-probability)")
+    answer_extractor: Optional[AnswerExtractor] = Field(
+        None, exclude=True, description="text -> answer for the majority vote (default: the last number)")
 
 
 class PowerTargetConfig(DecodeConfig):
@@ -172,6 +179,19 @@ class SMCConfig(PowerTargetConfig):
         if self.proposal_temperature is not None:
             return self.proposal_temperature
         return 1.0 / self.alpha_at(tokens)
+
+
+class ScalablePowerConfig(PowerTargetConfig):
+    """Scalable power sampling: each token from p^alpha times a rollout estimate of its future (no MCMC)."""
+
+    top_k: int = Field(8, ge=1, le=4096, description="candidate tokens per position (the most likely ones)")
+    rollouts: int = Field(4, ge=1, le=1024, description="continuations drawn after each candidate")
+    horizon: Optional[int] = Field(16, ge=1, description="tokens per rollout at most (None: to the end)")
+    jackknife: bool = Field(True, description="remove the ratio estimator's first-order bias")
+    entropy_threshold: Optional[float] = Field(
+        None, ge=0, description="below this next-token entropy (nats) a token is drawn at 1/alpha, no rollouts")
+    proposal_temperature: Optional[float] = Field(None, gt=0, le=100, description="rollouts' temperature "
+                                                  "(default 1/alpha)")
 
 
 def default(config: type[_Config], field: str) -> Any:

@@ -38,7 +38,7 @@ import numpy as np
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
 from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
-                   require_exact, resolve_seed)
+                   majority_vote, require_exact, resolve_seed)
 from .config import PowerSamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -346,7 +346,12 @@ class _Run:
                        self.tracker.score(s.tokens, decode(s.tokens)) if self.tracker.evaluator else None)
             for s in states
         ]
-        if self.tracker.best_payload is not None:
+        vote = None
+        if self.cfg.select == "majority" and len(states) > 1:
+            index, vote = majority_vote(completions, self.cfg.answer_extractor)
+        if vote is not None and index is not None:
+            chosen, selected_by = states[index], "majority"
+        elif self.tracker.best_payload is not None:
             chosen, selected_by = self.tracker.best_payload, "evaluator"
         else:
             chosen, selected_by = states[0], "chain_0"
@@ -371,6 +376,8 @@ class _Run:
             "identity_steps": len(self.steps) - proposed,
             "step_timeouts": sum(s.timed_out for s in mh),
         })
+        if vote is not None:
+            metadata["vote"] = vote
         self._notify("done", 0, self.blocks_total)
         return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp), "power", metadata, completions)
 

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from .base import MethodSpec, Sampler
 from .config import DecodeConfig
 
-BUILTIN_MODULES = ("baselines", "mh", "smc")
+BUILTIN_MODULES = ("baselines", "mh", "smc", "scalable")
 
 _lock = threading.Lock()
 _methods: dict[str, MethodSpec] = {}
@@ -79,6 +79,7 @@ def validate_params(method: str, *, strict: bool = False, **params: Any) -> Deco
     """
     spec = method_spec(method)
     given = {k: v for k, v in params.items() if v is not None}
+    extractor = given.pop("answer_extractor", None)  # a callable: passed through, not a named setting
     known = frozenset().union(*(s.config.parameter_names() for s in _registry().values()))
     unknown = set(given) - known
     if unknown:
@@ -87,7 +88,8 @@ def validate_params(method: str, *, strict: bool = False, **params: Any) -> Deco
     foreign = set(given) - mine
     if strict and foreign:
         raise ConfigError(f"parameter(s) {', '.join(sorted(foreign))} do not apply to method {method!r}")
-    return spec.config(**{k: v for k, v in given.items() if k in mine})
+    chosen = {k: v for k, v in given.items() if k in mine}
+    return spec.config(**chosen, **({"answer_extractor": extractor} if extractor is not None else {}))
 
 
 def build_sampler(

@@ -42,7 +42,7 @@ import numpy as np
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
 from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
-                   require_exact, resolve_seed)
+                   majority_vote, require_exact, resolve_seed)
 from .config import SMCConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -250,7 +250,15 @@ class _Run:
         drawn = int(self.rng.choice(len(weights), p=self._draw_weights(weights)))
         for particle in self.particles:
             self._offer(particle)
-        if self.tracker.best_payload is not None:
+        vote = None
+        if cfg.select == "majority" and len(self.particles) > 1:  # each particle votes with its final weight
+            voters = [Completion(list(p.tokens), decode(p.tokens), math.fsum(p.logp), self._is_complete(p))
+                      for p in self.particles]
+            index, vote = majority_vote(voters, cfg.answer_extractor, weights=self._draw_weights(weights))
+        if vote is not None and index is not None:
+            chosen, selected_by = self.particles[index], "majority"
+            drawn = index
+        elif self.tracker.best_payload is not None:
             chosen, selected_by = self.tracker.best_payload, "evaluator"
         else:
             chosen, selected_by = self.particles[drawn], "weights"
@@ -284,6 +292,8 @@ class _Run:
         })
         if cfg.return_particles:
             metadata["particle_weights"] = [float(weights[i]) for i in order]
+        if vote is not None:
+            metadata["vote"] = vote
         self._notify(ProgressEvent("done", blocks_total=len(self.ess_trace), block=len(self.ess_trace),
                                    tokens_generated=tokens_generated, extra={"ess": final_ess}))
         return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp, dtype=np.float64), "smc", metadata,

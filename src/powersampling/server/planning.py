@@ -51,7 +51,9 @@ class PlanService:
                              ("n", "best_of_n"), ("chains", "n_particles"), ("seed", "seed")):
                 if getattr(ps, src) is not None:
                     changes[dst] = getattr(ps, src)
-            unused = [f for f in ("deadline_s", "proposal_temperature", "scan") if getattr(ps, f) is not None]
+            unused = [f for f in ("deadline_s", "proposal_temperature", "scan", "top_k", "rollouts", "horizon",
+                                  "jackknife", "entropy_threshold", "select", "answer_regex")
+                      if getattr(ps, f) is not None]
             if unused:
                 raise APIError(400, f"power_sampling.{unused[0]} is not used by the planner",
                                param=f"power_sampling.{unused[0]}", code="unsupported_parameter")

@@ -4,6 +4,7 @@ response body."""
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from .scope import check_limits
 from .settings import ServerSettings
 
 # power_sampling fields that map onto sampler parameters under the same name
-_SAME_NAME = ("alpha", "n_mcmc", "block_size", "proposal_temperature", "scan")
+_SAME_NAME = ("alpha", "n_mcmc", "block_size", "proposal_temperature", "scan", "top_k", "rollouts", "horizon",
+              "jackknife", "entropy_threshold", "select")
 
 
 @dataclass
@@ -71,11 +73,34 @@ def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerS
             params["n_chains" if method == "power" else "n_particles"] = ps.chains
         if ps.n is not None:
             params["n"] = ps.n
+        if ps.answer_regex is not None:
+            if ps.select != "majority":
+                raise APIError(400, "power_sampling.answer_regex is used by select=majority only",
+                               param="power_sampling.answer_regex", code="invalid_value")
+            params["answer_extractor"] = regex_extractor(ps.answer_regex)
     try:
         validate_params(method, strict=True, **params)
     except (PowerSamplingError, ValueError) as exc:
         raise APIError(400, str(exc), param="power_sampling", code="invalid_value") from None
     return SamplingCall(method, params, prompt_ids, ps.deadline_s if ps is not None else None)
+
+
+def regex_extractor(pattern: str) -> Callable[[str], str | None]:
+    """An answer extractor from a client's regular expression: the last match, or its first group."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise APIError(400, f"power_sampling.answer_regex is not a valid regular expression: {exc}",
+                       param="power_sampling.answer_regex", code="invalid_value") from None
+
+    def extract(text: str) -> str | None:
+        matches = list(compiled.finditer(text))
+        if not matches:
+            return None
+        last = matches[-1]
+        return last.group(1) if compiled.groups else last.group(0)
+
+    return extract
 
 
 def completion_prompt_ids(body: CompletionRequest, model: LanguageModel, settings: ServerSettings) -> list[int]:

@@ -41,6 +41,18 @@ class PowerSamplingParams(_Strict):
     )
     proposal_temperature: Optional[float] = Field(None, gt=0, le=100)
     scan: Optional[Literal["random", "sorted"]] = None
+    top_k: Optional[int] = Field(None, ge=1, le=64, description="scalable-power: candidate tokens per position")
+    rollouts: Optional[int] = Field(None, ge=1, le=64, description="scalable-power: rollouts per candidate")
+    horizon: Optional[int] = Field(None, ge=1, description="scalable-power: tokens per rollout at most")
+    jackknife: Optional[bool] = Field(None, description="scalable-power: jackknife the ratio estimate")
+    entropy_threshold: Optional[float] = Field(
+        None, ge=0, description="scalable-power: below this next-token entropy (nats), no rollouts")
+    select: Optional[Literal["default", "majority"]] = Field(
+        None, description="majority: return the answer most outputs (best-of-n candidates, MH chains, SMC "
+        "particles) agree on")
+    answer_regex: Optional[str] = Field(
+        None, max_length=500, description="with select=majority: a regular expression whose last match (its first "
+        "group, if it has one) is an output's answer; default: the last number")
 
 
 class StreamOptions(_Strict):
