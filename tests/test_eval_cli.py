@@ -48,6 +48,70 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, monkeypa
     assert len(err.strip().splitlines()) == 1
 
 
+def _bad_run_folder(tmp_path, case: str):
+    """A run folder (or a path) that a user could hand to --out by mistake."""
+    out = tmp_path / "run"
+    if case == "under a file":
+        (tmp_path / "plain.txt").write_text("x")
+        return tmp_path / "plain.txt" / "run"
+    out.mkdir()
+    if case == "run.json is a folder":
+        (out / "run.json").mkdir()
+    elif case == "results.jsonl is a folder":
+        (out / "results.jsonl").mkdir()
+    elif case == "invalid UTF-8":
+        (out / "results.jsonl").write_bytes(b'{"problem_id": "1", "method": "sample"}\n\xff\xfe oops\n')
+    elif case == "a row without problem_id":
+        (out / "results.jsonl").write_text('{"method": "sample", "correct": true}\n')
+    return out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("/sys/x", "cannot create the folder /sys/x"), ("/proc/x", "cannot create the folder /proc/x"),
+    ("under a file", "is a file"), ("run.json is a folder", "run.json is not a file"),
+    ("results.jsonl is a folder", "results.jsonl is not a file"), ("invalid UTF-8", "line 2 is not valid UTF-8"),
+    ("a row without problem_id", "line 1 is not a results row"),
+])
+def test_a_bad_run_folder_is_one_line_and_exit_2_before_the_model_loads(case, message, tmp_path, monkeypatch,
+                                                                      capsys):
+    from powersampling.cli import main
+
+    out = case if case.startswith("/") else str(_bad_run_folder(tmp_path, case))
+    # a model path that does not exist: had the folder been accepted, the error would be about the model
+    monkeypatch.setattr(sys, "argv", ["powersampling", "eval", "--task", "gsm8k", "--methods", "sample", "--limit",
+                                      "1", "--out", out, "--model", str(tmp_path / "no-model")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_torn_last_line_is_repaired_and_said_in_one_line(tmp_path):
+    from test_eval_runner import SMALL, toy_model
+
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.runner import run_eval
+
+    problems = load_problems("gsm8k", limit=2)
+    out = tmp_path / "run"
+    run_eval("gsm8k", ["sample"], 2, toy_model(problems), out, write_report=False, **SMALL)
+    results = out / "results.jsonl"
+    complete = results.read_bytes()
+    first_row = complete.split(b"\n")[0] + b"\n"
+    results.write_bytes(first_row + b'{"problem_id": "x", "meth')  # killed mid-write
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, 'tests'); from test_eval_runner import *; "
+         "from powersampling.eval.runner import run_eval; from powersampling.eval.datasets import load_problems; "
+         f"p = load_problems('gsm8k', limit=2); run_eval('gsm8k', ['sample'], 2, toy_model(p), {str(out)!r}, "
+         "write_report=False, **{**SMALL, 'progress': True})"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    repaired = [line for line in proc.stderr.splitlines() if "torn last line" in line]
+    assert len(repaired) == 1 and "bytes" in repaired[0]
+    assert len(results.read_bytes().split(b"\n")) == 3  # the first row kept, the torn one run again
+
+
 def test_bad_input_from_a_real_process(tmp_path):
     proc = run_cli("eval", "--task", "gsm8k", "--methods", "power,nope", "--out", str(tmp_path), timeout=120)
     assert proc.returncode == 2 and "unknown method" in proc.stderr

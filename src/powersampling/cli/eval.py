@@ -49,7 +49,7 @@ def eval_command(
     """Evaluate decoding methods on a benchmark; rows are appended as they finish, so rerunning resumes."""
     from .common import fail, load_model_or_fail, stderr
     from ..eval.report import SUMMARY_MD, write_report
-    from ..eval.results import RESULTS_FILE
+    from ..eval.results import RESULTS_FILE, prepare_run_dir, read_rows
     from ..eval.runner import check_arguments, run_eval
     from ..eval.tasks import STYLES, ExecLimits
 
@@ -87,8 +87,11 @@ def eval_command(
                         max_new_tokens=max_new_tokens, best_of_n=best_of_n, extra_params=extra, data=data)
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a folder")
+    try:  # the folder and its rows are checked before the (slow) model load, so a bad path loses no work
+        prepare_run_dir(out)
+        read_rows(out / RESULTS_FILE)
+    except PowerSamplingError as exc:
+        fail(str(exc))
     if threads is not None and threads < 1:
         fail(f"--threads must be >= 1 (got {threads})")
     if task in ("humaneval", "mbpp"):

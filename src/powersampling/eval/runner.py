@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
 from .datasets import TASKS, Problem, load_problems
-from .results import RESULTS_FILE, SETTINGS_FILE, append_row, read_rows, repair_torn_tail, write_rows
+from .results import (RESULTS_FILE, SETTINGS_FILE, append_row, prepare_run_dir, read_rows, repair_torn_tail,
+                      write_rows)
 from ..backends.constraints import StopStringConstraint
 from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, answer_extractor, build_prompt, grade_completion, resolve_style
 
@@ -256,7 +257,7 @@ def run_eval(
                            block_size, max_new_tokens, seed, best_of_n, extra_params, fingerprint)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out)
     settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
     if settings_path.is_file():
         previous = _stored_settings(settings_path)
@@ -269,8 +270,13 @@ def run_eval(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": platform.node(), "python": platform.python_version(),
         }, indent=2))
-    repair_torn_tail(results_path)
-    rows = read_rows(results_path)
+    rows = read_rows(results_path)  # a bad line is an error before the torn tail is touched
+    dropped = repair_torn_tail(results_path)
+    if dropped and progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"repaired {results_path}: dropped a torn last line ({dropped} bytes) left by an "
+                                   "interrupted run; that row will be run again", highlight=False, soft_wrap=True)
     done = {(r["problem_id"], r["method"]) for r in rows}
     ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 8 if m.endswith(VOTE) else 6))
     todo = [(p, m) for p in problems for m in ordered if (p.problem_id, m) not in done]
@@ -351,7 +357,7 @@ def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
                                   "merge runs whose problems do not overlap")
             origin[key] = source
             rows.append(row)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out)
     (out / SETTINGS_FILE).write_text(json.dumps({
         "settings": asdict(settings),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
