@@ -1,19 +1,44 @@
-"""powersampling: exact power sampling (p^alpha) for language models."""
+"""powersampling: exact power sampling (p^alpha) for language models.
 
-from .backends import FunctionLM, load_model
-from .errors import CapabilityError, ConfigError, ModelLoadError, PowerSamplingError
-from .samplers import (
-    PowerSampler,
-    PowerSamplingConfig,
-    SampleResult,
-    SamplingConfig,
-    TemperatureSampler,
-    build_sampler,
-)
+The public names below are imported on first use, so ``import powersampling`` (and the command line's start-up)
+does not pay for numpy, pydantic or torch until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CapabilityError", "ConfigError", "FunctionLM", "ModelLoadError", "PowerSampler", "PowerSamplingConfig",
-    "PowerSamplingError", "SampleResult", "SamplingConfig", "TemperatureSampler", "build_sampler", "load_model",
-]
+_EXPORTS = {
+    "FunctionLM": "backends.function", "load_model": "backends.loading",
+    "CapabilityError": "errors", "ConfigError": "errors", "ModelLoadError": "errors", "PowerSamplingError": "errors",
+    "PowerSampler": "samplers.mh", "PowerSamplingConfig": "samplers.config", "SampleResult": "samplers.result",
+    "SamplingConfig": "samplers.config", "TemperatureSampler": "samplers.baselines",
+    "build_sampler": "samplers.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .backends.function import FunctionLM
+    from .backends.loading import load_model
+    from .errors import CapabilityError, ConfigError, ModelLoadError, PowerSamplingError
+    from .samplers.baselines import TemperatureSampler
+    from .samplers.config import PowerSamplingConfig, SamplingConfig
+    from .samplers.mh import PowerSampler
+    from .samplers.registry import build_sampler
+    from .samplers.result import SampleResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'powersampling' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

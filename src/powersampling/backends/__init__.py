@@ -1,8 +1,20 @@
-"""Model access: token ids in, next-token log-probabilities and sampled continuations out."""
+"""Model access: token ids in, next-token log-probabilities and sampled continuations out (names imported on first
+use: a backend's engine loads only when that backend is used)."""
 
-from .base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint, Tokenizer
-from .function import FunctionLM
-from .loading import load_model
+from __future__ import annotations
 
-__all__ = ["Continuation", "ContinuationRequest", "FunctionLM", "LanguageModel", "TokenConstraint", "Tokenizer",
-           "load_model"]
+import importlib
+from typing import Any
+
+_EXPORTS = {"Continuation": "base", "ContinuationRequest": "base", "LanguageModel": "base",
+            "TokenConstraint": "base", "Tokenizer": "base", "FunctionLM": "function", "load_model": "loading"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'powersampling.backends' has no attribute {name!r}")

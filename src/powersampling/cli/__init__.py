@@ -27,21 +27,24 @@ def _root() -> None:
     """Exact power sampling (p^alpha) for language models."""
 
 
-def _register_commands() -> None:
-    from .eval import eval_command
-    from .generate import generate
-    from .plan import plan_command
-    from .serve import serve_command
+COMMANDS = {"generate": ("generate", "generate"), "plan": ("plan", "plan_command"),
+            "serve": ("serve", "serve_command"), "eval": ("eval", "eval_command")}
 
-    app.command("generate")(generate)
-    app.command("plan")(plan_command)
-    app.command("serve")(serve_command)
-    app.command("eval")(eval_command)
+
+def _register_commands(argv: list[str]) -> None:
+    """Register the subcommand being run, or all of them when none is named (for the command list): each one
+    imports what its options need, so ``powersampling generate --help`` does not load the planner or the server."""
+    import importlib
+
+    named = [a for a in argv[1:2] if a in COMMANDS]
+    for name in named or COMMANDS:
+        module, function = COMMANDS[name]
+        app.command(name)(getattr(importlib.import_module(f".{module}", __name__), function))
 
 
 def main() -> None:
     """Entry point: click's usage errors become one line and exit code 2 instead of a usage box."""
-    _register_commands()
+    _register_commands(sys.argv)
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
