@@ -207,3 +207,29 @@ def test_a_gguf_file_gives_the_tokenizer():
     text = "Exact power sampling: p^alpha, 12 tokens."
     assert from_gguf.encode(text) == from_folder.encode(text)
     assert from_gguf.eos_token == from_folder.eos_token
+
+
+def test_eval_with_problems_in_flight_writes_the_rows_of_a_sequential_run(vllm_like_server, tokenizer_dir,
+                                                                          tmp_path):
+    """--concurrency against a server: the same rows (each request carries its own seed), in problem order."""
+    import powersampling as ps
+    from powersampling.eval.results import read_rows
+    from powersampling.eval.runner import run_eval
+
+    lm = ps.load_model(f"{vllm_like_server}/raw-full", tokenizer=tokenizer_dir)
+    settings = dict(alpha=2.0, n_mcmc=2, block_size=3, max_new_tokens=6, seed=3, style="fewshot", shots=0,
+                    progress=False, write_report=False)
+    run_eval("gsm8k", ["sample", "power"], 5, lm, tmp_path / "one", **settings)
+    run_eval("gsm8k", ["sample", "power"], 5, lm, tmp_path / "four", concurrency=4, **settings)
+    one, four = read_rows(tmp_path / "one" / "results.jsonl"), read_rows(tmp_path / "four" / "results.jsonl")
+    key = lambda r: (r["problem_id"], r["method"], r["text"], r["tokens_generated"])  # noqa: E731
+    assert [key(r) for r in four] == [key(r) for r in one]
+
+
+def test_eval_refuses_problems_in_flight_on_a_backend_that_decodes_one_call_at_a_time(tmp_path):
+    from powersampling.errors import ConfigError
+    from powersampling.eval.runner import run_eval
+    from powersampling.exactness import random_table_model
+
+    with pytest.raises(ConfigError, match="one call at a time"):
+        run_eval("gsm8k", ["sample"], 2, random_table_model(), tmp_path, concurrency=2, progress=False)

@@ -247,6 +247,7 @@ class VLLMLM:
         self.name = name or Path(str(model_config.model)).name
         self.vocab_size = int(model_config.get_vocab_size())
         self.max_model_len = int(model_config.max_model_len)
+        self.thread_safe = True  # one driver thread owns the engine; calls from other threads share its steps
         self.context_length = self.max_model_len
         hf_tokenizer = hf_tokenizer if hf_tokenizer is not None else llm.get_tokenizer()
         self.tokenizer = HFTokenizer(hf_tokenizer)

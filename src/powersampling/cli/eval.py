@@ -45,6 +45,8 @@ def eval_command(
                                      "side with other --offset ranges and the same settings); then write the report"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (plain lines when not a terminal)"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    concurrency: int = typer.Option(1, min=1, max=256, help="problems in flight together (for a vLLM engine or a "
+                                    "server, which batch across requests); rows still land in problem order"),
 ) -> None:
     """Evaluate decoding methods on a benchmark; rows are appended as they finish, so rerunning resumes."""
     from .common import fail, load_model_or_fail, stderr
@@ -108,7 +110,7 @@ def eval_command(
     try:
         run_eval(task, method_list, limit, lm, out, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
                  max_new_tokens=max_new_tokens, seed=seed, style=style, shots=shots, best_of_n=best_of_n,
-                 offset=offset, data=data, extra_params=extra, exec_limits=ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec),
+                 offset=offset, data=data, concurrency=concurrency, extra_params=extra, exec_limits=ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec),
                  progress=progress)
     except PowerSamplingError as exc:
         fail(str(exc))

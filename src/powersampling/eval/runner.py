@@ -14,6 +14,11 @@ Best-of-n at matched cost: unless ``best_of_n`` fixes n, n is the running ratio 
 decoded to the tokens one plain sample decoded on the problems done so far (power runs first on each problem).
 Candidates are ranked by mean base-model log-probability per token, not by the grader: the grader is an oracle;
 how many candidates were correct is recorded separately (``candidates_correct``) as pass@n.
+
+Problems in flight (``concurrency`` > 1, for backends that batch across requests: vLLM, remote servers): each
+problem's methods still run in order, problems run side by side, and rows are written in problem order as soon as
+every earlier problem's are, so the results file reads as a sequential run's. A matched n then sees the problems
+finished before it, which can be fewer than in a sequential run.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from __future__ import annotations
 import json
 import math
 import platform
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -228,6 +235,7 @@ def run_eval(
     best_of_n: int | None = None,
     offset: int = 0,
     data: str | Path | None = None,
+    concurrency: int = 1,
     extra_params: dict[str, Any] | None = None,
     exec_limits: ExecLimits = ExecLimits(),
     progress: bool = True,
@@ -242,6 +250,8 @@ def run_eval(
     """
     methods = list(methods)
     extra_params = dict(extra_params or {})
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
     problems, base = check_arguments(task, methods, limit, offset=offset, alpha=alpha, n_mcmc=n_mcmc,
                                      block_size=block_size, max_new_tokens=max_new_tokens, best_of_n=best_of_n,
                                      extra_params=extra_params, data=data)
@@ -251,6 +261,10 @@ def run_eval(
         from ..backends import load_model
 
         model = load_model(None if model is None else str(model))
+    if concurrency > 1 and not getattr(model, "thread_safe", False):
+        raise ConfigError(f"{type(model).__name__} decodes one call at a time, so problems in flight together would "
+                          "share its state; --concurrency needs a backend that batches across requests (vLLM, a "
+                          "remote vLLM or SGLang server)")
     resolved_style = resolve_style(style, model)
     fingerprint = problems[0].fields["data"].fingerprint if task == "taskbench" else None
     settings = RunSettings(task, model.name, type(model).__name__, resolved_style, shots, float(alpha), n_mcmc,
@@ -279,25 +293,53 @@ def run_eval(
                                    "interrupted run; that row will be run again", highlight=False, soft_wrap=True)
     done = {(r["problem_id"], r["method"]) for r in rows}
     ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 8 if m.endswith(VOTE) else 6))
-    todo = [(p, m) for p in problems for m in ordered if (p.problem_id, m) not in done]
+    todo_keys = [(p.problem_id, m) for p in problems for m in ordered if (p.problem_id, m) not in done]
     wanted_ids = {p.problem_id for p in problems}
     rows_in_scope = [r for r in rows if r["problem_id"] in wanted_ids and r["method"] in methods]
 
-    with _Progress(len(problems) * len(methods), len(rows_in_scope), ordered, rows_in_scope, progress) as bar:
-        plans: dict[str, Any] = {}
-        for problem, method in todo:
-            if problem.problem_id not in plans:
-                plans = {problem.problem_id: build_prompt(problem, model, resolved_style, shots)}
-                prefill_s = prefill_prompt(model, plans[problem.problem_id].ids)
-            plan = plans[problem.problem_id]
+    jobs = [(p, [m for m in ordered if (p.problem_id, m) in set(todo_keys)]) for p in problems]
+    jobs = [(p, ms) for p, ms in jobs if ms]
+    lock = threading.Lock()
+
+    def run_problem(problem: Problem, todo_methods: list[str]) -> list[dict]:
+        """A problem's pending methods, in order; rows so far (other problems') feed the matched-n rules."""
+        plan = build_prompt(problem, model, resolved_style, shots)
+        prefill_s = prefill_prompt(model, plan.ids)
+        done_here: list[dict] = []
+        for method in todo_methods:
             bar.starting(problem, method)
-            row = _run_one(problem, method, plan, model, settings, base, extra_params, rows, exec_limits, bar)
+            with lock:
+                seen = rows + done_here
+            row = _run_one(problem, method, plan, model, settings, base, extra_params, seen, exec_limits, bar)
             row["prompt_prefill_s"] = prefill_s
+            done_here.append(row)
+            if concurrency == 1:
+                record(row)
+        return done_here
+
+    def record(row: dict) -> None:
+        with lock:
             append_row(results_path, row)
             rows.append(row)
-            bar.finished(row)
-            if on_row is not None:
-                on_row(row)
+        bar.finished(row)
+        if on_row is not None:
+            on_row(row)
+
+    with _Progress(len(problems) * len(methods), len(rows_in_scope), ordered, rows_in_scope, progress) as bar:
+        if concurrency == 1:
+            for problem, todo_methods in jobs:
+                run_problem(problem, todo_methods)
+        else:  # problems in flight together; rows written in problem order as soon as every earlier one is
+            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval-problem") as pool:
+                futures = [pool.submit(run_problem, p, ms) for p, ms in jobs]
+                try:
+                    for future in futures:
+                        for row in future.result():
+                            record(row)
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
 
     if write_report:
         from .report import write_report as _write

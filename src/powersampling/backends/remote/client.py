@@ -65,6 +65,7 @@ class RemoteLM:
         try:
             self._connect(root, api, model, tokenizer, vocab_size, stop_token_ids)
             self.approximate = approximate
+            self.thread_safe = True  # calls from several threads go out as concurrent requests
             self.context_length: int | None = None  # the serving engine enforces its own window
             self.max_log_z_gap = 0.0
             self._k = 0
