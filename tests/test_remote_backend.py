@@ -39,8 +39,11 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-VOCAB = 40
 STOP = 0
+# Started with POWERSAMPLING_STANDIN_ASCII=1 the server's model has a printable-ASCII vocabulary (the planner's JSON
+# needs every letter); otherwise 40 tokens: three special, then the characters below.
+ASCII_CHARACTERS = [chr(c) for c in range(32, 127)]
+ASCII = os.environ.get("POWERSAMPLING_STANDIN_ASCII") == "1"
 
 
 class Config(NamedTuple):
@@ -55,7 +58,9 @@ CONFIGS = {"raw-full": Config("raw", -1), "processed-full": Config("processed", 
            "processed-k20": Config("processed", 20), "raw-k5": Config("raw", 5),
            "raw-full-guided": Config("raw", -1, grammar_field="guided_json"),
            "raw-full-masked": Config("raw", -1, masked=True, any_whitespace=True)}
-JSON_CHARACTERS = list('{}[]:,"') + [" "] + list("0123456789") + list("abcdefghijklmnorstu")
+JSON_CHARACTERS = ASCII_CHARACTERS if ASCII else list('{}[]:,"') + [" "] + list("0123456789") + \
+    list("abcdefghijklmnorstu")
+VOCAB = 3 + len(JSON_CHARACTERS)
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "name": {"type": "string", "maxLength": 3}},
           "required": ["ok", "name"]}
 
@@ -89,14 +94,14 @@ def log_softmax(x):
 
 
 @functools.cache
-def json_tokenizer():
-    """A transformers tokenizer over the model's 40 ids: three special tokens, then one character each, enough
-    for JSON objects of booleans and short strings."""
+def json_tokenizer(characters: tuple[str, ...] = tuple(JSON_CHARACTERS)):
+    """A transformers tokenizer over the model's ids: three special tokens, then one character each (by default
+    the 37 characters enough for JSON objects of booleans and short strings)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<eos>": STOP, "<bos>": 1, "<unk>": 2} | {c: i for i, c in enumerate(JSON_CHARACTERS, start=3)}
-    assert sorted(vocab.values()) == list(range(VOCAB))
+    vocab = {"<eos>": STOP, "<bos>": 1, "<unk>": 2} | {c: i for i, c in enumerate(characters, start=3)}
+    assert sorted(vocab.values()) == list(range(3 + len(characters)))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
     tok.decoder = decoders.Fuse()

@@ -105,3 +105,33 @@ def test_a_plan_prompt_beyond_the_context_is_400():
         error = response.json()["error"]
         assert error["code"] == "context_length_exceeded" and error["param"] == "request"
         assert model.sample_calls == 0
+
+
+def test_plan_with_a_tool_vocabulary_calls_tools_with_their_arguments():
+    tools = [{"id": "get_weather", "desc": "Query the weather", "parameters": [
+        {"name": "location", "type": "string", "desc": "city"}, {"name": "date", "type": "date", "desc": "day"}]},
+        {"id": "send_email", "desc": "Send an email", "parameters": [
+            {"name": "email_address", "type": "string"}, {"name": "content", "type": "string"}]}]
+
+    def script(prompt: str) -> str:
+        assert "get_weather(location, date: date)" in prompt  # the catalog shows each tool's parameters
+        return answer(("Check the weather in Paris", [], {"tool": "get_weather",
+                                                          "arguments": {"location": "Paris", "date": "2023-06-25"}}),
+                      ("Email the forecast", [1], {"tool": "send_email",
+                                                   "arguments": {"email_address": "a@b.c", "content": "Sunny"}}))
+
+    with _serve(ScriptedLM(script), "plan-tools") as server:
+        response = httpx.post(server.url + "/v1/plan", timeout=300, json={
+            "request": "Check the weather in Paris on 2023-06-25 and email it to a@b.c", "route": "baseline",
+            "max_depth": 1, "seed": 0, "tools": tools})
+        assert response.status_code == 200, response.text
+        tasks = response.json()["plan"]["tasks"]
+        assert [(t["tool"], t["arguments"]) for t in tasks] == [
+            ("get_weather", {"location": "Paris", "date": "2023-06-25"}),
+            ("send_email", {"email_address": "a@b.c", "content": "Sunny"})]
+        assert tasks[1]["dependencies"] == [tasks[0]["id"]]
+        bad = httpx.post(server.url + "/v1/plan", timeout=30, json={
+            "request": "x", "tools": [{"id": "t", "parameters": [{"name": "a"}, {"name": "a"}]}]})
+        assert bad.status_code == 400 and "repeat" in bad.json()["error"]["message"]
+        unknown_route = httpx.post(server.url + "/v1/plan", timeout=30, json={"request": "x", "route": "magic"})
+        assert unknown_route.status_code == 400 and "route" in unknown_route.json()["error"]["message"]

@@ -58,6 +58,8 @@ class PlanService:
                 raise APIError(400, f"power_sampling.{unused[0]} is not used by the planner",
                                param=f"power_sampling.{unused[0]}", code="unsupported_parameter")
         limits = {k: v for k, v in (("max_tasks", body.max_tasks), ("max_depth", body.max_depth)) if v is not None}
+        if body.tools is not None:
+            limits["tools"] = tuple(t if isinstance(t, str) else t.model_dump() for t in body.tools)
         try:
             config = PlannerConfig(route=route, settings=dataclasses.replace(base, **changes), **limits)
             Planner(self.model, config, routing=self.routing)  # checks the route is available and its settings

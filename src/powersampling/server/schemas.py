@@ -16,11 +16,15 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from ..samplers import method_names
+from ..samplers import method_names, planner_routes
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _route_enum(schema: dict[str, Any]) -> None:
+    schema["enum"] = ["auto", *planner_routes()]
 
 
 def _method_enum(schema: dict[str, Any]) -> None:
@@ -140,16 +144,40 @@ class ChatCompletionRequest(_SamplingFields):
         return messages
 
 
+class ToolParameterModel(_Strict):
+    name: str = Field(..., min_length=1, max_length=64)
+    type: str = Field("string", max_length=32, description="string, date, integer, number or boolean")
+    desc: str = Field("", max_length=1000)
+
+
+class ToolModel(_Strict):
+    id: str = Field(..., min_length=1, max_length=64, description="the tool's name")
+    desc: str = Field("", max_length=2000)
+    parameters: list[ToolParameterModel] = Field(default_factory=list, max_length=32)
+
+
 class PlanRequest(_Strict):
     request: str = Field(..., min_length=1, max_length=20_000, description="what to plan")
     model: Optional[str] = Field(None, max_length=256)
-    route: Optional[Literal["auto", "baseline", "power", "best-of-n", "smc"]] = Field(
-        "auto", description="auto: the feature flag and rollout percentage decide"
+    route: Optional[Annotated[str, Field(json_schema_extra=_route_enum)]] = Field(
+        "auto", max_length=64, description="auto: the feature flag and rollout percentage decide"
     )
     power_sampling: Optional[PowerSamplingParams] = None
     max_tasks: Optional[int] = Field(None, ge=1, le=1000)
     max_depth: Optional[int] = Field(None, ge=1, le=20)
     seed: Optional[int] = Field(None, ge=0, lt=2**63)
+    tools: Optional[list[Union[Annotated[str, Field(min_length=1, max_length=64)], ToolModel]]] = Field(
+        None, min_length=1, max_length=200,
+        description="a closed tool vocabulary (names, or tools with descriptions and typed parameters as in "
+        "TaskBench's tools.json): every task then calls one of them with its arguments")
+
+    @field_validator("route")
+    @classmethod
+    def _known_route(cls, route: str | None) -> str | None:
+        if route is not None and route != "auto" and route not in planner_routes():
+            raise PydanticCustomError("unknown_route", "must be auto or one of: {choices}",
+                                      {"choices": ", ".join(planner_routes())})
+        return route
 
 
 class ErrorBody(BaseModel):
