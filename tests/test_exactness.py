@@ -35,14 +35,14 @@ def _mh_tv(lm, alpha, **cfg):
 
 
 @pytest.mark.parametrize(
-    "alpha, cfg",
+    "alpha, cfg",  # the random scan pinned where it was the default when these were written
     [
-        (2.0, dict(n_mcmc=8, block_size=2)),
-        (4.0, dict(n_mcmc=12, block_size=1)),
-        (0.5, dict(n_mcmc=8, block_size=4)),  # alpha < 1 flattens
-        (2.0, dict(n_mcmc=12, block_size=2, proposal_temperature=1.0)),  # proposal != 1/alpha
-        (3.0, dict(n_mcmc=12, block_size=2, proposal_temperature=0.25)),
-        (2.0, dict(n_mcmc=8, block_size=2, proposal_batch=1)),  # strictly sequential proposals
+        (2.0, dict(n_mcmc=8, block_size=2, scan="random")),
+        (4.0, dict(n_mcmc=12, block_size=1, scan="random")),
+        (0.5, dict(n_mcmc=8, block_size=4, scan="random")),  # alpha < 1 flattens
+        (2.0, dict(n_mcmc=12, block_size=2, proposal_temperature=1.0, scan="random")),  # proposal != 1/alpha
+        (3.0, dict(n_mcmc=12, block_size=2, proposal_temperature=0.25, scan="random")),
+        (2.0, dict(n_mcmc=8, block_size=2, proposal_batch=1, scan="random")),  # strictly sequential proposals
         (2.0, dict(n_mcmc=8, block_size=2, scan="sorted")),  # one batched call per block
         (4.0, dict(n_mcmc=12, block_size=1, scan="sorted")),
         (3.0, dict(n_mcmc=40, block_size=2, scan="sorted", proposal_temperature=1.0)),

@@ -77,13 +77,14 @@ def test_evaluator_picks_best_complete_sample_and_errors_are_counted():
     assert r.token_ids[-1] == toy_lm.eos_token_id or len(r.token_ids) == 8  # only complete samples are scored
 
 
-def test_deadline_returns_best_so_far_and_says_so():
-    def slow(prefix):
+@pytest.mark.parametrize("scan", ["random", "sorted"])
+def test_deadline_returns_best_so_far_and_says_so(scan):
+    def slow(prefix):  # never stops on its own: only the deadline can end the run early
         time.sleep(0.01)
-        return np.zeros(5)
+        return np.array([-np.inf, 0.0, 0.0, 0.0, 0.0])
 
     lm = FunctionLM(5, 0, slow)
-    cfg = PowerSamplingConfig(n_mcmc=50, block_size=4, max_new_tokens=200, seed=0, deadline_s=0.3)
+    cfg = PowerSamplingConfig(n_mcmc=50, block_size=4, max_new_tokens=200, seed=0, deadline_s=0.3, scan=scan)
     t = time.monotonic()
     r = PowerSampler(lm, cfg).sample([1])
     assert time.monotonic() - t < 2.0
@@ -158,7 +159,7 @@ def test_registry_rejects_unknown_method_and_parameter(toy_lm):
 
 def test_proposal_batch_reduces_backend_calls_without_changing_the_rule():
     lm = random_table_lm(vocab=5, max_len=9)
-    base = dict(alpha=3, n_mcmc=10, block_size=4, max_new_tokens=8, seed=4, n_chains=50)
+    base = dict(alpha=3, n_mcmc=10, block_size=4, max_new_tokens=8, seed=4, n_chains=50, scan="random")
     seq = PowerSampler(lm, PowerSamplingConfig(proposal_batch=1, **base)).sample([1])
     bat = PowerSampler(lm, PowerSamplingConfig(proposal_batch=10, **base)).sample([1])
     assert bat.metadata["backend_calls"] < seq.metadata["backend_calls"]

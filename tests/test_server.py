@@ -25,16 +25,19 @@ KEY = "test-key"
 
 def toy_lm(name: str, *, vocab: int = 8, max_len: int = 12, delay_s: float = 0.0) -> FunctionLM:
     """Logits are a fixed function of the prefix (seeded by it), so two instances are the same model; EOS is
-    forced once the prefix reaches ``max_len``. ``delay_s`` per forward call makes a slow model."""
+    forced once the prefix reaches ``max_len``. ``delay_s`` per forward call makes a slow model, which also never
+    stops before ``max_len`` (a long run for the deadline and disconnect tests, whatever the MH scan)."""
 
     def logits(prefix):
-        if delay_s:
-            time.sleep(delay_s)
         if len(prefix) >= max_len:
             row = np.full(vocab, -np.inf)
             row[0] = 0.0
             return row
-        return np.random.default_rng([len(prefix), *prefix]).normal(size=vocab) * 1.5
+        row = np.random.default_rng([len(prefix), *prefix]).normal(size=vocab) * 1.5
+        if delay_s:
+            time.sleep(delay_s)
+            row[0] = -np.inf
+        return row
 
     return FunctionLM(vocab, 0, logits, name=name)
 

@@ -31,7 +31,8 @@ def test_batched_proposals_cut_backend_calls_and_stay_exact():
     calls = {}
     for batch in (1, n_mcmc):
         config = PowerSamplingConfig(alpha=alpha, max_new_tokens=max_new, n_mcmc=n_mcmc, block_size=1,
-                                     n_chains=chains, seed=2, proposal_batch=batch)
+                                     n_chains=chains, seed=2, proposal_batch=batch,
+                                     scan="random")
         result = PowerSampler(lm, config).sample(prompt)
         tv = total_variation(empirical(c.token_ids for c in result.samples), target)
         assert tv <= bound, f"proposal_batch={batch}: TV {tv:.4f} above the exact-sampler bound {bound:.4f}"
@@ -50,7 +51,7 @@ def test_batched_proposals_cut_forward_passes_on_a_transformers_model(tiny_hf):
         lm = TransformersLM(tiny_hf, None, name="tiny")
         lm.stop_token_ids = frozenset()  # equal lengths: the count depends on the batching only
         config = PowerSamplingConfig(alpha=4.0, max_new_tokens=12, n_mcmc=10, block_size=4, seed=2,
-                                     proposal_batch=batch)
+                                     proposal_batch=batch, scan="random")
         result = PowerSampler(lm, config).sample([1, 3])
         assert len(result.token_ids) == 12
         passes[batch], calls[batch] = lm.forward_passes, result.metadata["backend_calls"]

@@ -40,7 +40,8 @@ def generate(
         None, help=f"independent MH chains (batched rows; default {_defaults('n_chains')}), or SMC particles "
                    f"(default {_defaults('n_particles', SMCConfig)})"),
     scan: Optional[str] = typer.Option(
-        None, help="MH cut order: random (the paper's, default) or sorted (exact too; one batched call per block)"),
+        None, help="MH cut order: sorted (default; stratified cuts, one batched call per block) or random (the "
+                   "paper's uniform cut over the current tokens); both exact"),
     temperature: Optional[float] = typer.Option(
         None, help="sampling temperature (sample, best-of-n; default 1); MH proposal temperature (power; default "
                    "1/alpha)"),

@@ -130,11 +130,11 @@ class PowerSamplingConfig(PowerTargetConfig):
         None, ge=1, description="MH proposals drawn per chain in one batched call (default: n_mcmc)"
     )
     scan: Literal["random", "sorted"] = Field(
-        "random",
-        description="random: the paper's cut, uniform over the current tokens, one step at a time (proposals for "
-        "upcoming steps prefetched in batches); sorted: the block's n_mcmc cuts spread evenly over the block's "
-        "positions (stratified) and applied from the last position backwards, so all of them are drawn in one "
-        "batched call",
+        "sorted",
+        description="sorted (default; mixes as well per step and better per decoded token, benchmarks/"
+        "bias_vs_cost.py): the block's n_mcmc cuts spread evenly over the block's positions (stratified) and applied "
+        "from the last position backwards, all drawn in one batched call; random: the paper's cut, uniform over "
+        "the current tokens, one step at a time (proposals for upcoming steps prefetched in batches)",
     )
     step_timeout_s: Optional[float] = Field(None, gt=0, description="limit per batched proposal call")
 
