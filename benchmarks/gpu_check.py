@@ -17,8 +17,9 @@ Sections, in the order they run (docs/gpu.md says what every number means):
   full length. Wall time, decoded tokens per second, the ratio to plain, and for MH the ratio to its sequential
   depth bound.
 
-The multi-prompt pass shares what is left of ``--budget-s`` between the models and methods: a method stops taking
-new prompts once its share is spent, and says how many it did (``prompts_done``). Everything else always runs.
+Only the multi-prompt pass adapts to ``--budget-s``: every method runs the same first ``prompts_planned`` prompts,
+as many as the model's share of the time left pays for at the single-pass cost, and no prompt starts after the
+budget's end (``prompts_done`` says what ran). Everything else always runs.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ NOTES = [
     "MH depth_bound (per prompt) = sum over blocks of the block's length limit (the longest proposal: a cut at 0) "
     "+ max_new_tokens (the block extensions); wall_over_depth_bound = MH wall / (plain's seconds per token x "
     "depth_bound). The issue's target is within 1.2x on a GPU.",
+    "The multi-prompt pass runs the first prompts_planned of prompts_requested prompts through every method: as "
+    "many as the model's share of --budget-s pays for at the single-pass cost.",
     "realized_depth = forward passes the backend made per prompt (a call costs as many passes as its longest "
     "row); wall_over_realized_depth compares the wall time with plain's seconds per forward pass times that depth.",
 ]
