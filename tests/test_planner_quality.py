@@ -98,3 +98,38 @@ def test_rollout_bucket_is_stable_and_monotone_in_percent():
     assert all(RoutingConfig(enabled=True, rollout_percent=0).decide(k).route == "baseline" for k in keys[:50])
     assert all(RoutingConfig(enabled=True, rollout_percent=100).decide(k).route == "power" for k in keys[:50])
     assert RoutingConfig.from_env({"POWER_SAMPLING_HTDAG_ENABLED": " Yes "}).enabled is True
+
+
+def test_gibberish_descriptions_score_below_the_gold_plan_of_the_same_record():
+    """A TaskBench record (Daily Life APIs, MIT-licensed data): the gold tool calls with TaskBench's own step texts,
+    and the same calls described with a gibberish string a sampled plan really produced."""
+    from powersampling.planner.tools import parse_tools
+
+    tools = parse_tools([
+        {"id": "software_management", "desc": "Manage a software by a specific instruction",
+         "parameters": [{"name": "software", "type": "string"}, {"name": "instruction", "type": "string"}]},
+        {"id": "do_tax_return", "desc": "Do the tax return for a specific year",
+         "parameters": [{"name": "year", "type": "string"}]},
+        {"id": "get_weather", "desc": "Query the weather", "parameters": [{"name": "location"}, {"name": "date"}]}])
+    request = ("I need to do my tax return for the year 2021 and I don't have the necessary tax software installed "
+               "on my computer. Can you help me with this?")
+    calls = [("software_management", {"software": "TaxSoftware", "instruction": "install"}),
+             ("do_tax_return", {"year": "2021"})]
+
+    def plan(descriptions):
+        return json.dumps({"tasks": [{"id": k, "description": d, "call": {"tool": t, "arguments": a},
+                                      "dependencies": [k - 1] if k > 1 else []}
+                                     for k, (d, (t, a)) in enumerate(zip(descriptions, calls), start=1)]})
+
+    ev = PlanQualityEvaluator(request, tools=tools)
+    gold = ev(plan(["Install the tax software", "Do the tax return for the year 2021"]))
+    gibberish = ev(plan(["shop/black.com/createPlum:Jav5", "xq7/zz.io/plumKite:Hb2"]))
+    wrong_tool = ev(json.dumps({"tasks": [{"id": 1, "description": "Check the weather", "call": {
+        "tool": "get_weather", "arguments": {"location": "Paris", "date": "2023-06-25"}}, "dependencies": []}]}))
+    assert gibberish < gold and wrong_tool < gold
+    # the free-text planner's evaluator too: a gibberish description is not a meaningful one
+    free = PlanQualityEvaluator(request)
+    assert free(json.dumps({"tasks": [{"id": 1, "description": "shop/black.com/createPlum:Jav5", "dependencies": []},
+                                      {"id": 2, "description": "xq7/zz.io/plumKite:Hb2", "dependencies": [1]}]})) < \
+        free(json.dumps({"tasks": [{"id": 1, "description": "Install the tax software", "dependencies": []},
+                                   {"id": 2, "description": "File the tax return for 2021", "dependencies": [1]}]}))

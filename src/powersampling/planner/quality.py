@@ -3,7 +3,8 @@
 Criteria (weights in ``DEFAULT_WEIGHTS``):
 
 * structure: the output parses into tasks with the required fields; every sibling group has 2-10 tasks; the
-  descriptions are meaningful (at least three words, letters, not just an id);
+  descriptions are meaningful (at least three words, not just an id, and at least 80% of their tokens read as
+  words: 'shop/black.com/createPlum:Jav5' does not);
 * dependencies: no dangling reference and no cycle (otherwise 0), minus penalties for redundant transitive edges
   and for a sibling group of three or more forced into one chain (independent work serialized);
 * coverage: share of the request's content words that some task description mentions (crude stemming);
@@ -15,7 +16,7 @@ With a tool vocabulary (``tools=``) the criteria are those of a tool plan (weigh
 * argument_grounding: mean share of each argument value's words and numbers that the request contains;
 * coverage: share of the request's content words accounted for by the calls (tools and argument values);
 * description_grounding: share of the task descriptions' words that come from the request, the tool or its
-  arguments (a description of words from nowhere, such as gibberish, scores low);
+  arguments, times the share of their tokens that read as words (gibberish scores low on both);
 * duplication: share of calls that do not repeat an earlier call with the same arguments.
 
 These are heuristics for ranking candidate plans and for monitoring; how far they track the truth is measured on
@@ -55,6 +56,18 @@ class QualityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"score": self.score, "breakdown": dict(self.breakdown), "details": dict(self.details)}
+
+
+_WORDLIKE = re.compile(r"^[(\"']?(?:[A-Za-z][a-z]*(?:[-'][A-Za-z][a-z]*)*|[A-Z]{2,}s?|[0-9][0-9:./,-]*(?:am|pm|AM|PM)?)"
+                       r"[)\"'.,;:!?]*$")
+
+
+def wordlike_share(text: str) -> float:
+    """Share of the whitespace-separated tokens that read as words or numbers: 'Book the flight to Rome' is 1.0,
+    'shop/black.com/createPlum:Jav5' (slashes, dots and case changes inside a token, letters fused with digits)
+    is 0.0."""
+    tokens = text.split()
+    return sum(bool(_WORDLIKE.match(t)) for t in tokens) / len(tokens) if tokens else 0.0
 
 
 def content_words(text: str) -> set[str]:
@@ -131,7 +144,8 @@ class PlanQualityEvaluator:
     def _meaningful(task: dict) -> bool:
         text = task["description"].strip()
         words = re.findall(r"[A-Za-z]{2,}", text)
-        return len(words) >= 3 and len(text) >= 12 and text.lower() != str(task["id"]).lower()
+        return (len(words) >= 3 and len(text) >= 12 and text.lower() != str(task["id"]).lower()
+                and wordlike_share(text) >= 0.8)
 
     def _dependencies(self, tasks: list[dict], details: dict) -> float:
         ids = [t["id"] for t in tasks]
@@ -242,10 +256,10 @@ class PlanQualityEvaluator:
         made of words from nowhere (gibberish) scores low."""
         shares = []
         for task, (tool, arguments) in zip(tasks, calls):
-            words = content_words(task.get("description", ""))
-            if words:
-                known = request | self._tool_words(tool) | content_words(" ".join(arguments.values()))
-                shares.append(len(words & known) / len(words))
+            description = task.get("description", "")
+            words = content_words(description)
+            known = request | self._tool_words(tool) | content_words(" ".join(arguments.values()))
+            shares.append(wordlike_share(description) * (len(words & known) / len(words) if words else 0.0))
         details["description_grounding"] = shares
         return float(sum(shares) / len(shares)) if shares else 0.0
 
