@@ -97,7 +97,7 @@ class ExecResult:
 
 # Runs the program; argv: token_fd verdict_fd memory_bytes cpu_s fsize_bytes. Kept small: everything it holds
 # is reachable by the candidate through interpreter introspection anyway (see the module docstring).
-_WRAPPER = r'''
+_WRAPPER = r"""
 import os, sys
 def _main():
     import errno, linecache, resource
@@ -143,13 +143,13 @@ def _main():
     os.write(verdict_fd, token)
     os._exit(0)
 _main()
-'''
+"""
 
 # unshare backend: runs as PID 1 of fresh user (uid 0 mapped to the caller), mount, PID, network, IPC and UTS
 # namespaces. It reports its host PID, builds the read-only root on a tmpfs, pivots into it, drops every
 # capability, then forks the wrapper and stays as the namespace's init until the wrapper ends (or the deadline
 # passes, or the parent's lifeline closes); its exit kills whatever is left in the namespace.
-_LAUNCHER = r'''
+_LAUNCHER = r"""
 import ctypes, json, os, re, select, signal, sys, time
 cfg = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
@@ -268,22 +268,40 @@ while True:
         os._exit(137)
     if wake_r in ready:
         os.read(wake_r, 4096)
-'''
+"""
 
 
 def _inner_env(home: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
 
 
 # made read-only inside the sandbox's /proc: when the caller is the host's root, the sandboxed process is uid 0
 # of the host (without capabilities), and plain file permissions would let it write sysctls (kernel.core_pattern
 # runs a program as root on the host) or /proc/sysrq-trigger
-_PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "driver", "acpi", "tty", "scsi", "asound",
-                  "pressure")
+_PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "driver", "acpi", "tty", "scsi", "asound", "pressure")
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd", "group",
-              "nsswitch.conf", "alternatives", "os-release", "mime.types")
+_ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "alternatives",
+    "os-release",
+    "mime.types",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -310,7 +328,7 @@ def _visible_paths() -> tuple[tuple[str, ...], frozenset[str]]:
     return tuple(kept), frozenset(symlinks)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bwrap_options(exe: str) -> frozenset[str]:
     """The options this bwrap knows (--disable-userns and --size are recent: 0.8 and 0.7)."""
     try:
@@ -346,15 +364,48 @@ def _bwrap_argv(exe: str, info_fd: int, inner: list[str]) -> list[str]:
 def _unshare_argv(exe: str, info_fd: int, lifeline_fd: int, inner: list[str], deadline_s: float) -> list[str]:
     paths, symlinks = _visible_paths()
     mountpoint = next(
-        (m for m in ("/mnt", "/media", "/srv", "/opt", "/var/tmp", "/tmp")
-         if os.path.isdir(m) and not os.path.islink(m) and not any(p == m or p.startswith(m + "/") for p in paths)),
-        "/tmp")
-    cfg = {"info_fd": info_fd, "lifeline_fd": lifeline_fd, "mountpoint": mountpoint, "paths": list(paths),
-           "symlinks": sorted(symlinks), "tmpfs_bytes": TMPFS_BYTES, "argv": inner, "env": _inner_env(_INNER_HOME),
-           "deadline_s": deadline_s, "proc_readonly": list(_PROC_READONLY)}
-    return [exe, "--user", "--map-root-user", "--mount", "--propagation", "private", "--pid", "--fork",
-            "--kill-child", "--net", "--ipc", "--uts", "--cgroup", "--", sys.executable, "-I", "-B", "-S", "-c",
-            _LAUNCHER, json.dumps(cfg)]
+        (
+            m
+            for m in ("/mnt", "/media", "/srv", "/opt", "/var/tmp", "/tmp")
+            if os.path.isdir(m) and not os.path.islink(m) and not any(p == m or p.startswith(m + "/") for p in paths)
+        ),
+        "/tmp",
+    )
+    cfg = {
+        "info_fd": info_fd,
+        "lifeline_fd": lifeline_fd,
+        "mountpoint": mountpoint,
+        "paths": list(paths),
+        "symlinks": sorted(symlinks),
+        "tmpfs_bytes": TMPFS_BYTES,
+        "argv": inner,
+        "env": _inner_env(_INNER_HOME),
+        "deadline_s": deadline_s,
+        "proc_readonly": list(_PROC_READONLY),
+    }
+    return [
+        exe,
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--net",
+        "--ipc",
+        "--uts",
+        "--cgroup",
+        "--",
+        sys.executable,
+        "-I",
+        "-B",
+        "-S",
+        "-c",
+        _LAUNCHER,
+        json.dumps(cfg),
+    ]
 
 
 def _tail(path: Path, limit: int = 2000) -> str:
