@@ -25,8 +25,10 @@ from powersampling import load_model
 from powersampling.backends.loading import llama_cpp_available
 from powersampling.samplers import PowerSampler, PowerSamplingConfig, SamplingConfig, TemperatureSampler, prompt_ids
 
-PROMPT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
-          "clips did Natalia sell altogether in April and May? Think step by step.")
+PROMPT = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
+    "clips did Natalia sell altogether in April and May? Think step by step."
+)
 AUTHORS_POWER_S, AUTHORS_PLAIN_S = 105.0, 5.9
 
 
@@ -62,15 +64,23 @@ def measure(backend: str, args) -> dict:
     for variant in args.variants:
         scan, _, width = variant.partition(":")
         clear()
-        cfg = PowerSamplingConfig(alpha=args.alpha, n_mcmc=args.n_mcmc, block_size=args.block_size,
-                                  max_new_tokens=args.max_new_tokens, seed=args.seed, scan=scan,
-                                  proposal_batch=int(width) if width else None)
+        cfg = PowerSamplingConfig(
+            alpha=args.alpha,
+            n_mcmc=args.n_mcmc,
+            block_size=args.block_size,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            scan=scan,
+            proposal_batch=int(width) if width else None,
+        )
         start = time.perf_counter()
         result = PowerSampler(lm, cfg).sample(ids)
         wall = time.perf_counter() - start
         runs[f"power_{scan}" + (f"_batch{width}" if width else "")] = {
-            "wall_s": wall, "tokens_decoded": result.metadata["tokens_generated"],
-            "final_tokens": len(result.token_ids), "acceptance_rate": result.metadata["acceptance_rate"],
+            "wall_s": wall,
+            "tokens_decoded": result.metadata["tokens_generated"],
+            "final_tokens": len(result.token_ids),
+            "acceptance_rate": result.metadata["acceptance_rate"],
             "backend_calls": result.metadata["backend_calls"],
             "speedup_vs_authors_105s": AUTHORS_POWER_S / wall,
         }
@@ -81,11 +91,18 @@ def measure(backend: str, args) -> dict:
         run["wall_ratio_vs_plain"] = run["wall_s"] / plain_s
         run["token_ratio_vs_plain"] = run["tokens_decoded"] / plain_tokens
         run["tokens_per_s"] = run["tokens_decoded"] / run["wall_s"]
-    report = {"model": lm.name, "load_s": load_s,
-              "plain": {"wall_s_before": plain_before, "wall_s_after": plain_after, "tokens": plain_tokens,
-                        "tokens_per_s": plain_tokens / plain_s},
-              "power": runs}
-    del lm
+    report = {
+        "model": lm.name,
+        "load_s": load_s,
+        "plain": {
+            "wall_s_before": plain_before,
+            "wall_s_after": plain_after,
+            "tokens": plain_tokens,
+            "tokens_per_s": plain_tokens / plain_s,
+        },
+        "power": runs,
+    }
+    lm = None  # free the model before the next backend loads
     gc.collect()
     return report
 
@@ -99,8 +116,12 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads per backend (default: llama.cpp half the CPUs, torch its own choice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per backend (default: llama.cpp half the CPUs, torch its own choice)",
+    )
     ap.add_argument("--out", default="benchmarks/results/backends_power_vs_plain.json")
     args = ap.parse_args()
     backends = args.backends or local_backends()
@@ -109,21 +130,34 @@ def main() -> None:
         print(f"[{backend}] measuring ...", flush=True)
         results[backend] = report = measure(backend, args)
         plain = report["plain"]
-        print(f"[{backend}] plain: {plain['wall_s_before']:.2f} s / {plain['wall_s_after']:.2f} s "
-              f"({plain['tokens']} tokens, {plain['tokens_per_s']:.0f} tok/s)")
+        print(
+            f"[{backend}] plain: {plain['wall_s_before']:.2f} s / {plain['wall_s_after']:.2f} s "
+            f"({plain['tokens']} tokens, {plain['tokens_per_s']:.0f} tok/s)"
+        )
         for name, run in report["power"].items():
-            print(f"[{backend}] {name}: {run['wall_s']:.1f} s, {run['tokens_decoded']} tokens decoded, "
-                  f"wall x{run['wall_ratio_vs_plain']:.1f}, tokens x{run['token_ratio_vs_plain']:.1f}, "
-                  f"acceptance {run['acceptance_rate']:.0%}, {run['speedup_vs_authors_105s']:.1f}x faster than "
-                  "the authors' 105 s")
+            print(
+                f"[{backend}] {name}: {run['wall_s']:.1f} s, {run['tokens_decoded']} tokens decoded, "
+                f"wall x{run['wall_ratio_vs_plain']:.1f}, tokens x{run['token_ratio_vs_plain']:.1f}, "
+                f"acceptance {run['acceptance_rate']:.0%}, {run['speedup_vs_authors_105s']:.1f}x faster than "
+                "the authors' 105 s"
+            )
     if "transformers" in results and "llama.cpp" in results:
         results["llama.cpp_vs_transformers_wall"] = {
             name: results["transformers"]["power"][name]["wall_s"] / run["wall_s"]
-            for name, run in results["llama.cpp"]["power"].items() if name in results["transformers"]["power"]}
-    out = {"machine": platform.machine(), "cpus": len(os.sched_getaffinity(0)), "settings": vars(args),
-           "reference": {"authors_impl_power_s": AUTHORS_POWER_S, "authors_impl_plain_s": AUTHORS_PLAIN_S,
-                         "ratio": AUTHORS_POWER_S / AUTHORS_PLAIN_S},
-           "backends": results}
+            for name, run in results["llama.cpp"]["power"].items()
+            if name in results["transformers"]["power"]
+        }
+    out = {
+        "machine": platform.machine(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "settings": vars(args),
+        "reference": {
+            "authors_impl_power_s": AUTHORS_POWER_S,
+            "authors_impl_plain_s": AUTHORS_PLAIN_S,
+            "ratio": AUTHORS_POWER_S / AUTHORS_PLAIN_S,
+        },
+        "backends": results,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"written {args.out}")

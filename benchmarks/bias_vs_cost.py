@@ -16,16 +16,29 @@ import sys
 import time
 from pathlib import Path
 
-from powersampling.exactness import (enumerate_completions, power_distribution, random_table_model, sampler_tv,
-                                     tokenwise_tempered_distribution, total_variation)
+from powersampling.exactness import (
+    enumerate_completions,
+    power_distribution,
+    random_table_model,
+    sampler_tv,
+    tokenwise_tempered_distribution,
+    total_variation,
+)
 
 BUDGETS = {
     "MH, random scan": ("power", [dict(n_mcmc=k, block_size=5) for k in (1, 2, 4, 8, 16, 32)]),
     "MH, sorted scan": ("power", [dict(n_mcmc=k, block_size=5, scan="sorted") for k in (1, 2, 4, 8, 16, 32)]),
     "Power-SMC": ("smc", [dict(n_particles=k, resample_every=1) for k in (2, 4, 8, 16, 32)]),
-    "scalable power": ("scalable-power", [dict(top_k=4, rollouts=1, horizon=1), dict(top_k=4, rollouts=1, horizon=2),
-                                          dict(top_k=4, rollouts=2, horizon=3), dict(top_k=4, rollouts=1, horizon=None),
-                                          dict(top_k=4, rollouts=4, horizon=None)]),
+    "scalable power": (
+        "scalable-power",
+        [
+            dict(top_k=4, rollouts=1, horizon=1),
+            dict(top_k=4, rollouts=1, horizon=2),
+            dict(top_k=4, rollouts=2, horizon=3),
+            dict(top_k=4, rollouts=1, horizon=None),
+            dict(top_k=4, rollouts=4, horizon=None),
+        ],
+    ),
 }
 
 
@@ -47,12 +60,22 @@ def main(argv=None) -> int:
             row = sampler_tv(method, model, prompt, max_new, args.alpha, args.samples, seed=args.seed, **params)
             row.update(label=label, wall_s=time.perf_counter() - started)
             rows.append(row)
-            print(f"{label:16s} {json.dumps(params):55s} TV {row['tv']:.4f} (exact noise q99 "
-                  f"{row['exact_noise_q99']:.4f}), {row['tokens_per_sample']:.1f} tokens/sample", file=sys.stderr)
+            print(
+                f"{label:16s} {json.dumps(params):55s} TV {row['tv']:.4f} (exact noise q99 "
+                f"{row['exact_noise_q99']:.4f}), {row['tokens_per_sample']:.1f} tokens/sample",
+                file=sys.stderr,
+            )
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": "random_table_model(vocab=4, max_len=6, scale=0.6)", "prompt": prompt,
-            "max_new_tokens": max_new, "alpha": args.alpha, "samples": args.samples, "seed": args.seed,
-            "completions": len(target), "low_temperature_tv": low_temp}
+    meta = {
+        "model": "random_table_model(vocab=4, max_len=6, scale=0.6)",
+        "prompt": prompt,
+        "max_new_tokens": max_new,
+        "alpha": args.alpha,
+        "samples": args.samples,
+        "seed": args.seed,
+        "completions": len(target),
+        "low_temperature_tv": low_temp,
+    }
     (args.out / "bias_vs_cost.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=2))
     _plot(rows, meta, args.out / "bias_vs_cost.png")
     return 0
@@ -69,7 +92,9 @@ def _plot(rows, meta, path: Path) -> None:
         points = [(r["tokens_per_sample"], r["tv"]) for r in rows if r["label"] == label]
         ax.plot(*zip(*points), marker="o", label=label)
     noise = max(r["exact_noise_q99"] for r in rows)
-    ax.axhline(noise, color="grey", linestyle="--", label=f"exact sampler, 99% of runs below ({meta['samples']} samples)")
+    ax.axhline(
+        noise, color="grey", linestyle="--", label=f"exact sampler, 99% of runs below ({meta['samples']} samples)"
+    )
     ax.axhline(meta["low_temperature_tv"], color="grey", linestyle=":", label="per-token low temperature")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -27,12 +27,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(TESTS))
-    from test_remote_backend import free_port, start_server, stop_server, wait_for
-    from test_remote_cli import WORDS
-
     import powersampling as ps
     from powersampling.eval.results import read_rows
     from powersampling.eval.runner import run_eval
+    from test_remote_backend import free_port, start_server, stop_server, wait_for
+    from test_remote_cli import WORDS
 
     port = free_port()
     server = start_server([sys.executable, str(TESTS / "test_remote_backend.py"), str(port)])
@@ -45,17 +44,34 @@ def main(argv=None) -> int:
             for level in [int(x) for x in args.levels.split(",")]:
                 out = Path(tmp) / f"n{level}"
                 started = time.perf_counter()
-                run_eval("gsm8k", ["sample", "power"], args.problems, lm, out, alpha=2.0, n_mcmc=4, block_size=4,
-                         max_new_tokens=16, seed=0, style="fewshot", shots=0, concurrency=level, progress=False,
-                         write_report=False)
+                run_eval(
+                    "gsm8k",
+                    ["sample", "power"],
+                    args.problems,
+                    lm,
+                    out,
+                    alpha=2.0,
+                    n_mcmc=4,
+                    block_size=4,
+                    max_new_tokens=16,
+                    seed=0,
+                    style="fewshot",
+                    shots=0,
+                    concurrency=level,
+                    progress=False,
+                    write_report=False,
+                )
                 walls[level] = time.perf_counter() - started
-                rows_by_level[level] = [(r["problem_id"], r["method"], r["text"]) for r in read_rows(out / "results.jsonl")]
+                rows_by_level[level] = [
+                    (r["problem_id"], r["method"], r["text"]) for r in read_rows(out / "results.jsonl")
+                ]
                 print(f"concurrency {level}: {walls[level]:.1f} s", file=sys.stderr)
     finally:
         stop_server(server)
     first = min(walls)
     result = {
-        "problems": args.problems, "methods": ["sample", "power"],
+        "problems": args.problems,
+        "methods": ["sample", "power"],
         "wall_s": {str(k): v for k, v in walls.items()},
         "speedup_vs_1": {str(k): walls[first] / v for k, v in walls.items()},
         "same_rows_as_sequential": all(rows == rows_by_level[first] for rows in rows_by_level.values()),
@@ -76,8 +92,9 @@ def _word_tokenizer(folder: Path, words: list[str]) -> Path:
     vocab = {"<eos>": STOP, "<bos>": 1, "<unk>": 2} | {w: i for i, w in enumerate(words, start=3)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>",
-                            unk_token="<unk>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    ).save_pretrained(folder)
     return folder
 
 

@@ -37,15 +37,36 @@ from typing import Any
 
 # Qwen2.5 shapes from the published configs (vocabularies differ: 151936 for 1.5B, 152064 for 7B).
 MODEL_SHAPES: dict[str, dict[str, Any]] = {
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
 }
 # the same code paths on a CPU in seconds: two layers, a hundred tokens
 DRY_SHAPES: dict[str, dict[str, Any]] = {
-    name: dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=100 + i, tie_word_embeddings=shape["tie_word_embeddings"])
+    name: dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100 + i,
+        tie_word_embeddings=shape["tie_word_embeddings"],
+    )
     for i, (name, shape) in enumerate(MODEL_SHAPES.items())
 }
 
@@ -103,26 +124,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--dry-run", action="store_true", help="tiny models on the CPU: the same code paths in seconds")
     ap.add_argument("--models", nargs="+", choices=list(MODEL_SHAPES), default=list(MODEL_SHAPES))
-    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                    help="plain always runs: the ratios are to it")
-    ap.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"],
-                    help="dtypes of the exactness section")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="plain always runs: the ratios are to it",
+    )
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        default=["float32", "bfloat16"],
+        help="dtypes of the exactness section",
+    )
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-exactness", action="store_true")
     ap.add_argument("--alpha", type=float, default=4.0, help="alpha of the speed section")
     ap.add_argument("--exact-alpha", type=float, default=2.0)
     ap.add_argument("--exact-max-new-tokens", type=int, default=3)
-    ap.add_argument("--exact-settings", nargs="+", default=list(EXACT_SETTINGS), metavar="SCAN:N_MCMC:BLOCK",
-                    help="MH settings of the exactness section (e.g. random:8:2 adds a two-token block)")
-    ap.add_argument("--exact-cache-tokens", type=int, default=256,
-                    help="prefix-cache pool of the exactness backend. The pool's prefix lookup scans every entry "
-                         "for every row: thousands of chains against the default 16384-token pool spend their time "
-                         "in that Python scan, while with a 6-token vocabulary 256 tokens already hold the prefixes "
-                         "the rows share (the same reused-token count)")
+    ap.add_argument(
+        "--exact-settings",
+        nargs="+",
+        default=list(EXACT_SETTINGS),
+        metavar="SCAN:N_MCMC:BLOCK",
+        help="MH settings of the exactness section (e.g. random:8:2 adds a two-token block)",
+    )
+    ap.add_argument(
+        "--exact-cache-tokens",
+        type=int,
+        default=256,
+        help="prefix-cache pool of the exactness backend. The pool's prefix lookup scans every entry "
+        "for every row: thousands of chains against the default 16384-token pool spend their time "
+        "in that Python scan, while with a 6-token vocabulary 256 tokens already hold the prefixes "
+        "the rows share (the same reused-token count)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     for name, (full, dry) in SIZES.items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=type(full), default=None,
-                        help=f"default {full} ({dry} with --dry-run)")
+        ap.add_argument(
+            f"--{name.replace('_', '-')}", type=type(full), default=None, help=f"default {full} ({dry} with --dry-run)"
+        )
     args = ap.parse_args(argv)
     for name, (full, dry) in SIZES.items():
         if getattr(args, name) is None:
@@ -145,8 +186,12 @@ class Report:
         import traceback
 
         self.data.setdefault("errors", []).append(
-            {"where": where, "error": f"{type(exc).__name__}: {exc}",
-             "traceback": traceback.format_exc(limit=-8)[-4000:]})
+            {
+                "where": where,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=-8)[-4000:],
+            }
+        )
         log(f"{where}: FAILED {type(exc).__name__}: {exc}")
         self.save()
 
@@ -171,13 +216,23 @@ def environment(device) -> dict:
     import torch
     import transformers
 
-    env = {"python": platform.python_version(), "machine": platform.machine(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "numpy": np.__version__, "pydantic": pydantic.__version__,
-           "device": str(device), "torch_threads": torch.get_num_threads(),
-           "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "pydantic": pydantic.__version__,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
     if device.type == "cuda":
-        env.update(cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(device),
-                   gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1))
+        env.update(
+            cuda=torch.version.cuda,
+            gpu=torch.cuda.get_device_name(device),
+            gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1),
+        )
     return env
 
 
@@ -208,8 +263,16 @@ def tiny_llama(device, dtype):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, eos_token_id=0, bos_token_id=1, pad_token_id=0,
+        vocab_size=6,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=0,
+        bos_token_id=1,
+        pad_token_id=0,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # larger weights than the init so the distribution is far from uniform
@@ -265,8 +328,10 @@ def batch_variance(hf_model, rng, prefix_len: int, trials: int = 4, others: int 
             prefix = rng.integers(0, vocab, size=prefix_len).tolist()
             ref = log_softmax(reference.logits(prefix))
             mine = ContinuationRequest(prefix, 1)
-            crowd = [ContinuationRequest(rng.integers(0, vocab, size=int(n)).tolist(), 1)
-                     for n in rng.integers(max(1, prefix_len // 2), 2 * prefix_len + 1, size=others)]
+            crowd = [
+                ContinuationRequest(rng.integers(0, vocab, size=int(n)).tolist(), 1)
+                for n in rng.integers(max(1, prefix_len // 2), 2 * prefix_len + 1, size=others)
+            ]
             at = int(rng.integers(0, others + 1))
             batch = [*crowd[:at], mine, *crowd[at:]]
 
@@ -287,22 +352,32 @@ def batch_variance(hf_model, rng, prefix_len: int, trials: int = 4, others: int 
             mask = torch.ones(1, prefix_len, dtype=torch.long, device=lm.device)
             logits, cache = lm.forward(ids[:, :split], mask[:, :split], positions[:, :split], cache)
             for t in range(split, prefix_len):
-                logits, cache = lm.forward(ids[:, t:t + 1], mask[:, :t + 1], positions[:, t:t + 1], cache)
+                logits, cache = lm.forward(ids[:, t : t + 1], mask[:, : t + 1], positions[:, t : t + 1], cache)
             record("raw_incremental_cache", ref, log_softmax(logits[0].double().cpu().numpy()))
-    return {"prefix_tokens": prefix_len, "trials": trials, "batch_rows": others + 1,
-            "max_abs_logprob_diff": worst, "p_weighted_abs_logprob_diff": weighted,
-            "max_abs_overall": max(worst.values())}
+    return {
+        "prefix_tokens": prefix_len,
+        "trials": trials,
+        "batch_rows": others + 1,
+        "max_abs_logprob_diff": worst,
+        "p_weighted_abs_logprob_diff": weighted,
+        "max_abs_overall": max(worst.values()),
+    }
 
 
 def exactness(args, device, report: Report) -> None:
     from powersampling.exactness import total_variation
 
     section = report.data.setdefault("exactness", {})
-    section["settings"] = {"model": "random 2-layer Llama, vocab 6, hidden 32, weights x8, seed 0",
-                           "prompt": EXACT_PROMPT, "alpha": args.exact_alpha,
-                           "max_new_tokens": args.exact_max_new_tokens, "chains": args.chains,
-                           "cache_tokens": args.exact_cache_tokens, "tv_bound": "exact_sampler_tv_quantile q=0.999",
-                           "mh_settings": args.exact_settings}
+    section["settings"] = {
+        "model": "random 2-layer Llama, vocab 6, hidden 32, weights x8, seed 0",
+        "prompt": EXACT_PROMPT,
+        "alpha": args.exact_alpha,
+        "max_new_tokens": args.exact_max_new_tokens,
+        "chains": args.chains,
+        "cache_tokens": args.exact_cache_tokens,
+        "tv_bound": "exact_sampler_tv_quantile q=0.999",
+        "mh_settings": args.exact_settings,
+    }
     targets = {}
     for dtype_name in args.dtypes:
         try:
@@ -341,31 +416,48 @@ def exactness_dtype(args, device, report: Report, section: dict, dtype_name: str
     logps = enumerate_completions(reference, EXACT_PROMPT, args.exact_max_new_tokens)
     target = power_distribution(logps, args.exact_alpha)
     bound = exact_sampler_tv_quantile(target, args.chains, quantile=0.999)
-    low_temp = tokenwise_tempered_distribution(reference, EXACT_PROMPT, args.exact_max_new_tokens,
-                                               args.exact_alpha)
+    low_temp = tokenwise_tempered_distribution(reference, EXACT_PROMPT, args.exact_max_new_tokens, args.exact_alpha)
     entry = section.setdefault(dtype_name, {})
-    entry.update(completions=len(target), tv_bound_q999=bound,
-                 proposal_tv=total_variation(low_temp, target), runs=[])
+    entry.update(completions=len(target), tv_bound_q999=bound, proposal_tv=total_variation(low_temp, target), runs=[])
     for setting in args.exact_settings:
         scan, n_mcmc, block = setting.split(":")
         n_mcmc, block = int(n_mcmc), int(block)
         lm.clear_cache()
         start = time.perf_counter()
-        result = build_sampler("power", lm, alpha=args.exact_alpha, max_new_tokens=args.exact_max_new_tokens,
-                               n_mcmc=n_mcmc, block_size=block, n_chains=args.chains, scan=scan,
-                               seed=args.seed + 11).sample(EXACT_PROMPT)
+        result = build_sampler(
+            "power",
+            lm,
+            alpha=args.exact_alpha,
+            max_new_tokens=args.exact_max_new_tokens,
+            n_mcmc=n_mcmc,
+            block_size=block,
+            n_chains=args.chains,
+            scan=scan,
+            seed=args.seed + 11,
+        ).sample(EXACT_PROMPT)
         synchronize(device)
         wall = time.perf_counter() - start
         tv = total_variation(empirical(c.token_ids for c in result.samples), target)
-        entry["runs"].append({"scan": scan, "n_mcmc": n_mcmc, "block_size": block, "tv": tv,
-                              "tv_bound_q999": bound, "tv_over_bound": tv / bound, "within_bound": tv <= bound,
-                              "acceptance_rate": result.metadata["acceptance_rate"], "wall_s": wall})
-        log(f"exactness {dtype_name} {scan} n_mcmc={n_mcmc} block={block}: TV {tv:.4f} "
-            f"(bound {bound:.4f}) in {wall:.1f} s")
+        entry["runs"].append(
+            {
+                "scan": scan,
+                "n_mcmc": n_mcmc,
+                "block_size": block,
+                "tv": tv,
+                "tv_bound_q999": bound,
+                "tv_over_bound": tv / bound,
+                "within_bound": tv <= bound,
+                "acceptance_rate": result.metadata["acceptance_rate"],
+                "wall_s": wall,
+            }
+        )
+        log(
+            f"exactness {dtype_name} {scan} n_mcmc={n_mcmc} block={block}: TV {tv:.4f} "
+            f"(bound {bound:.4f}) in {wall:.1f} s"
+        )
         report.save()
     entry["batch_variance"] = batch_variance(model, np.random.default_rng(args.seed), prefix_len=5)
-    log(f"exactness {dtype_name}: batch variance max |d log p| "
-        f"{entry['batch_variance']['max_abs_overall']:.3g}")
+    log(f"exactness {dtype_name}: batch variance max |d log p| {entry['batch_variance']['max_abs_overall']:.3g}")
     report.save()
     del lm, model
     release(device)
@@ -386,8 +478,12 @@ def bf16_verdict(section: dict) -> dict:
         text = "float32 also breaks the bound: the check, not bfloat16, is in question"
     else:
         text = "bfloat16 breaks the TV bound that float32 meets"
-    return {"float32_within_bound": f32, "bfloat16_within_bound": bf16,
-            "bf16_breaks_tv_bound": bool(bf16 is False and f32 is not False), "verdict": text}
+    return {
+        "float32_within_bound": f32,
+        "bfloat16_within_bound": bf16,
+        "bf16_breaks_tv_bound": bool(bf16 is False and f32 is not False),
+        "verdict": text,
+    }
 
 
 # speed
@@ -398,8 +494,9 @@ def qwen_shaped(shape: dict, device, dtype):
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    config = Qwen2Config(**shape, max_position_embeddings=32768, eos_token_id=None, bos_token_id=None,
-                         pad_token_id=None)
+    config = Qwen2Config(
+        **shape, max_position_embeddings=32768, eos_token_id=None, bos_token_id=None, pad_token_id=None
+    )
     torch.manual_seed(0)
     with torch.device(device):
         try:
@@ -417,12 +514,12 @@ def build(method: str, lm, args, max_new_tokens: int | None = None):
     if method == "plain":
         return build_sampler("sample", lm, temperature=1.0, **common)
     if method in ("mh-random", "mh-sorted"):
-        return build_sampler("power", lm, n_mcmc=args.n_mcmc, block_size=args.block_size,
-                             scan=method.removeprefix("mh-"), **power)
+        return build_sampler(
+            "power", lm, n_mcmc=args.n_mcmc, block_size=args.block_size, scan=method.removeprefix("mh-"), **power
+        )
     if method == "smc":
         return build_sampler("smc", lm, n_particles=args.particles, **power)
-    return build_sampler("scalable-power", lm, top_k=args.top_k, rollouts=args.rollouts, horizon=args.horizon,
-                         **power)
+    return build_sampler("scalable-power", lm, top_k=args.top_k, rollouts=args.rollouts, horizon=args.horizon, **power)
 
 
 def mh_depth_bound(max_new_tokens: int, block_size: int) -> int:
@@ -434,8 +531,9 @@ def run_method(sampler, lm, prompts, device, deadline: float | None) -> dict:
     """The prompts one after another through one sampler; no new prompt once ``deadline`` (monotonic) is past,
     in case the single pass underestimated the cost."""
     lm.clear_cache()
-    row: dict[str, Any] = dict(prompts_done=0, wall_s=0.0, tokens_generated=0, final_tokens=0, forward_passes=0,
-                               backend_calls=0)
+    row: dict[str, Any] = dict(
+        prompts_done=0, wall_s=0.0, tokens_generated=0, final_tokens=0, forward_passes=0, backend_calls=0
+    )
     accept = []
     for prompt in prompts:
         if deadline is not None and time.monotonic() > deadline:
@@ -500,9 +598,11 @@ def run_pass(name: str, pass_name: str, prompts, args, lm, device, report: Repor
             continue
         summarize(rows, args)
         row = rows[method]
-        log(f"{name} {pass_name} {method}: {row['prompts_done']} prompt(s) in {row['wall_s']:.1f} s, "
+        log(
+            f"{name} {pass_name} {method}: {row['prompts_done']} prompt(s) in {row['wall_s']:.1f} s, "
             f"{row.get('tokens_per_s', 0):.0f} tok/s, {row.get('wall_ratio_to_plain', float('nan')):.2f}x plain"
-            + (f", {row['wall_over_depth_bound']:.2f}x depth bound" if "wall_over_depth_bound" in row else ""))
+            + (f", {row['wall_over_depth_bound']:.2f}x depth bound" if "wall_over_depth_bound" in row else "")
+        )
         report.save()
     return rows
 
@@ -530,8 +630,9 @@ def speed_model(name: str, args, device, report: Report, deadline: float, budget
 
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(0, lm.vocab_size, size=(args.prompts, args.prompt_tokens)).tolist()
-    entry["batch_variance_bf16"] = batch_variance(model, np.random.default_rng(args.seed + 1),
-                                                  prefix_len=args.prompt_tokens, trials=2)
+    entry["batch_variance_bf16"] = batch_variance(
+        model, np.random.default_rng(args.seed + 1), prefix_len=args.prompt_tokens, trials=2
+    )
     for method in args.methods:  # warm-up: kernels chosen, caches allocated
         build(method, lm, args, max_new_tokens=min(4, args.max_new_tokens)).sample(prompts[0])
     report.save()
@@ -546,8 +647,10 @@ def speed_model(name: str, args, device, report: Report, deadline: float, budget
     if planned:
         run_pass(name, "multi", prompts[:planned], args, lm, device, report, deadline=budget_end)
     else:
-        log(f"{name} multi: skipped, {deadline - time.monotonic():.0f} s left of this model's budget share and "
-            f"one prompt through every method takes {round_s:.0f} s")
+        log(
+            f"{name} multi: skipped, {deadline - time.monotonic():.0f} s left of this model's budget share and "
+            f"one prompt through every method takes {round_s:.0f} s"
+        )
     report.save()
     del lm, model
     release(device)
@@ -566,10 +669,18 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; use --device cpu (or --dry-run)")
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    report = Report(args.out, {
-        "schema": 1, "dry_run": args.dry_run, "environment": environment(device), "settings": settings,
-        "notes": NOTES, "complete": False, "errors": [],
-    })
+    report = Report(
+        args.out,
+        {
+            "schema": 1,
+            "dry_run": args.dry_run,
+            "environment": environment(device),
+            "settings": settings,
+            "notes": NOTES,
+            "complete": False,
+            "errors": [],
+        },
+    )
     report.save()
     log(f"device {report.data['environment'].get('gpu', device)}; writing {args.out}")
 
@@ -586,7 +697,8 @@ def main(argv: list[str] | None = None) -> dict:
                 report.failed(f"speed {name}", exc)
                 release(device)
     report.data["modules_loaded_outside_gpu_list"] = sorted(
-        m for m in ("fastapi", "xgrammar", "opentelemetry", "networkx", "uvicorn", "starlette") if m in sys.modules)
+        m for m in ("fastapi", "xgrammar", "opentelemetry", "networkx", "uvicorn", "starlette") if m in sys.modules
+    )
     report.data["total_s"] = time.monotonic() - started
     report.data["complete"] = True
     report.save()

@@ -46,12 +46,28 @@ def build(method: str, lm, args, seed: int):
         return TemperatureSampler(lm, SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens, seed=seed))
     if method.startswith("smc"):
         particles, resample_every = smc_variant(method, args)
-        return SMCSampler(lm, SMCConfig(alpha=args.alpha, n_particles=particles, resample_every=resample_every,
-                                        max_new_tokens=args.max_new_tokens, seed=seed))
+        return SMCSampler(
+            lm,
+            SMCConfig(
+                alpha=args.alpha,
+                n_particles=particles,
+                resample_every=resample_every,
+                max_new_tokens=args.max_new_tokens,
+                seed=seed,
+            ),
+        )
     batch = {"mh_batched": args.n_mcmc, "mh_sequential": 1}[method]
-    return PowerSampler(lm, PowerSamplingConfig(alpha=args.alpha, n_mcmc=args.n_mcmc, block_size=args.block_size,
-                                                max_new_tokens=args.max_new_tokens, seed=seed,
-                                                proposal_batch=batch))
+    return PowerSampler(
+        lm,
+        PowerSamplingConfig(
+            alpha=args.alpha,
+            n_mcmc=args.n_mcmc,
+            block_size=args.block_size,
+            max_new_tokens=args.max_new_tokens,
+            seed=seed,
+            proposal_batch=batch,
+        ),
+    )
 
 
 def smc_variant(method: str, args) -> tuple[int, int]:
@@ -68,8 +84,14 @@ def timed(sampler, lm, ids) -> dict:
     result = sampler.sample(ids)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     md = result.metadata
-    row = {"wall_s": wall, "cpu_s": cpu, "tokens_decoded": md["tokens_generated"], "final_tokens": len(result.token_ids),
-           "backend_calls": md.get("backend_calls", 1), "forward_passes": getattr(lm, "forward_passes", 0) - passes}
+    row = {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "tokens_decoded": md["tokens_generated"],
+        "final_tokens": len(result.token_ids),
+        "backend_calls": md.get("backend_calls", 1),
+        "forward_passes": getattr(lm, "forward_passes", 0) - passes,
+    }
     for key in ("acceptance_rate", "resample_count", "final_ess", "unique_particles", "log_marginal_estimate"):
         if key in md:
             row[key] = md[key]
@@ -86,8 +108,12 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--prompts", type=int, default=3, help=f"how many of the {len(PROMPTS)} built-in prompts")
     ap.add_argument("--smc", nargs="+", default=["8:4", "8:16"], help="SMC variants as particles:resample_every")
-    ap.add_argument("--methods", nargs="+", default=["smc", "mh_batched", "mh_sequential"],
-                    help="smc (all --smc variants), mh_batched, mh_sequential")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["smc", "mh_batched", "mh_sequential"],
+        help="smc (all --smc variants), mh_batched, mh_sequential",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep-eos", action="store_true", help="let samples stop at EOS (lengths then differ)")
     ap.add_argument("--out", default="benchmarks/results/samplers_latency.json")
@@ -112,22 +138,32 @@ def main() -> None:
             after = timed(build("plain", lm, args, seed), lm, ids)
             plain_wall = (before["wall_s"] + after["wall_s"]) / 2
             plain_cpu = (before["cpu_s"] + after["cpu_s"]) / 2
-            run.update(plain_wall_s=plain_wall, wall_ratio=run["wall_s"] / plain_wall,
-                       cpu_ratio=run["cpu_s"] / plain_cpu, token_ratio=run["tokens_decoded"] / after["final_tokens"])
+            run.update(
+                plain_wall_s=plain_wall,
+                wall_ratio=run["wall_s"] / plain_wall,
+                cpu_ratio=run["cpu_s"] / plain_cpu,
+                token_ratio=run["tokens_decoded"] / after["final_tokens"],
+            )
             entry["runs"][method] = run
-            print(f"prompt {index}: {method:<15} {run['wall_s']:7.1f} s  {run['wall_ratio']:5.2f}x plain "
-                  f"(plain {plain_wall:.1f} s)  cpu {run['cpu_ratio']:5.2f}x  tokens {run['token_ratio']:5.2f}x",
-                  flush=True)
+            print(
+                f"prompt {index}: {method:<15} {run['wall_s']:7.1f} s  {run['wall_ratio']:5.2f}x plain "
+                f"(plain {plain_wall:.1f} s)  cpu {run['cpu_ratio']:5.2f}x  tokens {run['token_ratio']:5.2f}x",
+                flush=True,
+            )
         per_prompt.append(entry)
         write_report(args, lm, methods, per_prompt)  # a long run that gets cut short keeps what it measured
 
     summary = write_report(args, lm, methods, per_prompt)
-    print(f"\n{'method':<15} {'wall s':>8} {'plain s':>8} {'wall/plain':>11} {'max':>6} {'cpu/plain':>10} "
-          f"{'tokens/plain':>13} {'calls':>6} {'passes':>7}")
+    print(
+        f"\n{'method':<15} {'wall s':>8} {'plain s':>8} {'wall/plain':>11} {'max':>6} {'cpu/plain':>10} "
+        f"{'tokens/plain':>13} {'calls':>6} {'passes':>7}"
+    )
     for method, s in summary.items():
-        print(f"{method:<15} {s['wall_s_mean']:8.1f} {s['plain_wall_s_mean']:8.1f} {s['wall_ratio_mean']:10.2f}x "
-              f"{s['wall_ratio_max']:5.2f}x {s['cpu_ratio_mean']:9.2f}x {s['token_ratio_mean']:12.2f}x "
-              f"{s['backend_calls_mean']:6.0f} {s['forward_passes_mean']:7.0f}")
+        print(
+            f"{method:<15} {s['wall_s_mean']:8.1f} {s['plain_wall_s_mean']:8.1f} {s['wall_ratio_mean']:10.2f}x "
+            f"{s['wall_ratio_max']:5.2f}x {s['cpu_ratio_mean']:9.2f}x {s['token_ratio_mean']:12.2f}x "
+            f"{s['backend_calls_mean']:6.0f} {s['forward_passes_mean']:7.0f}"
+        )
     print(f"\nwrote {args.out}")
 
 
@@ -146,8 +182,14 @@ def write_report(args, lm, methods: list[str], per_prompt: list[dict]) -> dict:
             "forward_passes_mean": float(np.mean([r["forward_passes"] for r in runs])),
         }
     report = {
-        "model": lm.name, "backend": args.backend, "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
-        "settings": vars(args), "prompts_done": len(per_prompt), "summary": summary, "prompts": per_prompt,
+        "model": lm.name,
+        "backend": args.backend,
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "settings": vars(args),
+        "prompts_done": len(per_prompt),
+        "summary": summary,
+        "prompts": per_prompt,
         "target": "SMC within 3x the wall time of a plain sample (Power-SMC reports 1.4-3.3x on GPU)",
     }
     out = Path(args.out)

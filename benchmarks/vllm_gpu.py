@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 QUESTIONS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips "
+    "did Natalia sell altogether in April and May?",
     "A baker makes 3 batches of 24 muffins and sells all but 7. How many muffins did she sell?",
     "Tom reads 12 pages on Monday and twice as many on Tuesday. How many pages has he read in total?",
     "A train travels 180 km in 2 hours and then 150 km in 3 hours. What is its average speed for the whole trip?",
@@ -73,11 +74,19 @@ def build(method: str, lm, args, seed: int):
     if method == "plain":
         return build_sampler("sample", lm, temperature=1.0, **common)
     if method.startswith("power-"):
-        return build_sampler("power", lm, alpha=args.alpha, n_mcmc=args.n_mcmc, block_size=args.block_size,
-                             scan=method.split("-", 1)[1], **common)
+        return build_sampler(
+            "power",
+            lm,
+            alpha=args.alpha,
+            n_mcmc=args.n_mcmc,
+            block_size=args.block_size,
+            scan=method.split("-", 1)[1],
+            **common,
+        )
     if method == "smc":
-        return build_sampler("smc", lm, alpha=args.alpha, n_particles=args.particles,
-                             resample_every=args.block_size, **common)
+        return build_sampler(
+            "smc", lm, alpha=args.alpha, n_particles=args.particles, resample_every=args.block_size, **common
+        )
     raise ValueError(method)
 
 
@@ -170,8 +179,12 @@ def main() -> None:
         from powersampling.backends.embedded import embedded_model_dir
 
         model = str(embedded_model_dir())
-    engine_kwargs = {"dtype": args.dtype, "tensor_parallel_size": args.tensor_parallel_size,
-                     "enforce_eager": args.enforce_eager, "seed": args.seed}
+    engine_kwargs = {
+        "dtype": args.dtype,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "enforce_eager": args.enforce_eager,
+        "seed": args.seed,
+    }
     if args.gpu_memory_utilization is not None:
         engine_kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
     if args.max_model_len is not None:
@@ -202,11 +215,13 @@ def main() -> None:
         report["results"][method] = result
         if method == "plain":
             plain_wall = result["wall_s"]
-        print(f"{method}: {result['wall_s']:.1f} s, {result['tokens_decoded']} tokens decoded "
-              f"({result['decoded_tokens_per_s']:.0f}/s), {result['final_tokens']} final "
-              f"({result['final_tokens_per_s']:.0f}/s)"
-              + (f", acceptance {result['acceptance_rate']:.0%}" if result["acceptance_rate"] is not None else ""),
-              flush=True)
+        print(
+            f"{method}: {result['wall_s']:.1f} s, {result['tokens_decoded']} tokens decoded "
+            f"({result['decoded_tokens_per_s']:.0f}/s), {result['final_tokens']} final "
+            f"({result['final_tokens_per_s']:.0f}/s)"
+            + (f", acceptance {result['acceptance_rate']:.0%}" if result["acceptance_rate"] is not None else ""),
+            flush=True,
+        )
         write()
     plain = report["results"].get("plain")
     if plain:

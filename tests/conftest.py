@@ -39,8 +39,16 @@ def tiny_hf():
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, eos_token_id=0, bos_token_id=1, pad_token_id=0,
+        vocab_size=6,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=0,
+        bos_token_id=1,
+        pad_token_id=0,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # larger weights than the init so the distribution is far from uniform

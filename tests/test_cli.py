@@ -39,8 +39,19 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message):
 
 @pytest.mark.slow
 def test_generate_json_on_embedded_model_is_reproducible():
-    args = ["generate", "What is 2+2?", "--json", "--seed", "3", "--max-new-tokens", "24", "--mcmc-steps", "2",
-            "--block-size", "12"]
+    args = [
+        "generate",
+        "What is 2+2?",
+        "--json",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "24",
+        "--mcmc-steps",
+        "2",
+        "--block-size",
+        "12",
+    ]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     out = json.loads(first.stdout)

@@ -10,8 +10,9 @@ import pytest
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "powersampling.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "powersampling.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,20 +67,41 @@ def _bad_run_folder(tmp_path, case: str):
     return out
 
 
-@pytest.mark.parametrize("case, message", [
-    ("/sys/x", "cannot create the folder /sys/x"), ("/proc/x", "cannot create the folder /proc/x"),
-    ("under a file", "is a file"), ("run.json is a folder", "run.json is not a file"),
-    ("results.jsonl is a folder", "results.jsonl is not a file"), ("invalid UTF-8", "line 2 is not valid UTF-8"),
-    ("a row without problem_id", "line 1 is not a results row"),
-])
-def test_a_bad_run_folder_is_one_line_and_exit_2_before_the_model_loads(case, message, tmp_path, monkeypatch,
-                                                                      capsys):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("/sys/x", "cannot create the folder /sys/x"),
+        ("/proc/x", "cannot create the folder /proc/x"),
+        ("under a file", "is a file"),
+        ("run.json is a folder", "run.json is not a file"),
+        ("results.jsonl is a folder", "results.jsonl is not a file"),
+        ("invalid UTF-8", "line 2 is not valid UTF-8"),
+        ("a row without problem_id", "line 1 is not a results row"),
+    ],
+)
+def test_a_bad_run_folder_is_one_line_and_exit_2_before_the_model_loads(case, message, tmp_path, monkeypatch, capsys):
     from powersampling.cli import main
 
     out = case if case.startswith("/") else str(_bad_run_folder(tmp_path, case))
     # a model path that does not exist: had the folder been accepted, the error would be about the model
-    monkeypatch.setattr(sys, "argv", ["powersampling", "eval", "--task", "gsm8k", "--methods", "sample", "--limit",
-                                      "1", "--out", out, "--model", str(tmp_path / "no-model")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "powersampling",
+            "eval",
+            "--task",
+            "gsm8k",
+            "--methods",
+            "sample",
+            "--limit",
+            "1",
+            "--out",
+            out,
+            "--model",
+            str(tmp_path / "no-model"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     err = capsys.readouterr().err
@@ -88,10 +110,9 @@ def test_a_bad_run_folder_is_one_line_and_exit_2_before_the_model_loads(case, me
 
 
 def test_a_torn_last_line_is_repaired_and_said_in_one_line(tmp_path):
-    from test_eval_runner import SMALL, toy_model
-
     from powersampling.eval.datasets import load_problems
     from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
 
     problems = load_problems("gsm8k", limit=2)
     out = tmp_path / "run"
@@ -101,11 +122,18 @@ def test_a_torn_last_line_is_repaired_and_said_in_one_line(tmp_path):
     first_row = complete.split(b"\n")[0] + b"\n"
     results.write_bytes(first_row + b'{"problem_id": "x", "meth')  # killed mid-write
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, 'tests'); from test_eval_runner import *; "
-         "from powersampling.eval.runner import run_eval; from powersampling.eval.datasets import load_problems; "
-         f"p = load_problems('gsm8k', limit=2); run_eval('gsm8k', ['sample'], 2, toy_model(p), {str(out)!r}, "
-         "write_report=False, **{**SMALL, 'progress': True})"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, 'tests'); from test_eval_runner import *; "
+            "from powersampling.eval.runner import run_eval; from powersampling.eval.datasets import load_problems; "
+            f"p = load_problems('gsm8k', limit=2); run_eval('gsm8k', ['sample'], 2, toy_model(p), {str(out)!r}, "
+            "write_report=False, **{**SMALL, 'progress': True})",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     repaired = [line for line in proc.stderr.splitlines() if "torn last line" in line]
     assert len(repaired) == 1 and "bytes" in repaired[0]
@@ -122,9 +150,32 @@ def test_bad_input_from_a_real_process(tmp_path):
 def test_small_fewshot_run_on_the_embedded_model(tmp_path):
     """Few-shot prompting with stop strings through the transformers backend, plain and power sampling."""
     out = tmp_path / "run"
-    args = ["eval", "--task", "gsm8k", "--methods", "sample,power", "--limit", "1", "--style", "fewshot",
-            "--shots", "2", "--max-new-tokens", "32", "--block-size", "8", "--n-mcmc", "2", "--seed", "3",
-            "--backend", "transformers", "--out", str(out), "--no-progress"]
+    args = [
+        "eval",
+        "--task",
+        "gsm8k",
+        "--methods",
+        "sample,power",
+        "--limit",
+        "1",
+        "--style",
+        "fewshot",
+        "--shots",
+        "2",
+        "--max-new-tokens",
+        "32",
+        "--block-size",
+        "8",
+        "--n-mcmc",
+        "2",
+        "--seed",
+        "3",
+        "--backend",
+        "transformers",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = run_cli(*args, "--threads", "1")  # two torch threads on two busy shared cores run several times slower
     assert proc.returncode == 0, proc.stderr
     assert "| power | 1 |" in proc.stdout
@@ -151,10 +202,32 @@ def test_merge_gathers_side_by_side_runs_and_prints_the_report(tmp_path, monkeyp
 
     problems = load_problems("gsm8k", limit=4)
     for name, offset in (("a", 0), ("b", 2)):
-        run_eval("gsm8k", ["sample", "low-temp"], 2, toy_model(problems), tmp_path / name, offset=offset,
-                 write_report=False, **SMALL)
-    monkeypatch.setattr(sys, "argv", ["powersampling", "eval", "--task", "gsm8k", "--out", str(tmp_path / "all"),
-                                      "--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b")])
+        run_eval(
+            "gsm8k",
+            ["sample", "low-temp"],
+            2,
+            toy_model(problems),
+            tmp_path / name,
+            offset=offset,
+            write_report=False,
+            **SMALL,
+        )
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "powersampling",
+            "eval",
+            "--task",
+            "gsm8k",
+            "--out",
+            str(tmp_path / "all"),
+            "--merge",
+            str(tmp_path / "a"),
+            "--merge",
+            str(tmp_path / "b"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     captured = capsys.readouterr()

@@ -61,15 +61,18 @@ def test_gsm8k_gold_solutions_pass_and_off_by_one_fails(gsm8k):
     assert grade_gsm8k("18", "She sells 16 - 3 - 4 = 9 eggs. 9 * 2 = 18. So the answer is 18.").correct
 
 
-@pytest.mark.parametrize("text, expected, rule", [
-    ("#### 1,234", "1,234", "####"),
-    ("so 3 + 4 = 7. The answer is $1,234.00.", "1,234.00", "answer is"),
-    ("The answer is 18. Then 5 more people came.", "18", "answer is"),
-    ("the final answer: 42", "42", "answer is"),
-    ("We get \\boxed{-7}", "-7", "boxed"),
-    ("He has 5 apples and buys 3, so 8", "8", "last number"),
-    ("I do not know", None, "no number"),
-])
+@pytest.mark.parametrize(
+    "text, expected, rule",
+    [
+        ("#### 1,234", "1,234", "####"),
+        ("so 3 + 4 = 7. The answer is $1,234.00.", "1,234.00", "answer is"),
+        ("The answer is 18. Then 5 more people came.", "18", "answer is"),
+        ("the final answer: 42", "42", "answer is"),
+        ("We get \\boxed{-7}", "-7", "boxed"),
+        ("He has 5 apples and buys 3, so 8", "8", "last number"),
+        ("I do not know", None, "no number"),
+    ],
+)
 def test_gsm8k_extraction(text, expected, rule):
     assert extract_gsm8k_answer(text) == (expected, rule)
 
@@ -102,17 +105,20 @@ def test_math500_reference_comes_from_the_solution_box_not_the_garbled_field(mat
 
 
 @pytest.mark.parametrize("use_math_verify", [True, False])
-@pytest.mark.parametrize("gold, pred, equal", [
-    ("\\frac{1}{2}", "0.5", True),
-    ("\\frac{\\sqrt{3}}{2}", "\\dfrac{\\sqrt3}{2}", True),
-    ("\\frac{2}{3}", "\\frac{3}{2}", False),
-    ("5", "x = 5", True),
-    ("10\\%", "10", True),
-    ("2\\sqrt{2}", "\\sqrt{8}", True),
-    ("3\\pi", "9.42", False),
-    ("\\text{(B)}", "(B)", True),
-    ("7", "8", False),
-])
+@pytest.mark.parametrize(
+    "gold, pred, equal",
+    [
+        ("\\frac{1}{2}", "0.5", True),
+        ("\\frac{\\sqrt{3}}{2}", "\\dfrac{\\sqrt3}{2}", True),
+        ("\\frac{2}{3}", "\\frac{3}{2}", False),
+        ("5", "x = 5", True),
+        ("10\\%", "10", True),
+        ("2\\sqrt{2}", "\\sqrt{8}", True),
+        ("3\\pi", "9.42", False),
+        ("\\text{(B)}", "(B)", True),
+        ("7", "8", False),
+    ],
+)
 def test_math_equivalence_both_paths(gold, pred, equal, use_math_verify):
     assert math_answers_equal(gold, pred, use_math_verify=use_math_verify)[0] is equal
 

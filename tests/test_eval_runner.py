@@ -9,18 +9,18 @@ answer is right 36% of the time; under p^4 (power sampling) or at T=1/4 each dig
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from powersampling import FunctionLM
+from powersampling.backends.constraints import StopStringConstraint
 from powersampling.errors import ConfigError
 from powersampling.eval.datasets import load_problems
 from powersampling.eval.report import write_report
 from powersampling.eval.runner import (
-    check_arguments,
     RESULTS_FILE,
+    check_arguments,
     matched_best_of_n,
     merge_runs,
     method_seed,
@@ -28,7 +28,6 @@ from powersampling.eval.runner import (
     read_rows,
     run_eval,
 )
-from powersampling.backends.constraints import StopStringConstraint
 from powersampling.eval.tasks import build_prompt
 
 EOS = 256
@@ -110,7 +109,8 @@ def test_end_to_end_rows_grades_costs_and_report(problems, tmp_path):
     m = summary["methods"]
     assert m["power"]["accuracy"] == 1.0 and m["sample"]["accuracy"] == correct["sample"] / 6
     assert m["power"]["token_cost_vs_sample"] == pytest.approx(
-        power_tokens / sum(r["tokens_generated"] for r in by["sample"]))
+        power_tokens / sum(r["tokens_generated"] for r in by["sample"])
+    )
     assert (tmp_path / "accuracy_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "summary.md").read_text()
     assert "| power | 6 | 6 | 100.0% |" in md and "McNemar" in md
@@ -139,7 +139,7 @@ def test_interrupted_run_resumes_to_the_same_rows(problems, tmp_path):
     resumed = []
     run_eval("gsm8k", METHODS, 3, toy_model(problems), cut_dir, on_row=resumed.append, write_report=False, **SMALL)
     assert len(resumed) == 12 - 5
-    key = lambda r: (r["problem_id"], r["method"], r["text"], r["seed"], r["correct"], r.get("n"))  # noqa: E731
+    key = lambda r: (r["problem_id"], r["method"], r["text"], r["seed"], r["correct"], r.get("n"))
     assert sorted(map(key, read_rows(cut_dir / RESULTS_FILE))) == sorted(map(key, read_rows(full_dir / RESULTS_FILE)))
     # nothing left to do: a rerun adds no rows
     run_eval("gsm8k", METHODS, 3, toy_model(problems), cut_dir, write_report=False, **SMALL)
@@ -152,7 +152,7 @@ def test_each_prompt_is_prefilled_once_before_its_methods(problems, tmp_path):
     original = lm.sample
 
     def recording_sample(requests, *args, **kwargs):
-        calls.extend((tuple(r.prefix[:r.generated_start]), r.max_new_tokens) for r in requests)
+        calls.extend((tuple(r.prefix[: r.generated_start]), r.max_new_tokens) for r in requests)
         return original(requests, *args, **kwargs)
 
     lm.sample = recording_sample
@@ -189,8 +189,9 @@ def test_prefill_leaves_the_prompt_in_the_prefix_cache(tiny_hf):
 
 
 def test_answers_cut_by_the_token_cap_are_counted(problems, tmp_path):
-    summary = run_eval("gsm8k", ["sample", "low-temp"], 3, toy_model(problems), tmp_path,
-                       **{**SMALL, "max_new_tokens": 12})  # "So the answer is " alone is 17 tokens
+    summary = run_eval(
+        "gsm8k", ["sample", "low-temp"], 3, toy_model(problems), tmp_path, **{**SMALL, "max_new_tokens": 12}
+    )  # "So the answer is " alone is 17 tokens
     for m in ("sample", "low-temp"):
         assert summary["methods"][m]["hit_token_cap"] == 3 and summary["methods"][m]["correct"] == 0
     assert "| sample | 3 | 0 | 0.0% |" in (tmp_path / "summary.md").read_text()
@@ -204,9 +205,10 @@ def test_runs_side_by_side_merge_into_the_single_run(problems, tmp_path):
     run_eval("gsm8k", methods, 2, toy_model(problems), tmp_path / "a", write_report=False, **SMALL)
     run_eval("gsm8k", methods, 2, toy_model(problems), tmp_path / "b", offset=2, write_report=False, **SMALL)
     assert merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "merged") == 12
-    key = lambda r: (r["problem_id"], r["method"], r["text"], r["seed"], r["correct"], r["tokens_generated"])  # noqa: E731
+    key = lambda r: (r["problem_id"], r["method"], r["text"], r["seed"], r["correct"], r["tokens_generated"])
     assert sorted(map(key, read_rows(tmp_path / "merged" / RESULTS_FILE))) == sorted(
-        map(key, read_rows(tmp_path / "one" / RESULTS_FILE)))
+        map(key, read_rows(tmp_path / "one" / RESULTS_FILE))
+    )
     merged = write_report(tmp_path / "merged")
     single = json.loads((tmp_path / "one" / "summary.json").read_text())
     for m in methods:
@@ -220,11 +222,19 @@ def test_runs_side_by_side_merge_into_the_single_run(problems, tmp_path):
 def test_merge_refuses_what_would_mix_or_double_count(problems, tmp_path):
     run_eval("gsm8k", ["sample"], 2, toy_model(problems), tmp_path / "a", write_report=False, **SMALL)
     run_eval("gsm8k", ["sample"], 2, toy_model(problems), tmp_path / "b", offset=1, write_report=False, **SMALL)
-    run_eval("gsm8k", ["sample"], 1, toy_model(problems), tmp_path / "c", offset=3, write_report=False,
-             **{**SMALL, "alpha": 2.0})
-    with pytest.raises(ConfigError, match="problem .* with method sample is in both"):
+    run_eval(
+        "gsm8k",
+        ["sample"],
+        1,
+        toy_model(problems),
+        tmp_path / "c",
+        offset=3,
+        write_report=False,
+        **{**SMALL, "alpha": 2.0},
+    )
+    with pytest.raises(ConfigError, match=r"problem .* with method sample is in both"):
         merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "m1")
-    with pytest.raises(ConfigError, match="alpha: 4.0 in .*a, 2.0 in .*c"):
+    with pytest.raises(ConfigError, match=r"alpha: 4.0 in .*a, 2.0 in .*c"):
         merge_runs([tmp_path / "a", tmp_path / "c"], tmp_path / "m2")
     with pytest.raises(ConfigError, match="not an evaluation folder"):
         merge_runs([tmp_path / "a", tmp_path / "nowhere"], tmp_path / "m3")
@@ -238,8 +248,7 @@ def test_merge_refuses_what_would_mix_or_double_count(problems, tmp_path):
 def test_resume_with_other_settings_is_refused(problems, tmp_path):
     run_eval("gsm8k", ["sample"], 1, toy_model(problems), tmp_path, write_report=False, **SMALL)
     with pytest.raises(ConfigError, match="alpha"):
-        run_eval("gsm8k", ["sample"], 1, toy_model(problems), tmp_path, write_report=False,
-                 **{**SMALL, "alpha": 2.0})
+        run_eval("gsm8k", ["sample"], 1, toy_model(problems), tmp_path, write_report=False, **{**SMALL, "alpha": 2.0})
     # more problems or more methods with the same settings are fine
     run_eval("gsm8k", ["sample", "low-temp"], 2, toy_model(problems), tmp_path, write_report=False, **SMALL)
     assert len(read_rows(tmp_path / RESULTS_FILE)) == 4
@@ -269,8 +278,12 @@ def test_matched_best_of_n_rule():
     assert matched_best_of_n(rows)[0] == 12  # 1800 / 150
     assert matched_best_of_n([r for r in rows if r["method"] == "power"])[0] == 9
     assert matched_best_of_n(rows[:2] + [{**rows[1], "problem_id": "c", "tokens_generated": 10**6}])[0] == 12
-    assert matched_best_of_n([{"problem_id": "a", "method": "power", "tokens_generated": 5,
-                               "metadata": {"cost_multiplier": 1.0}}])[0] == 2  # at least 2 candidates
+    assert (
+        matched_best_of_n(
+            [{"problem_id": "a", "method": "power", "tokens_generated": 5, "metadata": {"cost_multiplier": 1.0}}]
+        )[0]
+        == 2
+    )  # at least 2 candidates
 
 
 def test_method_seeds_are_distinct_and_stable():
@@ -311,8 +324,16 @@ def test_vote_methods_pick_the_answer_most_outputs_give(problems, tmp_path):
     60% on each right digit, so most samples agree on the right answer and the vote is right more often."""
     lm = toy_model(problems, p_digit=0.6)
     rows = []
-    run_eval("gsm8k", ["sample", "power", "sample+vote", "smc+vote"], 6, lm, tmp_path, on_row=rows.append,
-             write_report=False, **SMALL)
+    run_eval(
+        "gsm8k",
+        ["sample", "power", "sample+vote", "smc+vote"],
+        6,
+        lm,
+        tmp_path,
+        on_row=rows.append,
+        write_report=False,
+        **SMALL,
+    )
     votes = [r for r in rows if r["method"] == "sample+vote"]
     assert len(votes) == 6 and all(r["n"] >= 2 and r["n_rule"].startswith("power/sample") for r in votes)
     for r in votes + [r for r in rows if r["method"] == "smc+vote"]:

@@ -55,8 +55,22 @@ def test_isolation_works_wherever_the_kernel_and_tools_allow_it():
     # guards against the backends silently skipping: if the bare mechanism works here, ours must too
     if shutil.which("unshare") and _raw_ok(["unshare", "-Urnpf", "--mount-proc", "true"]):
         assert backend_works("unshare"), sandbox._probe_failures.get("unshare")
-    if shutil.which("bwrap") and _raw_ok(["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--unshare-user",
-                                          "--die-with-parent", "--proc", "/proc", "--dev", "/dev", "true"]):
+    if shutil.which("bwrap") and _raw_ok(
+        [
+            "bwrap",
+            "--ro-bind",
+            "/",
+            "/",
+            "--unshare-all",
+            "--unshare-user",
+            "--die-with-parent",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "true",
+        ]
+    ):
         assert backend_works("bwrap"), sandbox._probe_failures.get("bwrap")
     working = [b for b in BACKENDS if backend_works(b)]
     assert isolation_backend() == (working[0] if working else None)
@@ -97,11 +111,7 @@ def test_passing_and_failing_programs(backend):
 def test_sleeping_program_is_killed_at_the_timeout_with_its_children(backend):
     _need(backend)
     marker = f"ps-test-{os.getpid()}-{backend}"
-    program = (
-        "import os, time\n"
-        f"if os.fork() == 0:\n    os.execv('/bin/sleep', [{marker!r}, '60'])\n"
-        "time.sleep(60)\n"
-    )
+    program = f"import os, time\nif os.fork() == 0:\n    os.execv('/bin/sleep', [{marker!r}, '60'])\ntime.sleep(60)\n"
     result = run_python(program, timeout_s=1.0, backend=backend)
     assert result.status == TIMEOUT and result.wall_s < 4
     leftover = _processes_with_marker(marker)
@@ -126,8 +136,12 @@ def test_a_huge_allocation_is_reported_as_memory(backend):
 
 
 def test_memory_bomb_is_stopped_by_the_address_space_limit():
-    result = run_python("blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 2**20))", memory_mb=256,
-                        timeout_s=20, backend=_need(isolation_backend() or NO_ISOLATION))
+    result = run_python(
+        "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 2**20))",
+        memory_mb=256,
+        timeout_s=20,
+        backend=_need(isolation_backend() or NO_ISOLATION),
+    )
     assert result.status == MEMORY
     assert result.wall_s < 15
 
@@ -168,8 +182,10 @@ def test_programs_run_concurrently_and_no_descriptor_leaks():
     backend = _need(isolation_backend() or NO_ISOLATION)
     before = len(os.listdir("/proc/self/fd"))
     results: list = []
-    threads = [threading.Thread(target=lambda i=i: results.append(run_python(f"assert {i} == {i}", backend=backend)))
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(run_python(f"assert {i} == {i}", backend=backend)))
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -210,8 +226,14 @@ def test_without_isolation_run_python_refuses_unless_unsafe(monkeypatch):
     with pytest.raises(SandboxUnavailableError):
         grade_program("pass")
     assert grade_program("pass", unsafe=True).correct
-    problem = Problem("mbpp", "mbpp/0", 0, "add", "def add(a, b):\n    return a + b",
-                      {"tests": ["assert add(1, 2) == 3"], "setup": ""})
+    problem = Problem(
+        "mbpp",
+        "mbpp/0",
+        0,
+        "add",
+        "def add(a, b):\n    return a + b",
+        {"tests": ["assert add(1, 2) == 3"], "setup": ""},
+    )
     plan = PromptPlan([], (), "fewshot", "")
     with pytest.raises(SandboxUnavailableError):
         grade_completion(problem, "def add(a, b):\n    return a + b\n", plan)

@@ -11,29 +11,64 @@ import pytest
 
 from powersampling.eval.taskbench import f1, indel_ratio, load_data, pooled_metrics, record_scores
 
-TOOLS = {"nodes": [
-    {"id": "get_weather", "desc": "Query the weather for a location and a date",
-     "parameters": [{"name": "location", "type": "string", "desc": "city"}, {"name": "date", "type": "date",
-                                                                            "desc": "day"}]},
-    {"id": "book_flight", "desc": "Book a flight",
-     "parameters": [{"name": "date", "type": "date", "desc": ""}, {"name": "from", "type": "string", "desc": ""},
-                    {"name": "to", "type": "string", "desc": ""}]},
-    {"id": "send_email", "desc": "Send an email",
-     "parameters": [{"name": "email_address", "type": "string", "desc": ""},
-                    {"name": "content", "type": "string", "desc": ""}]},
-    {"id": "set_alarm", "desc": "Set an alarm", "parameters": [{"name": "time", "type": "string", "desc": ""}]},
-]}
+TOOLS = {
+    "nodes": [
+        {
+            "id": "get_weather",
+            "desc": "Query the weather for a location and a date",
+            "parameters": [
+                {"name": "location", "type": "string", "desc": "city"},
+                {"name": "date", "type": "date", "desc": "day"},
+            ],
+        },
+        {
+            "id": "book_flight",
+            "desc": "Book a flight",
+            "parameters": [
+                {"name": "date", "type": "date", "desc": ""},
+                {"name": "from", "type": "string", "desc": ""},
+                {"name": "to", "type": "string", "desc": ""},
+            ],
+        },
+        {
+            "id": "send_email",
+            "desc": "Send an email",
+            "parameters": [
+                {"name": "email_address", "type": "string", "desc": ""},
+                {"name": "content", "type": "string", "desc": ""},
+            ],
+        },
+        {"id": "set_alarm", "desc": "Set an alarm", "parameters": [{"name": "time", "type": "string", "desc": ""}]},
+    ]
+}
 TOOL_NAMES = [t["id"] for t in TOOLS["nodes"]]
 RECORDS = [
-    {"id": "00000001", "type": "chain", "instruction": "Check the weather in Paris on 2023-06-25 and email it to "
-     "ann@example.com.", "task_nodes": [
-         {"task": "get_weather", "arguments": [{"name": "location", "value": "Paris"},
-                                               {"name": "date", "value": "2023-06-25"}]},
-         {"task": "send_email", "arguments": [{"name": "email_address", "value": "ann@example.com"},
-                                              {"name": "content", "value": "The weather in Paris"}]}],
-     "task_links": [{"source": "get_weather", "target": "send_email"}]},
-    {"id": "00000002", "type": "single", "instruction": "Set an alarm for 07:30 AM.",
-     "task_nodes": [{"task": "set_alarm", "arguments": [{"name": "time", "value": "07:30 AM"}]}], "task_links": []},
+    {
+        "id": "00000001",
+        "type": "chain",
+        "instruction": "Check the weather in Paris on 2023-06-25 and email it to ann@example.com.",
+        "task_nodes": [
+            {
+                "task": "get_weather",
+                "arguments": [{"name": "location", "value": "Paris"}, {"name": "date", "value": "2023-06-25"}],
+            },
+            {
+                "task": "send_email",
+                "arguments": [
+                    {"name": "email_address", "value": "ann@example.com"},
+                    {"name": "content", "value": "The weather in Paris"},
+                ],
+            },
+        ],
+        "task_links": [{"source": "get_weather", "target": "send_email"}],
+    },
+    {
+        "id": "00000002",
+        "type": "single",
+        "instruction": "Set an alarm for 07:30 AM.",
+        "task_nodes": [{"task": "set_alarm", "arguments": [{"name": "time", "value": "07:30 AM"}]}],
+        "task_links": [],
+    },
 ]
 
 
@@ -43,12 +78,17 @@ def _node(task, **arguments):
 
 def test_metrics_on_a_hand_checked_example_with_the_gold_datas_quirks():
     # gold names a tool that is not in tools.json, and one link carries an extra key (both happen in the data)
-    gold_nodes = [_node("get_weather", location="Paris", date="2023-06-25"),
-                  _node("send_email", email_address="a@b.c", content="Forecast"), _node("unknown_tool_x")]
+    gold_nodes = [
+        _node("get_weather", location="Paris", date="2023-06-25"),
+        _node("send_email", email_address="a@b.c", content="Forecast"),
+        _node("unknown_tool_x"),
+    ]
     gold_links = [{"source": "get_weather", "target": "send_email", "intent": "share it"}]
-    nodes = [_node("get_weather", location="Paris", date="2023-06-24"),
-             _node("send_email", email_address="a@b.c", content="Forecast"),
-             _node("book_flight", date="2023-06-25", **{"from": "Paris", "to": "Rome"})]
+    nodes = [
+        _node("get_weather", location="Paris", date="2023-06-24"),
+        _node("send_email", email_address="a@b.c", content="Forecast"),
+        _node("book_flight", date="2023-06-25", **{"from": "Paris", "to": "Rome"}),
+    ]
     links = [{"source": "get_weather", "target": "send_email"}, {"source": "send_email", "target": "book_flight"}]
     s = record_scores(gold_nodes, gold_links, nodes, links, TOOL_NAMES)
     assert s["node_counts"] == [2, 1, 0]  # the unknown gold tool counts on neither side
@@ -65,23 +105,28 @@ def test_metrics_on_a_hand_checked_example_with_the_gold_datas_quirks():
 
 
 def test_the_tool_grammar_refuses_an_unlisted_tool_or_parameter(tmp_path):
-    from test_planner_helpers import smol_tokenizer
-
     from powersampling.backends.constraints import JsonSchemaConstraint
     from powersampling.planner.schema import task_list_schema
+    from test_planner_helpers import smol_tokenizer
 
     data = load_data(_data_dir(tmp_path))
     tok = smol_tokenizer()
     constraint = JsonSchemaConstraint(tok, task_list_schema(data.spec), vocab_size=len(tok), stop_token_ids=[2])
-    good = ('{"count": 1, "tasks": [{"id": 1, "description": "Set the alarm", "call": {"tool": "set_alarm", '
-            '"arguments": {"time": "07:30 AM"}}, "dependencies": []}]}')
+    good = (
+        '{"count": 1, "tasks": [{"id": 1, "description": "Set the alarm", "call": {"tool": "set_alarm", '
+        '"arguments": {"time": "07:30 AM"}}, "dependencies": []}]}'
+    )
     assert constraint.accepts(tok.encode(good, add_special_tokens=False))
-    for bad in (good.replace("set_alarm", "send_fax"), good.replace('"time"', '"hour"'),
-                good.replace('{"time": "07:30 AM"}', '{}'),  # every parameter is required
-                good.replace('"time": "07:30 AM"', '"time": "07:30 AM", "snooze": "5"')):
+    for bad in (
+        good.replace("set_alarm", "send_fax"),
+        good.replace('"time"', '"hour"'),
+        good.replace('{"time": "07:30 AM"}', "{}"),  # every parameter is required
+        good.replace('"time": "07:30 AM"', '"time": "07:30 AM", "snooze": "5"'),
+    ):
         assert not constraint.accepts(tok.encode(bad, add_special_tokens=False)), bad
-    date = good.replace("set_alarm", "get_weather").replace('{"time": "07:30 AM"}',
-                                                            '{"location": "Paris", "date": "tomorrow"}')
+    date = good.replace("set_alarm", "get_weather").replace(
+        '{"time": "07:30 AM"}', '{"location": "Paris", "date": "tomorrow"}'
+    )
     assert not constraint.accepts(tok.encode(date, add_special_tokens=False))  # a date parameter takes a date
     assert constraint.accepts(tok.encode(date.replace("tomorrow", "2023-06-25"), add_special_tokens=False))
 
@@ -93,7 +138,8 @@ def _data_dir(tmp_path, records=RECORDS, requests=True):
     (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if requests:
         (folder / "dev_user_requests.jsonl").write_text(
-            json.dumps({"id": "00000002", "user_request": "Please set an alarm for 07:30 AM tomorrow."}) + "\n")
+            json.dumps({"id": "00000002", "user_request": "Please set an alarm for 07:30 AM tomorrow."}) + "\n"
+        )
     return folder
 
 
@@ -104,14 +150,17 @@ def test_user_requests_replace_the_instruction_when_given(tmp_path):
     assert [t.name for t in data.tools] == TOOL_NAMES
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("no tools", "tools.json does not exist"),
-    ("broken line", "dev.jsonl line 2: not a valid JSON line"),
-    ("empty records", "dev.jsonl holds no records"),
-    ("two record files", "exactly one records file"),
-    ("node without task", "dev.jsonl line 1: a task node"),
-    ("bad requests line", "dev_user_requests.jsonl line 1"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no tools", "tools.json does not exist"),
+        ("broken line", "dev.jsonl line 2: not a valid JSON line"),
+        ("empty records", "dev.jsonl holds no records"),
+        ("two record files", "exactly one records file"),
+        ("node without task", "dev.jsonl line 1: a task node"),
+        ("bad requests line", "dev_user_requests.jsonl line 1"),
+    ],
+)
 def test_a_malformed_data_folder_is_one_line_and_exit_2(tmp_path, damage, message, monkeypatch, capsys):
     from powersampling.cli import main
 
@@ -119,7 +168,7 @@ def test_a_malformed_data_folder_is_one_line_and_exit_2(tmp_path, damage, messag
     if damage == "no tools":
         (folder / "tools.json").unlink()
     elif damage == "broken line":
-        (folder / "dev.jsonl").write_text(json.dumps(RECORDS[0]) + "\n{\"id\": \"2\", \n")
+        (folder / "dev.jsonl").write_text(json.dumps(RECORDS[0]) + '\n{"id": "2", \n')
     elif damage == "empty records":
         (folder / "dev.jsonl").write_text("")
     elif damage == "two record files":
@@ -128,8 +177,22 @@ def test_a_malformed_data_folder_is_one_line_and_exit_2(tmp_path, damage, messag
         (folder / "dev.jsonl").write_text(json.dumps({**RECORDS[0], "task_nodes": [{"tool": "x"}]}) + "\n")
     elif damage == "bad requests line":
         (folder / "dev_user_requests.jsonl").write_text('{"id": 5}\n')
-    monkeypatch.setattr(sys, "argv", ["powersampling", "eval", "--task", "taskbench", "--data", str(folder),
-                                      "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no-model")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "powersampling",
+            "eval",
+            "--task",
+            "taskbench",
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path / "no-model"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     err = capsys.readouterr().err
@@ -145,8 +208,20 @@ def test_end_to_end_on_two_records_with_the_embedded_model(tmp_path):
 
     model = load_model(None)  # llama.cpp when installed, else transformers
     out = tmp_path / "run"
-    summary = run_eval("taskbench", ["sample", "power"], None, model, out, data=_data_dir(tmp_path), alpha=2.0,
-                       n_mcmc=2, block_size=32, max_new_tokens=256, seed=0, progress=False)
+    summary = run_eval(
+        "taskbench",
+        ["sample", "power"],
+        None,
+        model,
+        out,
+        data=_data_dir(tmp_path),
+        alpha=2.0,
+        n_mcmc=2,
+        block_size=32,
+        max_new_tokens=256,
+        seed=0,
+        progress=False,
+    )
     rows = read_rows(out / "results.jsonl")
     assert len(rows) == 4
     for r in rows:
@@ -157,10 +232,19 @@ def test_end_to_end_on_two_records_with_the_embedded_model(tmp_path):
             assert {a["name"] for a in node["arguments"]} == params
     for method in ("sample", "power"):
         m = summary["methods"][method]
-        assert set(m) >= {"node_f1", "edge_f1", "edit_distance", "arg_name_f1", "arg_value_f1", "valid_rate",
-                          "by_type", "by_gold_nodes"}
-        assert 0 <= m["node_f1"] <= 1 and m["valid_rate"] == pytest.approx(np.mean([r["valid"] for r in rows
-                                                                                  if r["method"] == method]))
+        assert set(m) >= {
+            "node_f1",
+            "edge_f1",
+            "edit_distance",
+            "arg_name_f1",
+            "arg_value_f1",
+            "valid_rate",
+            "by_type",
+            "by_gold_nodes",
+        }
+        assert 0 <= m["node_f1"] <= 1 and m["valid_rate"] == pytest.approx(
+            np.mean([r["valid"] for r in rows if r["method"] == method])
+        )
     assert summary["methods"]["power"]["token_cost_vs_sample"] > 1
     assert "node_f1_difference_b_minus_a" in summary["comparisons"][0]
     assert (out / "summary.md").read_text().count("node F1") >= 1 and (out / "accuracy_vs_cost.png").is_file()

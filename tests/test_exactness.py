@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import random_table_lm
 from powersampling import PowerSampler, PowerSamplingConfig
 from powersampling.exactness import (
     empirical,
@@ -18,8 +19,6 @@ from powersampling.exactness import (
     tokenwise_tempered_distribution,
     total_variation,
 )
-
-from conftest import random_table_lm
 
 PROMPT = [1]
 MAX_NEW = 4
@@ -83,8 +82,9 @@ def test_mh_on_a_real_transformers_model_matches_exact(tiny_hf):
     target = power_distribution(enumerate_completions(reference, prompt, max_new), alpha)
     bound = exact_sampler_tv_quantile(target, chains, quantile=0.999)
     for scan in ("random", "sorted"):
-        config = PowerSamplingConfig(alpha=alpha, max_new_tokens=max_new, n_mcmc=8, block_size=1, n_chains=chains,
-                                     seed=5, scan=scan)
+        config = PowerSamplingConfig(
+            alpha=alpha, max_new_tokens=max_new, n_mcmc=8, block_size=1, n_chains=chains, seed=5, scan=scan
+        )
         result = PowerSampler(lm, config).sample(prompt)
         tv = total_variation(empirical(c.token_ids for c in result.samples), target)
         assert tv <= bound, f"{scan}: TV {tv:.4f} above {bound:.4f}"

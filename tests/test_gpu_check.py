@@ -21,8 +21,14 @@ def test_dry_run_writes_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     # a separate process: the dry run sets torch's thread count, which must not leak into other tests
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[gpu_check" in done.stderr  # progress goes to stderr
     report = json.loads(out.read_text())
@@ -41,8 +47,13 @@ def test_dry_run_writes_every_section(tmp_path):
             assert 0 <= run["tv"] <= 1 and isinstance(run["within_bound"], bool)
             assert run["tv_over_bound"] == run["tv"] / run["tv_bound_q999"]
         variance = section["batch_variance"]
-        assert set(variance["max_abs_logprob_diff"]) == {"backend_alone", "backend_alone_cached", "backend_batched",
-                                                         "backend_batched_cached", "raw_incremental_cache"}
+        assert set(variance["max_abs_logprob_diff"]) == {
+            "backend_alone",
+            "backend_alone_cached",
+            "backend_batched",
+            "backend_batched_cached",
+            "raw_incremental_cache",
+        }
         assert 0 <= variance["max_abs_overall"] < 1
     verdict = exact["bf16_verdict"]
     assert isinstance(verdict["bf16_breaks_tv_bound"], bool) and verdict["verdict"]
@@ -61,8 +72,13 @@ def test_dry_run_writes_every_section(tmp_path):
                 assert row["prompts_done"] == model[pass_name].get("prompts_planned", 1)
                 # EOS is off: every method returns full-length completions
                 assert row["final_tokens"] == max_new * row["prompts_done"]
-                for key in ("wall_s", "tokens_per_s", "wall_ratio_to_plain", "realized_depth",
-                            "wall_over_realized_depth"):
+                for key in (
+                    "wall_s",
+                    "tokens_per_s",
+                    "wall_ratio_to_plain",
+                    "realized_depth",
+                    "wall_over_realized_depth",
+                ):
                     assert _positive(row[key]), (name, pass_name, method, key, row.get(key))
             assert rows["plain"]["tokens_generated"] == max_new * rows["plain"]["prompts_done"]
             assert rows["plain"]["wall_ratio_to_plain"] == 1.0

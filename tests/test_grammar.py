@@ -15,8 +15,14 @@ from powersampling.planner.schema import TaskListSpec, max_output_tokens, parse_
 from powersampling.samplers import build_sampler, prompt_ids
 from test_planner_helpers import smol_tokenizer
 
-SPEC = TaskListSpec(min_tasks=2, max_tasks=3, max_dependencies=2, description_max_chars=24,
-                    tools=("Image Search", "Translator"), ask_atomic=True)
+SPEC = TaskListSpec(
+    min_tasks=2,
+    max_tasks=3,
+    max_dependencies=2,
+    description_max_chars=24,
+    tools=("Image Search", "Translator"),
+    ask_atomic=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +35,18 @@ def tiny_smol():
 
     tok = smol_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         eos_token_id=2, bos_token_id=1, pad_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=2,
+        bos_token_id=1,
+        pad_token_id=2,
+    )
     return TransformersLM(LlamaForCausalLM(config).eval(), tok, name="tiny-smol")
 
 
@@ -43,9 +58,11 @@ def _constraint():
 def test_state_from_any_prefix_matches_step_by_step_advance():
     tok = smol_tokenizer()
     constraint = _constraint()
-    text = ('{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Image Search", "arguments": {}}, '
-            '"dependencies": [], "atomic": true}, {"id": 2, "description": "Translate captions", "call": {"tool": '
-            '"Translator", "arguments": {}}, "dependencies": [1], "atomic": true}]}')
+    text = (
+        '{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Image Search", "arguments": {}}, '
+        '"dependencies": [], "atomic": true}, {"id": 2, "description": "Translate captions", "call": {"tool": '
+        '"Translator", "arguments": {}}, "dependencies": [1], "atomic": true}]}'
+    )
     ids = tok.encode(text, add_special_tokens=False)
     walker = constraint.start([])
     for cut, token in enumerate(ids):
@@ -63,10 +80,13 @@ def test_state_from_any_prefix_matches_step_by_step_advance():
 def test_schema_rules_are_enforced_and_bad_prefixes_rejected():
     tok = smol_tokenizer()
     constraint = _constraint()
-    for bad in ('{"tasks": [{"id": 2', '{"tasks": [{"id": 1, "description": "   spaces first"',
-                '{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Web"',
-                '{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Translator", "arguments": '
-                '{}}, "dependencies": [1'):
+    for bad in (
+        '{"tasks": [{"id": 2',
+        '{"tasks": [{"id": 1, "description": "   spaces first"',
+        '{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Web"',
+        '{"tasks": [{"id": 1, "description": "Find cat photos", "call": {"tool": "Translator", "arguments": '
+        '{}}, "dependencies": [1',
+    ):
         with pytest.raises(ValueError, match="does not match"):
             constraint.start(tok.encode(bad, add_special_tokens=False))
     with pytest.raises(ConfigError):
@@ -83,15 +103,25 @@ def test_model_without_hf_tokenizer_is_refused(toy_lm):
         JsonSchemaConstraint.for_model(toy_lm, {"type": "object"})
 
 
-@pytest.mark.parametrize("method,params", [
-    ("sample", {"temperature": 1.0}),
-    ("power", {"alpha": 2.0, "n_mcmc": 1, "block_size": 48}),
-    ("best-of-n", {"n": 2, "temperature": 1.0}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("sample", {"temperature": 1.0}),
+        ("power", {"alpha": 2.0, "n_mcmc": 1, "block_size": 48}),
+        ("best-of-n", {"n": 2, "temperature": 1.0}),
+    ],
+)
 def test_random_model_gives_schema_valid_output_on_every_route(tiny_smol, method, params):
     # small bounds keep the random model's (always maximal) strings short
-    spec = TaskListSpec(min_tasks=2, max_tasks=2, description_min_chars=4, description_max_chars=10,
-                        task_types=("search", "write"), tools=SPEC.tools, ask_atomic=False)
+    spec = TaskListSpec(
+        min_tasks=2,
+        max_tasks=2,
+        description_min_chars=4,
+        description_max_chars=10,
+        task_types=("search", "write"),
+        tools=SPEC.tools,
+        ask_atomic=False,
+    )
     constraint = JsonSchemaConstraint.for_model(tiny_smol, task_list_schema(spec))
     bound = max_output_tokens(spec)
     sampler = build_sampler(method, tiny_smol, max_new_tokens=bound, seed=0, **params)
@@ -110,8 +140,9 @@ def test_masked_logprobs_are_renormalized_over_allowed_tokens(tiny_smol):
 
     constraint = JsonSchemaConstraint.for_model(tiny_smol, task_list_schema(SPEC))
     ids = prompt_ids(tiny_smol, "Plan")
-    cont = tiny_smol.sample([ContinuationRequest(ids, 12, generated_start=len(ids), constraint=constraint)], 1.0,
-                            np.random.default_rng(0))[0]
+    cont = tiny_smol.sample(
+        [ContinuationRequest(ids, 12, generated_start=len(ids), constraint=constraint)], 1.0, np.random.default_rng(0)
+    )[0]
     with torch.no_grad():
         logits = tiny_smol.hf_model(torch.tensor([ids + cont.token_ids])).logits[0].double()
     for i, token in enumerate(cont.token_ids):

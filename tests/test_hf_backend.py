@@ -16,8 +16,10 @@ def _reference(model, prefix, tokens, temperature):
     n = len(prefix)
     lp = torch.log_softmax(logits, -1)
     lq = torch.log_softmax(logits / temperature, -1)
-    return (np.array([lp[n - 1 + i, t].item() for i, t in enumerate(tokens)]),
-            np.array([lq[n - 1 + i, t].item() for i, t in enumerate(tokens)]))
+    return (
+        np.array([lp[n - 1 + i, t].item() for i, t in enumerate(tokens)]),
+        np.array([lq[n - 1 + i, t].item() for i, t in enumerate(tokens)]),
+    )
 
 
 @pytest.fixture

@@ -27,15 +27,27 @@ class _ProviderStandIn(BaseHTTPRequestHandler):
         self.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
         if self.path == "/v1/chat/completions":
             n = body.get("n", 1)
-            answer = {"choices": [{"index": i, "message": {"role": "assistant", "content": f"{2 + i}"},
-                                   "finish_reason": "stop"} for i in range(n)], "usage": {"total_tokens": 3}}
+            answer = {
+                "choices": [
+                    {"index": i, "message": {"role": "assistant", "content": f"{2 + i}"}, "finish_reason": "stop"}
+                    for i in range(n)
+                ],
+                "usage": {"total_tokens": 3},
+            }
         elif self.path.startswith("/v1beta/models/") and self.path.endswith(":generateContent"):
             n = body["generationConfig"]["candidateCount"]
-            answer = {"candidates": [{"content": {"role": "model", "parts": [{"text": f"{3 + i}"}]},
-                                      "finishReason": "STOP"} for i in range(n)]}
+            answer = {
+                "candidates": [
+                    {"content": {"role": "model", "parts": [{"text": f"{3 + i}"}]}, "finishReason": "STOP"}
+                    for i in range(n)
+                ]
+            }
         elif self.path == "/v1/messages":
-            answer = {"content": [{"type": "text", "text": "5"}], "stop_reason": "end_turn",
-                      "usage": {"output_tokens": 1}}
+            answer = {
+                "content": [{"type": "text", "text": "5"}],
+                "stop_reason": "end_turn",
+                "usage": {"output_tokens": 1},
+            }
         else:
             self.send_response(404)
             self.end_headers()
@@ -79,8 +91,9 @@ def test_gemini_maps_roles_and_system_instruction(stand_in, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.setenv("GOOGLE_API_KEY", "g-test")
     model = hosted_model("gemini", "gemini-test", base_url=f"{url}/v1beta")
-    out = model.generate(MESSAGES + [{"role": "assistant", "content": "2"}, {"role": "user", "content": "Another"}],
-                         n=2)
+    out = model.generate(
+        MESSAGES + [{"role": "assistant", "content": "2"}, {"role": "user", "content": "Another"}], n=2
+    )
     assert [c.text for c in out] == ["3", "4"]
     body = seen[-1]["body"]
     assert seen[-1]["headers"]["x-goog-api-key"] == "g-test"
@@ -99,9 +112,15 @@ def test_anthropic_makes_one_request_per_completion(stand_in, monkeypatch):
     assert seen[0]["body"]["system"] == "Be brief." and seen[0]["body"]["messages"] == MESSAGES[1:]
 
 
-@pytest.mark.parametrize("provider,reason", [("openai", "top-20"), ("gemini", "top-20"),
-                                             ("anthropic", "no log-probabilities"),
-                                             ("openai-compatible", "not token-id")])
+@pytest.mark.parametrize(
+    "provider,reason",
+    [
+        ("openai", "top-20"),
+        ("gemini", "top-20"),
+        ("anthropic", "no log-probabilities"),
+        ("openai-compatible", "not token-id"),
+    ],
+)
 def test_power_sampling_is_refused_with_reason_and_alternatives(provider, reason):
     model = HostedChatModel(provider, "m", api_key="k", base_url="http://127.0.0.1:9")
     with pytest.raises(CapabilityError) as info:
@@ -126,12 +145,24 @@ def test_missing_configuration_names_the_variable(monkeypatch):
 def test_openai_compatible_against_llama_cpp_server():
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
     from powersampling.backends.embedded import embedded_gguf_path
-
     from test_remote_backend import free_port, start_server, stop_server, wait_for
 
     port = free_port()
-    process = start_server([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
-                            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"])
+    process = start_server(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(embedded_gguf_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "512",
+        ]
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/v1/models", process)
         model = hosted_model("openai-compatible", "smollm2", base_url=f"http://127.0.0.1:{port}/v1")

@@ -24,8 +24,8 @@ LOGP_TOLERANCE_MEAN = 0.08
 
 from powersampling.backends.decoding import log_softmax
 
-
 # the embedded model
+
 
 def _needs_llama_cpp():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'powersampling[llama]')")
@@ -53,8 +53,10 @@ def hf_model():
     from powersampling.backends.embedded import embedded_model_dir
 
     folder = embedded_model_dir()
-    return (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(str(folder)))
+    return (
+        AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(str(folder)),
+    )
 
 
 def fresh_logits(lm, prefix):
@@ -68,16 +70,16 @@ def test_log_p_agrees_with_transformers(lm, prompt, hf_model):
     import torch
 
     model, _ = hf_model
-    (cont,) = lm.sample([ContinuationRequest(prompt, 48, generated_start=len(prompt))], 1.0,
-                        np.random.default_rng(0))
+    (cont,) = lm.sample([ContinuationRequest(prompt, 48, generated_start=len(prompt))], 1.0, np.random.default_rng(0))
     ids = prompt + cont.token_ids
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
     positions = np.arange(len(prompt) - 1, len(ids) - 1)
     reference = np.array([log_softmax(logits[i])[t] for i, t in zip(positions, cont.token_ids)])
     diff = np.abs(cont.logp - reference)
-    print(f"llama.cpp Q4_1 vs transformers fp32, {len(diff)} tokens: max |dlogp| {diff.max():.4f}, "
-          f"mean {diff.mean():.4f}")
+    print(
+        f"llama.cpp Q4_1 vs transformers fp32, {len(diff)} tokens: max |dlogp| {diff.max():.4f}, mean {diff.mean():.4f}"
+    )
     assert diff.max() < LOGP_TOLERANCE_MAX and diff.mean() < LOGP_TOLERANCE_MEAN
 
 
@@ -88,8 +90,9 @@ def test_acceptance_ratio_equals_brute_force_from_full_logits(lm, prompt):
     (current,) = lm.sample([ContinuationRequest(prompt, 20)], temperature, rng)
     cut = len(current) // 2
     (proposal,) = lm.sample([ContinuationRequest(prompt + current.token_ids[:cut], 20 - cut)], temperature, rng)
-    from_backend = (alpha * (proposal.logp.sum() - current.logp[cut:].sum())
-                    + current.logq[cut:].sum() - proposal.logq.sum())
+    from_backend = (
+        alpha * (proposal.logp.sum() - current.logp[cut:].sum()) + current.logq[cut:].sum() - proposal.logq.sum()
+    )
 
     def brute(tokens, start):
         logp, logq, log_z = [], [], []
@@ -141,8 +144,12 @@ def test_rows_decoded_side_by_side_match_fresh_single_row_evaluation(lm, prompt)
     assert lm.eval_batch >= 16  # the load-time probe: batched, one-token and side-by-side logits are identical
     (state,) = lm.sample([ContinuationRequest(prompt, 12)], 1.0, np.random.default_rng(4))
     other = lm.tokenizer.chat_prompt([{"role": "user", "content": "Name a color."}])
-    requests = [ContinuationRequest(prompt, 10), ContinuationRequest(prompt + state.token_ids[:5], 10),
-                ContinuationRequest(other, 10), ContinuationRequest(prompt, 10)]
+    requests = [
+        ContinuationRequest(prompt, 10),
+        ContinuationRequest(prompt + state.token_ids[:5], 10),
+        ContinuationRequest(other, 10),
+        ContinuationRequest(prompt, 10),
+    ]
     calls_before = lm.decode_calls
     conts = lm.sample(requests, 1.0, np.random.default_rng(7))
     assert lm.decode_calls - calls_before <= 3 + max(len(c) for c in conts)  # prefill calls, then one per step
@@ -180,7 +187,10 @@ def test_tokenizer_matches_transformers(lm, hf_model):
     from powersampling.backends.tokenizers import HFTokenizer
 
     hf = HFTokenizer(hf_model[1])
-    messages = [{"role": "system", "content": "You plan tasks."}, {"role": "user", "content": "Plan a trip: café, 3 days."}]
+    messages = [
+        {"role": "system", "content": "You plan tasks."},
+        {"role": "user", "content": "Plan a trip: café, 3 days."},
+    ]
     assert lm.tokenizer.chat_prompt(messages) == hf.chat_prompt(messages)
     text = "Natalia sold 48 clips in April; how many in May?"
     assert lm.tokenizer.encode(text) == hf.encode(text)
@@ -209,8 +219,11 @@ def test_constraint_mask_renormalizes_log_p_and_log_q(lm, prompt):
         def start(self, generated):
             return State()
 
-    (cont,) = lm.sample([ContinuationRequest(prompt, 6, generated_start=len(prompt), constraint=OnlyTheseWords())],
-                        0.5, np.random.default_rng(0))
+    (cont,) = lm.sample(
+        [ContinuationRequest(prompt, 6, generated_start=len(prompt), constraint=OnlyTheseWords())],
+        0.5,
+        np.random.default_rng(0),
+    )
     assert len(cont) == 6 and set(cont.token_ids) <= set(allowed_ids.tolist())
     logits = fresh_logits(lm, prompt)[allowed_ids]
     first = list(allowed_ids).index(cont.token_ids[0])
@@ -220,8 +233,7 @@ def test_constraint_mask_renormalizes_log_p_and_log_q(lm, prompt):
 
 @pytest.mark.slow
 def test_deadline_interrupts_and_context_overflow_is_refused(lm, prompt):
-    (cont,) = lm.sample([ContinuationRequest(prompt, 50)], 1.0, np.random.default_rng(0),
-                        deadline=time.monotonic() - 1)
+    (cont,) = lm.sample([ContinuationRequest(prompt, 50)], 1.0, np.random.default_rng(0), deadline=time.monotonic() - 1)
     assert cont.interrupted and len(cont) == 1
     with pytest.raises(ValueError, match="n_ctx"):
         lm.sample([ContinuationRequest(prompt, 5000)], 1.0, np.random.default_rng(0))
@@ -232,8 +244,9 @@ def test_deadline_interrupts_and_context_overflow_is_refused(lm, prompt):
 def test_power_sampler_runs_on_llamacpp(lm, prompt):
     from powersampling.samplers import PowerSampler, PowerSamplingConfig
 
-    result = PowerSampler(lm, PowerSamplingConfig(alpha=4.0, n_mcmc=3, block_size=8, max_new_tokens=16,
-                                                  seed=0)).sample(prompt)
+    result = PowerSampler(lm, PowerSamplingConfig(alpha=4.0, n_mcmc=3, block_size=8, max_new_tokens=16, seed=0)).sample(
+        prompt
+    )
     assert 1 <= len(result.token_ids) <= 16
     assert result.metadata["total_iterations"] > 0 and result.text == lm.tokenizer.decode(result.token_ids)
 

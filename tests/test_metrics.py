@@ -32,8 +32,11 @@ def toy_lm(name: str) -> FunctionLM:
 def scrape() -> dict[tuple[str, tuple], float]:
     """Every sample in the exposition, keyed by (sample name, sorted labels), parsed by Prometheus's own parser."""
     text = metrics.exposition()[0].decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples, name: str, **labels) -> float:
@@ -56,17 +59,27 @@ def test_record_sample_follows_a_real_power_sampling_run():
     md = result.metadata
     labels = dict(model_name="metrics-power", endpoint="library", method="power")
     for kind, expected in (("prompt", 2), ("proposal", md["tokens_generated"]), ("final", md["final_tokens"])):
-        assert value(after, "powersampling_tokens_total", **labels, kind=kind) - \
-            value(before, "powersampling_tokens_total", **labels, kind=kind) == expected
+        assert (
+            value(after, "powersampling_tokens_total", **labels, kind=kind)
+            - value(before, "powersampling_tokens_total", **labels, kind=kind)
+            == expected
+        )
     acc = dict(model_name="metrics-power", endpoint="library")
-    assert value(after, "powersampling_acceptance_rate_count", **acc) == value(before, "powersampling_acceptance_rate_count", **acc) + 1
+    assert (
+        value(after, "powersampling_acceptance_rate_count", **acc)
+        == value(before, "powersampling_acceptance_rate_count", **acc) + 1
+    )
     assert value(after, "powersampling_acceptance_rate_sum", **acc) == pytest.approx(
-        value(before, "powersampling_acceptance_rate_sum", **acc) + md["acceptance_rate"])
+        value(before, "powersampling_acceptance_rate_sum", **acc) + md["acceptance_rate"]
+    )
     assert md["cost_multiplier"] > 1  # MH redraws suffixes, so it decodes more than it returns
     assert value(after, "powersampling_cost_multiplier_sum", **labels) == pytest.approx(
-        value(before, "powersampling_cost_multiplier_sum", **labels) + md["cost_multiplier"])
+        value(before, "powersampling_cost_multiplier_sum", **labels) + md["cost_multiplier"]
+    )
     req = dict(model_name="metrics-power", endpoint="library", method="power", route="power", status="ok")
-    assert value(after, "powersampling_requests_total", **req) == value(before, "powersampling_requests_total", **req) + 1
+    assert (
+        value(after, "powersampling_requests_total", **req) == value(before, "powersampling_requests_total", **req) + 1
+    )
 
 
 def test_baseline_runs_do_not_feed_the_acceptance_histogram():
@@ -74,21 +87,47 @@ def test_baseline_runs_do_not_feed_the_acceptance_histogram():
     metrics.record_sample(result, "metrics-plain")
     after = scrape()
     assert value(after, "powersampling_acceptance_rate_count", model_name="metrics-plain", endpoint="library") == 0
-    assert value(after, "powersampling_requests_total", model_name="metrics-plain", endpoint="library",
-                 method="sample", route="baseline", status="ok") == 1
+    assert (
+        value(
+            after,
+            "powersampling_requests_total",
+            model_name="metrics-plain",
+            endpoint="library",
+            method="sample",
+            route="baseline",
+            status="ok",
+        )
+        == 1
+    )
 
 
 def test_record_plan_quality_by_route_and_fallback_reason():
     metrics.record_plan(model_name="metrics-plan", route="power", quality_score=0.8)
-    metrics.record_plan(model_name="metrics-plan", route="baseline", quality_score=0.5,
-                        fallback_reason="GenerationError", latency_s=1.5)
+    metrics.record_plan(
+        model_name="metrics-plan", route="baseline", quality_score=0.5, fallback_reason="GenerationError", latency_s=1.5
+    )
     s = scrape()
-    assert value(s, "powersampling_plan_quality_score_sum", model_name="metrics-plan", route="power") == pytest.approx(0.8)
+    assert value(s, "powersampling_plan_quality_score_sum", model_name="metrics-plan", route="power") == pytest.approx(
+        0.8
+    )
     assert value(s, "powersampling_plan_quality_score_count", model_name="metrics-plan", route="baseline") == 1
-    assert value(s, "powersampling_fallbacks_total", model_name="metrics-plan", endpoint="library",
-                 reason="GenerationError") == 1
-    assert value(s, "powersampling_e2e_request_latency_seconds_count", model_name="metrics-plan", endpoint="library",
-                 method="none", route="baseline") == 1
+    assert (
+        value(
+            s, "powersampling_fallbacks_total", model_name="metrics-plan", endpoint="library", reason="GenerationError"
+        )
+        == 1
+    )
+    assert (
+        value(
+            s,
+            "powersampling_e2e_request_latency_seconds_count",
+            model_name="metrics-plan",
+            endpoint="library",
+            method="none",
+            route="baseline",
+        )
+        == 1
+    )
 
 
 def test_step_timer_observes_one_latency_per_progress_event():
@@ -97,8 +136,10 @@ def test_step_timer_observes_one_latency_per_progress_event():
     timer = metrics.StepTimer("metrics-steps", "power", forward=seen.append)
     build_sampler("power", model, n_mcmc=3, block_size=2, max_new_tokens=4, seed=2).sample([1], progress=timer)
     s = scrape()
-    counted = sum(value(s, "powersampling_step_latency_seconds_count", model_name="metrics-steps", method="power", kind=k)
-                  for k in ("block", "mh_step", "candidate"))
+    counted = sum(
+        value(s, "powersampling_step_latency_seconds_count", model_name="metrics-steps", method="power", kind=k)
+        for k in ("block", "mh_step", "candidate")
+    )
     assert counted == sum(1 for e in seen if e.kind != "done") > 0
 
 
@@ -112,8 +153,18 @@ def test_concurrent_recording_loses_no_increments():
         t.start()
     for t in threads:
         t.join()
-    assert value(scrape(), "powersampling_requests_total", model_name="metrics-threads", endpoint="chat",
-                 method="greedy", route="baseline", status="rejected") == 4000
+    assert (
+        value(
+            scrape(),
+            "powersampling_requests_total",
+            model_name="metrics-threads",
+            endpoint="chat",
+            method="greedy",
+            route="baseline",
+            status="rejected",
+        )
+        == 4000
+    )
 
 
 def test_queue_gauges_of_two_executors_add_up():

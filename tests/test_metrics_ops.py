@@ -54,7 +54,9 @@ def label_values(expr: str, label: str) -> set[str]:
 
 
 def test_the_rollback_triggers_exist():
-    assert {"PowerSamplingQualityDeltaLow", "PowerSamplingErrorRateHigh", "PowerSamplingP95LatencyHigh"} <= set(alert_exprs())
+    assert {"PowerSamplingQualityDeltaLow", "PowerSamplingErrorRateHigh", "PowerSamplingP95LatencyHigh"} <= set(
+        alert_exprs()
+    )
 
 
 @pytest.mark.parametrize("source", ["alerts", "dashboard"])
@@ -78,16 +80,18 @@ def test_dashboard_panels_cover_the_rollout_signals():
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus')")
 def test_promtool_accepts_the_rules_and_their_unit_tests_pass():
     subprocess.run([PROMTOOL, "check", "rules", str(ALERTS)], check=True, capture_output=True)
-    test = subprocess.run([PROMTOOL, "test", "rules", "alerts.test.yml"], cwd=ALERTS.parent, capture_output=True,
-                          text=True)
+    test = subprocess.run(
+        [PROMTOOL, "test", "rules", "alerts.test.yml"], cwd=ALERTS.parent, capture_output=True, text=True
+    )
     assert test.returncode == 0, test.stdout + test.stderr
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus')")
 def test_promtool_parses_every_dashboard_query(tmp_path):
-    rules = [{"record": f"dashboard:query_{i}",
-              "expr": e.replace("$__rate_interval", "5m").replace("$model_name", ".*")}
-             for i, e in enumerate(dashboard_exprs())]
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": e.replace("$__rate_interval", "5m").replace("$model_name", ".*")}
+        for i, e in enumerate(dashboard_exprs())
+    ]
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     check = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True)

@@ -13,23 +13,31 @@ from powersampling.planner import DAG_JSON_SCHEMA, dag_from_json
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "powersampling.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "powersampling.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["plan", "   "], None, "empty"),
-    (["plan"], None, "Missing argument"),
-    (["plan", "x", "--max-depth", "0"], None, "max_depth"),
-    (["plan", "x", "--method", "warp"], None, "--method"),
-    (["plan", "x", "--format", "svg"], None, "--format"),
-    (["plan", "x", "--alpha", "-1"], None, "alpha"),
-    (["plan", "x", "--tools", " , "], None, "tools"),
-    (["plan", "x", "--model", "/no/such/model"], None, "does not exist"),
-    (["plan", "x"], {"POWER_SAMPLING_HTDAG_ENABLED": "sometimes"}, "POWER_SAMPLING_HTDAG_ENABLED"),
-    (["plan", "x"], {"POWER_SAMPLING_ROLLOUT_PERCENT": "101"}, "POWER_SAMPLING_ROLLOUT_PERCENT"),
-    (["plan", "x" * 5000, "--method", "baseline", "--model", "/no/such"], None, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["plan", "   "], None, "empty"),
+        (["plan"], None, "Missing argument"),
+        (["plan", "x", "--max-depth", "0"], None, "max_depth"),
+        (["plan", "x", "--method", "warp"], None, "--method"),
+        (["plan", "x", "--format", "svg"], None, "--format"),
+        (["plan", "x", "--alpha", "-1"], None, "alpha"),
+        (["plan", "x", "--tools", " , "], None, "tools"),
+        (["plan", "x", "--model", "/no/such/model"], None, "does not exist"),
+        (["plan", "x"], {"POWER_SAMPLING_HTDAG_ENABLED": "sometimes"}, "POWER_SAMPLING_HTDAG_ENABLED"),
+        (["plan", "x"], {"POWER_SAMPLING_ROLLOUT_PERCENT": "101"}, "POWER_SAMPLING_ROLLOUT_PERCENT"),
+        (["plan", "x" * 5000, "--method", "baseline", "--model", "/no/such"], None, "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(args, env, message):
     proc = run_cli(*args, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -40,8 +48,19 @@ def test_bad_input_is_one_line_and_exit_code_2(args, env, message):
 
 @pytest.mark.slow
 def test_plan_on_the_embedded_model_is_a_valid_dag():
-    proc = run_cli("plan", "Organize a small team offsite", "--method", "baseline", "--max-depth", "1",
-                   "--max-tasks-per-level", "3", "--seed", "0", "--json")
+    proc = run_cli(
+        "plan",
+        "Organize a small team offsite",
+        "--method",
+        "baseline",
+        "--max-depth",
+        "1",
+        "--max-tasks-per-level",
+        "3",
+        "--seed",
+        "0",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     data = json.loads(proc.stdout)

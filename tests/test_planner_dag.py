@@ -6,10 +6,22 @@ import json
 
 import networkx as nx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from powersampling.planner import (DAG_JSON_SCHEMA, DAGLimits, DAGValidationError, Task, TaskDAG, dag_from_json,
-                                   dag_to_dict, dag_to_json, to_dot, to_mermaid, to_tree)
+from powersampling.planner import (
+    DAG_JSON_SCHEMA,
+    DAGLimits,
+    DAGValidationError,
+    Task,
+    TaskDAG,
+    dag_from_json,
+    dag_to_dict,
+    dag_to_json,
+    to_dot,
+    to_mermaid,
+    to_tree,
+)
 
 
 @st.composite
@@ -95,8 +107,10 @@ def test_specific_invariants_are_enforced():
         TaskDAG("r", [Task("a", "x", dependencies=("a.1",)), Task("a.1", "child", parent="a")])
     # a cycle only visible once dependencies are lifted through the hierarchy
     with pytest.raises(DAGValidationError, match="cycle"):
-        TaskDAG("r", [Task("a", "x"), Task("a.1", "y", parent="a", dependencies=("b",)),
-                      Task("b", "z", dependencies=("a",))])
+        TaskDAG(
+            "r",
+            [Task("a", "x"), Task("a.1", "y", parent="a", dependencies=("b",)), Task("b", "z", dependencies=("a",))],
+        )
     with pytest.raises(DAGValidationError, match="depth"):
         TaskDAG("r", [a, Task("a.1", "c", parent="a"), Task("a.1.1", "g", parent="a.1")], limits=DAGLimits(max_depth=2))
     with pytest.raises(DAGValidationError, match="budget"):
@@ -108,11 +122,16 @@ def test_specific_invariants_are_enforced():
 
 
 def test_hierarchy_and_precedence_are_separate_and_waves_follow_lifting():
-    dag = TaskDAG("r", [
-        Task("a", "design"), Task("b", "build", dependencies=("a",)),
-        Task("b.1", "frontend", parent="b"), Task("b.2", "backend", parent="b"),
-        Task("c", "ship", dependencies=("b",)),
-    ])
+    dag = TaskDAG(
+        "r",
+        [
+            Task("a", "design"),
+            Task("b", "build", dependencies=("a",)),
+            Task("b.1", "frontend", parent="b"),
+            Task("b.2", "backend", parent="b"),
+            Task("c", "ship", dependencies=("b",)),
+        ],
+    )
     assert set(dag.dependency_graph().edges) == {("a", "b"), ("b", "c")}
     assert set(dag.hierarchy_graph().edges) == {("b", "b.1"), ("b", "b.2")}
     assert dag.parallel_waves() == [["a"], ["b.1", "b.2"], ["c"]]
@@ -127,8 +146,9 @@ def test_changes_return_new_dags_and_failed_changes_leave_the_old_one():
     with pytest.raises(DAGValidationError):
         dag.update_task("a", dependencies=("b",))
     assert dag_to_json(dag) == snapshot
-    bigger = dag.replace_subtasks("a", [Task("a.1", "p", parent="a"), Task("a.2", "q", parent="a",
-                                                                               dependencies=("a.1",))])
+    bigger = dag.replace_subtasks(
+        "a", [Task("a.1", "p", parent="a"), Task("a.2", "q", parent="a", dependencies=("a.1",))]
+    )
     assert len(bigger) == 4 and len(dag) == 2
     bigger["a"].metadata["k"].append(2)  # the copies do not share mutable state
     assert dag["a"].metadata == {"k": [1]}
@@ -139,10 +159,14 @@ def test_changes_return_new_dags_and_failed_changes_leave_the_old_one():
 
 def test_json_export_is_versioned_schema_valid_and_lossless():
     jsonschema = pytest.importorskip("jsonschema")
-    dag = TaskDAG("plan \"it\"", [Task("a", "x", task_type="research", agent="bob", tool="web", effort=1.5,
-                                       metadata={"nested": {"n": 1}}),
-                                  Task("a.1", "y", parent="a", status="done", atomic=False)],
-                  metadata={"route": "power", "fallback": True, "fallback_reason": "x", "quality_score": 0.5})
+    dag = TaskDAG(
+        'plan "it"',
+        [
+            Task("a", "x", task_type="research", agent="bob", tool="web", effort=1.5, metadata={"nested": {"n": 1}}),
+            Task("a.1", "y", parent="a", status="done", atomic=False),
+        ],
+        metadata={"route": "power", "fallback": True, "fallback_reason": "x", "quality_score": 0.5},
+    )
     data = dag_to_dict(dag)
     jsonschema.validate(data, DAG_JSON_SCHEMA)
     assert data["schema_version"] == "1.0"
@@ -157,8 +181,9 @@ HOSTILE = 'evil"] --> x; click n0 "javascript:alert(1)" }\n digraph { <b>#;|[]'
 
 
 def test_mermaid_and_dot_escape_task_text():
-    dag = TaskDAG(HOSTILE, [Task("a", HOSTILE), Task("b", "fine", dependencies=("a",)),
-                            Task("b.1", HOSTILE, parent="b")])
+    dag = TaskDAG(
+        HOSTILE, [Task("a", HOSTILE), Task("b", "fine", dependencies=("a",)), Task("b.1", HOSTILE, parent="b")]
+    )
     mermaid = to_mermaid(dag)
     for line in mermaid.splitlines()[1:]:
         # every label is one quoted string with no raw quote, bracket, pipe or newline inside
@@ -171,7 +196,7 @@ def test_mermaid_and_dot_escape_task_text():
     graph_lines = [line for line in dot.splitlines() if "label=" in line]
     for line in graph_lines:
         label = line.split("label=", 1)[1]
-        body = label[1:label.rindex('"')]
+        body = label[1 : label.rindex('"')]
         assert '"' not in body.replace('\\"', "") and "\n" not in body
     assert dot.count("{") - dot.count("\\{") >= 1
     tree = to_tree(dag)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -39,8 +39,14 @@ def smol_tokenizer():
 class ScriptedLM:
     STOP = 2  # <|im_end|>
 
-    def __init__(self, answer_for: Callable[[str], str | None], *, margin: float = 30.0,
-                 fail_when: Callable[[float], bool] | None = None, vocab_size: int = 49152) -> None:
+    def __init__(
+        self,
+        answer_for: Callable[[str], str | None],
+        *,
+        margin: float = 30.0,
+        fail_when: Callable[[float], bool] | None = None,
+        vocab_size: int = 49152,
+    ) -> None:
         from powersampling.backends.tokenizers import HFTokenizer
 
         self.hf_tokenizer = smol_tokenizer()
@@ -55,8 +61,14 @@ class ScriptedLM:
         self.prompts: list[str] = []
         self._targets: dict[tuple[int, ...], list[int]] = {}
 
-    def sample(self, requests: Sequence[ContinuationRequest], temperature: float, rng: np.random.Generator, *,
-               deadline: float | None = None) -> list[Continuation]:
+    def sample(
+        self,
+        requests: Sequence[ContinuationRequest],
+        temperature: float,
+        rng: np.random.Generator,
+        *,
+        deadline: float | None = None,
+    ) -> list[Continuation]:
         self.sample_calls += 1
         if self.fail_when is not None and self.fail_when(temperature):
             raise RuntimeError(f"backend failure injected at temperature {temperature}")
@@ -67,14 +79,15 @@ class ScriptedLM:
             text = self.hf_tokenizer.decode(list(prompt))
             self.prompts.append(text)
             answer = self.answer_for(text)
-            self._targets[prompt] = ([] if answer is None else
-                                     self.hf_tokenizer.encode(answer, add_special_tokens=False) + [self.STOP])
+            self._targets[prompt] = (
+                [] if answer is None else self.hf_tokenizer.encode(answer, add_special_tokens=False) + [self.STOP]
+            )
         return self._targets[prompt]
 
     def _one(self, req: ContinuationRequest, temperature: float, rng: np.random.Generator) -> Continuation:
         prompt = tuple(int(t) for t in req.prefix[: req.generated_start])
         target = self._target(prompt)
-        generated = [int(t) for t in req.prefix[req.generated_start:]]
+        generated = [int(t) for t in req.prefix[req.generated_start :]]
         state = req.constraint.start(generated) if req.constraint is not None else None
         tokens, logps, logqs, stopped = [], [], [], False
         while len(tokens) < req.max_new_tokens:

@@ -11,13 +11,27 @@ import logging
 import pytest
 
 from powersampling.errors import ConfigError
-from powersampling.planner import (PlanBudgetError, PlanInputError, Planner, PlannerConfig, RouteSettings,
-                                   RoutingConfig, TaskDAG, dag_from_json, dag_to_json, power_sample)
+from powersampling.planner import (
+    PlanBudgetError,
+    PlanInputError,
+    Planner,
+    PlannerConfig,
+    RouteSettings,
+    RoutingConfig,
+    TaskDAG,
+    dag_from_json,
+    dag_to_json,
+    power_sample,
+)
 from powersampling.planner.schema import TaskListSpec, task_list_schema
 from test_planner_helpers import ScriptedLM, answer, task_in_prompt
 
-TOP_TASKS = (("Choose a date for the party", []), ("Book a venue for the party", [1], {"atomic": False}),
-             ("Buy the cake and drinks", [1], {"atomic": False}), ("Send invitations to friends", [1, 2]))
+TOP_TASKS = (
+    ("Choose a date for the party", []),
+    ("Book a venue for the party", [1], {"atomic": False}),
+    ("Buy the cake and drinks", [1], {"atomic": False}),
+    ("Send invitations to friends", [1, 2]),
+)
 TOP = answer(*TOP_TASKS, atomic=True)
 SUBTASKS = {
     "t2": answer(("Call three venues nearby", []), ("Pay the venue deposit", [1])),
@@ -59,7 +73,7 @@ def test_decompose_keeps_model_dependencies_and_expands_lazily():
 def test_expansion_prompts_name_the_task_and_the_plan_so_far():
     lm = ScriptedLM(party_answers)
     make_planner(lm, route="baseline", max_depth=2).decompose("Plan a birthday party")
-    expansion = [p for p in lm.prompts if "Break task t2 " in p][0]
+    expansion = next(p for p in lm.prompts if "Break task t2 " in p)
     assert "Book a venue for the party" in expansion and "- t1: Choose a date" in expansion
     assert "It starts after: t1" in expansion
 
@@ -82,8 +96,11 @@ def test_task_budget_limits_what_the_grammar_allows_and_stops_before_calling():
     # budget too small for the top level itself: the model is never called
     lm2 = ScriptedLM(party_answers)
     with pytest.raises(PlanBudgetError):
-        Planner(lm2, PlannerConfig(max_tasks=1, min_children=1, max_children=1, max_model_calls=1,
-                                   deadline_s=1e-9), routing=RoutingConfig()).decompose("x y z")
+        Planner(
+            lm2,
+            PlannerConfig(max_tasks=1, min_children=1, max_children=1, max_model_calls=1, deadline_s=1e-9),
+            routing=RoutingConfig(),
+        ).decompose("x y z")
     assert lm2.sample_calls == 0
 
 
@@ -96,13 +113,17 @@ def test_depth_one_asks_no_atomic_field_and_makes_one_call():
 
 def test_closed_vocabulary_is_enforced_by_the_grammar():
     tools = ("Image Search", "Text Summarizer")
-    valid = answer(("Find pictures of cats", [], {"tool": "Image Search"}),
-                   ("Summarize the findings", [1], {"tool": "Text Summarizer"}))
+    valid = answer(
+        ("Find pictures of cats", [], {"tool": "Image Search"}),
+        ("Summarize the findings", [1], {"tool": "Text Summarizer"}),
+    )
     dag = make_planner(ScriptedLM(lambda p: valid), route="baseline", max_depth=1, tools=tools).decompose("Cats")
     assert [t.tool for t in dag.tasks] == ["Image Search", "Text Summarizer"]
     # a tool outside the vocabulary: the grammar forbids it, so the model has to pick from the list
-    invalid = answer(("Find pictures of cats", [], {"tool": "Web Browser"}),
-                     ("Summarize the findings", [1], {"tool": "Text Summarizer"}))
+    invalid = answer(
+        ("Find pictures of cats", [], {"tool": "Web Browser"}),
+        ("Summarize the findings", [1], {"tool": "Text Summarizer"}),
+    )
     dag = make_planner(ScriptedLM(lambda p: invalid), route="baseline", max_depth=1, tools=tools).decompose("Cats")
     assert dag.tasks and all(t.tool in tools for t in dag.tasks)
 
@@ -133,8 +154,13 @@ def test_failed_power_route_falls_back_to_baseline_and_says_so(caplog):
 
 
 def test_routing_from_env_flag_and_rollout():
-    env = {"POWER_SAMPLING_HTDAG_ENABLED": "true", "POWER_SAMPLING_ROLLOUT_PERCENT": "50",
-           "POWER_SAMPLING_N_MCMC": "2", "POWER_SAMPLING_ALPHA": "2.5", "POWER_SAMPLING_BLOCK_SIZE": "64"}
+    env = {
+        "POWER_SAMPLING_HTDAG_ENABLED": "true",
+        "POWER_SAMPLING_ROLLOUT_PERCENT": "50",
+        "POWER_SAMPLING_N_MCMC": "2",
+        "POWER_SAMPLING_ALPHA": "2.5",
+        "POWER_SAMPLING_BLOCK_SIZE": "64",
+    }
     routing = RoutingConfig.from_env(env)
     lm = ScriptedLM(party_answers)
     planner = Planner(lm, PlannerConfig(max_depth=1), routing=routing)
@@ -161,15 +187,24 @@ def test_update_adds_and_replaces_subtasks_and_rolls_back_on_failure():
     grown = planner.update(dag, {"op": "expand", "task_id": "t2"})  # asks the model
     assert lm.sample_calls == before + 1
     assert [t.id for t in grown.children("t2")] == ["t2.1", "t2.2"] and grown.metadata["last_update"]["applied"]
-    given = planner.update(grown, {"op": "replace_subtasks", "task_id": "t2",
-                                   "subtasks": [{"description": "Visit the venue"},
-                                                {"description": "Sign the contract", "dependencies": [1]}]})
+    given = planner.update(
+        grown,
+        {
+            "op": "replace_subtasks",
+            "task_id": "t2",
+            "subtasks": [{"description": "Visit the venue"}, {"description": "Sign the contract", "dependencies": [1]}],
+        },
+    )
     assert [t.description for t in given.children("t2")] == ["Visit the venue", "Sign the contract"]
     assert given["t2.2"].dependencies == ("t2.1",)
     # t4 depends on t2; making t2.1 depend on t4 creates a cycle: the whole batch is rolled back
-    bad = planner.update(given, [{"op": "set_status", "task_id": "t1", "status": "done"},
-                                 {"op": "add_task", "task": {"id": "t2.3", "description": "Wait", "parent": "t2",
-                                                             "dependencies": ["t4"]}}])
+    bad = planner.update(
+        given,
+        [
+            {"op": "set_status", "task_id": "t1", "status": "done"},
+            {"op": "add_task", "task": {"id": "t2.3", "description": "Wait", "parent": "t2", "dependencies": ["t4"]}},
+        ],
+    )
     assert bad.tasks == given.tasks and bad["t1"].status.value == "pending"
     assert bad.metadata["last_update"]["applied"] is False and "cycle" in bad.metadata["last_update"]["error"]
     unknown = planner.update(given, {"op": "expand", "task_id": "t99"})
@@ -207,9 +242,14 @@ def test_bad_configuration_fails_at_start():
         PlannerConfig(route="magic")
     with pytest.raises(ConfigError):
         Planner(lm, PlannerConfig(route="power", settings=RouteSettings(alpha=-1)), routing=RoutingConfig())
-    for env in ({"POWER_SAMPLING_HTDAG_ENABLED": "maybe"}, {"POWER_SAMPLING_ROLLOUT_PERCENT": "150"},
-                {"POWER_SAMPLING_N_MCMC": "ten"}, {"POWER_SAMPLING_ALPHA": "0"}, {"POWER_SAMPLING_BLOCK_SIZE": "-3"},
-                {"POWER_SAMPLING_ALPHA": "nan"}):
+    for env in (
+        {"POWER_SAMPLING_HTDAG_ENABLED": "maybe"},
+        {"POWER_SAMPLING_ROLLOUT_PERCENT": "150"},
+        {"POWER_SAMPLING_N_MCMC": "ten"},
+        {"POWER_SAMPLING_ALPHA": "0"},
+        {"POWER_SAMPLING_BLOCK_SIZE": "-3"},
+        {"POWER_SAMPLING_ALPHA": "nan"},
+    ):
         with pytest.raises(ConfigError, match=next(iter(env))):
             RoutingConfig.from_env(env)
 
@@ -217,15 +257,26 @@ def test_bad_configuration_fails_at_start():
 def test_power_sample_entry_point_returns_tasks_score_and_honest_metadata():
     lm = ScriptedLM(lambda prompt: TOP)
     schema = task_list_schema(TaskListSpec(max_tasks=4, ask_atomic=True))
-    result = asyncio.run(power_sample(lm, "You plan.", "Plan a birthday party", schema, n_mcmc=2, alpha=2.0,
-                                      block_size=64, seed=0))
+    result = asyncio.run(
+        power_sample(lm, "You plan.", "Plan a birthday party", schema, n_mcmc=2, alpha=2.0, block_size=64, seed=0)
+    )
     assert [t["description"] for t in result["tasks"]] == [t["description"] for t in json.loads(TOP)["tasks"]]
     md = result["metadata"]
     assert md["method"] == "power" and md["n_mcmc"] == 2 and md["alpha"] == 2.0 and md["valid_json"] is True
     assert md["total_iterations"] >= 1 and 0 <= md["acceptance_rate"] <= 1 and md["tokens_generated"] > 0
     assert result["quality_score"] == md["quality_score"] and "quality_breakdown" in md
-    scored = asyncio.run(power_sample(lm, "You plan.", "Plan a birthday party", schema, n_mcmc=2, block_size=64,
-                                      seed=0, quality_evaluator=lambda text: len(text) / 1000.0))
+    scored = asyncio.run(
+        power_sample(
+            lm,
+            "You plan.",
+            "Plan a birthday party",
+            schema,
+            n_mcmc=2,
+            block_size=64,
+            seed=0,
+            quality_evaluator=lambda text: len(text) / 1000.0,
+        )
+    )
     assert scored["quality_score"] == pytest.approx(len(json.dumps({"tasks": scored["tasks"]})) / 1000.0)
     assert scored["metadata"]["selected_by"] == "evaluator"
 

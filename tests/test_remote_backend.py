@@ -54,15 +54,23 @@ class Config(NamedTuple):
     any_whitespace: bool = False
 
 
-CONFIGS = {"raw-full": Config("raw", -1), "processed-full": Config("processed", -1),
-           "processed-k20": Config("processed", 20), "raw-k5": Config("raw", 5),
-           "raw-full-guided": Config("raw", -1, grammar_field="guided_json"),
-           "raw-full-masked": Config("raw", -1, masked=True, any_whitespace=True)}
-JSON_CHARACTERS = ASCII_CHARACTERS if ASCII else list('{}[]:,"') + [" "] + list("0123456789") + \
-    list("abcdefghijklmnorstu")
+CONFIGS = {
+    "raw-full": Config("raw", -1),
+    "processed-full": Config("processed", -1),
+    "processed-k20": Config("processed", 20),
+    "raw-k5": Config("raw", 5),
+    "raw-full-guided": Config("raw", -1, grammar_field="guided_json"),
+    "raw-full-masked": Config("raw", -1, masked=True, any_whitespace=True),
+}
+JSON_CHARACTERS = (
+    ASCII_CHARACTERS if ASCII else list('{}[]:,"') + [" "] + list("0123456789") + list("abcdefghijklmnorstu")
+)
 VOCAB = 3 + len(JSON_CHARACTERS)
-SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "name": {"type": "string", "maxLength": 3}},
-          "required": ["ok", "name"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "name": {"type": "string", "maxLength": 3}},
+    "required": ["ok", "name"],
+}
 
 
 def tiny_model():
@@ -70,9 +78,18 @@ def tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         eos_token_id=STOP, bos_token_id=1, pad_token_id=STOP)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=STOP,
+        bos_token_id=1,
+        pad_token_id=STOP,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for p in model.parameters():
@@ -134,13 +151,14 @@ class ServerGrammar:
 def json_constraint(any_whitespace: bool = False):
     from powersampling.backends.constraints import JsonSchemaConstraint
 
-    return JsonSchemaConstraint(json_tokenizer(), SCHEMA, vocab_size=VOCAB, stop_token_ids=[STOP],
-                                any_whitespace=any_whitespace)
+    return JsonSchemaConstraint(
+        json_tokenizer(), SCHEMA, vocab_size=VOCAB, stop_token_ids=[STOP], any_whitespace=any_whitespace
+    )
 
 
 def masked_reference(model, constraint, prompt, tokens, temperature):
     """log p and log q of ``tokens`` under the step-wise renormalized mask of ``constraint``, from the model."""
-    logits = model_logits(model, list(prompt) + list(tokens))[len(prompt) - 1: len(prompt) - 1 + len(tokens)]
+    logits = model_logits(model, list(prompt) + list(tokens))[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
     state = constraint.start([])
     logp, logq = [], []
     for row, token in zip(logits, tokens):
@@ -168,6 +186,7 @@ def assert_matches_schema(text: str) -> None:
 
 
 # the server (runs in a subprocess)
+
 
 def build_app():
     from fastapi import FastAPI
@@ -201,8 +220,15 @@ def build_app():
             k = body.get("logprobs")
             for asked in (k, body.get("prompt_logprobs")):
                 if asked is not None and max_logprobs != -1 and (asked == -1 or asked > max_logprobs):
-                    return JSONResponse({"error": {"message": f"Requested logprobs of {asked}, which is greater "
-                                                              f"than max allowed: {max_logprobs}"}}, 400)
+                    return JSONResponse(
+                        {
+                            "error": {
+                                "message": f"Requested logprobs of {asked}, which is greater "
+                                f"than max allowed: {max_logprobs}"
+                            }
+                        },
+                        400,
+                    )
             temperature = float(body.get("temperature", 1.0))
             if body.get("top_k", -1) not in (-1, 0) or body.get("top_p", 1.0) != 1.0 or body.get("min_p", 0.0):
                 return JSONResponse({"error": {"message": "this test server does not truncate"}}, 400)
@@ -238,13 +264,23 @@ def build_app():
                 if token in stops:
                     finish = "stop"
                     break
-            choice = {"index": 0, "text": "", "finish_reason": finish,
-                      "logprobs": {"tokens": tokens, "token_logprobs": token_lps,
-                                   "top_logprobs": tops if k is not None else None} if k is not None else None}
+            choice = {
+                "index": 0,
+                "text": "",
+                "finish_reason": finish,
+                "logprobs": {
+                    "tokens": tokens,
+                    "token_logprobs": token_lps,
+                    "top_logprobs": tops if k is not None else None,
+                }
+                if k is not None
+                else None,
+            }
             if body.get("prompt_logprobs") is not None:
                 lp = log_softmax(model_logits(model, prompt))
                 choice["prompt_logprobs"] = [None] + [
-                    {str(t): {"logprob": float(lp[i][t]), "rank": 1}} for i, t in enumerate(prompt[1:])]
+                    {str(t): {"logprob": float(lp[i][t]), "rank": 1}} for i, t in enumerate(prompt[1:])
+                ]
             return {"id": "cmpl-test", "object": "text_completion", "model": "tiny-llama", "choices": [choice]}
 
     for prefix, config in CONFIGS.items():
@@ -260,9 +296,10 @@ def free_port() -> int:
 
 def start_server(command: list[str]) -> subprocess.Popen:
     """A server process whose output goes to a file: a pipe nobody reads fills up and blocks the server."""
-    log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)  # noqa: SIM115 (open while the server runs)
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     process.log_path = log.name
     return process
 
@@ -318,18 +355,18 @@ def _requests(prefixes, max_new=6):
 def _check_against_model(local_model, prefixes, conts, temperature):
     for prefix, cont in zip(prefixes, conts):
         assert 1 <= len(cont) <= 6
-        logits = model_logits(local_model, list(prefix) + cont.token_ids)[len(prefix) - 1: len(prefix) - 1 + len(cont)]
+        logits = model_logits(local_model, list(prefix) + cont.token_ids)[len(prefix) - 1 : len(prefix) - 1 + len(cont)]
         picked = np.arange(len(cont)), cont.token_ids
         np.testing.assert_allclose(cont.logp, log_softmax(logits)[picked], atol=2e-4)
         np.testing.assert_allclose(cont.logq, log_softmax(logits / temperature)[picked], atol=2e-4)
         assert cont.stopped == (cont.token_ids[-1] == STOP)
 
 
-@pytest.mark.parametrize("prefix,expected_mode,processed",
-                         [("raw-full", "full", False), ("processed-full", "full", True),
-                          ("processed-k20", "score", False)])
-def test_exact_modes_report_the_models_log_p_and_log_q(vllm_like_server, local_model, prefix, expected_mode,
-                                                       processed):
+@pytest.mark.parametrize(
+    "prefix,expected_mode,processed",
+    [("raw-full", "full", False), ("processed-full", "full", True), ("processed-k20", "score", False)],
+)
+def test_exact_modes_report_the_models_log_p_and_log_q(vllm_like_server, local_model, prefix, expected_mode, processed):
     from powersampling.backends.remote import RemoteLM
 
     lm = RemoteLM(f"{vllm_like_server}/{prefix}", vocab_size=VOCAB, stop_token_ids=[STOP])
@@ -354,7 +391,7 @@ def test_topk_only_server_is_refused_unless_the_approximation_is_asked_for(vllm_
         assert lm.mode == "topk"
         prefix = [1, 4, 4]
         (cont,) = lm.sample(_requests([prefix]), 0.5, np.random.default_rng(1))
-        logits = model_logits(local_model, prefix + cont.token_ids)[len(prefix) - 1: len(prefix) - 1 + len(cont)]
+        logits = model_logits(local_model, prefix + cont.token_ids)[len(prefix) - 1 : len(prefix) - 1 + len(cont)]
         picked = np.arange(len(cont)), cont.token_ids
         np.testing.assert_allclose(cont.logp, log_softmax(logits)[picked], atol=2e-4)  # log p stays exact
         error = np.abs(cont.logq - log_softmax(logits / 0.5)[picked])
@@ -381,8 +418,9 @@ def test_power_sampling_runs_through_the_remote_backend(vllm_like_server):
 
     lm = RemoteLM(f"{vllm_like_server}/raw-full", vocab_size=VOCAB, stop_token_ids=[STOP])
     try:
-        result = PowerSampler(lm, PowerSamplingConfig(alpha=2.0, n_mcmc=2, block_size=3, max_new_tokens=6,
-                                                      seed=0)).sample([1, 2])
+        result = PowerSampler(
+            lm, PowerSamplingConfig(alpha=2.0, n_mcmc=2, block_size=3, max_new_tokens=6, seed=0)
+        ).sample([1, 2])
         assert 1 <= len(result.token_ids) <= 6
         assert result.metadata["total_iterations"] > 0
     finally:
@@ -442,8 +480,9 @@ def test_power_sampling_under_a_json_schema_runs_through_the_server(vllm_like_se
     lm = _json_lm(f"{vllm_like_server}/raw-full")
     try:
         constraint = json_constraint()
-        result = build_sampler("power", lm, alpha=2.0, n_mcmc=2, block_size=8, max_new_tokens=40,
-                               seed=0).sample(PROMPT, constraint=constraint)
+        result = build_sampler("power", lm, alpha=2.0, n_mcmc=2, block_size=8, max_new_tokens=40, seed=0).sample(
+            PROMPT, constraint=constraint
+        )
         assert result.metadata["constrained"] and result.metadata["total_iterations"] > 0
         assert_matches_schema(result.text)
         logp, _ = masked_reference(local_model, constraint, PROMPT, result.token_ids, 0.5)
@@ -463,9 +502,10 @@ def test_score_mode_draws_under_the_servers_grammar_but_not_exactly(vllm_like_se
         for cont in lm.sample(_constrained(json_constraint()), 0.5, np.random.default_rng(0)):
             assert not cont.exact and cont.stopped
             assert_matches_schema(lm.tokenizer.decode(cont.token_ids))
-        with pytest.raises(CapabilityError, match="full-vocabulary log-probabilities.*--max-logprobs -1"):
-            build_sampler("power", lm, alpha=2.0, n_mcmc=1, block_size=8, max_new_tokens=40,
-                          seed=0).sample(PROMPT, constraint=json_constraint())
+        with pytest.raises(CapabilityError, match=r"full-vocabulary log-probabilities.*--max-logprobs -1"):
+            build_sampler("power", lm, alpha=2.0, n_mcmc=1, block_size=8, max_new_tokens=40, seed=0).sample(
+                PROMPT, constraint=json_constraint()
+            )
         with pytest.raises(CapabilityError, match="inside its grammar"):  # a server would start the grammar afresh
             lm.sample(_constrained(json_constraint(), n=1, prompt=PROMPT + [3]), 0.5, np.random.default_rng(0))
         baseline = build_sampler("sample", lm, max_new_tokens=40, seed=0).sample(PROMPT, constraint=json_constraint())
@@ -483,8 +523,9 @@ def test_a_stop_string_constraint_cuts_the_draw_locally(vllm_like_server):
         pieces = [lm.tokenizer.decode([t]) for t in free.token_ids]
         stop = next(p for p in pieces[:-1] if p)
         first = pieces.index(stop)
-        (cut,) = lm.sample(_constrained(StopStringConstraint(lm.tokenizer, [stop]), n=1, max_new=12), 1.0,
-                           np.random.default_rng(3))  # the same seeds: the server draws the same tokens
+        (cut,) = lm.sample(
+            _constrained(StopStringConstraint(lm.tokenizer, [stop]), n=1, max_new=12), 1.0, np.random.default_rng(3)
+        )  # the same seeds: the server draws the same tokens
         assert cut.token_ids == free.token_ids[: first + 1] and cut.stopped and cut.exact
         np.testing.assert_allclose(cut.logp, free.logp[: first + 1])
         np.testing.assert_allclose(cut.logq, free.logq[: first + 1])
@@ -534,8 +575,23 @@ def test_llama_cpp_server_is_refused_for_text_only_prompts():
     from powersampling.errors import CapabilityError
 
     port = free_port()
-    process = start_server([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
-                            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--logits_all", "true"])
+    process = start_server(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(embedded_gguf_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "512",
+            "--logits_all",
+            "true",
+        ]
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/v1/models", process)
         with pytest.raises(CapabilityError, match="token-id prompts"):

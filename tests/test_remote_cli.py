@@ -29,8 +29,9 @@ def tokenizer_dir(tmp_path_factory):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     folder = tmp_path_factory.mktemp("remote-tokenizer")
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>",
-                            unk_token="<unk>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    ).save_pretrained(folder)
     return str(folder)
 
 
@@ -42,8 +43,13 @@ def local_model():
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "powersampling.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "powersampling.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
@@ -53,10 +59,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
     assert message in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("server,path,api", [("vllm", "raw-full", "vllm"), ("vllm", "processed-k20", "vllm"),
-                                             ("sglang", "default", "sglang")])
-def test_load_model_with_a_url_returns_a_remote_lm_that_samples(request, tokenizer_dir, local_model, server, path,
-                                                                api):
+@pytest.mark.parametrize(
+    "server,path,api",
+    [("vllm", "raw-full", "vllm"), ("vllm", "processed-k20", "vllm"), ("sglang", "default", "sglang")],
+)
+def test_load_model_with_a_url_returns_a_remote_lm_that_samples(request, tokenizer_dir, local_model, server, path, api):
     import powersampling as ps
     from powersampling.backends.remote import RemoteLM
     from powersampling.samplers import prompt_ids
@@ -68,10 +75,11 @@ def test_load_model_with_a_url_returns_a_remote_lm_that_samples(request, tokeniz
         assert lm.api == api and lm.vocab_size == VOCAB and lm.stop_token_ids == frozenset({STOP})
         prompt = prompt_ids(lm, "w5 w7 w9")
         assert prompt == [5, 7, 9]
-        result = ps.PowerSampler(lm, ps.PowerSamplingConfig(alpha=2.0, n_mcmc=2, block_size=3, max_new_tokens=6,
-                                                            seed=0)).sample(prompt)
+        result = ps.PowerSampler(
+            lm, ps.PowerSamplingConfig(alpha=2.0, n_mcmc=2, block_size=3, max_new_tokens=6, seed=0)
+        ).sample(prompt)
         assert 1 <= len(result.token_ids) <= 6 and result.metadata["total_iterations"] > 0
-        logits = model_logits(local_model, prompt + result.token_ids)[len(prompt) - 1: -1]
+        logits = model_logits(local_model, prompt + result.token_ids)[len(prompt) - 1 : -1]
         expected = log_softmax(logits)[np.arange(len(result.token_ids)), result.token_ids]
         np.testing.assert_allclose(result.logprobs, expected, atol=2e-4)  # the served model's own log p
         assert result.text == lm.tokenizer.decode(result.token_ids)
@@ -146,9 +154,27 @@ def test_unreachable_server_is_a_load_error(tokenizer_dir):
 @pytest.mark.parametrize("server,path", [("vllm", "processed-full"), ("sglang", "default")])
 def test_generate_runs_end_to_end_against_a_server(request, tokenizer_dir, local_model, server, path):
     base = request.getfixturevalue("vllm_like_server" if server == "vllm" else "sglang_like_server")
-    proc = run_cli("generate", "w5 w7 w9", "--model", f"{base}/{path}", "--tokenizer", tokenizer_dir,
-                   "--backend", "remote", "--alpha", "2", "--mcmc-steps", "2", "--block-size", "3",
-                   "--max-new-tokens", "6", "--seed", "0", "--json")
+    proc = run_cli(
+        "generate",
+        "w5 w7 w9",
+        "--model",
+        f"{base}/{path}",
+        "--tokenizer",
+        tokenizer_dir,
+        "--backend",
+        "remote",
+        "--alpha",
+        "2",
+        "--mcmc-steps",
+        "2",
+        "--block-size",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "0",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["method"] == "power"
@@ -157,8 +183,20 @@ def test_generate_runs_end_to_end_against_a_server(request, tokenizer_dir, local
     words = out["text"].split()
     assert words and all(w in WORDS for w in words), out["text"]  # the server's tokens, decoded locally
     # the plain-text form prints the completion on stdout
-    plain = run_cli("generate", "w5 w7 w9", "--model", f"{base}/{path}", "--tokenizer", tokenizer_dir,
-                    "--method", "sample", "--max-new-tokens", "6", "--seed", "1")
+    plain = run_cli(
+        "generate",
+        "w5 w7 w9",
+        "--model",
+        f"{base}/{path}",
+        "--tokenizer",
+        tokenizer_dir,
+        "--method",
+        "sample",
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "1",
+    )
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.strip() and all(w in WORDS for w in plain.stdout.split()), plain.stdout
 
@@ -168,8 +206,7 @@ def test_generate_runs_end_to_end_against_a_server(request, tokenizer_dir, local
     [
         (["generate", "w5", "--model", "http://127.0.0.1:9", "--backend", "remote"], "--tokenizer FOLDER"),
         (["generate", "w5", "--model", "http://127.0.0.1:9"], "--tokenizer FOLDER"),
-        (["generate", "w5", "--model", "http://127.0.0.1:9", "--backend", "transformers"],
-         "only the remote backend"),
+        (["generate", "w5", "--model", "http://127.0.0.1:9", "--backend", "transformers"], "only the remote backend"),
         (["generate", "w5", "--backend", "remote"], "needs a server URL"),
         (["generate", "w5", "--backend", "remote", "--model", "./folder"], "needs a server URL"),
         (["serve", "--backend", "remote"], "needs a server URL"),
@@ -181,17 +218,35 @@ def test_cli_remote_errors_are_one_line_and_exit_code_2(args, message):
 
 
 def test_cli_tokenizer_option_is_checked(tokenizer_dir, tmp_path):
-    assert_one_line_error(run_cli("generate", "w5", "--model", "http://127.0.0.1:9", "--tokenizer",
-                                  str(tmp_path / "nope")), "does not exist")
-    assert_one_line_error(run_cli("generate", "w5", "--model", str(tmp_path), "--tokenizer", tokenizer_dir),
-                          "only given for a remote model")
+    assert_one_line_error(
+        run_cli("generate", "w5", "--model", "http://127.0.0.1:9", "--tokenizer", str(tmp_path / "nope")),
+        "does not exist",
+    )
+    assert_one_line_error(
+        run_cli("generate", "w5", "--model", str(tmp_path), "--tokenizer", tokenizer_dir),
+        "only given for a remote model",
+    )
 
 
 def test_eval_takes_a_remote_model(vllm_like_server, tokenizer_dir, tmp_path):
-    assert_one_line_error(run_cli("eval", "--task", "gsm8k", "--limit", "1", "--out", str(tmp_path / "a"),
-                                  "--backend", "remote"), "needs a server URL")
-    assert_one_line_error(run_cli("eval", "--task", "gsm8k", "--limit", "1", "--out", str(tmp_path / "b"),
-                                  "--model", f"{vllm_like_server}/raw-full"), "--tokenizer FOLDER")
+    assert_one_line_error(
+        run_cli("eval", "--task", "gsm8k", "--limit", "1", "--out", str(tmp_path / "a"), "--backend", "remote"),
+        "needs a server URL",
+    )
+    assert_one_line_error(
+        run_cli(
+            "eval",
+            "--task",
+            "gsm8k",
+            "--limit",
+            "1",
+            "--out",
+            str(tmp_path / "b"),
+            "--model",
+            f"{vllm_like_server}/raw-full",
+        ),
+        "--tokenizer FOLDER",
+    )
 
 
 @pytest.mark.slow
@@ -209,20 +264,28 @@ def test_a_gguf_file_gives_the_tokenizer():
     assert from_gguf.eos_token == from_folder.eos_token
 
 
-def test_eval_with_problems_in_flight_writes_the_rows_of_a_sequential_run(vllm_like_server, tokenizer_dir,
-                                                                          tmp_path):
+def test_eval_with_problems_in_flight_writes_the_rows_of_a_sequential_run(vllm_like_server, tokenizer_dir, tmp_path):
     """--concurrency against a server: the same rows (each request carries its own seed), in problem order."""
     import powersampling as ps
     from powersampling.eval.results import read_rows
     from powersampling.eval.runner import run_eval
 
     lm = ps.load_model(f"{vllm_like_server}/raw-full", tokenizer=tokenizer_dir)
-    settings = dict(alpha=2.0, n_mcmc=2, block_size=3, max_new_tokens=6, seed=3, style="fewshot", shots=0,
-                    progress=False, write_report=False)
+    settings = dict(
+        alpha=2.0,
+        n_mcmc=2,
+        block_size=3,
+        max_new_tokens=6,
+        seed=3,
+        style="fewshot",
+        shots=0,
+        progress=False,
+        write_report=False,
+    )
     run_eval("gsm8k", ["sample", "power"], 5, lm, tmp_path / "one", **settings)
     run_eval("gsm8k", ["sample", "power"], 5, lm, tmp_path / "four", concurrency=4, **settings)
     one, four = read_rows(tmp_path / "one" / "results.jsonl"), read_rows(tmp_path / "four" / "results.jsonl")
-    key = lambda r: (r["problem_id"], r["method"], r["text"], r["tokens_generated"])  # noqa: E731
+    key = lambda r: (r["problem_id"], r["method"], r["text"], r["tokens_generated"])
     assert [key(r) for r in four] == [key(r) for r in one]
 
 

@@ -12,11 +12,14 @@ import sys
 
 import pytest
 
-from test_remote_backend import (ASCII_CHARACTERS, free_port, json_tokenizer, start_server, stop_server,
-                                 wait_for)
+from test_remote_backend import ASCII_CHARACTERS, free_port, json_tokenizer, start_server, stop_server, wait_for
 
-TOOLS = {"nodes": [{"id": "set_alarm", "desc": "Set an alarm", "parameters": [{"name": "time", "type": "string"}]},
-                   {"id": "play_music", "desc": "Play a song", "parameters": [{"name": "title", "type": "string"}]}]}
+TOOLS = {
+    "nodes": [
+        {"id": "set_alarm", "desc": "Set an alarm", "parameters": [{"name": "time", "type": "string"}]},
+        {"id": "play_music", "desc": "Play a song", "parameters": [{"name": "title", "type": "string"}]},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,9 @@ def ascii_server():
     port = free_port()
     os.environ["POWERSAMPLING_STANDIN_ASCII"] = "1"
     try:
-        process = start_server([sys.executable, str(os.path.join(os.path.dirname(__file__),
-                                                                 "test_remote_backend.py")), str(port)])
+        process = start_server(
+            [sys.executable, str(os.path.join(os.path.dirname(__file__), "test_remote_backend.py")), str(port)]
+        )
     finally:
         del os.environ["POWERSAMPLING_STANDIN_ASCII"]
     try:
@@ -45,10 +49,30 @@ def plan_files(tmp_path_factory):
 
 def _plan(url: str, files, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "powersampling.cli", "plan", "Wake me at 7 and play some music", "--model", url,
-         "--tokenizer", str(files / "tokenizer"), "--tools-file", str(files / "tools.json"), "--max-depth", "1",
-         "--max-tasks-per-level", "2", "--seed", "0", *args],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "powersampling.cli",
+            "plan",
+            "Wake me at 7 and play some music",
+            "--model",
+            url,
+            "--tokenizer",
+            str(files / "tokenizer"),
+            "--tools-file",
+            str(files / "tools.json"),
+            "--max-depth",
+            "1",
+            "--max-tasks-per-level",
+            "2",
+            "--seed",
+            "0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_baseline_route_plans_through_the_servers_grammar(ascii_server, plan_files):
@@ -63,8 +87,7 @@ def test_the_baseline_route_plans_through_the_servers_grammar(ascii_server, plan
 
 
 @pytest.mark.parametrize("path", ["processed-k20"])
-def test_a_power_route_is_refused_where_the_server_cannot_give_exact_log_probabilities(ascii_server, plan_files,
-                                                                                       path):
+def test_a_power_route_is_refused_where_the_server_cannot_give_exact_log_probabilities(ascii_server, plan_files, path):
     proc = _plan(f"{ascii_server}/{path}", plan_files, "--method", "power")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "needs exact log-probabilities" in proc.stderr and "Traceback" not in proc.stderr

@@ -35,26 +35,81 @@ import uuid
 import numpy as np
 import pytest
 
-from test_remote_backend import (STOP, VOCAB, ServerGrammar, _constrained, _requests,  # noqa: F401
-                                 assert_masked_values, assert_matches_schema, free_port, json_constraint,
-                                 json_tokenizer, local_model, log_softmax, model_logits, start_server, stop_server,
-                                 tiny_model, wait_for)
+from test_remote_backend import (  # noqa: F401
+    STOP,
+    VOCAB,
+    ServerGrammar,
+    _constrained,
+    _requests,
+    assert_masked_values,
+    assert_matches_schema,
+    free_port,
+    json_constraint,
+    json_tokenizer,
+    local_model,
+    log_softmax,
+    model_logits,
+    start_server,
+    stop_server,
+    tiny_model,
+    wait_for,
+)
 
 CONFIGS = {"default": False, "original": True}  # prefix -> SGLANG_RETURN_ORIGINAL_LOGPROB
 TOP_K_ALL = 1 << 30
 SAMPLING_KEYS = {  # SGLang 0.5.23 api/v1/api_types.py SamplingParams
-    "max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k", "min_p",
-    "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens", "n", "json_schema", "regex",
-    "ebnf", "structural_tag", "ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim",
-    "stream_interval", "logit_bias", "sampling_seed", "custom_params", "beam_width", "watermark", "choice",
+    "max_new_tokens",
+    "stop",
+    "stop_token_ids",
+    "stop_regex",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "min_new_tokens",
+    "n",
+    "json_schema",
+    "regex",
+    "ebnf",
+    "structural_tag",
+    "ignore_eos",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "no_stop_trim",
+    "stream_interval",
+    "logit_bias",
+    "sampling_seed",
+    "custom_params",
+    "beam_width",
+    "watermark",
+    "choice",
 }
-NEUTRAL = {"top_p": 1.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0,
-           "min_new_tokens": 0, "n": 1, "regex": None, "ebnf": None, "structural_tag": None,
-           "stop": None, "stop_regex": None, "logit_bias": {}, "custom_params": None, "beam_width": None,
-           "watermark": None, "choice": []}
+NEUTRAL = {
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "min_new_tokens": 0,
+    "n": 1,
+    "regex": None,
+    "ebnf": None,
+    "structural_tag": None,
+    "stop": None,
+    "stop_regex": None,
+    "logit_bias": {},
+    "custom_params": None,
+    "beam_width": None,
+    "watermark": None,
+    "choice": [],
+}
 
 
 # the server (runs in a subprocess)
+
 
 class BadRequest(Exception):
     pass
@@ -70,8 +125,9 @@ def generate_one(model, original: bool, prompt, params: dict, return_logprob: bo
         raise BadRequest("input_ids must be a non-empty list of token ids")
     unknown = sorted(set(params) - SAMPLING_KEYS)
     if unknown:
-        raise BadRequest(f"unknown field `{unknown[0]}`, expected one of "
-                         + ", ".join(f"`{key}`" for key in sorted(SAMPLING_KEYS)))
+        raise BadRequest(
+            f"unknown field `{unknown[0]}`, expected one of " + ", ".join(f"`{key}`" for key in sorted(SAMPLING_KEYS))
+        )
     for key, neutral in NEUTRAL.items():
         if params.get(key, neutral) not in (neutral, None):
             raise BadRequest(f"this stand-in does not implement {key}={params[key]!r}")
@@ -90,8 +146,10 @@ def generate_one(model, original: bool, prompt, params: dict, return_logprob: bo
     if start == -1:
         start = n
     if start > n:
-        raise BadRequest(f"req.logprob_start_len={start} is higher than the number of input tokens "
-                         f"len(req.origin_input_ids)={n}. Please use a smaller logprob_start_len.")
+        raise BadRequest(
+            f"req.logprob_start_len={start} is higher than the number of input tokens "
+            f"len(req.origin_input_ids)={n}. Please use a smaller logprob_start_len."
+        )
 
     grammar = ServerGrammar(params["json_schema"], any_whitespace=False) if params.get("json_schema") else None
     ids = list(prompt)
@@ -117,18 +175,26 @@ def generate_one(model, original: bool, prompt, params: dict, return_logprob: bo
             finish = {"type": "stop", "matched": token}
             break
 
-    meta = {"id": uuid.uuid4().hex, "finish_reason": finish, "prompt_tokens": n, "completion_tokens": len(out),
-            "cached_tokens": 0, "weight_version": "default"}
+    meta = {
+        "id": uuid.uuid4().hex,
+        "finish_reason": finish,
+        "prompt_tokens": n,
+        "completion_tokens": len(out),
+        "cached_tokens": 0,
+        "weight_version": "default",
+    }
     if return_logprob:
         scored = log_softmax(model_logits(model, prompt)) if start < n else None
         echo = [t if t < VOCAB - 1 else 0 for t in prompt]
         meta["input_token_logprobs"] = [
-            [None if i == start else float(scored[i - 1][prompt[i]]), echo[i], None] for i in range(start, n)]
+            [None if i == start else float(scored[i - 1][prompt[i]]), echo[i], None] for i in range(start, n)
+        ]
         meta["output_token_logprobs"] = out_lp
         meta["output_token_logprobs_length"] = len(out_lp)
         if k > 0:
-            meta["input_top_logprobs"] = [None if i == start else top_entries(scored[i - 1], k)
-                                          for i in range(start, n)]
+            meta["input_top_logprobs"] = [
+                None if i == start else top_entries(scored[i - 1], k) for i in range(start, n)
+            ]
             meta["output_top_logprobs"] = out_top
     return {"text": "", "output_ids": out, "meta_info": meta}  # text: the stand-in has no tokenizer
 
@@ -143,8 +209,14 @@ def build_app():
     app = FastAPI()
 
     def mount(prefix: str, original: bool) -> None:
-        info = {"model_path": "tiny-llama", "served_model_name": "tiny-llama", "tokenizer_path": None,
-                "is_generation": True, "preferred_sampling_params": None, "weight_version": "default"}
+        info = {
+            "model_path": "tiny-llama",
+            "served_model_name": "tiny-llama",
+            "tokenizer_path": None,
+            "is_generation": True,
+            "preferred_sampling_params": None,
+            "weight_version": "default",
+        }
 
         @app.get(f"/{prefix}/health")
         def health():
@@ -165,8 +237,11 @@ def build_app():
                     raise BadRequest("this stand-in takes token-id prompts (input_ids) only")
                 if body.get("stream") or body.get("token_ids_logprob") is not None:
                     raise BadRequest("this stand-in implements neither stream nor token_ids_logprob")
-                batch = isinstance(body["input_ids"], list) and bool(body["input_ids"]) \
+                batch = (
+                    isinstance(body["input_ids"], list)
+                    and bool(body["input_ids"])
                     and isinstance(body["input_ids"][0], list)
+                )
                 prompts = body["input_ids"] if batch else [body["input_ids"]]
 
                 def per_request(key, default):
@@ -178,8 +253,10 @@ def build_app():
                 flags = per_request("return_logprob", False)
                 starts = per_request("logprob_start_len", -1)
                 tops = per_request("top_logprobs_num", 0)
-                outs = [generate_one(model, original, prompt, dict(p), bool(f), int(s), int(k))
-                        for prompt, p, f, s, k in zip(prompts, params, flags, starts, tops)]
+                outs = [
+                    generate_one(model, original, prompt, dict(p), bool(f), int(s), int(k))
+                    for prompt, p, f, s, k in zip(prompts, params, flags, starts, tops)
+                ]
             except BadRequest as exc:
                 return JSONResponse({"error": {"message": str(exc)}}, 400)
             return outs if batch else outs[0]
@@ -190,6 +267,7 @@ def build_app():
 
 
 # the tests
+
 
 @pytest.fixture(scope="module")
 def sglang_like_server():
@@ -207,7 +285,7 @@ def _check_against_model(local_model, prefixes, conts, temperature, atol=1e-4):
     # relative, which at logits of tens and T = 0.5 is up to ~2e-5 in log q
     for prefix, cont in zip(prefixes, conts):
         assert 1 <= len(cont) <= 6
-        logits = model_logits(local_model, list(prefix) + cont.token_ids)[len(prefix) - 1: len(prefix) - 1 + len(cont)]
+        logits = model_logits(local_model, list(prefix) + cont.token_ids)[len(prefix) - 1 : len(prefix) - 1 + len(cont)]
         picked = np.arange(len(cont)), cont.token_ids
         np.testing.assert_allclose(cont.logp, log_softmax(logits)[picked], atol=atol)
         expected_q = np.zeros(len(cont)) if temperature == 0 else log_softmax(logits / temperature)[picked]
@@ -231,7 +309,7 @@ def test_default_server_gives_the_models_log_p_and_log_q(sglang_like_server, loc
         _check_against_model(local_model, PREFIXES, greedy, 0.0)
         for prefix, cont in zip(PREFIXES, greedy):
             logits = model_logits(local_model, list(prefix) + cont.token_ids)
-            assert cont.token_ids == [int(np.argmax(row)) for row in logits[len(prefix) - 1: -1]]
+            assert cont.token_ids == [int(np.argmax(row)) for row in logits[len(prefix) - 1 : -1]]
     finally:
         lm.close()
 
@@ -262,7 +340,7 @@ def test_original_logprob_server_is_refused_without_the_whole_distribution(sglan
     try:
         assert lm.mode == "topk"
         (cont,) = lm.sample(_requests([[1, 4, 4]]), 0.5, np.random.default_rng(2))
-        logits = model_logits(local_model, [1, 4, 4] + cont.token_ids)[2: 2 + len(cont)]
+        logits = model_logits(local_model, [1, 4, 4] + cont.token_ids)[2 : 2 + len(cont)]
         picked = np.arange(len(cont)), cont.token_ids
         np.testing.assert_allclose(cont.logp, log_softmax(logits)[picked], atol=1e-4)  # log p stays exact
         error = np.abs(cont.logq - log_softmax(logits / 0.5)[picked])
@@ -280,7 +358,7 @@ def test_server_side_stop_is_reported_as_stopped(sglang_like_server, local_model
         for _ in range(limit):
             ids.append(int(np.argmax(model_logits(local_model, ids)[-1])))
             if ids[-1] == STOP:
-                return ids[len(prefix):]
+                return ids[len(prefix) :]
         return None
 
     prefix, path = next((p, path) for p in ([1, a] for a in range(2, VOCAB)) if (path := greedy_path(p)))
@@ -315,11 +393,12 @@ def test_power_sampling_runs_through_sglang(sglang_like_server, local_model):
 
     lm = RemoteLM(f"{sglang_like_server}/default", vocab_size=VOCAB, stop_token_ids=[STOP])
     try:
-        result = PowerSampler(lm, PowerSamplingConfig(alpha=2.0, n_mcmc=2, block_size=3, max_new_tokens=6,
-                                                      seed=0)).sample([1, 2])
+        result = PowerSampler(
+            lm, PowerSamplingConfig(alpha=2.0, n_mcmc=2, block_size=3, max_new_tokens=6, seed=0)
+        ).sample([1, 2])
         assert 1 <= len(result.token_ids) <= 6
         assert result.metadata["total_iterations"] > 0
-        logits = model_logits(local_model, [1, 2] + result.token_ids)[1: 1 + len(result.token_ids)]
+        logits = model_logits(local_model, [1, 2] + result.token_ids)[1 : 1 + len(result.token_ids)]
         expected = log_softmax(logits)[np.arange(len(result.token_ids)), result.token_ids]
         np.testing.assert_allclose(result.logprobs, expected, atol=1e-4)
     finally:

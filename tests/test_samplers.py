@@ -7,10 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from conftest import random_table_lm
 from powersampling import ConfigError, FunctionLM, PowerSampler, PowerSamplingConfig, build_sampler
 from powersampling.samplers import available_methods
-
-from conftest import random_table_lm
 
 
 def test_metadata_is_measured_and_consistent(toy_lm):
@@ -70,9 +69,7 @@ def test_evaluator_picks_best_complete_sample_and_errors_are_counted():
     r = PowerSampler(toy_lm, cfg, evaluator=evaluator).sample([1])
     md = r.metadata
     assert md["selected_by"] == "evaluator"
-    assert md["quality_score"] == max(
-        float(sum(int(t) for t in c.split())) for c in calls if not "3" in c.split()
-    )
+    assert md["quality_score"] == max(float(sum(int(t) for t in c.split())) for c in calls if "3" not in c.split())
     assert md["evaluator_errors"] == sum("3" in c.split() for c in calls) > 0
     assert r.token_ids[-1] == toy_lm.eos_token_id or len(r.token_ids) == 8  # only complete samples are scored
 
@@ -170,9 +167,13 @@ def test_majority_vote_counts_answers_and_breaks_ties_by_mean_logprob():
     from powersampling.samplers.base import last_number, majority_vote
     from powersampling.samplers.result import Completion
 
-    outs = [Completion([1, 2], "so 7", -2.0, True), Completion([1, 2, 3, 4], "it is 9", -2.0, True),
-            Completion([1], "7", -3.0, True), Completion([1, 2], "9", -0.5, True),
-            Completion([1], "unfinished 9", 0.0, False)]  # an incomplete output casts no vote
+    outs = [
+        Completion([1, 2], "so 7", -2.0, True),
+        Completion([1, 2, 3, 4], "it is 9", -2.0, True),
+        Completion([1], "7", -3.0, True),
+        Completion([1, 2], "9", -0.5, True),
+        Completion([1], "unfinished 9", 0.0, False),
+    ]  # an incomplete output casts no vote
     index, vote = majority_vote(outs, None)
     # 7 and 9 have two votes each: the tie goes to the answer of the highest mean log-prob output (-0.25, "9")
     assert vote["votes"] == {"7": 2.0, "9": 2.0} and vote["winner"] == "9" and index == 3 and vote["voters"] == 4
@@ -187,8 +188,15 @@ def test_majority_vote_counts_answers_and_breaks_ties_by_mean_logprob():
 
 
 def test_select_majority_through_the_registry(toy_lm):
-    result = build_sampler("best-of-n", toy_lm, n=8, max_new_tokens=4, seed=0, select="majority",
-                           answer_extractor=lambda text: text.split()[0] if text else None).sample([1])
+    result = build_sampler(
+        "best-of-n",
+        toy_lm,
+        n=8,
+        max_new_tokens=4,
+        seed=0,
+        select="majority",
+        answer_extractor=lambda text: text.split()[0] if text else None,
+    ).sample([1])
     vote = result.metadata["vote"]
     assert result.metadata["selected_by"] == "majority"
     assert result.text.split()[0] == vote["winner"] and vote["votes"][vote["winner"]] == max(vote["votes"].values())

@@ -8,8 +8,14 @@ import pytest
 
 from powersampling import ConfigError
 from powersampling.backends.base import ContinuationRequest
-from powersampling.exactness import (enumerate_completions, power_distribution, random_table_model, sampler_tv,
-                                     tokenwise_tempered_distribution, total_variation)
+from powersampling.exactness import (
+    enumerate_completions,
+    power_distribution,
+    random_table_model,
+    sampler_tv,
+    tokenwise_tempered_distribution,
+    total_variation,
+)
 from powersampling.samplers import build_sampler
 from powersampling.samplers.scalable import power_estimate
 
@@ -23,8 +29,7 @@ def model():
 
 def test_tv_falls_with_the_rollout_horizon_and_reaches_the_exact_noise(model):
     short = sampler_tv("scalable-power", model, PROMPT, MAX_NEW, ALPHA, 3000, seed=2, top_k=4, rollouts=1, horizon=1)
-    full = sampler_tv("scalable-power", model, PROMPT, MAX_NEW, ALPHA, 3000, seed=2, top_k=4, rollouts=1,
-                      horizon=None)
+    full = sampler_tv("scalable-power", model, PROMPT, MAX_NEW, ALPHA, 3000, seed=2, top_k=4, rollouts=1, horizon=None)
     target = power_distribution(enumerate_completions(model, PROMPT, MAX_NEW), ALPHA)
     low_temp = total_variation(tokenwise_tempered_distribution(model, PROMPT, MAX_NEW, ALPHA), target)
     assert short["tv"] > 2 * full["exact_noise_q99"], short  # a one-token horizon leaves a visible bias
@@ -57,8 +62,9 @@ def test_power_estimate_is_p_alpha_times_the_future_and_the_jackknife_removes_ra
 
 
 def test_metadata_counts_rollouts_and_cost(model):
-    result = build_sampler("scalable-power", model, alpha=ALPHA, max_new_tokens=MAX_NEW, top_k=3, rollouts=2,
-                           horizon=2, seed=0).sample(PROMPT)
+    result = build_sampler(
+        "scalable-power", model, alpha=ALPHA, max_new_tokens=MAX_NEW, top_k=3, rollouts=2, horizon=2, seed=0
+    ).sample(PROMPT)
     md = result.metadata
     assert md["method"] == "scalable-power" and md["route"] == "scalable-power"
     assert md["rollouts_total"] > 0 and md["rollout_tokens"] <= md["rollouts_total"] * 2
@@ -68,13 +74,15 @@ def test_metadata_counts_rollouts_and_cost(model):
 
 
 def test_below_the_entropy_threshold_no_rollout_is_drawn(model):
-    result = build_sampler("scalable-power", model, alpha=ALPHA, max_new_tokens=MAX_NEW, entropy_threshold=100.0,
-                           seed=0).sample(PROMPT)
+    result = build_sampler(
+        "scalable-power", model, alpha=ALPHA, max_new_tokens=MAX_NEW, entropy_threshold=100.0, seed=0
+    ).sample(PROMPT)
     assert result.metadata["rollouts_total"] == 0 and result.metadata["positions_with_rollouts"] == 0
 
 
 def test_a_constraint_limits_the_candidates():
     """Under a mask the candidates are the allowed tokens: a constraint that allows only token 2 gets only 2s."""
+
     class OnlyTwo:
         def start(self, generated):
             return self
@@ -90,15 +98,23 @@ def test_a_constraint_limits_the_candidates():
 
     lm = random_table_model(vocab=4, max_len=6, scale=0.6)
     for seed in range(5):
-        result = build_sampler("scalable-power", lm, alpha=ALPHA, max_new_tokens=MAX_NEW, top_k=4, rollouts=2,
-                               seed=seed).sample(PROMPT, constraint=OnlyTwo())
+        result = build_sampler(
+            "scalable-power", lm, alpha=ALPHA, max_new_tokens=MAX_NEW, top_k=4, rollouts=2, seed=seed
+        ).sample(PROMPT, constraint=OnlyTwo())
         assert set(result.token_ids) <= {0, 2}
     logp = lm.next_token_logprobs([ContinuationRequest(PROMPT, 1, 1, OnlyTwo())])[0]
     assert np.isneginf(logp[[1, 3]]).all() and np.exp(logp).sum() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("params, field", [(dict(top_k=0), "top_k"), (dict(rollouts=0), "rollouts"),
-                                           (dict(horizon=0), "horizon"), (dict(entropy_threshold=-1), "entropy")])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        (dict(top_k=0), "top_k"),
+        (dict(rollouts=0), "rollouts"),
+        (dict(horizon=0), "horizon"),
+        (dict(entropy_threshold=-1), "entropy"),
+    ],
+)
 def test_bad_settings_name_the_field(params, field):
     with pytest.raises(ConfigError, match=field):
         build_sampler("scalable-power", None, **params)

@@ -78,10 +78,13 @@ def live():
 
 def test_completion_with_power_sampling_matches_the_library(live):
     params = {"seed": 7, "alpha": 3.0, "n_mcmc": 3, "block_size": 4}
-    out = client(live).completions.create(model="toy-live", prompt="1 2 3", max_tokens=8,
-                                          extra_body={"power_sampling": params})
+    out = client(live).completions.create(
+        model="toy-live", prompt="1 2 3", max_tokens=8, extra_body={"power_sampling": params}
+    )
     ps = out.model_extra["power_sampling"]
-    local = build_sampler("power", toy_lm("x"), alpha=3.0, n_mcmc=3, block_size=4, max_new_tokens=8, seed=7).sample([1, 2, 3])
+    local = build_sampler("power", toy_lm("x"), alpha=3.0, n_mcmc=3, block_size=4, max_new_tokens=8, seed=7).sample(
+        [1, 2, 3]
+    )
     assert out.choices[0].text == local.text
     assert out.usage.prompt_tokens == 3
     assert out.usage.completion_tokens == len(local.token_ids) == ps["final_tokens"]
@@ -94,8 +97,11 @@ def test_completion_with_power_sampling_matches_the_library(live):
 
 def test_chat_greedy_via_extra_body(live):
     out = client(live).chat.completions.create(
-        model="toy-live", messages=[{"role": "system", "content": "4"}, {"role": "user", "content": "1 2"}],
-        max_tokens=6, extra_body={"method": "greedy"})
+        model="toy-live",
+        messages=[{"role": "system", "content": "4"}, {"role": "user", "content": "1 2"}],
+        max_tokens=6,
+        extra_body={"method": "greedy"},
+    )
     local = build_sampler("greedy", toy_lm("x"), max_new_tokens=6).sample([4, 1, 2])
     assert out.object == "chat.completion"
     assert out.choices[0].message.role == "assistant"
@@ -112,11 +118,17 @@ def test_models_and_health(live):
 
 def test_streaming_chat_sends_progress_then_the_text(live):
     stream = client(live).chat.completions.create(
-        model="toy-live", messages=[{"role": "user", "content": "3"}], max_tokens=9, stream=True,
+        model="toy-live",
+        messages=[{"role": "user", "content": "3"}],
+        max_tokens=9,
+        stream=True,
         stream_options={"include_usage": True},
-        extra_body={"power_sampling": {"seed": 11, "n_mcmc": 4, "block_size": 3}})
+        extra_body={"power_sampling": {"seed": 11, "n_mcmc": 4, "block_size": 3}},
+    )
     chunks = list(stream)
-    progress = [c.model_extra["power_sampling"] for c in chunks if not c.choices and c.model_extra.get("power_sampling")]
+    progress = [
+        c.model_extra["power_sampling"] for c in chunks if not c.choices and c.model_extra.get("power_sampling")
+    ]
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     local = build_sampler("power", toy_lm("x"), n_mcmc=4, block_size=3, max_new_tokens=9, seed=11).sample([3])
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -128,25 +140,33 @@ def test_streaming_chat_sends_progress_then_the_text(live):
 
 
 def test_streaming_completion(live):
-    stream = client(live).completions.create(model="toy-live", prompt="5 1", max_tokens=5, stream=True,
-                                             extra_body={"method": "sample", "power_sampling": {"seed": 1}})
+    stream = client(live).completions.create(
+        model="toy-live",
+        prompt="5 1",
+        max_tokens=5,
+        stream=True,
+        extra_body={"method": "sample", "power_sampling": {"seed": 1}},
+    )
     chunks = list(stream)
     final = [c for c in chunks if c.choices]
     assert len(final) == 1 and final[0].choices[0].finish_reason in ("stop", "length")
     assert final[0].model_extra["power_sampling"]["method"] == "sample"
 
 
-@pytest.mark.parametrize("kwargs, param", [
-    ({"extra_body": {"power_sampling": {"alpha": 0}}}, "power_sampling.alpha"),
-    ({"extra_body": {"power_sampling": {"n_mcmc": 10_000}}}, "power_sampling.n_mcmc"),
-    ({"extra_body": {"method": "beam"}}, "method"),
-    ({"extra_body": {"power_sampling": {"alpah": 2}}}, "power_sampling.alpah"),
-    ({"max_tokens": 100_000}, "max_tokens"),
-    ({"top_p": 0.5}, "top_p"),
-    ({"n": 2}, "n"),
-    ({"stop": ["\n"]}, "stop"),
-    ({"temperature": 5}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"extra_body": {"power_sampling": {"alpha": 0}}}, "power_sampling.alpha"),
+        ({"extra_body": {"power_sampling": {"n_mcmc": 10_000}}}, "power_sampling.n_mcmc"),
+        ({"extra_body": {"method": "beam"}}, "method"),
+        ({"extra_body": {"power_sampling": {"alpah": 2}}}, "power_sampling.alpah"),
+        ({"max_tokens": 100_000}, "max_tokens"),
+        ({"top_p": 0.5}, "top_p"),
+        ({"n": 2}, "n"),
+        ({"stop": ["\n"]}, "stop"),
+        ({"temperature": 5}, "temperature"),
+    ],
+)
 def test_bad_parameters_are_400_with_an_error_object(live, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:
         client(live).completions.create(model="toy-live", prompt="1", **kwargs)
@@ -199,22 +219,33 @@ def test_metrics_scrape_counts_requests_by_outcome():
         with pytest.raises(openai.BadRequestError):
             c.completions.create(model="toy-metrics", prompt="1", extra_body={"method": "beam"})
         base = dict(model_name="toy-metrics", endpoint="completions")
-        assert metric(server, "powersampling_requests_total", **base, method="greedy", route="baseline", status="ok") == 1
+        assert (
+            metric(server, "powersampling_requests_total", **base, method="greedy", route="baseline", status="ok") == 1
+        )
         assert metric(server, "powersampling_requests_total", **base, method="power", route="power", status="ok") == 1
         assert metric(server, "powersampling_requests_total", **base, status="invalid") == 1
         assert metric(server, "powersampling_e2e_request_latency_seconds_count", **base, method="power") == 1
         assert metric(server, "powersampling_acceptance_rate_count", **base) == 1
-        assert metric(server, "powersampling_tokens_total", **base, method="power", kind="proposal") > \
-            metric(server, "powersampling_tokens_total", **base, method="power", kind="final") > 0
+        assert (
+            metric(server, "powersampling_tokens_total", **base, method="power", kind="proposal")
+            > metric(server, "powersampling_tokens_total", **base, method="power", kind="final")
+            > 0
+        )
         assert metric(server, "process_resident_memory_bytes") > 0
 
 
 def test_server_deadline_is_504_with_what_was_reached():
     slow = toy_lm("toy-deadline", max_len=400, delay_s=0.002)
     with serve(slow, request_timeout_s=0.5) as server:
-        response = httpx.post(server.url + "/v1/completions", json={
-            "model": "toy-deadline", "prompt": "1", "max_tokens": 300,
-            "power_sampling": {"n_mcmc": 50, "block_size": 50, "seed": 1}})
+        response = httpx.post(
+            server.url + "/v1/completions",
+            json={
+                "model": "toy-deadline",
+                "prompt": "1",
+                "max_tokens": 300,
+                "power_sampling": {"n_mcmc": 50, "block_size": 50, "seed": 1},
+            },
+        )
         assert response.status_code == 504
         body = response.json()
         assert body["error"]["code"] == "deadline_exceeded" and body["error"]["type"] == "timeout_error"
@@ -229,8 +260,11 @@ def test_client_budget_returns_the_best_state_with_200():
     with serve(slow) as server:
         started = time.monotonic()
         out = client(server).completions.create(
-            model="toy-budget", prompt="1", max_tokens=300,
-            extra_body={"power_sampling": {"n_mcmc": 50, "block_size": 50, "deadline_s": 0.4}})
+            model="toy-budget",
+            prompt="1",
+            max_tokens=300,
+            extra_body={"power_sampling": {"n_mcmc": 50, "block_size": 50, "deadline_s": 0.4}},
+        )
         assert time.monotonic() - started < 5
         assert out.model_extra["power_sampling"]["stopped_by"] == "deadline"
         assert out.choices[0].finish_reason == "length"
@@ -239,11 +273,17 @@ def test_client_budget_returns_the_best_state_with_200():
 def test_full_queue_answers_429():
     slow = toy_lm("toy-queue", max_len=60, delay_s=0.003)
     with serve(slow, workers=1, max_queue=1) as server:
-        body = {"model": "toy-queue", "prompt": "1", "max_tokens": 50, "method": "power",
-                "power_sampling": {"n_mcmc": 4, "block_size": 25}}
+        body = {
+            "model": "toy-queue",
+            "prompt": "1",
+            "max_tokens": 50,
+            "method": "power",
+            "power_sampling": {"n_mcmc": 4, "block_size": 25},
+        }
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
-            responses = list(pool.map(lambda _: httpx.post(server.url + "/v1/completions", json=body, timeout=60),
-                                      range(5)))
+            responses = list(
+                pool.map(lambda _: httpx.post(server.url + "/v1/completions", json=body, timeout=60), range(5))
+            )
         codes = sorted(r.status_code for r in responses)
         assert codes == [200, 200, 429, 429, 429]
         refused = [r for r in responses if r.status_code == 429]
@@ -262,34 +302,51 @@ def _assert_run_stopped(server, model):
 def test_client_disconnect_cancels_the_run():
     slow = toy_lm("toy-cancel", max_len=400, delay_s=0.002)
     with serve(slow) as server:
-        body = {"model": "toy-cancel", "prompt": "1", "max_tokens": 300, "power_sampling": {"n_mcmc": 50, "block_size": 10}}
+        body = {
+            "model": "toy-cancel",
+            "prompt": "1",
+            "max_tokens": 300,
+            "power_sampling": {"n_mcmc": 50, "block_size": 10},
+        }
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.url + "/v1/completions", json=body, timeout=0.5)
         _assert_run_stopped(server, slow)
-        assert wait_until(lambda: metric(server, "powersampling_requests_total", model_name="toy-cancel",
-                                         status="cancelled") == 1, 5)
+        assert wait_until(
+            lambda: metric(server, "powersampling_requests_total", model_name="toy-cancel", status="cancelled") == 1, 5
+        )
 
 
 def test_stream_disconnect_cancels_the_run():
     slow = toy_lm("toy-cancel-stream", max_len=400, delay_s=0.002)
     with serve(slow) as server:
-        body = {"model": "toy-cancel-stream", "messages": [{"role": "user", "content": "1"}], "max_tokens": 300,
-                "stream": True, "power_sampling": {"n_mcmc": 50, "block_size": 10}}
+        body = {
+            "model": "toy-cancel-stream",
+            "messages": [{"role": "user", "content": "1"}],
+            "max_tokens": 300,
+            "stream": True,
+            "power_sampling": {"n_mcmc": 50, "block_size": 10},
+        }
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
             first = next(line for line in lines if line.startswith("data: ") and '"progress"' in line)
             assert json.loads(first[6:])["power_sampling"]["kind"] in ("block", "mh_step")
         _assert_run_stopped(server, slow)
-        assert wait_until(lambda: metric(server, "powersampling_requests_total", model_name="toy-cancel-stream",
-                                         status="cancelled") == 1, 5)
+        assert wait_until(
+            lambda: (
+                metric(server, "powersampling_requests_total", model_name="toy-cancel-stream", status="cancelled") == 1
+            ),
+            5,
+        )
 
 
 def test_client_that_leaves_mid_upload_is_cancelled_not_an_error():
     with serve(toy_lm("toy-upload")) as server:
         with socket.create_connection((server.host, server.port)) as conn:
-            conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 1000\r\n\r\n{\"model\": \"toy-upload\", ")
+            conn.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"model": "toy-upload", '
+            )
             time.sleep(0.2)  # the server reads the headers and the first bytes before the client leaves
         labels = dict(model_name="toy-upload", endpoint="completions")
         assert wait_until(lambda: metric(server, "powersampling_requests_total", **labels, status="cancelled") == 1, 5)
@@ -298,6 +355,7 @@ def test_client_that_leaves_mid_upload_is_cancelled_not_an_error():
 
 def _server_tasks(server) -> list[str]:
     """The coroutine names of the tasks alive on the server's event loop."""
+
     async def names():
         return [task.get_coro().__qualname__ for task in asyncio.all_tasks()]
 
@@ -308,8 +366,13 @@ def test_disconnected_streams_leave_no_task_behind(caplog):
     caplog.set_level(logging.ERROR, logger="asyncio")
     slow = toy_lm("toy-stream-tasks", max_len=400, delay_s=0.002)
     with serve(slow) as server:
-        body = {"model": "toy-stream-tasks", "prompt": "1", "max_tokens": 300, "stream": True,
-                "power_sampling": {"n_mcmc": 50, "block_size": 10}}
+        body = {
+            "model": "toy-stream-tasks",
+            "prompt": "1",
+            "max_tokens": 300,
+            "stream": True,
+            "power_sampling": {"n_mcmc": 50, "block_size": 10},
+        }
         for _ in range(3):
             with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as response:
                 next(line for line in response.iter_lines() if '"progress"' in line)

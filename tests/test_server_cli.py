@@ -21,8 +21,13 @@ def _free_port() -> int:
 
 
 def _cli(*args: str, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "from powersampling.cli import main; main()", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from powersampling.cli import main; main()", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_bad_options_exit_2_with_one_line():
@@ -54,8 +59,16 @@ def test_an_address_it_cannot_listen_on_exits_2_with_one_line():
 @pytest.mark.slow
 def test_serve_embedded_model_answers_the_openai_client():
     port = _free_port()
-    proc = _cli("serve", "--port", str(port), "--api-key", "k", "--log-level", "warning",
-                env={**os.environ, "POWERSAMPLING_API_KEY": ""})
+    proc = _cli(
+        "serve",
+        "--port",
+        str(port),
+        "--api-key",
+        "k",
+        "--log-level",
+        "warning",
+        env={**os.environ, "POWERSAMPLING_API_KEY": ""},
+    )
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -70,8 +83,11 @@ def test_serve_embedded_model_answers_the_openai_client():
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, timeout=240)
         model = client.models.list().data[0].id
         out = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=12,
-            extra_body={"power_sampling": {"n_mcmc": 2, "block_size": 6, "seed": 0}})
+            model=model,
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=12,
+            extra_body={"power_sampling": {"n_mcmc": 2, "block_size": 6, "seed": 0}},
+        )
         ps = out.model_extra["power_sampling"]
         assert out.choices[0].message.content.strip()
         assert ps["method"] == "power" and ps["total_iterations"] > 0

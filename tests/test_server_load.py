@@ -34,22 +34,32 @@ def _model() -> FunctionLM:
 
 def _samples(url: str) -> dict[tuple[str, tuple], float]:
     text = httpx.get(url + "/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _count(samples, name: str, **labels) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+    return sum(
+        v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items())
+    )
 
 
 async def _round(url: str) -> collections.Counter:
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+
         async def one_client(i: int) -> list[int]:
             codes = []
             for j in range(REQUESTS_PER_CLIENT):
-                body = {"model": "toy-load", "prompt": f"{i % 7 + 1} {j + 1}", "max_tokens": 10,
-                        "power_sampling": {"n_mcmc": 2, "block_size": 5, "seed": i * 10 + j}}
+                body = {
+                    "model": "toy-load",
+                    "prompt": f"{i % 7 + 1} {j + 1}",
+                    "max_tokens": 10,
+                    "power_sampling": {"n_mcmc": 2, "block_size": 5, "seed": i * 10 + j},
+                }
                 if (i + j) % 3 == 0:
                     body["stream"] = True
                 response = await http.post("/v1/completions", json=body)

@@ -9,8 +9,8 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from powersampling.server import ServerSettings, create_app
 from powersampling.samplers import method_names
+from powersampling.server import ServerSettings, create_app
 from test_server import toy_lm
 
 
@@ -64,20 +64,23 @@ assert "my-greedy" in enum["anyOf"][0]["enum"], enum
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("fields, param", [
-    ({"stream": "yes"}, "stream"),
-    ({"stream": 1}, "stream"),
-    ({"max_tokens": "5"}, "max_tokens"),
-    ({"max_tokens": True}, "max_tokens"),
-    ({"max_tokens": 5.0}, "max_tokens"),
-    ({"temperature": "0.5"}, "temperature"),
-    ({"temperature": True}, "temperature"),
-    ({"seed": "1"}, "seed"),
-    ({"power_sampling": {"alpha": "2"}}, "power_sampling.alpha"),
-    ({"power_sampling": {"n_mcmc": True}}, "power_sampling.n_mcmc"),
-    ({"stream": True, "stream_options": {"include_usage": "true"}}, "stream_options.include_usage"),
-    ({"prompt": [1, True]}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"stream": "yes"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": 5.0}, "max_tokens"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"seed": "1"}, "seed"),
+        ({"power_sampling": {"alpha": "2"}}, "power_sampling.alpha"),
+        ({"power_sampling": {"n_mcmc": True}}, "power_sampling.n_mcmc"),
+        ({"stream": True, "stream_options": {"include_usage": "true"}}, "stream_options.include_usage"),
+        ({"prompt": [1, True]}, "prompt"),
+    ],
+)
 def test_fields_are_strictly_typed(http, fields, param):
     error = _error(http.post("/v1/completions", json=_completion(**fields)))
     assert error["param"] is not None and error["param"].startswith(param), error
@@ -91,8 +94,11 @@ def test_an_int_is_a_float():
 
 
 def test_plan_fields_are_strictly_typed(http):
-    for fields, param in (({"max_depth": "1"}, "max_depth"), ({"seed": True}, "seed"),
-                          ({"power_sampling": {"n_mcmc": "2"}}, "power_sampling.n_mcmc")):
+    for fields, param in (
+        ({"max_depth": "1"}, "max_depth"),
+        ({"seed": True}, "seed"),
+        ({"power_sampling": {"n_mcmc": "2"}}, "power_sampling.n_mcmc"),
+    ):
         error = _error(http.post("/v1/plan", json={"request": "Plan a party", **fields}))
         assert error["param"] == param
 
@@ -109,8 +115,11 @@ def test_a_body_that_is_not_declared_json_is_415(http, content_type):
 
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
 def test_json_with_parameters_is_json(http, content_type):
-    response = http.post("/v1/completions", content=b'{"model": "toy-req", "prompt": "1", "max_tokens": 2}',
-                         headers={"Content-Type": content_type})
+    response = http.post(
+        "/v1/completions",
+        content=b'{"model": "toy-req", "prompt": "1", "max_tokens": 2}',
+        headers={"Content-Type": content_type},
+    )
     assert response.status_code == 200, response.text
 
 
@@ -133,12 +142,18 @@ def short_context():
         yield client
 
 
-@pytest.mark.parametrize("path, body, param", [
-    ("/v1/completions", {"prompt": [1] * 9, "max_tokens": 4}, "prompt"),
-    ("/v1/completions", {"prompt": "1 2", "max_tokens": 11}, "prompt"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "1 2 3 4 5 6 7 8 9"}], "max_tokens": 4},
-     "messages"),
-])
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/completions", {"prompt": [1] * 9, "max_tokens": 4}, "prompt"),
+        ("/v1/completions", {"prompt": "1 2", "max_tokens": 11}, "prompt"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "1 2 3 4 5 6 7 8 9"}], "max_tokens": 4},
+            "messages",
+        ),
+    ],
+)
 def test_prompt_and_max_tokens_beyond_the_context_are_refused_at_once(short_context, path, body, param):
     error = _error(short_context.post(path, json={"model": "toy-ctx", **body}))
     assert error["code"] == "context_length_exceeded" and error["param"] == param
@@ -146,8 +161,9 @@ def test_prompt_and_max_tokens_beyond_the_context_are_refused_at_once(short_cont
 
 
 def test_prompt_and_max_tokens_that_fit_the_context_run(short_context):
-    response = short_context.post("/v1/completions", json={"model": "toy-ctx", "prompt": [1] * 8, "max_tokens": 4,
-                                                           "method": "greedy"})
+    response = short_context.post(
+        "/v1/completions", json={"model": "toy-ctx", "prompt": [1] * 8, "max_tokens": 4, "method": "greedy"}
+    )
     assert response.status_code == 200, response.text
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
 
-from powersampling import FunctionLM  # noqa: E402
-from powersampling.server import ServerSettings, create_app  # noqa: E402
+from powersampling import FunctionLM
+from powersampling.server import ServerSettings, create_app
 
 
 class _ByteTokenizer:
@@ -40,8 +40,18 @@ def _toy_lm() -> FunctionLM:
 
 
 # tight limits keep every accepted request small: the fuzzer probes validation, not throughput
-APP = create_app(_toy_lm(), ServerSettings(max_tokens_limit=32, default_max_tokens=8, max_n_mcmc=4, max_chains=2,
-                                           request_timeout_s=5, max_queue=4, max_prompt_tokens=2048))
+APP = create_app(
+    _toy_lm(),
+    ServerSettings(
+        max_tokens_limit=32,
+        default_max_tokens=8,
+        max_n_mcmc=4,
+        max_chains=2,
+        request_timeout_s=5,
+        max_queue=4,
+        max_prompt_tokens=2048,
+    ),
+)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 # valid and deliberately invalid bodies both
 schema.config.generation.update(modes=list(schemathesis.GenerationMode))

@@ -48,8 +48,12 @@ def test_request_span_follows_genai_conventions_and_parents_the_sampler(spans):
     spans.clear()
     with BackgroundServer(create_app(_model(), ServerSettings())) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
-        out = client.completions.create(model="toy-otel", prompt="1 2", max_tokens=5,
-                                        extra_body={"power_sampling": {"n_mcmc": 2, "block_size": 3, "seed": 4}})
+        out = client.completions.create(
+            model="toy-otel",
+            prompt="1 2",
+            max_tokens=5,
+            extra_body={"power_sampling": {"n_mcmc": 2, "block_size": 3, "seed": 4}},
+        )
     finished = spans.get_finished_spans()
     request = [s for s in finished if s.name == "text_completion toy-otel"]
     assert len(request) == 1
@@ -77,9 +81,11 @@ def test_tracing_is_off_by_default_and_refuses_unknown_exporters():
 
 
 def test_console_exporter_from_the_environment():
-    code = ("from powersampling.observability.tracing import configure_tracing_from_env, span\n"
-            "assert configure_tracing_from_env() == 'console'\n"
-            "with span('chat toy', {'gen_ai.operation.name': 'chat'}):\n    pass\n")
+    code = (
+        "from powersampling.observability.tracing import configure_tracing_from_env, span\n"
+        "assert configure_tracing_from_env() == 'console'\n"
+        "with span('chat toy', {'gen_ai.operation.name': 'chat'}):\n    pass\n"
+    )
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "ps-test"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

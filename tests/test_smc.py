@@ -38,7 +38,7 @@ def table_lm(seed: int = 4, vocab: int = 4, eos: int = 0) -> FunctionLM:
     completions stopping after 1, 2 and 3 tokens and on ones cut at the limit, so particles end at different
     lengths."""
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def logits(prefix):
         return np.random.default_rng([seed, len(prefix), *prefix]).normal(size=vocab)
 
@@ -96,8 +96,7 @@ def test_without_resampling_the_weights_are_exactly_p_alpha_over_q(cfg):
     chunk weighed with the wrong exponent, breaks this at 1e-9."""
     lm = table_lm()
     logp = enumerate_completions(lm, PROMPT, MAX_NEW)
-    config = SMCConfig(max_new_tokens=MAX_NEW, n_particles=40, ess_threshold=0.0, seed=7, return_particles=True,
-                       **cfg)
+    config = SMCConfig(max_new_tokens=MAX_NEW, n_particles=40, ess_threshold=0.0, seed=7, return_particles=True, **cfg)
     result = SMCSampler(lm, config).sample(PROMPT)
     keys = [tuple(c.token_ids) for c in result.samples]
     assert len({len(k) for k in keys}) > 1, "the check needs particles that stop at different lengths"
@@ -115,11 +114,22 @@ def test_log_marginal_estimate_is_unbiased(ess_threshold):
     lm = table_lm()
     alpha = 2.0
     exact = sum(math.exp(alpha * v) for v in enumerate_completions(lm, PROMPT, MAX_NEW).values())
-    estimates = np.array([
-        math.exp(run(lm, alpha=alpha, n_particles=8, resample_every=1, ess_threshold=ess_threshold,
-                     anneal_tokens=2, seed=s).metadata["log_marginal_estimate"])
-        for s in range(300)
-    ])
+    estimates = np.array(
+        [
+            math.exp(
+                run(
+                    lm,
+                    alpha=alpha,
+                    n_particles=8,
+                    resample_every=1,
+                    ess_threshold=ess_threshold,
+                    anneal_tokens=2,
+                    seed=s,
+                ).metadata["log_marginal_estimate"]
+            )
+            for s in range(300)
+        ]
+    )
     standard_error = estimates.std(ddof=1) / math.sqrt(len(estimates))
     assert abs(estimates.mean() - exact) < 4 * standard_error, (estimates.mean(), exact, standard_error)
 
@@ -138,8 +148,10 @@ def test_output_law_approaches_p_alpha_as_particles_grow(alpha, cfg):
     runs = 120
     target = power_distribution(enumerate_completions(lm, PROMPT, MAX_NEW), alpha)
     bound = exact_sampler_tv_quantile(target, runs, quantile=0.999)
-    tvs = [total_variation(averaged_particle_measure(lm, runs, alpha=alpha, n_particles=n, **cfg), target)
-           for n in (1, 4, 32)]
+    tvs = [
+        total_variation(averaged_particle_measure(lm, runs, alpha=alpha, n_particles=n, **cfg), target)
+        for n in (1, 4, 32)
+    ]
     assert tvs[0] > tvs[1] > tvs[2], tvs
     assert tvs[2] <= bound, f"TV {tvs[2]:.4f} at 32 particles above the exact-sampler bound {bound:.4f}"
     # one particle is the proposal itself, far from the target
@@ -197,8 +209,9 @@ def test_resampled_particles_reuse_their_kv_cache(tiny_hf):
         return out
 
     lm.sample = counting_sample
-    result = SMCSampler(lm, SMCConfig(alpha=4.0, n_particles=n, max_new_tokens=6, resample_every=1, seed=3,
-                                      ess_threshold=1.0)).sample(prompt)
+    result = SMCSampler(
+        lm, SMCConfig(alpha=4.0, n_particles=n, max_new_tokens=6, resample_every=1, seed=3, ess_threshold=1.0)
+    ).sample(prompt)
     assert result.metadata["resample_count"] >= 2
     assert fed_per_call[0] == (1, len(prompt))
     assert fed_per_call[1][0] == n - 1  # the priming row already holds its first token
@@ -212,8 +225,9 @@ def test_resampled_particles_reuse_their_kv_cache(tiny_hf):
 def test_build_sampler_smc_and_metadata():
     lm = table_lm()
     events = []
-    sampler = build_sampler("smc", lm, alpha=2.0, n_particles=6, max_new_tokens=3, seed=1, resample_every=1,
-                            n_mcmc=10, block_size=4)  # MH knobs are ignored, as the CLI passes them to every method
+    sampler = build_sampler(
+        "smc", lm, alpha=2.0, n_particles=6, max_new_tokens=3, seed=1, resample_every=1, n_mcmc=10, block_size=4
+    )  # MH knobs are ignored, as the CLI passes them to every method
     assert isinstance(sampler, SMCSampler)
     result = sampler.sample(PROMPT, progress=events.append)
     md = result.metadata
@@ -254,9 +268,10 @@ def test_return_particles_lists_every_particle_with_normalized_weights():
 
 def test_evaluator_selects_the_best_complete_particle():
     lm = table_lm()
-    score = lambda text: float(len(text.split()))  # noqa: E731  (longest completion wins)
-    sampler = build_sampler("smc", lm, evaluator=score, alpha=2.0, n_particles=12, max_new_tokens=3, seed=0,
-                            return_particles=True)
+    score = lambda text: float(len(text.split()))
+    sampler = build_sampler(
+        "smc", lm, evaluator=score, alpha=2.0, n_particles=12, max_new_tokens=3, seed=0, return_particles=True
+    )
     result = sampler.sample(PROMPT)
     assert result.metadata["selected_by"] == "evaluator"
     assert result.metadata["quality_score"] == max(score(c.text) for c in result.samples)
@@ -331,9 +346,25 @@ def test_cli_generate_with_smc_on_the_embedded_model():
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "powersampling.cli", "generate", "Name a color.", "--method", "smc", "--chains", "4",
-         "--max-new-tokens", "12", "--seed", "1", "--json"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "powersampling.cli",
+            "generate",
+            "Name a color.",
+            "--method",
+            "smc",
+            "--chains",
+            "4",
+            "--max-new-tokens",
+            "12",
+            "--seed",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

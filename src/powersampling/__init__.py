@@ -12,24 +12,35 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "FunctionLM": "backends.function", "load_model": "backends.loading",
-    "CapabilityError": "errors", "ConfigError": "errors", "ModelLoadError": "errors", "PowerSamplingError": "errors",
-    "PowerSampler": "samplers.mh", "PowerSamplingConfig": "samplers.config", "SampleResult": "samplers.result",
-    "SamplingConfig": "samplers.config", "TemperatureSampler": "samplers.baselines",
+    "FunctionLM": "backends.function",
+    "load_model": "backends.loading",
+    "CapabilityError": "errors",
+    "ConfigError": "errors",
+    "ModelLoadError": "errors",
+    "PowerSamplingError": "errors",
+    "PowerSampler": "samplers.mh",
+    "PowerSamplingConfig": "samplers.config",
+    "SampleResult": "samplers.result",
+    "SamplingConfig": "samplers.config",
+    "TemperatureSampler": "samplers.baselines",
     "build_sampler": "samplers.registry",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .backends.function import FunctionLM
-    from .backends.loading import load_model
-    from .errors import CapabilityError, ConfigError, ModelLoadError, PowerSamplingError
-    from .samplers.baselines import TemperatureSampler
-    from .samplers.config import PowerSamplingConfig, SamplingConfig
-    from .samplers.mh import PowerSampler
-    from .samplers.registry import build_sampler
-    from .samplers.result import SampleResult
+    from .backends.function import FunctionLM as FunctionLM
+    from .backends.loading import load_model as load_model
+    from .errors import CapabilityError as CapabilityError
+    from .errors import ConfigError as ConfigError
+    from .errors import ModelLoadError as ModelLoadError
+    from .errors import PowerSamplingError as PowerSamplingError
+    from .samplers.baselines import TemperatureSampler as TemperatureSampler
+    from .samplers.config import PowerSamplingConfig as PowerSamplingConfig
+    from .samplers.config import SamplingConfig as SamplingConfig
+    from .samplers.mh import PowerSampler as PowerSampler
+    from .samplers.registry import build_sampler as build_sampler
+    from .samplers.result import SampleResult as SampleResult
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ sampler's empirical distribution is within the spread an exact sampler would sho
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -101,8 +101,16 @@ def random_table_model(vocab: int = 4, eos: int = 0, max_len: int = 5, scale: fl
     return FunctionLM(vocab, eos, next_token_logprobs, name="random-table")
 
 
-def sampler_tv(method: str, model, prompt: Sequence[int], max_new_tokens: int, alpha: float, n_samples: int,
-               seed: int = 0, **params) -> dict:
+def sampler_tv(
+    method: str,
+    model,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    alpha: float,
+    n_samples: int,
+    seed: int = 0,
+    **params,
+) -> dict:
     """Draw ``n_samples`` independent completions with a registered method and measure them against the exact
     p^alpha: the total variation, the decoded tokens per sample, and the 99% TV quantile an exact sampler shows at
     the same sample count (the noise floor)."""
@@ -111,17 +119,29 @@ def sampler_tv(method: str, model, prompt: Sequence[int], max_new_tokens: int, a
     target = power_distribution(enumerate_completions(model, prompt, max_new_tokens), alpha)
     samples, decoded = [], 0
     if method == "power":  # independent chains are the rows of one run
-        result = build_sampler(method, model, alpha=alpha, max_new_tokens=max_new_tokens, seed=seed,
-                               n_chains=n_samples, **params).sample(list(prompt))
+        result = build_sampler(
+            method, model, alpha=alpha, max_new_tokens=max_new_tokens, seed=seed, n_chains=n_samples, **params
+        ).sample(list(prompt))
         samples = [c.token_ids for c in result.samples]
         decoded = result.metadata["tokens_generated"]
     else:
         sampler_seed = np.random.SeedSequence(seed)
         for child in sampler_seed.spawn(n_samples):
-            result = build_sampler(method, model, alpha=alpha, max_new_tokens=max_new_tokens,
-                                   seed=int(child.generate_state(1)[0]), **params).sample(list(prompt))
+            result = build_sampler(
+                method,
+                model,
+                alpha=alpha,
+                max_new_tokens=max_new_tokens,
+                seed=int(child.generate_state(1)[0]),
+                **params,
+            ).sample(list(prompt))
             samples.append(result.token_ids)
             decoded += result.metadata["tokens_generated"]
-    return {"method": method, "params": params, "samples": n_samples,
-            "tv": total_variation(empirical(samples), target), "tokens_per_sample": decoded / n_samples,
-            "exact_noise_q99": exact_sampler_tv_quantile(target, n_samples, 0.99, seed=seed)}
+    return {
+        "method": method,
+        "params": params,
+        "samples": n_samples,
+        "tv": total_variation(empirical(samples), target),
+        "tokens_per_sample": decoded / n_samples,
+        "exact_noise_q99": exact_sampler_tv_quantile(target, n_samples, 0.99, seed=seed),
+    }

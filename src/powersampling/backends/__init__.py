@@ -6,8 +6,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"Continuation": "base", "ContinuationRequest": "base", "LanguageModel": "base",
-            "TokenConstraint": "base", "Tokenizer": "base", "FunctionLM": "function", "load_model": "loading"}
+_EXPORTS = {
+    "Continuation": "base",
+    "ContinuationRequest": "base",
+    "LanguageModel": "base",
+    "TokenConstraint": "base",
+    "Tokenizer": "base",
+    "FunctionLM": "function",
+    "load_model": "loading",
+}
 
 __all__ = sorted(_EXPORTS)
 

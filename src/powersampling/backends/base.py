@@ -11,8 +11,9 @@ protocol is stateless from the sampler's side, so correctness never depends on t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -94,7 +95,7 @@ class LanguageModel(Protocol):
 
     def sample(
         self,
-        requests: Sequence["ContinuationRequest"],
+        requests: Sequence[ContinuationRequest],
         temperature: float,
         rng: np.random.Generator,
         *,
@@ -114,7 +115,7 @@ class NextTokenModel(Protocol):
     """A model that also gives whole next-token distributions (the local backends do; samplers that need them,
     such as scalable power sampling, check for this)."""
 
-    def next_token_logprobs(self, requests: Sequence["ContinuationRequest"]) -> np.ndarray:
+    def next_token_logprobs(self, requests: Sequence[ContinuationRequest]) -> np.ndarray:
         """log p at temperature 1 of every token after each request's prefix, its constraint's mask applied and
         renormalized: a (rows, vocab) array."""
         ...
@@ -143,4 +144,5 @@ def check_context_length(model: LanguageModel, prompt_tokens: int, max_new_token
     if limit is not None and prompt_tokens + max_new_tokens > limit:
         raise ContextLengthError(
             f"the prompt has {prompt_tokens} tokens and up to {max_new_tokens} new tokens were asked for: "
-            f"{prompt_tokens + max_new_tokens} is more than the context length of {model.name} ({limit} tokens)")
+            f"{prompt_tokens + max_new_tokens} is more than the context length of {model.name} ({limit} tokens)"
+        )

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from ..errors import CapabilityError, ConfigError
 
 _LOCK = threading.Lock()
 _COMPILERS: dict[tuple[int, int, tuple[int, ...]], tuple[Any, Any, Any]] = {}
-_GRAMMARS: "OrderedDict[tuple, Any]" = OrderedDict()
+_GRAMMARS: OrderedDict[tuple, Any] = OrderedDict()
 _MAX_GRAMMARS = 64
 
 
@@ -45,8 +46,9 @@ def _compiler_for(vocabulary, vocab_size: int, stop_token_ids: Sequence[int]):
         if entry is None or entry[0] is not vocabulary:
             stops = list(key[2]) or None
             if hasattr(vocabulary, "token_pieces"):
-                info = xgr.TokenizerInfo(vocabulary.token_pieces(), xgr.VocabType.RAW, vocab_size=int(vocab_size),
-                                         stop_token_ids=stops)
+                info = xgr.TokenizerInfo(
+                    vocabulary.token_pieces(), xgr.VocabType.RAW, vocab_size=int(vocab_size), stop_token_ids=stops
+                )
             else:
                 info = xgr.TokenizerInfo.from_huggingface(vocabulary, vocab_size=int(vocab_size), stop_token_ids=stops)
             # the source is kept alive so its id cannot be reused by another object while cached
@@ -98,17 +100,20 @@ class JsonSchemaConstraint:
         self.compiled = compiled
 
     @classmethod
-    def for_model(cls, model, schema: Mapping[str, Any] | str, **kwargs) -> "JsonSchemaConstraint":
+    def for_model(cls, model, schema: Mapping[str, Any] | str, **kwargs) -> JsonSchemaConstraint:
         """The constraint for ``model``'s tokenizer, vocabulary size and stop tokens."""
         tokenizer = getattr(model, "tokenizer", None)
         hf_tokenizer = tokenizer if hasattr(tokenizer, "token_pieces") else getattr(tokenizer, "hf_tokenizer", None)
         if hf_tokenizer is None:
-            raise CapabilityError(f"model {getattr(model, 'name', model)!r} has no Hugging Face tokenizer; "
-                                  "grammar-constrained decoding is not available for it")
-        return cls(hf_tokenizer, schema, vocab_size=model.vocab_size, stop_token_ids=sorted(model.stop_token_ids),
-                   **kwargs)
+            raise CapabilityError(
+                f"model {getattr(model, 'name', model)!r} has no Hugging Face tokenizer; "
+                "grammar-constrained decoding is not available for it"
+            )
+        return cls(
+            hf_tokenizer, schema, vocab_size=model.vocab_size, stop_token_ids=sorted(model.stop_token_ids), **kwargs
+        )
 
-    def start(self, generated: Sequence[int]) -> "GrammarState":
+    def start(self, generated: Sequence[int]) -> GrammarState:
         return GrammarState(self, generated)
 
     def accepts(self, token_ids: Sequence[int]) -> bool:
@@ -159,7 +164,7 @@ class StopStringConstraint:
         # a stop string spans at most one token per character; a few more cover partial byte tokens at the edge
         self.window = max(len(s) for s in self.stops) + 4
 
-    def start(self, generated: Sequence[int]) -> "StopStringState":
+    def start(self, generated: Sequence[int]) -> StopStringState:
         return StopStringState(self, list(generated))
 
 
@@ -182,5 +187,5 @@ class StopStringState:
     def _tail_has_stop(self) -> bool:
         if not self.tokens:
             return False
-        tail = self.owner.tokenizer.decode(self.tokens[-self.owner.window:])
+        tail = self.owner.tokenizer.decode(self.tokens[-self.owner.window :])
         return any(stop in tail for stop in self.owner.stops)

@@ -20,7 +20,8 @@ servers, the exactness enumerator).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol, Sequence, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, Union
 
 import numpy as np
 
@@ -66,8 +67,18 @@ class Row:
     """One request being decoded: its tokens and per-token log p / log q so far, its constraint state, and
     whether it is done (a stop token, the constraint finished, or ``max_new_tokens`` reached)."""
 
-    __slots__ = ("prefix", "max_new", "state", "tokens", "logp", "logq", "stopped", "interrupted", "done",
-                 "stop_ids")
+    __slots__ = (
+        "done",
+        "interrupted",
+        "logp",
+        "logq",
+        "max_new",
+        "prefix",
+        "state",
+        "stop_ids",
+        "stopped",
+        "tokens",
+    )
 
     def __init__(self, request: ContinuationRequest, stop_ids: frozenset[int]) -> None:
         self.prefix = [int(t) for t in request.prefix]
@@ -76,7 +87,7 @@ class Row:
         self.max_new = int(request.max_new_tokens)
         self.stop_ids = stop_ids
         constraint = request.constraint
-        self.state = constraint.start(self.prefix[request.generated_start:]) if constraint is not None else None
+        self.state = constraint.start(self.prefix[request.generated_start :]) if constraint is not None else None
         self.tokens: list[int] = []
         self.logp: list[float] = []
         self.logq: list[float] = []
@@ -104,8 +115,13 @@ class Row:
         return self.done
 
     def continuation(self) -> Continuation:
-        return Continuation(list(self.tokens), np.asarray(self.logp, dtype=np.float64),
-                            np.asarray(self.logq, dtype=np.float64), self.stopped, self.interrupted)
+        return Continuation(
+            list(self.tokens),
+            np.asarray(self.logp, dtype=np.float64),
+            np.asarray(self.logq, dtype=np.float64),
+            self.stopped,
+            self.interrupted,
+        )
 
 
 class Stepper(Protocol):
@@ -159,8 +175,9 @@ def decode(
             return [row.continuation() for row in rows]
 
 
-def next_token_logprobs(stepper: Stepper, requests: Sequence[ContinuationRequest],
-                        stop_ids: frozenset[int]) -> np.ndarray:
+def next_token_logprobs(
+    stepper: Stepper, requests: Sequence[ContinuationRequest], stop_ids: frozenset[int]
+) -> np.ndarray:
     """log p (temperature 1, each request's constraint mask applied and renormalized) of every token after each
     request's prefix: a (rows, vocab) float64 array. The forward pass is the decode loop's own, so the rows'
     caches serve later calls."""
@@ -183,7 +200,7 @@ def apply_masks(logits: Logits, rows: Sequence[Row]) -> Logits:
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)[:vocab]
             allowed[j, : len(mask)] = mask
-            allowed[j, len(mask):] = False  # beyond a grammar's (shorter) vocabulary nothing is allowed
+            allowed[j, len(mask) :] = False  # beyond a grammar's (shorter) vocabulary nothing is allowed
     if isinstance(logits, np.ndarray):
         return np.where(allowed, logits, -np.inf)
     import torch

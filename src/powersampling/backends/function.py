@@ -6,7 +6,7 @@ distribution; it is also a convenient way to plug in any scorer that is not a ne
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from .base import Continuation, ContinuationRequest
 from .decoding import Row, common_prefix_length, decode, next_token_logprobs
 from .tokenizers import HFTokenizer, stop_tokens_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 class _GrowingLayer(DynamicLayer):
@@ -111,15 +115,23 @@ class TransformersLM:
     head_dim x bytes per value).
     """
 
-    def __init__(self, hf_model, hf_tokenizer, *, name: str | None = None, cache_tokens: int = 16384) -> None:
+    def __init__(
+        self,
+        hf_model: PreTrainedModel,
+        hf_tokenizer: PreTrainedTokenizerBase | None,
+        *,
+        name: str | None = None,
+        cache_tokens: int = 16384,
+    ) -> None:
         self.hf_model = hf_model.eval()
         self.tokenizer = HFTokenizer(hf_tokenizer) if hf_tokenizer is not None else None
         self.name = name or getattr(hf_model.config, "_name_or_path", None) or type(hf_model).__name__
         self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
         window = getattr(hf_model.config, "max_position_embeddings", None)
         self.context_length = int(window) if window else None
-        self.stop_token_ids = stop_tokens_of(hf_tokenizer, (getattr(hf_model, "generation_config", None),
-                                                            hf_model.config))
+        self.stop_token_ids = stop_tokens_of(
+            hf_tokenizer, (getattr(hf_model, "generation_config", None), hf_model.config)
+        )
         self.device = next(hf_model.parameters()).device
         self._pool = _CachePool(cache_tokens)
         self.forward_passes = 0
@@ -150,8 +162,14 @@ class TransformersLM:
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache):
         """One forward pass; the last position's logits (float32) and the grown cache."""
-        out = self.hf_model(input_ids=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
-                            logits_to_keep=1, **{self._cache_kw: cache})
+        out = self.hf_model(
+            input_ids=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
         self.forward_passes += 1
         return out.logits[:, -1, :].float(), getattr(out, self._cache_kw)
 

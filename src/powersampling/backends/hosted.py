@@ -16,9 +16,10 @@ Configuration follows each provider's usual environment variables: ``OPENAI_API_
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import httpx
 
@@ -31,22 +32,32 @@ _DEFAULT_BASE_URLS = {
     "gemini": "https://generativelanguage.googleapis.com/v1beta",
     "anthropic": "https://api.anthropic.com",
 }
-_KEY_VARS = {"openai": ("OPENAI_API_KEY",), "openai-compatible": ("OPENAI_API_KEY",),
-             "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "anthropic": ("ANTHROPIC_API_KEY",)}
-_URL_VARS = {"openai": "OPENAI_BASE_URL", "openai-compatible": "OPENAI_BASE_URL", "gemini": "GEMINI_BASE_URL",
-             "anthropic": "ANTHROPIC_BASE_URL"}
+_KEY_VARS = {
+    "openai": ("OPENAI_API_KEY",),
+    "openai-compatible": ("OPENAI_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+}
+_URL_VARS = {
+    "openai": "OPENAI_BASE_URL",
+    "openai-compatible": "OPENAI_BASE_URL",
+    "gemini": "GEMINI_BASE_URL",
+    "anthropic": "ANTHROPIC_BASE_URL",
+}
 _NO_POWER_REASONS = {
     "openai": "OpenAI's chat API returns at most the top-20 log-probabilities per token (none for reasoning "
-              "models) and cannot continue from an exact token prefix",
+    "models) and cannot continue from an exact token prefix",
     "openai-compatible": "an OpenAI-compatible chat endpoint takes messages, not token-id prefixes, and returns at "
-                         "most top-k log-probabilities",
+    "most top-k log-probabilities",
     "gemini": "Gemini returns at most the top-20 log-probabilities per token and cannot continue from an exact "
-              "token prefix",
+    "token prefix",
     "anthropic": "Anthropic returns no log-probabilities at all and cannot continue from an exact token prefix",
 }
-_ALTERNATIVES = ("use method 'sample' (baseline) or 'best-of-n' with a verifier on this provider, or power sampling "
-                 "on a model with real logits: a local GGUF (llama.cpp) or transformers model, or a vLLM server "
-                 "through the remote backend")
+_ALTERNATIVES = (
+    "use method 'sample' (baseline) or 'best-of-n' with a verifier on this provider, or power sampling "
+    "on a model with real logits: a local GGUF (llama.cpp) or transformers model, or a vLLM server "
+    "through the remote backend"
+)
 
 
 class HostedRequestError(PowerSamplingError):
@@ -65,8 +76,9 @@ class HostedChatModel:
 
     supports_power_sampling = False
 
-    def __init__(self, provider: str, model: str, *, api_key: str | None, base_url: str,
-                 timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, provider: str, model: str, *, api_key: str | None, base_url: str, timeout_s: float = 120.0
+    ) -> None:
         if provider not in PROVIDERS:
             raise ConfigError(f"unknown hosted provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
         self.provider, self.model, self.base_url = provider, model, base_url.rstrip("/")
@@ -96,8 +108,12 @@ class HostedChatModel:
             raise ConfigError(f"n must be >= 1, got {n}")
         if not messages:
             raise ConfigError("messages must not be empty")
-        call = {"openai": self._openai, "openai-compatible": self._openai, "gemini": self._gemini,
-                "anthropic": self._anthropic}[self.provider]
+        call = {
+            "openai": self._openai,
+            "openai-compatible": self._openai,
+            "gemini": self._gemini,
+            "anthropic": self._anthropic,
+        }[self.provider]
         return call(list(messages), temperature, max_tokens, n, seed, list(stop or []))
 
     def best_of_n(
@@ -114,8 +130,9 @@ class HostedChatModel:
 
     def sample(self, *args, **kwargs):
         """Power sampling (or any token-level sampler) on a hosted provider: refused, with the reason."""
-        raise CapabilityError(f"power sampling is not possible on {self.name}: {self.power_sampling_unsupported_reason}"
-                              f"; {_ALTERNATIVES}")
+        raise CapabilityError(
+            f"power sampling is not possible on {self.name}: {self.power_sampling_unsupported_reason}; {_ALTERNATIVES}"
+        )
 
     # providers
 
@@ -134,13 +151,18 @@ class HostedChatModel:
             for _ in range(n - len(choices)):
                 extra = self._post(f"{self.base_url}/chat/completions", {**payload, "n": 1}, headers)
                 choices += extra.get("choices") or []
-        return [HostedCompletion(c["message"].get("content") or "", c.get("finish_reason"), body.get("usage") or {})
-                for c in choices[:n]]
+        return [
+            HostedCompletion(c["message"].get("content") or "", c.get("finish_reason"), body.get("usage") or {})
+            for c in choices[:n]
+        ]
 
     def _gemini(self, messages, temperature, max_tokens, n, seed, stop):
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-        contents = [{"role": "model" if m["role"] == "assistant" else "user", "parts": [{"text": m["content"]}]}
-                    for m in messages if m["role"] != "system"]
+        contents = [
+            {"role": "model" if m["role"] == "assistant" else "user", "parts": [{"text": m["content"]}]}
+            for m in messages
+            if m["role"] != "system"
+        ]
         config: dict[str, Any] = {"temperature": temperature, "maxOutputTokens": max_tokens, "candidateCount": n}
         if seed is not None:
             config["seed"] = seed
@@ -149,13 +171,19 @@ class HostedChatModel:
         payload: dict[str, Any] = {"contents": contents, "generationConfig": config}
         if system:
             payload["systemInstruction"] = {"parts": [{"text": system}]}
-        body = self._post(f"{self.base_url}/models/{self.model}:generateContent", payload,
-                          {"x-goog-api-key": self._api_key or ""})
+        body = self._post(
+            f"{self.base_url}/models/{self.model}:generateContent", payload, {"x-goog-api-key": self._api_key or ""}
+        )
         out = []
         for candidate in body.get("candidates") or []:
             parts = (candidate.get("content") or {}).get("parts") or []
-            out.append(HostedCompletion("".join(p.get("text", "") for p in parts), candidate.get("finishReason"),
-                                        body.get("usageMetadata") or {}))
+            out.append(
+                HostedCompletion(
+                    "".join(p.get("text", "") for p in parts),
+                    candidate.get("finishReason"),
+                    body.get("usageMetadata") or {},
+                )
+            )
         if not out:
             raise HostedRequestError(f"{self.name} returned no candidates: {str(body)[:300]}")
         return out
@@ -163,7 +191,9 @@ class HostedChatModel:
     def _anthropic(self, messages, temperature, max_tokens, n, seed, stop):
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         payload: dict[str, Any] = {
-            "model": self.model, "max_tokens": max_tokens, "temperature": temperature,
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"],
         }
         if system:
@@ -194,8 +224,9 @@ class HostedChatModel:
             raise HostedRequestError(f"{self.name} answered with non-JSON: {response.text[:200]}") from exc
 
 
-def hosted_model(provider: str, model: str, *, api_key: str | None = None, base_url: str | None = None,
-                 timeout_s: float = 120.0) -> HostedChatModel:
+def hosted_model(
+    provider: str, model: str, *, api_key: str | None = None, base_url: str | None = None, timeout_s: float = 120.0
+) -> HostedChatModel:
     """A hosted chat model configured from arguments, else the provider's usual environment variables.
 
     ``openai-compatible`` needs a base URL (argument or ``OPENAI_BASE_URL``) and accepts a missing key (local

@@ -25,8 +25,9 @@ Logits are requested only where a row needs them (the last prefix token and each
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from ..errors import ModelLoadError
 from .base import Continuation, ContinuationRequest
 from .decoding import Row, common_prefix_length, decode, next_token_logprobs
 from .tokenizers import LlamaCppTokenizer, end_of_generation_tokens
+
+if TYPE_CHECKING:  # the engine's types, for annotations only: llama_cpp loads when a GGUF model does
+    from llama_cpp import Llama
 
 DEFAULT_N_CTX = 8192  # cells shared by all sequences (a unified cache)
 DEFAULT_N_SEQ_MAX = 16  # rows decoded side by side
@@ -50,8 +54,16 @@ class LlamaCppLM:
     policy and the batch-invariance probe.
     """
 
-    def __init__(self, llama, *, name: str, gguf_path: str | None = None, n_ctx: int = DEFAULT_N_CTX,
-                 n_seq_max: int = DEFAULT_N_SEQ_MAX, n_threads: int = 1) -> None:
+    def __init__(
+        self,
+        llama: Llama,
+        *,
+        name: str,
+        gguf_path: str | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_seq_max: int = DEFAULT_N_SEQ_MAX,
+        n_threads: int = 1,
+    ) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -71,8 +83,9 @@ class LlamaCppLM:
         params.n_threads = params.n_threads_batch = self.n_threads
         self._ctx = llama_cpp.llama_init_from_model(llama.model, params)
         if not self._ctx:
-            raise ModelLoadError(f"llama.cpp could not create a context of {self.n_ctx} tokens x "
-                                 f"{self.n_seq_max} sequences for {name}")
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {self.n_ctx} tokens x {self.n_seq_max} sequences for {name}"
+            )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))  # llama.cpp may round the size up
         self._batch = llama_cpp.llama_batch_init(_MAX_BATCH, 0, 1)
@@ -88,8 +101,12 @@ class LlamaCppLM:
         if self.eval_batch == 1:
             import warnings
 
-            warnings.warn(f"llama.cpp gives {name} different logits for batched and one-token evaluation on this "
-                          "machine; feeding one token per call (exact, slower)", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"llama.cpp gives {name} different logits for batched and one-token evaluation on this "
+                "machine; feeding one token per call (exact, slower)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     @property
     def context_length(self) -> int:
@@ -118,8 +135,9 @@ class LlamaCppLM:
                 )
         results: list[Continuation | None] = [None] * len(requests)
         for group in self._groups(requests):
-            continuations = decode(_SlotBatch(self), [requests[i] for i in group], temperature, rng,
-                                   self.stop_token_ids, deadline=deadline)
+            continuations = decode(
+                _SlotBatch(self), [requests[i] for i in group], temperature, rng, self.stop_token_ids, deadline=deadline
+            )
             for index, continuation in zip(group, continuations):
                 results[index] = continuation
         return results  # type: ignore[return-value]
@@ -238,7 +256,7 @@ class LlamaCppLM:
         chunk = self.eval_batch
         start = 0
         while start < len(entries):
-            part = entries[start:start + chunk]
+            part = entries[start : start + chunk]
             self._decode(part)
             for i, (_, _, _, row) in enumerate(part):
                 if row >= 0:
@@ -268,8 +286,10 @@ class LlamaCppLM:
                     self._slots[slot] = []
             status = self._lib.llama_decode(self._ctx, batch)
         if status != 0:
-            raise RuntimeError(f"llama_decode failed with status {status} ({len(entries)} tokens; the context holds "
-                               f"{self.n_ctx} tokens: load the model with a larger n_ctx)")
+            raise RuntimeError(
+                f"llama_decode failed with status {status} ({len(entries)} tokens; the context holds "
+                f"{self.n_ctx} tokens: load the model with a larger n_ctx)"
+            )
         self.decode_calls += 1
 
     def _probe_batch_invariance(self) -> int:
@@ -289,7 +309,8 @@ class LlamaCppLM:
             other = probe[::-1]
             for i in range(len(probe)):
                 agree = agree and np.array_equal(
-                    single[i], self._evaluate([(probe[i], i, 0, 0), (other[i], i, 1, 1)], 2)[0])
+                    single[i], self._evaluate([(probe[i], i, 0, 0), (other[i], i, 1, 1)], 2)[0]
+                )
         chosen = 1
         for size in _EVAL_BATCH_CANDIDATES if agree else ():
             self.clear_cache()
@@ -323,8 +344,9 @@ class _SlotBatch:
         self.slots = [self.slots[j] for j in keep]
         if not keep:
             return None
-        entries = [(row.tokens[-1], row.length - 1, slot, k)
-                   for k, (row, slot) in enumerate(zip(self.rows, self.slots))]
+        entries = [
+            (row.tokens[-1], row.length - 1, slot, k) for k, (row, slot) in enumerate(zip(self.rows, self.slots))
+        ]
         return np.stack(self.lm._evaluate(entries, len(entries)))
 
 
@@ -360,9 +382,16 @@ def load_llamacpp(
     threads = n_threads or max(1, len(os.sched_getaffinity(0)) // 2)
     try:
         # this Llama object provides the weights, vocabulary and metadata; decoding uses the backend's own context
-        llama = Llama(model_path=str(p), n_ctx=64, n_batch=64, n_threads=threads, n_threads_batch=threads,
-                      logits_all=False, seed=seed, verbose=False)
+        llama = Llama(
+            model_path=str(p),
+            n_ctx=64,
+            n_batch=64,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=False,
+            seed=seed,
+            verbose=False,
+        )
     except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError with little detail
         raise ModelLoadError(f"llama.cpp could not load {p}: {exc}") from exc
-    return LlamaCppLM(llama, name=name or p.stem, gguf_path=str(p), n_ctx=n_ctx, n_seq_max=n_seq_max,
-                      n_threads=threads)
+    return LlamaCppLM(llama, name=name or p.stem, gguf_path=str(p), n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=threads)

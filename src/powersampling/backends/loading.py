@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from .embedded import EMBEDDED_MODEL_NAME, convert_gguf, embedded_gguf_path, embedded_model_dir, cache_root
+from .embedded import EMBEDDED_MODEL_NAME, cache_root, convert_gguf, embedded_gguf_path, embedded_model_dir
 
 log = logging.getLogger("powersampling.backends")
 
@@ -25,8 +25,9 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def load_model(path: str | None = None, *, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-               **kwargs):
+def load_model(
+    path: str | None = None, *, backend: str = "auto", device: str = "cpu", threads: int | None = None, **kwargs
+):
     """Load a model for sampling.
 
     ``path`` is a local transformers folder or a GGUF file; None means the embedded SmolLM2-135M-Instruct.
@@ -50,15 +51,18 @@ def load_model(path: str | None = None, *, backend: str = "auto", device: str = 
     if backend == "remote" or (backend == "auto" and url):
         if not url:
             got = "no model" if path is None else repr(path)
-            raise ModelLoadError(f"the remote backend needs a server URL as the model (--model http://host:port), "
-                                 f"got {got}")
+            raise ModelLoadError(
+                f"the remote backend needs a server URL as the model (--model http://host:port), got {got}"
+            )
         return _load_remote(path.strip(), **kwargs)
     if url:
-        raise ModelLoadError(f"{path!r} is a server URL, which only the remote backend loads; backend {backend!r} "
-                             "needs a local model")
+        raise ModelLoadError(
+            f"{path!r} is a server URL, which only the remote backend loads; backend {backend!r} needs a local model"
+        )
     if kwargs.get("tokenizer") is not None:
-        raise ModelLoadError("a tokenizer is only given for a remote model (a server URL); a local model brings "
-                             "its own")
+        raise ModelLoadError(
+            "a tokenizer is only given for a remote model (a server URL); a local model brings its own"
+        )
     kwargs.pop("tokenizer", None)
     if backend == "vllm":
         from .vllm_backend import load_vllm
@@ -90,17 +94,17 @@ def load_model(path: str | None = None, *, backend: str = "auto", device: str = 
     return _load_transformers(threads, p, device=device, **kwargs)
 
 
-def _load_transformers(threads: int | None, folder: Path, *, device: str, name: str | None = None, dtype=None,
-                       **kwargs):
+def _load_transformers(
+    threads: int | None, folder: Path, *, device: str, name: str | None = None, dtype=None, **kwargs
+):
     import torch
 
     if threads is not None:
         torch.set_num_threads(int(threads))
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from .hf import TransformersLM
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     if dtype is None:
@@ -129,8 +133,10 @@ def _load_remote(url: str, *, tokenizer=None, api_key: str | None = None, **kwar
     from .remote import RemoteLM
 
     if tokenizer is None:
-        raise ModelLoadError("a remote model needs the served model's tokenizer for text prompts: pass "
-                             "--tokenizer FOLDER (CLI) or tokenizer= (Python), a local tokenizer folder or .gguf file")
+        raise ModelLoadError(
+            "a remote model needs the served model's tokenizer for text prompts: pass "
+            "--tokenizer FOLDER (CLI) or tokenizer= (Python), a local tokenizer folder or .gguf file"
+        )
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     if api_key is None:

@@ -7,8 +7,13 @@ for these helpers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # engine and tokenizer types for annotations only; each loads with its backend
+    from llama_cpp import Llama
+    from transformers import PreTrainedTokenizerBase
 
 # chat-turn delimiters that end an assistant reply when the chat template uses them
 CHAT_TURN_STOPS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|endoftext|>")
@@ -18,7 +23,7 @@ class HFTokenizer:
     """The ``Tokenizer`` protocol over a transformers tokenizer (``hf_tokenizer`` stays reachable for grammar
     compilers)."""
 
-    def __init__(self, hf_tokenizer: Any) -> None:
+    def __init__(self, hf_tokenizer: PreTrainedTokenizerBase) -> None:
         self.hf_tokenizer = hf_tokenizer
         self.has_chat_template = getattr(hf_tokenizer, "chat_template", None) is not None
 
@@ -70,7 +75,7 @@ class LlamaCppTokenizer:
     first use, which takes a few seconds.
     """
 
-    def __init__(self, llama, gguf_path: str | None = None) -> None:
+    def __init__(self, llama: Llama, gguf_path: str | None = None) -> None:
         self._llama = llama
         self._gguf_path = gguf_path
         self._hf_tokenizer = None
@@ -102,9 +107,10 @@ class LlamaCppTokenizer:
             env.globals["raise_exception"] = raise_exception
             self._template = env.from_string(self.chat_template)
         vocab = self._llama
-        piece = lambda token: vocab.detokenize([token], special=True).decode("utf-8", errors="replace")  # noqa: E731
+        piece = lambda token: vocab.detokenize([token], special=True).decode("utf-8", errors="replace")
         return self._template.render(
-            messages=list(messages), add_generation_prompt=True,
+            messages=list(messages),
+            add_generation_prompt=True,
             bos_token=piece(vocab.token_bos()) if vocab.token_bos() >= 0 else "",
             eos_token=piece(vocab.token_eos()) if vocab.token_eos() >= 0 else "",
         )

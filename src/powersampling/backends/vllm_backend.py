@@ -19,8 +19,8 @@ Scoring requests use a cache namespace of their own (a cache salt), so they star
 requests (prompt and tokens before the cut) and never from positions whose log p they must return; see _score.
 
 log p and log q come from two forward passes (a decode step and a prefill). They agree with a single transformers
-forward pass to ~1e-5 in float32 (measured on CPU); in bf16 on GPU expect bf16 rounding. MH only needs q to be the density
-the proposal was drawn from (it is: it is read from the sampler's own tensor) and p a function of the sequence.
+forward pass to ~1e-5 in float32 (measured on CPU); in bf16 on GPU expect bf16 rounding. MH only needs q to be the
+density the proposal was drawn from (it is: it is read from the sampler's own tensor) and p a function of the sequence.
 
 Token constraints are refused (``CapabilityError``): a masked target needs the normalizer over the allowed set at
 every step, which neither vLLM output gives. Use the transformers or llama.cpp backend for constrained sampling.
@@ -36,9 +36,13 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # vllm is imported lazily: this module imports without it
+    from vllm import LLM
 
 import numpy as np
 
@@ -84,8 +88,10 @@ def engine_arguments(
     everything else (``dtype``, ``max_model_len``, ``gpu_memory_utilization``, ``enforce_eager``, ...) goes to
     vLLM untouched.
     """
-    for arg_name, value in (("tensor_parallel_size", tensor_parallel_size),
-                            ("pipeline_parallel_size", pipeline_parallel_size)):
+    for arg_name, value in (
+        ("tensor_parallel_size", tensor_parallel_size),
+        ("pipeline_parallel_size", pipeline_parallel_size),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"invalid {arg_name}: must be an integer >= 1 (got {value!r})")
     if distributed_executor_backend is not None and distributed_executor_backend not in EXECUTOR_BACKENDS:
@@ -222,7 +228,12 @@ class VLLMLM:
     """
 
     def __init__(
-        self, llm, *, name: str | None = None, hf_tokenizer=None, per_request_seeds: bool = True,
+        self,
+        llm: LLM,
+        *,
+        name: str | None = None,
+        hf_tokenizer=None,
+        per_request_seeds: bool = True,
         cached_scoring: bool = True,
     ) -> None:
         engine = llm.llm_engine
@@ -251,8 +262,9 @@ class VLLMLM:
         self.context_length = self.max_model_len
         hf_tokenizer = hf_tokenizer if hf_tokenizer is not None else llm.get_tokenizer()
         self.tokenizer = HFTokenizer(hf_tokenizer)
-        self.stop_token_ids = stop_tokens_of(hf_tokenizer, (_generation_config(model_config.model),
-                                                            model_config.hf_config))
+        self.stop_token_ids = stop_tokens_of(
+            hf_tokenizer, (_generation_config(model_config.model), model_config.hf_config)
+        )
         self.per_request_seeds = per_request_seeds
         self.cached_scoring = cached_scoring
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -288,9 +300,13 @@ class VLLMLM:
             if request.max_new_tokens < 1:
                 continue
             rows[index] = row = _Row([int(t) for t in request.prefix])
-            fields = draw_arguments(request.max_new_tokens, temperature,
-                                    int(seeds[index]) if self.per_request_seeds else None,
-                                    self.stop_token_ids, streaming=deadline is not None)
+            fields = draw_arguments(
+                request.max_new_tokens,
+                temperature,
+                int(seeds[index]) if self.per_request_seeds else None,
+                self.stop_token_ids,
+                streaming=deadline is not None,
+            )
             call.submissions.append((row, _sampling_params(self._SamplingParams, fields)))
         if call.submissions:
             self._ensure_driver()
@@ -457,8 +473,9 @@ class VLLMLM:
         if len(logq) != len(row.tokens) or row.logp is None or len(row.logp) != len(row.tokens):
             raise RuntimeError(f"vLLM returned incomplete log-probabilities for a row of {len(row.tokens)} tokens")
         stopped = bool(row.tokens) and row.tokens[-1] in self.stop_token_ids
-        return Continuation(list(row.tokens), row.logp, logq, stopped=stopped,
-                            interrupted=row.interrupted and not stopped)
+        return Continuation(
+            list(row.tokens), row.logp, logq, stopped=stopped, interrupted=row.interrupted and not stopped
+        )
 
 
 def _get_nowait(inbox: queue.SimpleQueue):
@@ -489,7 +506,9 @@ def _sampling_params(SamplingParams, fields: dict[str, Any]):
     if known is not None and "skip_reading_prefix_cache" not in known:
         # older vLLM has no such field and never reads the prefix cache for prompt log-probs
         fields.pop("skip_reading_prefix_cache", None)
-    fields["output_kind"] = RequestOutputKind.DELTA if fields["output_kind"] == "delta" else RequestOutputKind.FINAL_ONLY
+    fields["output_kind"] = (
+        RequestOutputKind.DELTA if fields["output_kind"] == "delta" else RequestOutputKind.FINAL_ONLY
+    )
     return SamplingParams(**fields)
 
 

@@ -27,8 +27,12 @@ def _root() -> None:
     """Exact power sampling (p^alpha) for language models."""
 
 
-COMMANDS = {"generate": ("generate", "generate"), "plan": ("plan", "plan_command"),
-            "serve": ("serve", "serve_command"), "eval": ("eval", "eval_command")}
+COMMANDS = {
+    "generate": ("generate", "generate"),
+    "plan": ("plan", "plan_command"),
+    "serve": ("serve", "serve_command"),
+    "eval": ("eval", "eval_command"),
+}
 
 
 def _register_commands(argv: list[str]) -> None:
@@ -57,7 +61,7 @@ def main() -> None:
     except click_exceptions.ClickException as exc:
         stderr.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except (typer.Exit, ) as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         stderr.print("[red]error:[/red] interrupted", highlight=False)

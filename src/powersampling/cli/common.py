@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -50,8 +49,9 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def load_model_or_fail(model: Optional[str], backend: str = "auto", device: str = "cpu",
-                       tokenizer: Optional[str] = None, **kwargs):
+def load_model_or_fail(
+    model: str | None, backend: str = "auto", device: str = "cpu", tokenizer: str | None = None, **kwargs
+):
     """``load_model`` with any load error as one line and exit code 2; ``tokenizer`` is for a remote model."""
     from ..backends import load_model
 
@@ -69,8 +69,13 @@ class SamplerProgress:
 
     def __init__(self, enabled: bool = True) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-            console=stderr, transient=True, disable=not enabled,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
+            disable=not enabled,
         )
         self.task = None
 
@@ -87,8 +92,11 @@ class SamplerProgress:
             return
         if self.progress.disable:  # not a terminal: one plain line per block instead of a live bar
             if event.kind == "block":
-                stderr.print(f"block {event.block}/{event.blocks_total}: tokens {event.tokens_generated}, "
-                             f"accepted {event.accepted}/{event.proposed}", highlight=False)
+                stderr.print(
+                    f"block {event.block}/{event.blocks_total}: tokens {event.tokens_generated}, "
+                    f"accepted {event.accepted}/{event.proposed}",
+                    highlight=False,
+                )
             return
         info = f"tokens {event.tokens_generated}"
         if event.proposed:
@@ -98,12 +106,15 @@ class SamplerProgress:
         description = f"block {event.block}/{event.blocks_total}" if event.blocks_total else event.kind
         if event.kind == "mh_step":
             description += f" step {event.step}/{event.steps_total}"
-        self.progress.update(self.task, total=event.blocks_total or None, completed=event.block, info=info,
-                             description=description)
+        self.progress.update(
+            self.task, total=event.blocks_total or None, completed=event.block, info=info, description=description
+        )
 
 
-PARAM_HELP = ("a sampler parameter name=value (repeatable), e.g. --param scan=sorted, --param top_k=4 "
-              "(any field of the method's config; values read as JSON when they parse)")
+PARAM_HELP = (
+    "a sampler parameter name=value (repeatable), e.g. --param scan=sorted, --param top_k=4 "
+    "(any field of the method's config; values read as JSON when they parse)"
+)
 
 
 def parse_params(items: list[str]) -> dict:

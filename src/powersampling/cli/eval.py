@@ -2,58 +2,90 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from .common import MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, parse_params
 from ..errors import PowerSamplingError
 from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
+from .common import MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, parse_params
 
 DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
 
 
 def eval_command(
     task: str = typer.Option(..., help="benchmark: gsm8k, math500, humaneval, mbpp or taskbench (with --data)"),
-    data: Optional[Path] = typer.Option(None, help="data folder of a task that reads one: taskbench (tools.json, "
-                                        "one records *.jsonl, optionally *_user_requests.jsonl)"),
-    methods: str = typer.Option(DEFAULT_METHODS, help="comma-separated decoding methods (also: greedy, smc when available)"),
-    limit: Optional[int] = typer.Option(None, help="evaluate the first N problems (default: all)"),
+    data: Path | None = typer.Option(
+        None,
+        help="data folder of a task that reads one: taskbench (tools.json, "
+        "one records *.jsonl, optionally *_user_requests.jsonl)",
+    ),
+    methods: str = typer.Option(
+        DEFAULT_METHODS, help="comma-separated decoding methods (also: greedy, smc when available)"
+    ),
+    limit: int | None = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
     backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp, vllm, remote"),
-    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
+    tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda)"),
-    out: Path = typer.Option(..., help="output folder: results.jsonl, run.json, summary.md, summary.json, accuracy_vs_cost.png"),
+    out: Path = typer.Option(
+        ..., help="output folder: results.jsonl, run.json, summary.md, summary.json, accuracy_vs_cost.png"
+    ),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="power of the target p^alpha; low-temp samples at T = 1/alpha"),
     n_mcmc: int = typer.Option(DEFAULT_N_MCMC, "--n-mcmc", help="MH steps after each block"),
-    block_size: Optional[int] = typer.Option(None, help="tokens per block (default: max-new-tokens / 16)"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="generated tokens at most (default per task: gsm8k 256, math500 512, code 384)"),
+    block_size: int | None = typer.Option(None, help="tokens per block (default: max-new-tokens / 16)"),
+    max_new_tokens: int | None = typer.Option(
+        None, help="generated tokens at most (default per task: gsm8k 256, math500 512, code 384)"
+    ),
     seed: int = typer.Option(0, help="run seed; each problem and method derives its own seed from it"),
-    style: str = typer.Option("auto", help="prompting: chat (instruct models), fewshot (base models), auto (chat when the tokenizer has a chat template)"),
-    shots: Optional[int] = typer.Option(None, help="worked examples in the prompt (default: 0 for chat, the dataset's few-shot set for fewshot)"),
-    best_of_n: Optional[int] = typer.Option(None, "--best-of-n", help="candidates for best-of-n (default: matched to power sampling's measured token cost)"),
-    param: List[str] = typer.Option([], "--param", help=PARAM_HELP),
+    style: str = typer.Option(
+        "auto",
+        help="prompting: chat (instruct models), fewshot (base models), auto (chat when the tokenizer has a chat "
+        "template)",
+    ),
+    shots: int | None = typer.Option(
+        None, help="worked examples in the prompt (default: 0 for chat, the dataset's few-shot set for fewshot)"
+    ),
+    best_of_n: int | None = typer.Option(
+        None, "--best-of-n", help="candidates for best-of-n (default: matched to power sampling's measured token cost)"
+    ),
+    param: list[str] = typer.Option([], "--param", help=PARAM_HELP),
     exec_timeout: float = typer.Option(10.0, help="seconds per program run when grading code"),
     exec_memory_mb: int = typer.Option(1024, help="address-space limit in MiB per program run when grading code"),
-    unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="run generated code (humaneval, mbpp) without "
-                                     "operating-system isolation when no sandbox (bwrap, unshare) works here"),
-    report_only: bool = typer.Option(False, "--report-only", help="rewrite the report from OUT/results.jsonl without sampling"),
-    merge: List[Path] = typer.Option([], "--merge", help="a run folder to gather into OUT (repeat; runs made side by "
-                                     "side with other --offset ranges and the same settings); then write the report"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (plain lines when not a terminal)"),
-    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
-    concurrency: int = typer.Option(1, min=1, max=256, help="problems in flight together (for a vLLM engine or a "
-                                    "server, which batch across requests); rows still land in problem order"),
+    unsafe_exec: bool = typer.Option(
+        False,
+        "--unsafe-exec",
+        help="run generated code (humaneval, mbpp) without "
+        "operating-system isolation when no sandbox (bwrap, unshare) works here",
+    ),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="rewrite the report from OUT/results.jsonl without sampling"
+    ),
+    merge: list[Path] = typer.Option(
+        [],
+        "--merge",
+        help="a run folder to gather into OUT (repeat; runs made side by "
+        "side with other --offset ranges and the same settings); then write the report",
+    ),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="progress bar (plain lines when not a terminal)"
+    ),
+    threads: int | None = typer.Option(None, help=THREADS_HELP),
+    concurrency: int = typer.Option(
+        1,
+        min=1,
+        max=256,
+        help="problems in flight together (for a vLLM engine or a "
+        "server, which batch across requests); rows still land in problem order",
+    ),
 ) -> None:
     """Evaluate decoding methods on a benchmark; rows are appended as they finish, so rerunning resumes."""
-    from .common import fail, load_model_or_fail, stderr
     from ..eval.report import SUMMARY_MD, write_report
     from ..eval.results import RESULTS_FILE, prepare_run_dir, read_rows
     from ..eval.runner import check_arguments, run_eval
     from ..eval.tasks import STYLES, ExecLimits
+    from .common import fail, load_model_or_fail, stderr
 
     if merge:
         from ..eval.runner import merge_runs
@@ -63,8 +95,9 @@ def eval_command(
             write_report(out)
         except (PowerSamplingError, KeyError, ValueError) as exc:
             fail(str(exc))
-        stderr.print(f"merged {n_rows} rows from {len(merge)} folders into {out / RESULTS_FILE}", highlight=False,
-                     soft_wrap=True)
+        stderr.print(
+            f"merged {n_rows} rows from {len(merge)} folders into {out / RESULTS_FILE}", highlight=False, soft_wrap=True
+        )
         typer.echo((out / SUMMARY_MD).read_text())
         return
     if report_only:
@@ -85,8 +118,19 @@ def eval_command(
         fail(f"--shots must be >= 0 (got {shots})")
     try:
         extra = parse_params(param)
-        check_arguments(task, method_list, limit, offset=offset, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
-                        max_new_tokens=max_new_tokens, best_of_n=best_of_n, extra_params=extra, data=data)
+        check_arguments(
+            task,
+            method_list,
+            limit,
+            offset=offset,
+            alpha=alpha,
+            n_mcmc=n_mcmc,
+            block_size=block_size,
+            max_new_tokens=max_new_tokens,
+            best_of_n=best_of_n,
+            extra_params=extra,
+            data=data,
+        )
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
     try:  # the folder and its rows are checked before the (slow) model load, so a bad path loses no work
@@ -104,18 +148,37 @@ def eval_command(
         except PowerSamplingError as exc:
             fail(str(exc))
         if isolation == "none":
-            stderr.print("[yellow]warning:[/yellow] generated programs run WITHOUT isolation (--unsafe-exec)",
-                         highlight=False)
+            stderr.print(
+                "[yellow]warning:[/yellow] generated programs run WITHOUT isolation (--unsafe-exec)", highlight=False
+            )
     lm = load_model_or_fail(model, backend, device, tokenizer, threads=threads)
     try:
-        run_eval(task, method_list, limit, lm, out, alpha=alpha, n_mcmc=n_mcmc, block_size=block_size,
-                 max_new_tokens=max_new_tokens, seed=seed, style=style, shots=shots, best_of_n=best_of_n,
-                 offset=offset, data=data, concurrency=concurrency, extra_params=extra, exec_limits=ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec),
-                 progress=progress)
+        run_eval(
+            task,
+            method_list,
+            limit,
+            lm,
+            out,
+            alpha=alpha,
+            n_mcmc=n_mcmc,
+            block_size=block_size,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            style=style,
+            shots=shots,
+            best_of_n=best_of_n,
+            offset=offset,
+            data=data,
+            concurrency=concurrency,
+            extra_params=extra,
+            exec_limits=ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec),
+            progress=progress,
+        )
     except PowerSamplingError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        stderr.print("[red]interrupted[/red]: finished rows are saved; rerun the same command to resume",
-                     highlight=False)
-        raise typer.Exit(130)
+        stderr.print(
+            "[red]interrupted[/red]: finished rows are saved; rerun the same command to resume", highlight=False
+        )
+        raise typer.Exit(130) from None
     typer.echo((out / SUMMARY_MD).read_text())

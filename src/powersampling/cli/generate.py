@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 import re
-from typing import List, Optional
 
 import typer
 
 from ..backends.base import check_context_length
 from ..errors import ContextLengthError, PowerSamplingError
 from ..samplers.config import BestOfNConfig, PowerSamplingConfig, SMCConfig
-from .common import (MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, SamplerProgress, fail,
-                     load_model_or_fail, method_choices, parse_params, stderr)
+from .common import (
+    MODEL_HELP,
+    PARAM_HELP,
+    THREADS_HELP,
+    TOKENIZER_HELP,
+    Backend,
+    SamplerProgress,
+    fail,
+    load_model_or_fail,
+    method_choices,
+    parse_params,
+    stderr,
+)
 
 Method = method_choices()
 
@@ -23,40 +33,54 @@ def _defaults(field: str, config: type = PowerSamplingConfig):
 
 def generate(
     prompt: str = typer.Argument(..., help="the prompt text"),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
     backend: Backend = typer.Option(Backend.auto, help="engine for the model"),
-    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
+    tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
-    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    threads: int | None = typer.Option(None, help=THREADS_HELP),
     method: Method = typer.Option("power", help="decoding method"),
-    alpha: Optional[float] = typer.Option(
-        None, help=f"power of the target p^alpha (power, smc, low-temp; default {_defaults('alpha')})"),
-    mcmc_steps: Optional[int] = typer.Option(
-        None, "--mcmc-steps", help=f"MH steps after each block (default {_defaults('n_mcmc')})"),
-    block_size: Optional[int] = typer.Option(None, help=f"tokens per block (default {_defaults('block_size')})"),
-    max_new_tokens: Optional[int] = typer.Option(
-        None, help=f"generated tokens at most (default {_defaults('max_new_tokens')})"),
-    chains: Optional[int] = typer.Option(
-        None, help=f"independent MH chains (batched rows; default {_defaults('n_chains')}), or SMC particles "
-                   f"(default {_defaults('n_particles', SMCConfig)})"),
-    scan: Optional[str] = typer.Option(
-        None, help="MH cut order: sorted (default; stratified cuts, one batched call per block) or random (the "
-                   "paper's uniform cut over the current tokens); both exact"),
-    temperature: Optional[float] = typer.Option(
-        None, help="sampling temperature (sample, best-of-n; default 1); MH proposal temperature (power; default "
-                   "1/alpha)"),
-    n: Optional[int] = typer.Option(None, help=f"candidates for best-of-n (default {_defaults('n', BestOfNConfig)})"),
-    seed: Optional[int] = typer.Option(None, help="random seed (the same seed gives the same text on CPU)"),
-    deadline: Optional[float] = typer.Option(None, help="overall time limit in seconds; the best state so far is returned"),
+    alpha: float | None = typer.Option(
+        None, help=f"power of the target p^alpha (power, smc, low-temp; default {_defaults('alpha')})"
+    ),
+    mcmc_steps: int | None = typer.Option(
+        None, "--mcmc-steps", help=f"MH steps after each block (default {_defaults('n_mcmc')})"
+    ),
+    block_size: int | None = typer.Option(None, help=f"tokens per block (default {_defaults('block_size')})"),
+    max_new_tokens: int | None = typer.Option(
+        None, help=f"generated tokens at most (default {_defaults('max_new_tokens')})"
+    ),
+    chains: int | None = typer.Option(
+        None,
+        help=f"independent MH chains (batched rows; default {_defaults('n_chains')}), or SMC particles "
+        f"(default {_defaults('n_particles', SMCConfig)})",
+    ),
+    scan: str | None = typer.Option(
+        None,
+        help="MH cut order: sorted (default; stratified cuts, one batched call per block) or random (the "
+        "paper's uniform cut over the current tokens); both exact",
+    ),
+    temperature: float | None = typer.Option(
+        None,
+        help="sampling temperature (sample, best-of-n; default 1); MH proposal temperature (power; default 1/alpha)",
+    ),
+    n: int | None = typer.Option(None, help=f"candidates for best-of-n (default {_defaults('n', BestOfNConfig)})"),
+    seed: int | None = typer.Option(None, help="random seed (the same seed gives the same text on CPU)"),
+    deadline: float | None = typer.Option(
+        None, help="overall time limit in seconds; the best state so far is returned"
+    ),
     raw: bool = typer.Option(False, "--raw", help="no chat template (for base models)"),
-    system: Optional[str] = typer.Option(None, help="system message for the chat template"),
-    select: Optional[str] = typer.Option(
-        None, help="default, or majority: the answer most outputs agree on (best-of-n candidates, --chains MH "
-                   "chains, SMC particles)"),
-    answer_regex: Optional[str] = typer.Option(
-        None, help="with --select majority: a regular expression whose last match (or first group) is an output's "
-                   "answer (default: the last number)"),
-    param: List[str] = typer.Option([], "--param", help=PARAM_HELP),
+    system: str | None = typer.Option(None, help="system message for the chat template"),
+    select: str | None = typer.Option(
+        None,
+        help="default, or majority: the answer most outputs agree on (best-of-n candidates, --chains MH "
+        "chains, SMC particles)",
+    ),
+    answer_regex: str | None = typer.Option(
+        None,
+        help="with --select majority: a regular expression whose last match (or first group) is an output's "
+        "answer (default: the last number)",
+    ),
+    param: list[str] = typer.Option([], "--param", help=PARAM_HELP),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object {text, method, metadata} on stdout"),
 ) -> None:
     """Generate a completion, by default with Metropolis-Hastings power sampling."""
@@ -68,9 +92,19 @@ def generate(
         fail(f"--chains must be >= 1 (got {chains})")
     # options shared by name across methods; each method's config takes the ones it knows and keeps its defaults
     params = dict(
-        alpha=alpha, n_mcmc=mcmc_steps, block_size=block_size, max_new_tokens=max_new_tokens, seed=seed,
-        deadline_s=deadline, scan=scan, n=n, n_chains=chains, n_particles=chains, temperature=temperature,
-        proposal_temperature=temperature if method.value == "power" else None, select=select,
+        alpha=alpha,
+        n_mcmc=mcmc_steps,
+        block_size=block_size,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        deadline_s=deadline,
+        scan=scan,
+        n=n,
+        n_chains=chains,
+        n_particles=chains,
+        temperature=temperature,
+        proposal_temperature=temperature if method.value == "power" else None,
+        select=select,
     )
     if method.value == "power":
         params["temperature"] = None
@@ -101,8 +135,10 @@ def generate(
         return
     typer.echo(result.text)
     md = result.metadata
-    summary = (f"[dim]{result.method}: {md.get('final_tokens')} tokens, {md.get('tokens_generated')} decoded, "
-               f"{md.get('latency_ms', 0) / 1000:.1f} s")
+    summary = (
+        f"[dim]{result.method}: {md.get('final_tokens')} tokens, {md.get('tokens_generated')} decoded, "
+        f"{md.get('latency_ms', 0) / 1000:.1f} s"
+    )
     if "acceptance_rate" in md:
         summary += f", acceptance {md['acceptance_rate']:.0%}"
     stderr.print(summary + f", stopped by {md.get('stopped_by')}, seed {md.get('seed')}[/dim]", highlight=False)

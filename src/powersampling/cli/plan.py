@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from enum import Enum
-from typing import Optional
 
 import typer
 
@@ -23,33 +22,39 @@ class PlanFormat(str, Enum):
 
 def plan_command(
     request: str = typer.Argument(..., help="what to plan"),
-    method: Optional[PlanRoute] = typer.Option(
-        None, help="route; default: POWER_SAMPLING_HTDAG_ENABLED and POWER_SAMPLING_ROLLOUT_PERCENT decide"),
+    method: PlanRoute | None = typer.Option(
+        None, help="route; default: POWER_SAMPLING_HTDAG_ENABLED and POWER_SAMPLING_ROLLOUT_PERCENT decide"
+    ),
     max_depth: int = typer.Option(1, "--max-depth", help="levels of subtasks (1: top-level tasks only)"),
-    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
     backend: Backend = typer.Option(Backend.auto, help="engine for the model"),
-    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
+    tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
-    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    threads: int | None = typer.Option(None, help=THREADS_HELP),
     output_format: PlanFormat = typer.Option(PlanFormat.tree, "--format", help="output format"),
     as_json: bool = typer.Option(False, "--json", help="same as --format json"),
-    context: Optional[str] = typer.Option(None, help="extra context for the planner (text)"),
-    tools: Optional[str] = typer.Option(None, help="comma-separated closed list of tools the tasks must use"),
-    tools_file: Optional[str] = typer.Option(
-        None, "--tools-file", help="JSON file of tools with descriptions and typed parameters (TaskBench tools.json "
-                                   "format): every task then calls one of them with its arguments"),
+    context: str | None = typer.Option(None, help="extra context for the planner (text)"),
+    tools: str | None = typer.Option(None, help="comma-separated closed list of tools the tasks must use"),
+    tools_file: str | None = typer.Option(
+        None,
+        "--tools-file",
+        help="JSON file of tools with descriptions and typed parameters (TaskBench tools.json "
+        "format): every task then calls one of them with its arguments",
+    ),
     max_tasks_per_level: int = typer.Option(6, "--max-tasks-per-level", help="subtasks per task at most"),
-    alpha: Optional[float] = typer.Option(
-        None, help=f"power (default: POWER_SAMPLING_ALPHA or {RouteSettings.alpha})"),
-    mcmc_steps: Optional[int] = typer.Option(
-        None, "--mcmc-steps", help=f"MH steps per block (default: POWER_SAMPLING_N_MCMC or {RouteSettings.n_mcmc})"),
-    block_size: Optional[int] = typer.Option(
-        None, help=f"tokens per block (default: POWER_SAMPLING_BLOCK_SIZE or {RouteSettings.block_size})"),
+    alpha: float | None = typer.Option(None, help=f"power (default: POWER_SAMPLING_ALPHA or {RouteSettings.alpha})"),
+    mcmc_steps: int | None = typer.Option(
+        None, "--mcmc-steps", help=f"MH steps per block (default: POWER_SAMPLING_N_MCMC or {RouteSettings.n_mcmc})"
+    ),
+    block_size: int | None = typer.Option(
+        None, help=f"tokens per block (default: POWER_SAMPLING_BLOCK_SIZE or {RouteSettings.block_size})"
+    ),
     n: int = typer.Option(RouteSettings.best_of_n, help="candidates for best-of-n"),
-    temperature: float = typer.Option(RouteSettings.temperature,
-                                      help="sampling temperature of the baseline and best-of-n routes"),
-    seed: Optional[int] = typer.Option(None, help="random seed"),
-    deadline: Optional[float] = typer.Option(None, help="overall time limit in seconds"),
+    temperature: float = typer.Option(
+        RouteSettings.temperature, help="sampling temperature of the baseline and best-of-n routes"
+    ),
+    seed: int | None = typer.Option(None, help="random seed"),
+    deadline: float | None = typer.Option(None, help="overall time limit in seconds"),
 ) -> None:
     """Decompose REQUEST into a hierarchical task DAG (grammar-constrained JSON from the model)."""
     from ..errors import PowerSamplingError
@@ -68,16 +73,24 @@ def plan_command(
             alpha=alpha if alpha is not None else routing.settings.alpha,
             n_mcmc=mcmc_steps if mcmc_steps is not None else routing.settings.n_mcmc,
             block_size=block_size if block_size is not None else routing.settings.block_size,
-            temperature=temperature, best_of_n=n, seed=seed,
+            temperature=temperature,
+            best_of_n=n,
+            seed=seed,
         )
         if tools is not None and tools_file is not None:
             fail("give either --tools or --tools-file, not both")
         tool_list = tuple(t.strip() for t in tools.split(",") if t.strip()) if tools is not None else None
         if tools_file is not None:
             tool_list = load_tools(tools_file)
-        config = PlannerConfig(max_depth=max_depth, route=method.value if method else None, tools=tool_list,
-                               max_children=max_tasks_per_level, min_children=min(2, max_tasks_per_level),
-                               deadline_s=deadline, settings=settings)
+        config = PlannerConfig(
+            max_depth=max_depth,
+            route=method.value if method else None,
+            tools=tool_list,
+            max_children=max_tasks_per_level,
+            min_children=min(2, max_tasks_per_level),
+            deadline_s=deadline,
+            settings=settings,
+        )
         Planner(None, config, routing=routing)  # validates settings before the (slow) model load
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
@@ -85,8 +98,13 @@ def plan_command(
     logging.getLogger("powersampling.planner").setLevel(logging.ERROR)  # stages go to stderr below instead
     try:
         with SamplerProgress(enabled=stderr.is_terminal) as progress:
-            planner = Planner(lm, config, routing=routing, progress=progress,
-                              on_stage=lambda msg: stderr.print(f"[dim]{msg}[/dim]", highlight=False))
+            planner = Planner(
+                lm,
+                config,
+                routing=routing,
+                progress=progress,
+                on_stage=lambda msg: stderr.print(f"[dim]{msg}[/dim]", highlight=False),
+            )
             dag = planner.decompose(request, context)
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
@@ -103,6 +121,8 @@ def plan_command(
     md = dag.metadata
     note = f", fell back: {md['fallback_reason']}" if md["fallback"] else ""
     flags = f", flagged: {', '.join(md['safety_flags'])}" if md.get("safety_flags") else ""
-    stderr.print(f"[dim]{md['route']} route, {len(dag)} tasks, quality {md['quality_score']:.2f}, "
-                 f"{md['model_calls']} model calls, {md['latency_ms'] / 1000:.1f} s{note}{flags}[/dim]",
-                 highlight=False)
+    stderr.print(
+        f"[dim]{md['route']} route, {len(dag)} tasks, quality {md['quality_score']:.2f}, "
+        f"{md['model_calls']} model calls, {md['latency_ms'] / 1000:.1f} s{note}{flags}[/dim]",
+        highlight=False,
+    )

@@ -9,7 +9,21 @@ from .stats import mcnemar_exact, paired_bootstrap, wilson_interval
 from .tasks import ExecLimits, build_prompt, grade_completion
 
 __all__ = [
-    "TASKS", "ExecLimits", "ExecResult", "Grade", "Problem", "build_prompt",
-    "grade_completion", "grade_gsm8k", "grade_math", "load_problems", "mcnemar_exact", "paired_bootstrap",
-    "run_eval", "run_python", "summarize", "wilson_interval", "write_report",
+    "TASKS",
+    "ExecLimits",
+    "ExecResult",
+    "Grade",
+    "Problem",
+    "build_prompt",
+    "grade_completion",
+    "grade_gsm8k",
+    "grade_math",
+    "load_problems",
+    "mcnemar_exact",
+    "paired_bootstrap",
+    "run_eval",
+    "run_python",
+    "summarize",
+    "wilson_interval",
+    "write_report",
 ]

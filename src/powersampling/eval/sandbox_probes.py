@@ -24,9 +24,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .sandbox import ExecResult, run_python
 
@@ -353,33 +353,90 @@ def _check_sysctl(result: ExecResult, ctx: ProbeContext) -> str | None:
 
 PROBES: tuple[Probe, ...] = (
     Probe("write_host_path", "create a file in a host directory", _write_host_path, _check_host_path),
-    Probe("write_system_dir", "create a file, directory or symlink in the Python installation (visible inside)",
-          _write_system_dir, _check_system_dir),
-    Probe("remount_writable", "remount the read-only system writable (directly, with mount(8), in a nested user "
-          "namespace) and write into it", _remount_writable, _check_system_dir),
+    Probe(
+        "write_system_dir",
+        "create a file, directory or symlink in the Python installation (visible inside)",
+        _write_system_dir,
+        _check_system_dir,
+    ),
+    Probe(
+        "remount_writable",
+        "remount the read-only system writable (directly, with mount(8), in a nested user namespace) and write into it",
+        _remount_writable,
+        _check_system_dir,
+    ),
     Probe("read_host_file", "read a file in a host directory", _read_host_file, _check_read_host_file),
-    Probe("unlink_host_file", "delete or rename a host file with posix.unlink, os.remove, os.rename, shutil.rmtree",
-          _unlink_victim, _check_unlink_victim),
-    Probe("tcp_connect", "connect to a listener on the host's 127.0.0.1 and send data", _tcp_connect,
-          _check_connections, needs=("tcp",)),
-    Probe("bind_any", "bind 0.0.0.0 and accept connections from the host", _bind_any, _check_bind_any,
-          needs=("free_port",)),
-    Probe("unix_connect", "connect to a unix socket listening on the host", _unix_connect, _check_connections,
-          needs=("unix",)),
-    Probe("fork_setsid_fork", "leave a grandchild in its own session running after the program ends",
-          _fork_setsid_fork, _check_leftover),
-    Probe("posix_spawn", "run /usr/bin/touch on a host path with os.posix_spawn, posix_spawnp and os.system",
-          _posix_spawn, _check_spawned),
-    Probe("kill_host_process", "kill an unrelated host process with posix.kill, os.kill and os.killpg",
-          _kill_victim, _check_victim, needs=("victim",)),
-    Probe("sysctl_write", f"change a global kernel setting ({_SYSCTL}), directly and from nested namespaces",
-          _sysctl_write, _check_sysctl),
-    Probe("forge_verdict", "find the pass token in its source, argv, environment or descriptors, print it, write it "
-          "everywhere, then os._exit(0)", _forge_verdict, _check_not_passed),
-    Probe("os_exit_zero", "os._exit(0) before the tests", lambda ctx: "import os\nos._exit(0)\nassert False\n",
-          _check_not_passed),
-    Probe("sys_exit_zero", "sys.exit(0) before the tests", lambda ctx: "import sys\nsys.exit(0)\nassert False\n",
-          _check_not_passed),
+    Probe(
+        "unlink_host_file",
+        "delete or rename a host file with posix.unlink, os.remove, os.rename, shutil.rmtree",
+        _unlink_victim,
+        _check_unlink_victim,
+    ),
+    Probe(
+        "tcp_connect",
+        "connect to a listener on the host's 127.0.0.1 and send data",
+        _tcp_connect,
+        _check_connections,
+        needs=("tcp",),
+    ),
+    Probe(
+        "bind_any",
+        "bind 0.0.0.0 and accept connections from the host",
+        _bind_any,
+        _check_bind_any,
+        needs=("free_port",),
+    ),
+    Probe(
+        "unix_connect",
+        "connect to a unix socket listening on the host",
+        _unix_connect,
+        _check_connections,
+        needs=("unix",),
+    ),
+    Probe(
+        "fork_setsid_fork",
+        "leave a grandchild in its own session running after the program ends",
+        _fork_setsid_fork,
+        _check_leftover,
+    ),
+    Probe(
+        "posix_spawn",
+        "run /usr/bin/touch on a host path with os.posix_spawn, posix_spawnp and os.system",
+        _posix_spawn,
+        _check_spawned,
+    ),
+    Probe(
+        "kill_host_process",
+        "kill an unrelated host process with posix.kill, os.kill and os.killpg",
+        _kill_victim,
+        _check_victim,
+        needs=("victim",),
+    ),
+    Probe(
+        "sysctl_write",
+        f"change a global kernel setting ({_SYSCTL}), directly and from nested namespaces",
+        _sysctl_write,
+        _check_sysctl,
+    ),
+    Probe(
+        "forge_verdict",
+        "find the pass token in its source, argv, environment or descriptors, print it, write it "
+        "everywhere, then os._exit(0)",
+        _forge_verdict,
+        _check_not_passed,
+    ),
+    Probe(
+        "os_exit_zero",
+        "os._exit(0) before the tests",
+        lambda ctx: "import os\nos._exit(0)\nassert False\n",
+        _check_not_passed,
+    ),
+    Probe(
+        "sys_exit_zero",
+        "sys.exit(0) before the tests",
+        lambda ctx: "import sys\nsys.exit(0)\nassert False\n",
+        _check_not_passed,
+    ),
 )
 PROBE_NAMES = tuple(p.name for p in PROBES)
 
@@ -446,8 +503,9 @@ def run_probe(probe: Probe | str, *, backend: str | None = None, unsafe: bool = 
             for t in threads:
                 t.start()
             program = probe.program(ctx)
-            result = run_python(program, timeout_s=probe.timeout_s, memory_mb=512, output_kb=256, backend=backend,
-                                unsafe=unsafe)
+            result = run_python(
+                program, timeout_s=probe.timeout_s, memory_mb=512, output_kb=256, backend=backend, unsafe=unsafe
+            )
             stop.set()
             for t in threads:
                 t.join(timeout=2)
@@ -471,8 +529,9 @@ def _by_name(name: str) -> Probe:
     raise KeyError(f"unknown probe {name!r}; known: {', '.join(PROBE_NAMES)}")
 
 
-def run_escape_probes(names: list[str] | tuple[str, ...] | None = None, *, backend: str | None = None,
-                      unsafe: bool = False) -> list[ProbeResult]:
+def run_escape_probes(
+    names: list[str] | tuple[str, ...] | None = None, *, backend: str | None = None, unsafe: bool = False
+) -> list[ProbeResult]:
     """Run the escape probes (all, or those named) and return one result per probe, in order."""
     chosen = PROBES if names is None else tuple(_by_name(n) for n in names)
     return [run_probe(p, backend=backend, unsafe=unsafe) for p in chosen]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -55,7 +55,11 @@ class BootstrapResult:
 
 
 def paired_bootstrap(
-    a_correct: Sequence[bool], b_correct: Sequence[bool], *, n_boot: int = 10_000, seed: int = 0,
+    a_correct: Sequence[bool],
+    b_correct: Sequence[bool],
+    *,
+    n_boot: int = 10_000,
+    seed: int = 0,
     confidence: float = 0.95,
 ) -> BootstrapResult:
     """Bootstrap over problems (pairs resampled together) of the accuracy difference B - A."""

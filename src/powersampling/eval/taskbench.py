@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..planner.schema import TaskListSpec, max_output_tokens, parse_task_list, task_list_schema
-from ..planner.tools import ToolSpec, ToolsFileError, load_tools
+from ..planner.schema import TaskListSpec, parse_task_list
+from ..planner.tools import ToolsFileError, ToolSpec, load_tools
 
 MAX_TASKS = 8  # the longest gold plan in the Daily Life APIs data has 8 nodes
 
@@ -45,8 +46,14 @@ class TaskBenchData:
 
     @property
     def spec(self) -> TaskListSpec:
-        return TaskListSpec(min_tasks=1, max_tasks=MAX_TASKS, max_dependencies=MAX_TASKS - 1, tools=self.tools,
-                            ask_atomic=False, count_first=True)
+        return TaskListSpec(
+            min_tasks=1,
+            max_tasks=MAX_TASKS,
+            max_dependencies=MAX_TASKS - 1,
+            tools=self.tools,
+            ask_atomic=False,
+            count_first=True,
+        )
 
 
 def load_data(folder: str | Path | None) -> TaskBenchData:
@@ -63,8 +70,9 @@ def load_data(folder: str | Path | None) -> TaskBenchData:
     records_files = sorted(p for p in root.glob("*.jsonl") if not p.name.endswith("_user_requests.jsonl"))
     if len(records_files) != 1:
         found = ", ".join(p.name for p in records_files) or "none"
-        raise ConfigError(f"{root} must hold exactly one records file *.jsonl besides *_user_requests.jsonl "
-                          f"(found: {found})")
+        raise ConfigError(
+            f"{root} must hold exactly one records file *.jsonl besides *_user_requests.jsonl (found: {found})"
+        )
     records_path = records_files[0]
     requests_path = records_path.with_name(records_path.stem + "_user_requests.jsonl")
     digest = hashlib.sha256((root / "tools.json").read_bytes())
@@ -78,7 +86,7 @@ def load_data(folder: str | Path | None) -> TaskBenchData:
     if requests_path.is_file():
         for line, item in _read_jsonl(requests_path, digest):
             if not isinstance(item.get("id"), str) or not isinstance(item.get("user_request"), str):
-                raise ConfigError(f"{requests_path} line {line}: expected {{\"id\": str, \"user_request\": str}}")
+                raise ConfigError(f'{requests_path} line {line}: expected {{"id": str, "user_request": str}}')
             requests[item["id"]] = item["user_request"]
     for record in records:
         record["request"] = requests.get(record["id"]) or record["instruction"]
@@ -109,29 +117,43 @@ def _check_record(record: dict, path: Path, line: int) -> dict:
         if not isinstance(record.get(key), kind):
             raise ConfigError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
     for node in record["task_nodes"]:
-        if not isinstance(node, dict) or not isinstance(node.get("task"), str) \
-                or not isinstance(node.get("arguments", []), list):
-            raise ConfigError(f"{where}: a task node is not {{\"task\": str, \"arguments\": [...]}}")
+        if (
+            not isinstance(node, dict)
+            or not isinstance(node.get("task"), str)
+            or not isinstance(node.get("arguments", []), list)
+        ):
+            raise ConfigError(f'{where}: a task node is not {{"task": str, "arguments": [...]}}')
     for link in record["task_links"]:
-        if not isinstance(link, dict) or not isinstance(link.get("source"), str) \
-                or not isinstance(link.get("target"), str):
-            raise ConfigError(f"{where}: a task link is not {{\"source\": str, \"target\": str}}")
+        if (
+            not isinstance(link, dict)
+            or not isinstance(link.get("source"), str)
+            or not isinstance(link.get("target"), str)
+        ):
+            raise ConfigError(f'{where}: a task link is not {{"source": str, "target": str}}')
     return dict(record)
 
 
 # prediction
 
+
 def parse_plan(text: str, spec: TaskListSpec) -> tuple[list[dict], list[dict]]:
     """TaskBench nodes (``task``, ``arguments`` as name/value pairs, and the description) and links from the
     planner's tool-plan JSON. ``ValueError`` when it does not parse or validate."""
     items = parse_task_list(text, spec)
-    nodes = [{"task": item["tool"], "arguments": [{"name": k, "value": v} for k, v in item["arguments"].items()],
-              "description": item["description"]} for item in items]
+    nodes = [
+        {
+            "task": item["tool"],
+            "arguments": [{"name": k, "value": v} for k, v in item["arguments"].items()],
+            "description": item["description"],
+        }
+        for item in items
+    ]
     links = [{"source": items[d - 1]["tool"], "target": item["tool"]} for item in items for d in item["dependencies"]]
     return nodes, links
 
 
 # metrics
+
 
 def _argument_pairs(nodes: Sequence[dict]) -> tuple[set[str], set[str]]:
     names, values = set(), set()
@@ -160,8 +182,13 @@ def indel_ratio(a: Sequence[Any], b: Sequence[Any]) -> float:
     return 2.0 * previous[-1] / (len(a) + len(b))
 
 
-def record_scores(gold_nodes: Sequence[dict], gold_links: Sequence[dict], nodes: Sequence[dict],
-                  links: Sequence[dict], tool_names: Sequence[str]) -> dict[str, Any]:
+def record_scores(
+    gold_nodes: Sequence[dict],
+    gold_links: Sequence[dict],
+    nodes: Sequence[dict],
+    links: Sequence[dict],
+    tool_names: Sequence[str],
+) -> dict[str, Any]:
     """One record's counts ([tp, fp, fn]) for nodes, links, argument names and values, its edit ratio, and whether
     the graph matches exactly."""
     known = {name: i + 1 for i, name in enumerate(tool_names)}
@@ -176,8 +203,9 @@ def record_scores(gold_nodes: Sequence[dict], gold_links: Sequence[dict], nodes:
         "edge_counts": _counts(gold_pairs, pairs),
         "arg_name_counts": _counts(gold_names, names),
         "arg_value_counts": _counts(gold_values, values),
-        "edit_ratio": indel_ratio([known.get(n["task"], 0) for n in nodes],
-                                  [known.get(n["task"], 0) for n in gold_nodes]),
+        "edit_ratio": indel_ratio(
+            [known.get(n["task"], 0) for n in nodes], [known.get(n["task"], 0) for n in gold_nodes]
+        ),
         "exact_match": tools == gold_tools and pairs == gold_pairs,
     }
 
@@ -195,8 +223,12 @@ METRICS = ("node_f1", "edge_f1", "arg_name_f1", "arg_value_f1", "edit_distance")
 def pooled_metrics(rows: Sequence[dict]) -> dict[str, float]:
     """TaskBench's metrics over ``rows`` (counts summed, then F1; edit distance 1 - mean ratio)."""
     out = {}
-    for metric, key in (("node_f1", "node_counts"), ("edge_f1", "edge_counts"), ("arg_name_f1", "arg_name_counts"),
-                        ("arg_value_f1", "arg_value_counts")):
+    for metric, key in (
+        ("node_f1", "node_counts"),
+        ("edge_f1", "edge_counts"),
+        ("arg_name_f1", "arg_name_counts"),
+        ("arg_value_f1", "arg_value_counts"),
+    ):
         out[metric] = f1(np.sum([r[key] for r in rows], axis=0)) if rows else 0.0
     out["edit_distance"] = 1.0 - float(np.mean([r["edit_ratio"] for r in rows])) if rows else 1.0
     return out
@@ -217,8 +249,9 @@ def bootstrap_metric_ci(rows: Sequence[dict], *, n_boot: int = 2000, seed: int =
     return out
 
 
-def paired_metric_difference(rows_a: Sequence[dict], rows_b: Sequence[dict], *, n_boot: int = 2000,
-                             seed: int = 0) -> dict[str, dict[str, Any]]:
+def paired_metric_difference(
+    rows_a: Sequence[dict], rows_b: Sequence[dict], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """B - A of node and edge F1 over the same records, with a paired bootstrap 95% interval and two-sided p."""
     out = {}
     rng = np.random.default_rng(seed)
@@ -228,6 +261,9 @@ def paired_metric_difference(rows_a: Sequence[dict], rows_b: Sequence[dict], *, 
         observed = f1(b.sum(axis=0)) - f1(a.sum(axis=0))
         boots = np.array([f1(sb) - f1(sa) for sa, sb in zip(a[idx].sum(axis=1), b[idx].sum(axis=1))])
         p = min(1.0, 2 * min(float(np.mean(boots <= 0)), float(np.mean(boots >= 0))))
-        out[metric] = {"difference": observed, "ci95": [float(np.quantile(boots, 0.025)),
-                                                        float(np.quantile(boots, 0.975))], "p": p}
+        out[metric] = {
+            "difference": observed,
+            "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
+            "p": p,
+        }
     return out

@@ -69,8 +69,9 @@ def _shots(examples, shots: int | None, default: int):
 
 GSM8K_INSTRUCTION = "Solve the problem step by step. End with the sentence 'So the answer is N.' where N is a number."
 MATH_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
-HUMANEVAL_INSTRUCTION = ("Complete the following Python function. Reply with the whole function in one "
-                         "```python code block.")
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Reply with the whole function in one ```python code block."
+)
 MBPP_INSTRUCTION = "Write a Python function for the task. Reply with the code in one ```python code block."
 
 
@@ -85,8 +86,10 @@ def build_prompt(problem: Problem, model, style: str, shots: int | None = None) 
         if style == "chat":
             messages = []
             for ex in _shots(examples, shots, 0):
-                messages += [{"role": "user", "content": f"{ex.question}\n{GSM8K_INSTRUCTION}"},
-                             {"role": "assistant", "content": ex.answer}]
+                messages += [
+                    {"role": "user", "content": f"{ex.question}\n{GSM8K_INSTRUCTION}"},
+                    {"role": "assistant", "content": ex.answer},
+                ]
             messages.append({"role": "user", "content": f"{problem.question}\n{GSM8K_INSTRUCTION}"})
             return _chat_plan(model, messages, ())
         text = "".join(f"Question: {ex.question}\nAnswer: {ex.answer}\n\n" for ex in _shots(examples, shots, 8))
@@ -96,13 +99,16 @@ def build_prompt(problem: Problem, model, style: str, shots: int | None = None) 
         if style == "chat":
             messages = []
             for ex in _shots(examples, shots, 0):
-                messages += [{"role": "user", "content": f"{ex.question}\n\n{MATH_INSTRUCTION}"},
-                             {"role": "assistant", "content": ex.answer}]
+                messages += [
+                    {"role": "user", "content": f"{ex.question}\n\n{MATH_INSTRUCTION}"},
+                    {"role": "assistant", "content": ex.answer},
+                ]
             messages.append({"role": "user", "content": f"{problem.question}\n\n{MATH_INSTRUCTION}"})
             return _chat_plan(model, messages, ())
         text = "".join(f"Problem:\n{ex.question}\n\nSolution: {ex.answer}\n\n" for ex in _shots(examples, shots, 4))
-        return _text_plan(tok, text + f"Problem:\n{problem.question}\n\nSolution:",
-                          ("\nProblem:", "I hope it is correct."))
+        return _text_plan(
+            tok, text + f"Problem:\n{problem.question}\n\nSolution:", ("\nProblem:", "I hope it is correct.")
+        )
     if task == "humaneval":
         prompt = problem.fields["prompt"]
         if style == "chat":
@@ -183,8 +189,15 @@ def grade_tool_plan(problem: Problem, text: str) -> Grade:
         nodes, links, valid, detail = [], [], False, f"no valid plan: {exc}"
     scores = record_scores(record["task_nodes"], record["task_links"], nodes, links, [t.name for t in data.tools])
     quality = PlanQualityEvaluator(problem.question, tools=data.tools).evaluate_text(text).score if valid else 0.0
-    fields = {"valid": valid, "pred_nodes": nodes, "pred_links": links, "quality_score": quality,
-              "type": record.get("type"), "gold_nodes": len(record["task_nodes"]), **scores}
+    fields = {
+        "valid": valid,
+        "pred_nodes": nodes,
+        "pred_links": links,
+        "quality_score": quality,
+        "type": record.get("type"),
+        "gold_nodes": len(record["task_nodes"]),
+        **scores,
+    }
     return Grade(scores["exact_match"], None, detail, fields)
 
 
@@ -201,10 +214,8 @@ def grade_completion(problem: Problem, text: str, plan: PromptPlan, limits: Exec
     if problem.task == "humaneval":
         f = problem.fields
         program = humaneval_program(f["prompt"], graded, f["test"], f["entry_point"], chat=chat)
-        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb,
-                             unsafe=limits.unsafe_exec)
+        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb, unsafe=limits.unsafe_exec)
     if problem.task == "mbpp":
         program = mbpp_program(graded, problem.fields["tests"], problem.fields["setup"], chat=chat)
-        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb,
-                             unsafe=limits.unsafe_exec)
+        return grade_program(program, timeout_s=limits.timeout_s, memory_mb=limits.memory_mb, unsafe=limits.unsafe_exec)
     raise ConfigError(f"unknown task {problem.task!r}")

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -122,12 +123,23 @@ def status_of_http(code: int) -> str:
     """The ``status`` label for an HTTP status code."""
     if code < 400:
         return "ok"
-    return {401: "unauthorized", 403: "unauthorized", 404: "not_found", 429: "rejected", 499: "cancelled",
-            504: "timeout"}.get(code, "invalid" if code < 500 else "error")
+    return {
+        401: "unauthorized",
+        403: "unauthorized",
+        404: "not_found",
+        429: "rejected",
+        499: "cancelled",
+        504: "timeout",
+    }.get(code, "invalid" if code < 500 else "error")
 
 
 def record_request(
-    *, model_name: str, endpoint: str, method: str = "none", route: str | None = None, status: str = "ok",
+    *,
+    model_name: str,
+    endpoint: str,
+    method: str = "none",
+    route: str | None = None,
+    status: str = "ok",
     latency_s: float | None = None,
 ) -> None:
     """Count one request (any outcome) and observe its end-to-end latency when given. ``route`` None: the request
@@ -141,8 +153,14 @@ def record_request(
 
 
 def record_sample(
-    result: Any, model_name: str, endpoint: str = "library", *, route: str | None = None,
-    prompt_tokens: int | None = None, status: str = "ok", latency_s: float | None = None,
+    result: Any,
+    model_name: str,
+    endpoint: str = "library",
+    *,
+    route: str | None = None,
+    prompt_tokens: int | None = None,
+    status: str = "ok",
+    latency_s: float | None = None,
     count_request: bool = True,
 ) -> None:
     """Record one finished sampler run (a ``SampleResult``): tokens, acceptance, cost multiplier and, unless
@@ -169,13 +187,26 @@ def record_sample(
     if count_request:
         if latency_s is None and _number(md.get("latency_ms")) is not None:
             latency_s = float(md["latency_ms"]) / 1000.0
-        record_request(model_name=model_name, endpoint=endpoint, method=method, route=route or md.get("route"),
-                       status=status, latency_s=latency_s)
+        record_request(
+            model_name=model_name,
+            endpoint=endpoint,
+            method=method,
+            route=route or md.get("route"),
+            status=status,
+            latency_s=latency_s,
+        )
 
 
 def record_plan(
-    *, model_name: str, route: str, quality_score: float | None = None, fallback_reason: str | None = None,
-    method: str = "none", endpoint: str = "library", status: str = "ok", latency_s: float | None = None,
+    *,
+    model_name: str,
+    route: str,
+    quality_score: float | None = None,
+    fallback_reason: str | None = None,
+    method: str = "none",
+    endpoint: str = "library",
+    status: str = "ok",
+    latency_s: float | None = None,
     count_request: bool = True,
 ) -> None:
     """Record one planner run. ``route`` is the route that produced the plan (after any fallback); a fallback
@@ -186,8 +217,9 @@ def record_plan(
     if fallback_reason:
         record_fallback(model_name=model_name, endpoint=endpoint, reason=fallback_reason)
     if count_request:
-        record_request(model_name=model_name, endpoint=endpoint, method=method, route=route, status=status,
-                       latency_s=latency_s)
+        record_request(
+            model_name=model_name, endpoint=endpoint, method=method, route=route, status=status, latency_s=latency_s
+        )
 
 
 def record_fallback(*, model_name: str, endpoint: str, reason: str) -> None:

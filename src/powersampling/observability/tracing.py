@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Any, ContextManager, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -19,13 +21,13 @@ _TRACER_NAME = "powersampling"
 _NO_SPAN = contextlib.nullcontext()
 
 
-def tracer() -> "trace.Tracer":
+def tracer() -> trace.Tracer:
     from opentelemetry import trace
 
     return trace.get_tracer(_TRACER_NAME)
 
 
-def span(name: str, attributes: dict[str, Any] | None = None) -> ContextManager[Any]:
+def span(name: str, attributes: dict[str, Any] | None = None) -> AbstractContextManager[Any]:
     """A span named ``name`` (attributes with value None are dropped: OTel rejects them); a no-op while nothing in
     the process uses OpenTelemetry."""
     if "opentelemetry.trace" not in sys.modules:
@@ -68,7 +70,9 @@ def configure_tracing_from_env(environ: dict[str, str] | None = None) -> str | N
         return None
     unknown = set(names) - {"otlp", "console"}
     if unknown:
-        raise ValueError(f"unsupported OTEL_TRACES_EXPORTER value(s) {', '.join(sorted(unknown))}; use otlp, console or none")
+        raise ValueError(
+            f"unsupported OTEL_TRACES_EXPORTER value(s) {', '.join(sorted(unknown))}; use otlp, console or none"
+        )
     if _configured:
         return ",".join(names)
     from opentelemetry import trace
@@ -93,8 +97,11 @@ def _otlp_exporter(env):
     """The OTLP span exporter for ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` (http/protobuf by default, or grpc)."""
     import importlib
 
-    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf").strip().lower()
+    protocol = (
+        (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+        .strip()
+        .lower()
+    )
     module = "grpc" if protocol == "grpc" else "http"
     try:
         exporter = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{module}.trace_exporter")

@@ -1,8 +1,17 @@
 """HTDAG planner: hierarchical task DAGs from a request, over grammar-constrained sampling routes."""
 
 from .dag import DAGLimits, DAGValidationError, Task, TaskDAG, TaskStatus
-from .export import (DAG_JSON_SCHEMA, SCHEMA_VERSION, dag_from_dict, dag_from_json, dag_to_dict, dag_to_json,
-                     to_dot, to_mermaid, to_tree)
+from .export import (
+    DAG_JSON_SCHEMA,
+    SCHEMA_VERSION,
+    dag_from_dict,
+    dag_from_json,
+    dag_to_dict,
+    dag_to_json,
+    to_dot,
+    to_mermaid,
+    to_tree,
+)
 from .generation import GenerationError, RouteSettings, generate_json, power_sample
 from .planner import Feedback, PlanBudgetError, Planner, PlannerConfig
 from .quality import PlanQualityEvaluator, QualityReport
@@ -11,10 +20,37 @@ from .safety import InputLimits, PlanInputError, screen_input
 from .schema import TaskListSpec, max_output_tokens, task_list_schema
 
 __all__ = [
-    "DAGLimits", "DAGValidationError", "DAG_JSON_SCHEMA", "Feedback", "GenerationError", "InputLimits",
-    "PlanBudgetError", "PlanInputError", "PlanQualityEvaluator", "Planner", "PlannerConfig", "QualityReport",
-    "RouteDecision", "RouteSettings", "RoutingConfig", "SCHEMA_VERSION", "Task", "TaskDAG", "TaskListSpec",
-    "TaskStatus", "dag_from_dict", "dag_from_json", "dag_to_dict", "dag_to_json", "generate_json",
-    "max_output_tokens", "power_sample", "rollout_bucket", "screen_input", "task_list_schema", "to_dot",
-    "to_mermaid", "to_tree",
+    "DAG_JSON_SCHEMA",
+    "SCHEMA_VERSION",
+    "DAGLimits",
+    "DAGValidationError",
+    "Feedback",
+    "GenerationError",
+    "InputLimits",
+    "PlanBudgetError",
+    "PlanInputError",
+    "PlanQualityEvaluator",
+    "Planner",
+    "PlannerConfig",
+    "QualityReport",
+    "RouteDecision",
+    "RouteSettings",
+    "RoutingConfig",
+    "Task",
+    "TaskDAG",
+    "TaskListSpec",
+    "TaskStatus",
+    "dag_from_dict",
+    "dag_from_json",
+    "dag_to_dict",
+    "dag_to_json",
+    "generate_json",
+    "max_output_tokens",
+    "power_sample",
+    "rollout_bucket",
+    "screen_input",
+    "task_list_schema",
+    "to_dot",
+    "to_mermaid",
+    "to_tree",
 ]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import copy
 import enum
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 
@@ -41,8 +42,9 @@ class TaskStatus(str, enum.Enum):
 @dataclass(frozen=True)
 class Task:
     """One unit of work. ``dependencies`` are ids of tasks that must finish first (precedence); ``parent`` is the
-    task this one refines (hierarchy). ``tool`` and ``arguments`` say what to call, for an agent to execute. ``effort`` is an estimate in hours (None when unknown). ``atomic`` says
-    whether the task is meant to be executed as is (True) or could still be decomposed (False)."""
+    task this one refines (hierarchy). ``tool`` and ``arguments`` say what to call, for an agent to execute.
+    ``effort`` is an estimate in hours (None when unknown). ``atomic`` says whether the task is meant to be executed
+    as is (True) or could still be decomposed (False)."""
 
     id: str
     description: str
@@ -78,7 +80,7 @@ class Task:
                 raise DAGValidationError(f"task {self.id!r}: arguments must be an object with string keys")
             object.__setattr__(self, "arguments", copy.deepcopy(dict(self.arguments)))
 
-    def with_changes(self, **changes: Any) -> "Task":
+    def with_changes(self, **changes: Any) -> Task:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,14 +100,26 @@ class Task:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Task":
+    def from_dict(cls, data: Mapping[str, Any]) -> Task:
         if not isinstance(data, Mapping):
             raise DAGValidationError(f"a task must be a JSON object, got {type(data).__name__}")
         missing = [k for k in ("id", "description") if k not in data]
         if missing:
             raise DAGValidationError(f"task {data.get('id', '?')!r} misses field(s): {', '.join(missing)}")
-        known = {"id", "description", "task_type", "parent", "dependencies", "status", "agent", "tool", "arguments",
-                 "effort", "atomic", "metadata"}
+        known = {
+            "id",
+            "description",
+            "task_type",
+            "parent",
+            "dependencies",
+            "status",
+            "agent",
+            "tool",
+            "arguments",
+            "effort",
+            "atomic",
+            "metadata",
+        }
         unknown = set(data) - known
         if unknown:
             raise DAGValidationError(f"task {data['id']!r} has unknown field(s): {', '.join(sorted(unknown))}")
@@ -114,10 +128,18 @@ class Task:
         except ValueError:
             raise DAGValidationError(f"task {data['id']!r}: unknown status {data.get('status')!r}") from None
         return cls(
-            id=data["id"], description=data["description"], task_type=data.get("task_type") or "generic",
-            parent=data.get("parent"), dependencies=tuple(data.get("dependencies") or ()), status=status,
-            agent=data.get("agent"), tool=data.get("tool"), arguments=data.get("arguments"), effort=data.get("effort"),
-            atomic=bool(data.get("atomic", True)), metadata=data.get("metadata") or {},
+            id=data["id"],
+            description=data["description"],
+            task_type=data.get("task_type") or "generic",
+            parent=data.get("parent"),
+            dependencies=tuple(data.get("dependencies") or ()),
+            status=status,
+            agent=data.get("agent"),
+            tool=data.get("tool"),
+            arguments=data.get("arguments"),
+            effort=data.get("effort"),
+            atomic=bool(data.get("atomic", True)),
+            metadata=data.get("metadata") or {},
         )
 
 
@@ -182,8 +204,12 @@ class TaskDAG:
         return list(self._tasks.values())
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, TaskDAG) and self.request == other.request and self.tasks == other.tasks
-                and self.metadata == other.metadata)
+        return (
+            isinstance(other, TaskDAG)
+            and self.request == other.request
+            and self.tasks == other.tasks
+            and self.metadata == other.metadata
+        )
 
     def __repr__(self) -> str:
         return f"TaskDAG({len(self)} tasks, depth {self.depth()}, request={self.request[:40]!r})"
@@ -259,21 +285,20 @@ class TaskDAG:
     def parallel_waves(self) -> list[list[str]]:
         """Leaves grouped into waves: every leaf of a wave can run at once, after all earlier waves finished."""
         position = {tid: i for i, tid in enumerate(self._tasks)}
-        return [sorted(wave, key=position.__getitem__)
-                for wave in nx.topological_generations(self._execution_graph)]
+        return [sorted(wave, key=position.__getitem__) for wave in nx.topological_generations(self._execution_graph)]
 
     # changes (each returns a new validated DAG)
 
-    def with_metadata(self, **updates: Any) -> "TaskDAG":
+    def with_metadata(self, **updates: Any) -> TaskDAG:
         return TaskDAG(self.request, self.tasks, {**self.metadata, **updates}, self.limits)
 
-    def with_tasks(self, tasks: Iterable[Task]) -> "TaskDAG":
+    def with_tasks(self, tasks: Iterable[Task]) -> TaskDAG:
         return TaskDAG(self.request, tasks, self.metadata, self.limits)
 
-    def add_tasks(self, tasks: Sequence[Task]) -> "TaskDAG":
+    def add_tasks(self, tasks: Sequence[Task]) -> TaskDAG:
         return self.with_tasks([*self.tasks, *tasks])
 
-    def replace_subtasks(self, parent_id: str, subtasks: Sequence[Task]) -> "TaskDAG":
+    def replace_subtasks(self, parent_id: str, subtasks: Sequence[Task]) -> TaskDAG:
         """Drop every descendant of ``parent_id`` and put ``subtasks`` (whose parent must be ``parent_id``) in
         their place. Fails (leaving this DAG as it was) if another task depended on a dropped descendant."""
         self[parent_id]
@@ -284,7 +309,7 @@ class TaskDAG:
         kept = [t for t in self.tasks if t.id not in dropped]
         return self.with_tasks([*kept, *subtasks])
 
-    def update_task(self, task_id: str, **changes: Any) -> "TaskDAG":
+    def update_task(self, task_id: str, **changes: Any) -> TaskDAG:
         self[task_id]
         return self.with_tasks([t.with_changes(**changes) if t.id == task_id else t for t in self.tasks])
 
@@ -310,13 +335,15 @@ class TaskDAG:
         for tid, kids in self._children.items():
             if len(kids) > limits.max_children:
                 where = f"task {tid!r}" if tid is not None else "the top level"
-                raise DAGValidationError(f"{where} has {len(kids)} subtasks, more than the budget of "
-                                         f"{limits.max_children}")
+                raise DAGValidationError(
+                    f"{where} has {len(kids)} subtasks, more than the budget of {limits.max_children}"
+                )
         for task in tasks.values():
             level = self.level(task.id)
             if level > limits.max_depth:
-                raise DAGValidationError(f"task {task.id!r} is at depth {level}, deeper than the budget of "
-                                         f"{limits.max_depth}")
+                raise DAGValidationError(
+                    f"task {task.id!r} is at depth {level}, deeper than the budget of {limits.max_depth}"
+                )
         for task in tasks.values():
             lineage = set(self.ancestors(task.id)) | set(self.descendants(task.id))
             for dep in task.dependencies:
@@ -327,7 +354,8 @@ class TaskDAG:
                 if dep in lineage:
                     relation = "ancestor" if dep in self.ancestors(task.id) else "descendant"
                     raise DAGValidationError(
-                        f"task {task.id!r} depends on its own {relation} {dep!r}, which can never finish first")
+                        f"task {task.id!r} depends on its own {relation} {dep!r}, which can never finish first"
+                    )
         self._execution_graph = self._build_execution_graph()
         if not nx.is_directed_acyclic_graph(self._execution_graph):
             cycle = [u for u, _ in nx.find_cycle(self._execution_graph)]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .dag import DAGLimits, DAGValidationError, Task, TaskDAG
 
@@ -24,8 +25,12 @@ _TASK_SCHEMA: dict[str, Any] = {
         "description": {"type": "string", "minLength": 1},
         "task_type": {"type": "string"},
         "parent": {"type": ["string", "null"], "description": "hierarchy: the task this one refines"},
-        "dependencies": {"type": "array", "items": {"type": "string"}, "uniqueItems": True,
-                         "description": "precedence: ids of tasks that must finish before this one starts"},
+        "dependencies": {
+            "type": "array",
+            "items": {"type": "string"},
+            "uniqueItems": True,
+            "description": "precedence: ids of tasks that must finish before this one starts",
+        },
         "status": {"enum": ["pending", "in_progress", "done", "failed", "skipped"]},
         "agent": {"type": ["string", "null"]},
         "tool": {"type": ["string", "null"]},
@@ -74,8 +79,11 @@ def dag_to_dict(dag: TaskDAG) -> dict[str, Any]:
         "request": dag.request,
         "tasks": [t.to_dict() for t in dag.tasks],
         "metadata": copy.deepcopy(dag.metadata),
-        "limits": {"max_tasks": dag.limits.max_tasks, "max_depth": dag.limits.max_depth,
-                   "max_children": dag.limits.max_children},
+        "limits": {
+            "max_tasks": dag.limits.max_tasks,
+            "max_depth": dag.limits.max_depth,
+            "max_children": dag.limits.max_children,
+        },
     }
 
 
@@ -110,8 +118,21 @@ def dag_from_json(text: str) -> TaskDAG:
 
 # Mermaid
 
-_MERMAID_ESCAPES = {'"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "#amp;", "#": "#35;", "`": "#96;",
-                    "|": "#124;", "[": "#91;", "]": "#93;", "{": "#123;", "}": "#125;", "(": "#40;", ")": "#41;"}
+_MERMAID_ESCAPES = {
+    '"': "#quot;",
+    "<": "#lt;",
+    ">": "#gt;",
+    "&": "#amp;",
+    "#": "#35;",
+    "`": "#96;",
+    "|": "#124;",
+    "[": "#91;",
+    "]": "#93;",
+    "{": "#123;",
+    "}": "#125;",
+    "(": "#40;",
+    ")": "#41;",
+}
 
 
 def _mermaid_text(text: str) -> str:
@@ -148,6 +169,7 @@ def to_mermaid(dag: TaskDAG) -> str:
 
 # Graphviz DOT
 
+
 def _dot_string(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     escaped = re.sub(r"\r\n|\r|\n", r"\\n", escaped)
@@ -182,6 +204,7 @@ def to_dot(dag: TaskDAG) -> str:
 
 # readable tree
 
+
 def call_text(task) -> str:
     """``tool(name=value, ...)`` for a task that names a tool."""
     if not task.arguments:
@@ -198,8 +221,11 @@ def to_tree(dag: TaskDAG) -> str:
         for i, task in enumerate(kids):
             last = i == len(kids) - 1
             branch = "└── " if last else "├── "
-            tags = [task.task_type] + ([f"tool={call_text(task)}"] if task.tool else []) + (
-                [f"agent={task.agent}"] if task.agent else [])
+            tags = (
+                [task.task_type]
+                + ([f"tool={call_text(task)}"] if task.tool else [])
+                + ([f"agent={task.agent}"] if task.agent else [])
+            )
             after = f"  (after {', '.join(task.dependencies)})" if task.dependencies else ""
             text = " ".join(task.description.split())
             lines.append(f"{prefix}{branch}{task.id}: {text} [{', '.join(tags)}]{after}")

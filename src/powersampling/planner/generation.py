@@ -15,8 +15,9 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..backends.base import check_context_length
 from ..backends.constraints import JsonSchemaConstraint
@@ -57,8 +58,14 @@ class RouteSettings:
 
     def params_for(self, route: str) -> dict[str, Any]:
         """The sampler parameters of ``route``: each setting the route's method takes."""
-        values = {"alpha": self.alpha, "n_mcmc": self.n_mcmc, "block_size": self.block_size,
-                  "temperature": self.temperature, "n": self.best_of_n, "n_particles": self.n_particles}
+        values = {
+            "alpha": self.alpha,
+            "n_mcmc": self.n_mcmc,
+            "block_size": self.block_size,
+            "temperature": self.temperature,
+            "n": self.best_of_n,
+            "n_particles": self.n_particles,
+        }
         names = method_spec(route_method(route)).config.parameter_names()
         return {k: v for k, v in values.items() if k in names and v is not None}
 
@@ -96,25 +103,33 @@ def generate_json(
     the parsed JSON or a ``GenerationError``. ``label`` names the call in messages (the planner passes its route)."""
     label = label or method
     constraint = JsonSchemaConstraint.for_model(model, response_schema)
-    sampler = build_sampler(method, model, evaluator=evaluator,
-                            **{**(params or {}), "max_new_tokens": max_new_tokens, "deadline_s": deadline_s})
+    sampler = build_sampler(
+        method,
+        model,
+        evaluator=evaluator,
+        **{**(params or {}), "max_new_tokens": max_new_tokens, "deadline_s": deadline_s},
+    )
     ids = prompt_ids(model, user_prompt, system=system_prompt)
     check_context_length(model, len(ids), max_new_tokens)
     started = time.monotonic()
     result = sampler.sample(ids, constraint=constraint, progress=progress)
-    metadata = {**result.metadata, "route": label, "prompt_tokens": len(ids),
-                "call_latency_ms": (time.monotonic() - started) * 1000.0}
+    metadata = {
+        **result.metadata,
+        "route": label,
+        "prompt_tokens": len(ids),
+        "call_latency_ms": (time.monotonic() - started) * 1000.0,
+    }
     tokens = result.token_ids
     finished = bool(tokens) and tokens[-1] in model.stop_token_ids
     if not finished:
         why = metadata.get("stopped_by", "length")
-        raise GenerationError(f"the {label} route returned an unfinished answer (stopped by {why}, "
-                              f"{len(tokens)} tokens)", metadata)
+        raise GenerationError(
+            f"the {label} route returned an unfinished answer (stopped by {why}, {len(tokens)} tokens)", metadata
+        )
     try:
         data = json.loads(result.text)
     except json.JSONDecodeError as exc:
-        raise GenerationError(f"the {label} route returned invalid JSON despite the grammar: {exc}", metadata) \
-            from None
+        raise GenerationError(f"the {label} route returned invalid JSON despite the grammar: {exc}", metadata) from None
     return GenerationOutcome(result.text, data, metadata)
 
 
@@ -143,9 +158,17 @@ async def power_sample(
     """
     settings = RouteSettings(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, seed=seed)
     outcome = await asyncio.to_thread(
-        generate_json, model, route_method("power"), system_prompt, user_prompt, response_schema,
-        max_new_tokens=max_new_tokens, params={**settings.params_for("power"), "seed": seed},
-        evaluator=quality_evaluator, deadline_s=deadline_s, label="power",
+        generate_json,
+        model,
+        route_method("power"),
+        system_prompt,
+        user_prompt,
+        response_schema,
+        max_new_tokens=max_new_tokens,
+        params={**settings.params_for("power"), "seed": seed},
+        evaluator=quality_evaluator,
+        deadline_s=deadline_s,
+        label="power",
     )
     data = outcome.data
     tasks = data.get("tasks", []) if isinstance(data, dict) else (data if isinstance(data, list) else [])
@@ -163,6 +186,7 @@ async def power_sample(
         report = PlanQualityEvaluator(user_prompt).evaluate_text(outcome.text)
         score = report.score
         metadata["quality_breakdown"] = report.breakdown
-    metadata.update({"model": getattr(model, "name", None), "valid_json": True, "schema_constrained": True,
-                     "quality_score": score})
+    metadata.update(
+        {"model": getattr(model, "name", None), "valid_json": True, "schema_constrained": True, "quality_score": score}
+    )
     return {"tasks": tasks, "quality_score": score, "metadata": metadata}

@@ -18,23 +18,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from ..errors import CapabilityError, ConfigError, PowerSamplingError
+from ..samplers import method_spec, planner_routes
 from ..samplers.result import ProgressEvent
 from .dag import DAGLimits, DAGValidationError, Task, TaskDAG, TaskStatus
 from .export import SCHEMA_VERSION
-from ..samplers import method_spec, planner_routes
 from .generation import GenerationError, RouteSettings, generate_json, route_method
+from .prompts import system_prompt, task_prompt
 from .quality import PlanQualityEvaluator
 from .routing import RoutingConfig
-from .prompts import system_prompt, task_prompt
 from .safety import InputLimits, PlanInputError, neutralize_control_tokens, screen_input, screen_mapping_values
 from .schema import TaskListSpec, max_output_tokens, parse_task_list, task_list_schema
-from .tools import ToolSpec, ToolsFileError, as_tool_specs
+from .tools import ToolsFileError, ToolSpec, as_tool_specs
 
 log = logging.getLogger("powersampling.planner")
+
 
 class PlanBudgetError(PowerSamplingError):
     """A budget (model calls, tasks, deadline) ran out before the plan had its top-level tasks."""
@@ -112,7 +114,7 @@ class Feedback:
     note: str | None = None
 
     @classmethod
-    def coerce(cls, value: "Feedback | Mapping[str, Any]") -> "Feedback":
+    def coerce(cls, value: Feedback | Mapping[str, Any]) -> Feedback:
         if isinstance(value, Feedback):
             return value
         if not isinstance(value, Mapping):
@@ -182,11 +184,17 @@ class Planner:
         # settings were validated when they were built (RouteSettings checks every route's parameters)
         self.settings = self.config.settings or self.routing.settings
         route = self.config.route
-        if route is not None and model is not None and method_spec(route_method(route)).exact_logprobs \
-                and not getattr(model, "exact_under_constraints", True):
+        if (
+            route is not None
+            and model is not None
+            and method_spec(route_method(route)).exact_logprobs
+            and not getattr(model, "exact_under_constraints", True)
+        ):
             reason = getattr(model, "inexact_constraints_reason", None) or "it cannot give them under a grammar"
-            raise CapabilityError(f"the {route} route needs exact log-probabilities under the plan's grammar from "
-                                  f"{model.name}, and {reason}. The baseline and best-of-n routes run on it.")
+            raise CapabilityError(
+                f"the {route} route needs exact log-probabilities under the plan's grammar from "
+                f"{model.name}, and {reason}. The baseline and best-of-n routes run on it."
+            )
 
     # public API
 
@@ -231,12 +239,18 @@ class Planner:
         }
         if screened.flags:
             metadata["safety_note"] = "input flagged for possible prompt injection; plan produced as usual"
-        log.info("plan ready: route=%s fallback=%s quality=%.3f calls=%d tasks=%d latency_ms=%.0f",
-                 metadata["route"], metadata["fallback"], report.score, budget.calls, len(dag),
-                 metadata["latency_ms"])
+        log.info(
+            "plan ready: route=%s fallback=%s quality=%.3f calls=%d tasks=%d latency_ms=%.0f",
+            metadata["route"],
+            metadata["fallback"],
+            report.score,
+            budget.calls,
+            len(dag),
+            metadata["latency_ms"],
+        )
         return dag.with_metadata(**metadata)
 
-    def update(self, dag: TaskDAG, feedback: "Feedback | Mapping[str, Any] | Sequence[Any]") -> TaskDAG:
+    def update(self, dag: TaskDAG, feedback: Feedback | Mapping[str, Any] | Sequence[Any]) -> TaskDAG:
         """Apply feedback (one change or a list, all or nothing). On any failure the previous DAG comes back
         unchanged in its tasks, with ``metadata["last_update"]`` saying what failed."""
         items = feedback if isinstance(feedback, Sequence) and not isinstance(feedback, (str, bytes)) else [feedback]
@@ -257,19 +271,26 @@ class Planner:
                 current = self._apply(run, current, op)
         except (PowerSamplingError, ValueError, KeyError) as exc:
             log.warning("plan update rolled back: %s", exc)
-            return dag.with_metadata(last_update={"applied": False, "error": str(exc).strip("'\""),
-                                                  "model_calls": budget.calls})
+            return dag.with_metadata(
+                last_update={"applied": False, "error": str(exc).strip("'\""), "model_calls": budget.calls}
+            )
         report = self.evaluator.evaluate_dag(current)
         return current.with_metadata(
-            quality_score=report.score, quality_breakdown=report.breakdown,
-            last_update={"applied": True, "ops": [op.op for op in ops], "model_calls": budget.calls,
-                         "fallbacks": run.fallbacks, "safety_flags": flags,
-                         "latency_ms": (time.monotonic() - started) * 1000.0},
+            quality_score=report.score,
+            quality_breakdown=report.breakdown,
+            last_update={
+                "applied": True,
+                "ops": [op.op for op in ops],
+                "model_calls": budget.calls,
+                "fallbacks": run.fallbacks,
+                "safety_flags": flags,
+                "latency_ms": (time.monotonic() - started) * 1000.0,
+            },
         )
 
     # internals
 
-    def _apply(self, run: "_PlanRun", dag: TaskDAG, op: Feedback) -> TaskDAG:
+    def _apply(self, run: _PlanRun, dag: TaskDAG, op: Feedback) -> TaskDAG:
         if op.op == "add_task":
             if not op.task:
                 raise PlanInputError("add_task needs 'task'")
@@ -354,8 +375,9 @@ class _PlanRun:
             queue.extend((c, level + 1) for c in children if not c.atomic)
         return tasks
 
-    def generate_children(self, parent: Task | None, plan_so_far: Sequence[Task], note: str | None,
-                          level: int) -> list[Task] | None:
+    def generate_children(
+        self, parent: Task | None, plan_so_far: Sequence[Task], note: str | None, level: int
+    ) -> list[Task] | None:
         """Tasks under ``parent`` (None: top level) from one model call, or None when a budget forbids the call."""
         refusal = self.budget.refusal(len(plan_so_far), level)
         if refusal is not None:
@@ -364,13 +386,25 @@ class _PlanRun:
         cfg = self.config
         room = min(cfg.max_children, cfg.max_tasks - len(plan_so_far))
         spec = TaskListSpec(
-            min_tasks=cfg.min_children, max_tasks=room, max_dependencies=cfg.max_dependencies,
-            description_max_chars=cfg.description_max_chars, task_types=cfg.task_types, tools=cfg.tools,
-            agents=cfg.agents, ask_atomic=level < cfg.max_depth, count_first=cfg.tools is not None,
+            min_tasks=cfg.min_children,
+            max_tasks=room,
+            max_dependencies=cfg.max_dependencies,
+            description_max_chars=cfg.description_max_chars,
+            task_types=cfg.task_types,
+            tools=cfg.tools,
+            agents=cfg.agents,
+            ask_atomic=level < cfg.max_depth,
+            count_first=cfg.tools is not None,
         )
         user_prompt = task_prompt(
-            self.request_text, spec, context=self.context_text, tools=cfg.tools, agents=cfg.agents,
-            task_types=cfg.task_types, note=note, may_expand=cfg.max_depth > 1,
+            self.request_text,
+            spec,
+            context=self.context_text,
+            tools=cfg.tools,
+            agents=cfg.agents,
+            task_types=cfg.task_types,
+            note=note,
+            may_expand=cfg.max_depth > 1,
             parent=(parent.id, parent.description, parent.dependencies) if parent is not None else None,
             plan_so_far=[(t.id, t.description) for t in plan_so_far] if parent is not None else (),
         )
@@ -379,11 +413,16 @@ class _PlanRun:
         parent_id = parent.id if parent is not None else None
         return [
             Task(
-                id=f"{prefix}{item['id']}", description=" ".join(item["description"].split()),
+                id=f"{prefix}{item['id']}",
+                description=" ".join(item["description"].split()),
                 task_type=item.get("task_type") or ("tool_call" if item.get("tool") else "generic"),
-                parent=parent_id, dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]),
-                agent=item.get("agent"), tool=item.get("tool"), arguments=item.get("arguments"),
-                atomic=bool(item.get("atomic", True)), metadata={"generated_by": route, "level": level},
+                parent=parent_id,
+                dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]),
+                agent=item.get("agent"),
+                tool=item.get("tool"),
+                arguments=item.get("arguments"),
+                atomic=bool(item.get("atomic", True)),
+                metadata={"generated_by": route, "level": level},
             )
             for item in items
         ]
@@ -404,8 +443,9 @@ class _PlanRun:
             refusal = self.budget.refusal(0, 1)
             if refusal is not None:
                 self.budget_stop = refusal
-                raise PlanBudgetError(f"{route} route failed ({reason}) and the baseline cannot run: {refusal}") \
-                    from exc
+                raise PlanBudgetError(
+                    f"{route} route failed ({reason}) and the baseline cannot run: {refusal}"
+                ) from exc
             return self._call("baseline", schema, spec, max_tokens, user_prompt), "baseline"
 
     def _call(self, route: str, schema: dict, spec: TaskListSpec, max_tokens: int, user_prompt: str):
@@ -418,20 +458,33 @@ class _PlanRun:
         try:
             settings = self.planner.settings
             outcome = generate_json(
-                self.planner.model, route_method(route), system_prompt(spec), user_prompt, schema,
-                max_new_tokens=max_tokens, params={**settings.params_for(route), "seed": settings.seed},
-                evaluator=evaluator, deadline_s=max(remaining, 0.001) if remaining is not None else None,
-                progress=self.planner.progress, label=route,
+                self.planner.model,
+                route_method(route),
+                system_prompt(spec),
+                user_prompt,
+                schema,
+                max_new_tokens=max_tokens,
+                params={**settings.params_for(route), "seed": settings.seed},
+                evaluator=evaluator,
+                deadline_s=max(remaining, 0.001) if remaining is not None else None,
+                progress=self.planner.progress,
+                label=route,
             )
             items = parse_task_list(outcome.text, spec)
         finally:
             md = outcome.metadata if outcome is not None else {}
             self.tokens_generated += int(md.get("tokens_generated", 0))
-            self.call_log.append({
-                "route": route, "ok": outcome is not None, "tokens_generated": md.get("tokens_generated"),
-                "latency_ms": md.get("call_latency_ms"), "acceptance_rate": md.get("acceptance_rate"),
-                "selected_by": md.get("selected_by"), "max_new_tokens": max_tokens,
-            })
+            self.call_log.append(
+                {
+                    "route": route,
+                    "ok": outcome is not None,
+                    "tokens_generated": md.get("tokens_generated"),
+                    "latency_ms": md.get("call_latency_ms"),
+                    "acceptance_rate": md.get("acceptance_rate"),
+                    "selected_by": md.get("selected_by"),
+                    "max_new_tokens": max_tokens,
+                }
+            )
         self.routes_used.append(route)
         return items
 
@@ -453,8 +506,18 @@ def _subtasks_from_dicts(parent_id: str, items: Iterable[Mapping[str, Any]], dag
                 deps.append(d)
             else:
                 raise DAGValidationError(f"subtask {k}: dependency {d!r} is neither a local index nor a task id")
-        out.append(Task(id=ids[k - 1], description=item["description"], task_type=item.get("task_type") or "generic",
-                        parent=parent_id, dependencies=tuple(deps), agent=item.get("agent"), tool=item.get("tool"),
-                        effort=item.get("effort"), atomic=bool(item.get("atomic", True)),
-                        metadata=item.get("metadata") or {"generated_by": "feedback"}))
+        out.append(
+            Task(
+                id=ids[k - 1],
+                description=item["description"],
+                task_type=item.get("task_type") or "generic",
+                parent=parent_id,
+                dependencies=tuple(deps),
+                agent=item.get("agent"),
+                tool=item.get("tool"),
+                effort=item.get("effort"),
+                atomic=bool(item.get("atomic", True)),
+                metadata=item.get("metadata") or {"generated_by": "feedback"},
+            )
+        )
     return out

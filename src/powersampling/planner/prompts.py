@@ -7,7 +7,7 @@ plans, where every task carries a ``call`` of a listed tool with its arguments.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .safety import neutralize_control_tokens
 from .schema import TaskListSpec
@@ -37,8 +37,8 @@ _TOOL_PLANNER = (
 # tools that no real catalog is likely to contain, so the example shows the format without suggesting a choice
 _TOOL_EXAMPLE = (
     'Example with the tools find_recipe(dish) and order_groceries(items, store), for "Find me a lasagna recipe and '
-    'order what I need from FreshMart": {"count": 2, "tasks": [{"id": 1, "description": "Find a lasagna recipe", "call": '
-    '{"tool": "find_recipe", "arguments": {"dish": "lasagna"}}, "dependencies": []}, {"id": 2, "description": '
+    'order what I need from FreshMart": {"count": 2, "tasks": [{"id": 1, "description": "Find a lasagna recipe", '
+    '"call": {"tool": "find_recipe", "arguments": {"dish": "lasagna"}}, "dependencies": []}, {"id": 2, "description": '
     '"Order the ingredients from FreshMart", "call": {"tool": "order_groceries", "arguments": {"items": "lasagna '
     'ingredients", "store": "FreshMart"}}, "dependencies": [1]}]}'
 )

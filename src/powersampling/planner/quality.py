@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 
@@ -37,15 +38,134 @@ from .tools import ToolSpec
 
 DEFAULT_WEIGHTS: dict[str, float] = {"structure": 0.3, "dependencies": 0.25, "coverage": 0.25, "duplication": 0.2}
 # tool plans: whether each call is asked for and grounded in the request replaces the free-text criteria
-TOOL_WEIGHTS: dict[str, float] = {"tool_relevance": 0.35, "argument_grounding": 0.25, "coverage": 0.2,
-                                  "description_grounding": 0.1, "duplication": 0.1}
+TOOL_WEIGHTS: dict[str, float] = {
+    "tool_relevance": 0.35,
+    "argument_grounding": 0.25,
+    "coverage": 0.2,
+    "description_grounding": 0.1,
+    "duplication": 0.1,
+}
 MIN_TASKS_PER_LEVEL, MAX_TASKS_PER_LEVEL = 2, 10
 
-_STOPWORDS = frozenset("""a an the and or but if then else of to in on at by for with from into onto over under about
-as is are was were be been being it its this that these those there their them they we our us you your i me my he she
-his her not no do does did done can could should would will shall may might must have has had so such than too very
-just also all any each every some more most other own same only both few many much how what when where which who whom
-why please make need needs want let get use using via per up out off""".split())
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "then",
+        "else",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "about",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "their",
+        "them",
+        "they",
+        "we",
+        "our",
+        "us",
+        "you",
+        "your",
+        "i",
+        "me",
+        "my",
+        "he",
+        "she",
+        "his",
+        "her",
+        "not",
+        "no",
+        "do",
+        "does",
+        "did",
+        "done",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "have",
+        "has",
+        "had",
+        "so",
+        "such",
+        "than",
+        "too",
+        "very",
+        "just",
+        "also",
+        "all",
+        "any",
+        "each",
+        "every",
+        "some",
+        "more",
+        "most",
+        "other",
+        "own",
+        "same",
+        "only",
+        "both",
+        "few",
+        "many",
+        "much",
+        "how",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "why",
+        "please",
+        "make",
+        "need",
+        "needs",
+        "want",
+        "let",
+        "get",
+        "use",
+        "using",
+        "via",
+        "per",
+        "up",
+        "out",
+        "off",
+    ]
+)
 
 
 @dataclass
@@ -58,8 +178,10 @@ class QualityReport:
         return {"score": self.score, "breakdown": dict(self.breakdown), "details": dict(self.details)}
 
 
-_WORDLIKE = re.compile(r"^[(\"']?(?:[A-Za-z][a-z]*(?:[-'][A-Za-z][a-z]*)*|[A-Z]{2,}s?|[0-9][0-9:./,-]*(?:am|pm|AM|PM)?)"
-                       r"[)\"'.,;:!?]*$")
+_WORDLIKE = re.compile(
+    r"^[(\"']?(?:[A-Za-z][a-z]*(?:[-'][A-Za-z][a-z]*)*|[A-Z]{2,}s?|[0-9][0-9:./,-]*(?:am|pm|AM|PM)?)"
+    r"[)\"'.,;:!?]*$"
+)
 
 
 def wordlike_share(text: str) -> float:
@@ -79,8 +201,9 @@ class PlanQualityEvaluator:
     """Scores plans. ``evaluator(text)`` scores a model output ``{"tasks": [...]}`` against the bound request
     (``for_request``); ``evaluate_dag`` and ``evaluate_tasks`` return the full report."""
 
-    def __init__(self, request: str = "", weights: Mapping[str, float] | None = None, *,
-                 tools: Sequence[ToolSpec] | None = None) -> None:
+    def __init__(
+        self, request: str = "", weights: Mapping[str, float] | None = None, *, tools: Sequence[ToolSpec] | None = None
+    ) -> None:
         self.request = request
         self.tools = {t.name: t for t in tools} if tools else None
         criteria = TOOL_WEIGHTS if self.tools else DEFAULT_WEIGHTS
@@ -89,7 +212,7 @@ class PlanQualityEvaluator:
         if unknown or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ValueError(f"weights must be non-negative, sum > 0, keys among {sorted(criteria)}")
 
-    def for_request(self, request: str) -> "PlanQualityEvaluator":
+    def for_request(self, request: str) -> PlanQualityEvaluator:
         return PlanQualityEvaluator(request, self.weights, tools=list(self.tools.values()) if self.tools else None)
 
     def __call__(self, text: str) -> float:
@@ -109,12 +232,24 @@ class PlanQualityEvaluator:
         return self.for_request(dag.request).evaluate_tasks([t.to_dict() for t in dag.tasks])
 
     def evaluate_tasks(self, tasks: Sequence[Any]) -> QualityReport:
-        required_ok = [isinstance(t, dict) and "id" in t and isinstance(t.get("description"), str)
-                       and t["description"].strip() != "" for t in tasks]
+        required_ok = [
+            isinstance(t, dict)
+            and "id" in t
+            and isinstance(t.get("description"), str)
+            and t["description"].strip() != ""
+            for t in tasks
+        ]
         if not all(required_ok):
             return self._zero(f"{required_ok.count(False)} task(s) miss an id or a description")
-        tasks = [dict(t, id=str(t["id"]), dependencies=[str(d) for d in t.get("dependencies") or []],
-                      parent=None if t.get("parent") is None else str(t["parent"])) for t in tasks]
+        tasks = [
+            dict(
+                t,
+                id=str(t["id"]),
+                dependencies=[str(d) for d in t.get("dependencies") or []],
+                parent=None if t.get("parent") is None else str(t["parent"]),
+            )
+            for t in tasks
+        ]
         details: dict[str, Any] = {}
         if self.tools:
             return self._tool_plan(tasks, details)
@@ -144,8 +279,12 @@ class PlanQualityEvaluator:
     def _meaningful(task: dict) -> bool:
         text = task["description"].strip()
         words = re.findall(r"[A-Za-z]{2,}", text)
-        return (len(words) >= 3 and len(text) >= 12 and text.lower() != str(task["id"]).lower()
-                and wordlike_share(text) >= 0.8)
+        return (
+            len(words) >= 3
+            and len(text) >= 12
+            and text.lower() != str(task["id"]).lower()
+            and wordlike_share(text) >= 0.8
+        )
 
     def _dependencies(self, tasks: list[dict], details: dict) -> float:
         ids = [t["id"] for t in tasks]
@@ -155,8 +294,11 @@ class PlanQualityEvaluator:
         graph.add_nodes_from(ids)
         graph.add_edges_from((d, t["id"]) for t in tasks for d in t["dependencies"] if d in known)
         if dangling or len(set(ids)) != len(ids) or not nx.is_directed_acyclic_graph(graph):
-            details["dependency_problem"] = ("dangling: " + ", ".join(dangling)) if dangling else (
-                "duplicate ids" if len(set(ids)) != len(ids) else "cycle")
+            details["dependency_problem"] = (
+                ("dangling: " + ", ".join(dangling))
+                if dangling
+                else ("duplicate ids" if len(set(ids)) != len(ids) else "cycle")
+            )
             return 0.0
         edges = graph.number_of_edges()
         redundant = edges - nx.transitive_reduction(graph).number_of_edges() if edges else 0

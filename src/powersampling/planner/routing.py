@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ..errors import ConfigError
 from .generation import RouteSettings
@@ -45,7 +45,7 @@ class RoutingConfig:
             raise ConfigError(f"POWER_SAMPLING_ROLLOUT_PERCENT must be between 0 and 100, got {self.rollout_percent}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "RoutingConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RoutingConfig:
         env = os.environ if env is None else env
         defaults = RouteSettings()
         return cls(

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import PowerSamplingError
 
@@ -33,11 +34,18 @@ class InputLimits:
 _INJECTION_PATTERNS: dict[str, re.Pattern[str]] = {
     "override_instructions": re.compile(
         r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|guidelines|above|previous)",
-        re.I),
-    "role_reassignment": re.compile(r"\byou are (now|no longer)\b|\bact as (an? )?(unrestricted|jailbroken)|"
-                                    r"\bdeveloper mode\b|\bjailbreak", re.I),
-    "prompt_exfiltration": re.compile(r"\b(reveal|print|show|repeat|leak)\b[^.\n]{0,30}\b(system prompt|hidden "
-                                      r"instructions|your instructions|your prompt)", re.I),
+        re.I,
+    ),
+    "role_reassignment": re.compile(
+        r"\byou are (now|no longer)\b|\bact as (an? )?(unrestricted|jailbroken)|"
+        r"\bdeveloper mode\b|\bjailbreak",
+        re.I,
+    ),
+    "prompt_exfiltration": re.compile(
+        r"\b(reveal|print|show|repeat|leak)\b[^.\n]{0,30}\b(system prompt|hidden "
+        r"instructions|your instructions|your prompt)",
+        re.I,
+    ),
     "fake_system_turn": re.compile(r"(^|\n|[\"'])\s*(system|assistant)\s*:|\[/?(system|inst)\]|###\s*system", re.I),
     "chat_control_tokens": re.compile(r"<\|[a-z_]{2,20}\|>|<(/)?s>|<start_of_turn>|<end_of_turn>", re.I),
     "output_hijack": re.compile(r"\b(respond|reply|answer|output)\b[^.\n]{0,20}\bonly\b[^.\n]{0,20}\bwith\b", re.I),
@@ -87,12 +95,14 @@ def screen_input(request: Any, context: Any = None, limits: InputLimits | None =
     if not request.strip():
         raise PlanInputError("the request is empty")
     if len(request) > limits.max_request_chars:
-        raise PlanInputError(f"the request has {len(request)} characters, more than the limit of "
-                             f"{limits.max_request_chars}")
+        raise PlanInputError(
+            f"the request has {len(request)} characters, more than the limit of {limits.max_request_chars}"
+        )
     context_text = context_to_text(context)
     if len(context_text) > limits.max_context_chars:
-        raise PlanInputError(f"the context has {len(context_text)} characters, more than the limit of "
-                             f"{limits.max_context_chars}")
+        raise PlanInputError(
+            f"the context has {len(context_text)} characters, more than the limit of {limits.max_context_chars}"
+        )
     flags = [f"request:{f}" for f in injection_flags(request)] + [f"context:{f}" for f in injection_flags(context_text)]
     if flags:
         log.warning("possible prompt injection in planner input: %s", ", ".join(flags))

@@ -17,8 +17,9 @@ finish. That is what makes "valid JSON every time" a property of the decoder ins
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .tools import ToolSpec, as_tool_specs
 
@@ -35,8 +36,13 @@ _VALUE_SCHEMAS: dict[str, dict[str, Any]] = {
     "number": {"type": "string", "pattern": "^-?[0-9]{1,12}(\\.[0-9]{1,6})?$"},
     "boolean": {"type": "boolean"},
 }
-_LONGEST_VALUE = {"string": "x" * VALUE_MAX_CHARS, "date": "2000-01-01", "integer": -(10**12),
-                  "number": "-" + "9" * 12 + "." + "9" * 6, "boolean": False}
+_LONGEST_VALUE = {
+    "string": "x" * VALUE_MAX_CHARS,
+    "date": "2000-01-01",
+    "integer": -(10**12),
+    "number": "-" + "9" * 12 + "." + "9" * 6,
+    "boolean": False,
+}
 
 
 @dataclass(frozen=True)
@@ -76,24 +82,39 @@ def task_list_schema(spec: TaskListSpec) -> dict[str, Any]:
         schema: dict[str, Any] = {
             "type": "object",
             "properties": {
-                "tasks": {"type": "array", "prefixItems": items, "items": False, "minItems": spec.min_tasks,
-                          "maxItems": spec.max_tasks},
+                "tasks": {
+                    "type": "array",
+                    "prefixItems": items,
+                    "items": False,
+                    "minItems": spec.min_tasks,
+                    "maxItems": spec.max_tasks,
+                },
             },
             "required": ["tasks"],
             "additionalProperties": False,
         }
     else:  # one variant per count, the tasks of each position shared between variants
         defs.update({f"task_{k}": item for k, item in enumerate(items, start=1)})
-        schema = {"anyOf": [{
-            "type": "object",
-            "properties": {
-                "count": {"const": n},
-                "tasks": {"type": "array", "prefixItems": [{"$ref": f"#/$defs/task_{k}"} for k in range(1, n + 1)],
-                          "items": False, "minItems": n, "maxItems": n},
-            },
-            "required": ["count", "tasks"],
-            "additionalProperties": False,
-        } for n in range(spec.min_tasks, spec.max_tasks + 1)]}
+        schema = {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "count": {"const": n},
+                        "tasks": {
+                            "type": "array",
+                            "prefixItems": [{"$ref": f"#/$defs/task_{k}"} for k in range(1, n + 1)],
+                            "items": False,
+                            "minItems": n,
+                            "maxItems": n,
+                        },
+                    },
+                    "required": ["count", "tasks"],
+                    "additionalProperties": False,
+                }
+                for n in range(spec.min_tasks, spec.max_tasks + 1)
+            ]
+        }
     if defs:
         schema["$defs"] = defs
     return schema
@@ -105,8 +126,12 @@ def _call_schema(tool: ToolSpec) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "tool": {"const": tool.name},
-            "arguments": {"type": "object", "properties": arguments, "required": list(arguments),
-                          "additionalProperties": False},
+            "arguments": {
+                "type": "object",
+                "properties": arguments,
+                "required": list(arguments),
+                "additionalProperties": False,
+            },
         },
         "required": ["tool", "arguments"],
         "additionalProperties": False,
@@ -117,9 +142,11 @@ def _task_schema(spec: TaskListSpec, k: int) -> dict[str, Any]:
     props: dict[str, Any] = {
         "id": {"const": k},
         # starts with a letter or digit, so a description is never blank
-        "description": {"type": "string",
-                        "pattern": f"^[A-Za-z0-9][{DESCRIPTION_CHARS}]{{{spec.description_min_chars - 1},"
-                                   f"{spec.description_max_chars - 1}}}$"},
+        "description": {
+            "type": "string",
+            "pattern": f"^[A-Za-z0-9][{DESCRIPTION_CHARS}]{{{spec.description_min_chars - 1},"
+            f"{spec.description_max_chars - 1}}}$",
+        },
     }
     if spec.tools:
         props["call"] = {"$ref": "#/$defs/call"}  # a tool call says what the task does: no separate type
@@ -132,8 +159,11 @@ def _task_schema(spec: TaskListSpec, k: int) -> dict[str, Any]:
     if k == 1 or spec.max_dependencies == 0:
         props["dependencies"] = {"type": "array", "maxItems": 0}
     else:
-        props["dependencies"] = {"type": "array", "items": {"enum": list(range(1, k))},
-                                 "maxItems": min(k - 1, spec.max_dependencies)}
+        props["dependencies"] = {
+            "type": "array",
+            "items": {"enum": list(range(1, k))},
+            "maxItems": min(k - 1, spec.max_dependencies),
+        }
     if spec.ask_atomic:
         props["atomic"] = {"type": "boolean"}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}

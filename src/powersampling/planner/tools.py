@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -41,8 +42,11 @@ class ToolSpec:
     parameters: tuple[ToolParameter, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.name, "desc": self.description,
-                "parameters": [{"name": p.name, "type": p.type, "desc": p.description} for p in self.parameters]}
+        return {
+            "id": self.name,
+            "desc": self.description,
+            "parameters": [{"name": p.name, "type": p.type, "desc": p.description} for p in self.parameters],
+        }
 
 
 def load_tools(path: str | Path) -> tuple[ToolSpec, ...]:
@@ -65,7 +69,7 @@ def parse_tools(data: Any, *, source: str = "tools") -> tuple[ToolSpec, ...]:
     """Tool specs from already parsed JSON (see the module docstring for the accepted shapes)."""
     items = data.get("nodes", data.get("tools")) if isinstance(data, dict) else data
     if not isinstance(items, list) or not items:
-        raise ToolsFileError(f"{source}: expected a non-empty list of tools (or {{\"nodes\": [...]}})")
+        raise ToolsFileError(f'{source}: expected a non-empty list of tools (or {{"nodes": [...]}})')
     tools: list[ToolSpec] = []
     for index, item in enumerate(items):
         where = f"{source}: tool {index + 1}"
@@ -75,13 +79,17 @@ def parse_tools(data: Any, *, source: str = "tools") -> tuple[ToolSpec, ...]:
             raise ToolsFileError(f"{where} is neither a name nor an object")
         name = item.get("id", item.get("name"))
         if not isinstance(name, str) or not _NAME.match(name):
-            raise ToolsFileError(f"{where}: the name {name!r} is not 1-64 characters without quotes, backslashes or "
-                                 "control characters")
+            raise ToolsFileError(
+                f"{where}: the name {name!r} is not 1-64 characters without quotes, backslashes or control characters"
+            )
         description = item.get("desc", item.get("description", ""))
         if not isinstance(description, str):
             raise ToolsFileError(f"{where} ({name}): the description is not text")
-        tools.append(ToolSpec(name, " ".join(description.split()),
-                              _parameters(item.get("parameters") or [], f"{where} ({name})")))
+        tools.append(
+            ToolSpec(
+                name, " ".join(description.split()), _parameters(item.get("parameters") or [], f"{where} ({name})")
+            )
+        )
     names = [t.name for t in tools]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -101,8 +109,9 @@ def _parameters(items: Any, where: str) -> tuple[ToolParameter, ...]:
         kind = str(item.get("type") or "string").lower()
         if kind not in PARAMETER_TYPES:
             kind = "string"  # an undeclared or exotic type still takes a value, as text
-        out.append(ToolParameter(item["name"], kind, " ".join(str(item.get("desc", item.get("description", "")))
-                                                              .split())))
+        out.append(
+            ToolParameter(item["name"], kind, " ".join(str(item.get("desc", item.get("description", ""))).split()))
+        )
     if len({p.name for p in out}) != len(out):
         raise ToolsFileError(f"{where}: parameter names repeat")
     return tuple(out)

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,9 +25,7 @@ log = logging.getLogger("powersampling.samplers")
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-def prompt_ids(
-    model: LanguageModel, prompt: str, *, chat: bool | None = None, system: str | None = None
-) -> list[int]:
+def prompt_ids(model: LanguageModel, prompt: str, *, chat: bool | None = None, system: str | None = None) -> list[int]:
     """Token ids for a text prompt: the model's chat template when it has one (or ``chat=True``), raw text otherwise."""
     tok = model.tokenizer
     if tok is None:
@@ -45,8 +44,8 @@ class MethodSpec:
     sample), and whether it needs exact log p and log q from the backend (its ratios or weights use them)."""
 
     name: str
-    config: "type[DecodeConfig]"
-    build: "Callable[[LanguageModel, Any, Callable[[str], float] | None], Sampler]"
+    config: type[DecodeConfig]
+    build: Callable[[LanguageModel, Any, Callable[[str], float] | None], Sampler]
     route: str = "baseline"
     summary: str = ""
     exact_logprobs: bool = False
@@ -57,10 +56,14 @@ def require_exact(model: LanguageModel, conts: Sequence[Continuation]) -> None:
     could not apply a constraint's mask to them marks its continuations inexact."""
     if all(c.exact for c in conts):
         return
-    reason = getattr(model, "inexact_constraints_reason", None) or \
-        f"{model.name} could not apply the constraint's mask to its log-probabilities"
-    raise CapabilityError(f"power sampling under this constraint needs exact log-probabilities, and {reason}. "
-                          "Baseline methods (sample, low-temp, best-of-n) still run under the constraint.")
+    reason = (
+        getattr(model, "inexact_constraints_reason", None)
+        or f"{model.name} could not apply the constraint's mask to its log-probabilities"
+    )
+    raise CapabilityError(
+        f"power sampling under this constraint needs exact log-probabilities, and {reason}. "
+        "Baseline methods (sample, low-temp, best-of-n) still run under the constraint."
+    )
 
 
 class Sampler:
@@ -164,7 +167,7 @@ def resolve_seed(seed: int | None) -> int:
 
 def common_metadata(
     method: str,
-    config: "DecodeConfig",
+    config: DecodeConfig,
     *,
     seed: int,
     tokens_generated: int,
@@ -218,8 +221,11 @@ def last_number(text: str) -> str | None:
     return value[:-2] if value.endswith(".0") else value
 
 
-def majority_vote(completions: Sequence[Completion], extract: Callable[[str], str | None] | None,
-                  weights: Sequence[float] | None = None) -> tuple[int | None, dict[str, Any]]:
+def majority_vote(
+    completions: Sequence[Completion],
+    extract: Callable[[str], str | None] | None,
+    weights: Sequence[float] | None = None,
+) -> tuple[int | None, dict[str, Any]]:
     """The index of the completion whose answer most completions give (``weights``: votes per completion, default
     one each), ties and the pick within the winning answer by the highest mean log-probability per token; None
     when no complete completion yields an answer. Returns the index and a summary of the votes."""
@@ -246,5 +252,9 @@ def majority_vote(completions: Sequence[Completion], extract: Callable[[str], st
     tied = {a for a, v in votes.items() if v >= best - 1e-12}
     chosen = max((i for i, a in enumerate(answers) if a in tied), key=mean_logprob)
     total = sum(votes.values())
-    return chosen, {"votes": dict(sorted(votes.items(), key=lambda kv: -kv[1])), "winner": answers[chosen],
-                    "voters": sum(a is not None for a in answers), "agreement": votes[answers[chosen]] / total}
+    return chosen, {
+        "votes": dict(sorted(votes.items(), key=lambda kv: -kv[1])),
+        "winner": answers[chosen],
+        "voters": sum(a is not None for a in answers),
+        "agreement": votes[answers[chosen]] / total,
+    }

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..backends.base import ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
-from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
-                   majority_vote, resolve_seed)
+from .base import (
+    Deadline,
+    EvaluatorTracker,
+    MethodSpec,
+    ProgressCallback,
+    Sampler,
+    common_metadata,
+    majority_vote,
+    resolve_seed,
+)
 from .config import BestOfNConfig, GreedyConfig, LowTemperatureConfig, SamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
 
-TemperatureConfig = Union[SamplingConfig, GreedyConfig, LowTemperatureConfig, BestOfNConfig]
+TemperatureConfig = SamplingConfig | GreedyConfig | LowTemperatureConfig | BestOfNConfig
 
 
 class TemperatureSampler(Sampler):
@@ -21,14 +29,19 @@ class TemperatureSampler(Sampler):
     or with ``n > 1`` the best by the quality evaluator, else by mean base-model log p per token (best-of-n)."""
 
     def __init__(
-        self, model: LanguageModel, config: TemperatureConfig | None = None, *, evaluator=None,
+        self,
+        model: LanguageModel,
+        config: TemperatureConfig | None = None,
+        *,
+        evaluator=None,
         method: str | None = None,
     ) -> None:
         super().__init__(model)
         self.config = config or SamplingConfig()
         self.evaluator = evaluator or self.config.quality_evaluator
-        self.method = method or ("greedy" if self.config.temperature == 0 else
-                                 "best-of-n" if self.config.n > 1 else "sample")
+        self.method = method or (
+            "greedy" if self.config.temperature == 0 else "best-of-n" if self.config.n > 1 else "sample"
+        )
 
     def sample(
         self,
@@ -43,8 +56,10 @@ class TemperatureSampler(Sampler):
         rng = np.random.default_rng(seed)
         deadline = Deadline(cfg.deadline_s)
         request = ContinuationRequest(prompt, cfg.max_new_tokens, generated_start=len(prompt), constraint=constraint)
-        with span(f"power_sampling {self.method}", {"gen_ai.request.model": self.model.name,
-                                                     "gen_ai.request.temperature": cfg.temperature}):
+        with span(
+            f"power_sampling {self.method}",
+            {"gen_ai.request.model": self.model.name, "gen_ai.request.temperature": cfg.temperature},
+        ):
             conts = self.model.sample([request] * cfg.n, cfg.temperature, rng, deadline=deadline.end)
         tracker = EvaluatorTracker(self.evaluator)
         completions = []
@@ -63,19 +78,28 @@ class TemperatureSampler(Sampler):
         cont = conts[chosen]
         tokens_generated = sum(len(c) for c in conts)
         metadata = common_metadata(
-            self.method, cfg, seed=seed, tokens_generated=tokens_generated, final_tokens=len(cont), backend_calls=1,
+            self.method,
+            cfg,
+            seed=seed,
+            tokens_generated=tokens_generated,
+            final_tokens=len(cont),
+            backend_calls=1,
             latency_ms=deadline.elapsed_ms(),
             stopped_by="deadline" if cont.interrupted else ("eos" if cont.stopped else "length"),
-            complete=completions[chosen].complete, selected_by=selected_by,
-            quality_score=completions[chosen].quality_score, tracker=tracker, constrained=constraint is not None,
+            complete=completions[chosen].complete,
+            selected_by=selected_by,
+            quality_score=completions[chosen].quality_score,
+            tracker=tracker,
+            constrained=constraint is not None,
         )
         metadata["temperature"] = cfg.temperature
         if vote is not None:
             metadata["vote"] = vote
         if progress is not None:
             progress(ProgressEvent("done", tokens_generated=tokens_generated))
-        return SampleResult(list(cont.token_ids), completions[chosen].text, np.asarray(cont.logp), self.method,
-                            metadata, completions)
+        return SampleResult(
+            list(cont.token_ids), completions[chosen].text, np.asarray(cont.logp), self.method, metadata, completions
+        )
 
     def _select(self, completions: list[Completion], conts) -> tuple[int, str]:
         if len(completions) == 1:
@@ -96,9 +120,18 @@ def _builder(method: str):
 
 METHODS = (
     MethodSpec("sample", SamplingConfig, _builder("sample"), summary="plain ancestral sampling at a temperature"),
-    MethodSpec("low-temp", LowTemperatureConfig, _builder("low-temp"),
-               summary="per-token temperature 1/alpha (the MH proposal, not the p^alpha target)"),
+    MethodSpec(
+        "low-temp",
+        LowTemperatureConfig,
+        _builder("low-temp"),
+        summary="per-token temperature 1/alpha (the MH proposal, not the p^alpha target)",
+    ),
     MethodSpec("greedy", GreedyConfig, _builder("greedy"), summary="the most likely token at every step"),
-    MethodSpec("best-of-n", BestOfNConfig, _builder("best-of-n"), route="best-of-n",
-               summary="n samples, the best by the evaluator or by mean log-probability"),
+    MethodSpec(
+        "best-of-n",
+        BestOfNConfig,
+        _builder("best-of-n"),
+        route="best-of-n",
+        summary="n samples, the best by the evaluator or by mean log-probability",
+    ),
 )

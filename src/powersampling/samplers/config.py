@@ -7,14 +7,15 @@ for every method, ``PowerTargetConfig`` adds the power ``alpha`` for the methods
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
 
 QualityEvaluator = Callable[[str], float]
-AnswerExtractor = Callable[[str], Optional[str]]
+AnswerExtractor = Callable[[str], str | None]
 
 
 def _raise_config_error(exc: ValidationError, owner: str) -> None:
@@ -49,15 +50,18 @@ class DecodeConfig(_Config):
     """What every method has: a length cap, a seed, an overall deadline and an optional quality evaluator."""
 
     max_new_tokens: int = Field(96, ge=1, le=1_000_000, description="generated tokens at most")
-    seed: Optional[int] = Field(None, ge=0, lt=2**63, description="None: fresh entropy, recorded in metadata")
-    deadline_s: Optional[float] = Field(None, gt=0, description="overall time limit; the best so far is returned")
-    quality_evaluator: Optional[QualityEvaluator] = Field(None, exclude=True)
+    seed: int | None = Field(None, ge=0, lt=2**63, description="None: fresh entropy, recorded in metadata")
+    deadline_s: float | None = Field(None, gt=0, description="overall time limit; the best so far is returned")
+    quality_evaluator: QualityEvaluator | None = Field(None, exclude=True)
     select: Literal["default", "majority"] = Field(
-        "default", description="which of a run's outputs (best-of-n candidates, MH chains, SMC particles) is "
+        "default",
+        description="which of a run's outputs (best-of-n candidates, MH chains, SMC particles) is "
         "returned: the method's own rule, or the answer most of them agree on (majority vote; ties to the highest "
-        "mean log-probability)")
-    answer_extractor: Optional[AnswerExtractor] = Field(
-        None, exclude=True, description="text -> answer for the majority vote (default: the last number)")
+        "mean log-probability)",
+    )
+    answer_extractor: AnswerExtractor | None = Field(
+        None, exclude=True, description="text -> answer for the majority vote (default: the last number)"
+    )
 
 
 class PowerTargetConfig(DecodeConfig):
@@ -110,8 +114,9 @@ class BestOfNConfig(_TemperatureConfig):
     @model_validator(mode="after")
     def _greedy_has_one_candidate(self):
         if self.temperature == 0 and self.n > 1:
-            raise ValueError("best-of-n with temperature 0 would draw n identical greedy candidates; use "
-                             "temperature > 0")
+            raise ValueError(
+                "best-of-n with temperature 0 would draw n identical greedy candidates; use temperature > 0"
+            )
         return self
 
 
@@ -124,9 +129,9 @@ class PowerSamplingConfig(PowerTargetConfig):
 
     n_mcmc: int = Field(10, ge=1, le=10_000, description="MH steps after each block")
     block_size: int = Field(16, ge=1, description="tokens added per block")
-    proposal_temperature: Optional[float] = Field(None, gt=0, le=100, description="default 1/alpha")
+    proposal_temperature: float | None = Field(None, gt=0, le=100, description="default 1/alpha")
     n_chains: int = Field(1, ge=1, le=4096, description="independent chains, decoded as batched rows")
-    proposal_batch: Optional[int] = Field(
+    proposal_batch: int | None = Field(
         None, ge=1, description="MH proposals drawn per chain in one batched call (default: n_mcmc)"
     )
     scan: Literal["random", "sorted"] = Field(
@@ -136,7 +141,7 @@ class PowerSamplingConfig(PowerTargetConfig):
         "from the last position backwards, all drawn in one batched call; random: the paper's cut, uniform over "
         "the current tokens, one step at a time (proposals for upcoming steps prefetched in batches)",
     )
-    step_timeout_s: Optional[float] = Field(None, gt=0, description="limit per batched proposal call")
+    step_timeout_s: float | None = Field(None, gt=0, description="limit per batched proposal call")
 
     @property
     def effective_proposal_temperature(self) -> float:
@@ -151,7 +156,7 @@ class SMCConfig(PowerTargetConfig):
     """Power-SMC: N particles, proposal temperature (default 1/alpha), adaptive systematic resampling."""
 
     n_particles: int = Field(8, ge=1, le=4096, description="particles, decoded as the rows of one batch")
-    proposal_temperature: Optional[float] = Field(
+    proposal_temperature: float | None = Field(
         None, gt=0, le=100, description="default 1/alpha_t (1/alpha once annealing is over)"
     )
     ess_threshold: float = Field(
@@ -161,7 +166,9 @@ class SMCConfig(PowerTargetConfig):
         0, ge=0, le=1_000_000, description="alpha rises linearly from 1 to alpha over the first k tokens (0: off)"
     )
     resample_every: int = Field(
-        4, ge=1, le=1_000_000,
+        4,
+        ge=1,
+        le=1_000_000,
         description="tokens decoded per backend call between weight updates / ESS checks (exact for any value; "
         "larger is fewer calls but more weight degeneracy between checks)",
     )
@@ -186,12 +193,14 @@ class ScalablePowerConfig(PowerTargetConfig):
 
     top_k: int = Field(8, ge=1, le=4096, description="candidate tokens per position (the most likely ones)")
     rollouts: int = Field(4, ge=1, le=1024, description="continuations drawn after each candidate")
-    horizon: Optional[int] = Field(16, ge=1, description="tokens per rollout at most (None: to the end)")
+    horizon: int | None = Field(16, ge=1, description="tokens per rollout at most (None: to the end)")
     jackknife: bool = Field(True, description="remove the ratio estimator's first-order bias")
-    entropy_threshold: Optional[float] = Field(
-        None, ge=0, description="below this next-token entropy (nats) a token is drawn at 1/alpha, no rollouts")
-    proposal_temperature: Optional[float] = Field(None, gt=0, le=100, description="rollouts' temperature "
-                                                  "(default 1/alpha)")
+    entropy_threshold: float | None = Field(
+        None, ge=0, description="below this next-token entropy (nats) a token is drawn at 1/alpha, no rollouts"
+    )
+    proposal_temperature: float | None = Field(
+        None, gt=0, le=100, description="rollouts' temperature (default 1/alpha)"
+    )
 
 
 def default(config: type[_Config], field: str) -> Any:

@@ -21,8 +21,9 @@ The kernel is pure: ``accept_step(state, cut, continuation, alpha, log_u) -> (st
 * ``scan="sorted"``: for a fixed cut m, "redraw the suffix after m and accept with the ratio above without the
   log n - log n' term" leaves p^alpha invariant on its own (the reverse move uses the same m; a state with m or fewer
   tokens is left as is). So the block's n_mcmc cuts are spread evenly over the block's positions (stratified, from
-  one uniform offset), independently of the chain, and applied in descending order: a step at cut m only changes tokens from m on, so every later step's
-  prefix is still the one its proposal was drawn from, and all proposals of a block come from one batched call.
+  one uniform offset), independently of the chain, and applied in descending order: a step at cut m only changes
+  tokens from m on, so every later step's prefix is still the one its proposal was drawn from, and all proposals of
+  a block come from one batched call.
 
 Counters in the metadata are reductions over the per-step ``StepInfo`` and the per-call token counts.
 """
@@ -30,15 +31,24 @@ Counters in the metadata are reductions over the per-step ``StepInfo`` and the p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
-from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
-                   majority_vote, require_exact, resolve_seed)
+from .base import (
+    Deadline,
+    EvaluatorTracker,
+    MethodSpec,
+    ProgressCallback,
+    Sampler,
+    common_metadata,
+    majority_vote,
+    require_exact,
+    resolve_seed,
+)
 from .config import PowerSamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -58,10 +68,14 @@ class ChainState:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def with_suffix(self, cut: int, cont: Continuation) -> "ChainState":
+    def with_suffix(self, cut: int, cont: Continuation) -> ChainState:
         """The state with everything from ``cut`` on replaced by ``cont`` (``cut = len(self)`` extends it)."""
-        return ChainState(self.tokens[:cut] + tuple(cont.token_ids), np.concatenate([self.logp[:cut], cont.logp]),
-                          np.concatenate([self.logq[:cut], cont.logq]), cont.stopped)
+        return ChainState(
+            self.tokens[:cut] + tuple(cont.token_ids),
+            np.concatenate([self.logp[:cut], cont.logp]),
+            np.concatenate([self.logq[:cut], cont.logq]),
+            cont.stopped,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,8 +90,9 @@ class StepInfo:
     identity: bool = False
 
 
-def accept_step(state: ChainState, cut: int, proposal: Continuation, alpha: float, log_u: float, *,
-                cut_ratio: bool = True) -> tuple[ChainState, StepInfo]:
+def accept_step(
+    state: ChainState, cut: int, proposal: Continuation, alpha: float, log_u: float, *, cut_ratio: bool = True
+) -> tuple[ChainState, StepInfo]:
     """The MH accept/reject of ``proposal`` (a suffix drawn after ``state.tokens[:cut]``) with ``log_u = log U``,
     U uniform on [0, 1). ``cut_ratio``: include log n - log n' (the random scan's uniform cut), not for a fixed cut."""
     if proposal.interrupted:  # a deadline cut the proposal short: it is no proposal from q
@@ -85,7 +100,8 @@ def accept_step(state: ChainState, cut: int, proposal: Continuation, alpha: floa
     n_old, n_new = len(state), cut + len(proposal)
     log_accept = (
         alpha * (float(proposal.logp.sum()) - float(state.logp[cut:].sum()))
-        + float(state.logq[cut:].sum()) - float(proposal.logq.sum())
+        + float(state.logq[cut:].sum())
+        - float(proposal.logq.sum())
         + ((math.log(n_old) - math.log(n_new)) if cut_ratio else 0.0)
     )
     accepted = log_u < log_accept
@@ -142,8 +158,12 @@ class PowerSampler(Sampler):
         run = _Run(self, list(prompt_ids), constraint, progress)
         with span(
             "power_sampling mh",
-            {"gen_ai.request.model": self.model.name, "power_sampling.alpha": self.config.alpha,
-             "power_sampling.n_mcmc": self.config.n_mcmc, "power_sampling.block_size": self.config.block_size},
+            {
+                "gen_ai.request.model": self.model.name,
+                "power_sampling.alpha": self.config.alpha,
+                "power_sampling.n_mcmc": self.config.n_mcmc,
+                "power_sampling.block_size": self.config.block_size,
+            },
         ):
             return run.execute()
 
@@ -200,8 +220,9 @@ class _Run:
     def _extend(self, chains: list[_Chain], limit: int) -> None:
         growing = [c for c in chains if not c.state.stopped and len(c.state) < limit]
         if growing:
-            conts = self._call([self._request(c.state.tokens, limit - len(c.state)) for c in growing],
-                               self.deadline.end)
+            conts = self._call(
+                [self._request(c.state.tokens, limit - len(c.state)) for c in growing], self.deadline.end
+            )
             self.extend_tokens.append(sum(len(c) for c in conts))
             for chain, cont in zip(growing, conts):
                 chain.state = chain.state.with_suffix(len(chain.state), cont)
@@ -269,8 +290,7 @@ class _Run:
                 return
             chain.step_index += 1
             chain.steps_left -= 1
-            self._notify("mh_step", block + 1, self.blocks_total, self.cfg.n_mcmc - chain.steps_left,
-                         self.cfg.n_mcmc)
+            self._notify("mh_step", block + 1, self.blocks_total, self.cfg.n_mcmc - chain.steps_left, self.cfg.n_mcmc)
         chain.pending.clear()  # proposals drawn for steps beyond this block's budget are never used
 
     def _cut(self, chain: _Chain, t: int) -> int:
@@ -280,18 +300,28 @@ class _Run:
 
     def _is_valid(self, chain: _Chain, proposal: _Proposal, t: int) -> bool:
         state = chain.state
-        return (proposal.base_length == len(state) and self._cut(chain, t) == proposal.cut
-                and state.tokens[: proposal.cut] == proposal.base_prefix)
+        return (
+            proposal.base_length == len(state)
+            and self._cut(chain, t) == proposal.cut
+            and state.tokens[: proposal.cut] == proposal.base_prefix
+        )
 
     # one step, one call
 
     def _apply(self, chain: _Chain, cut: int, proposal: Continuation, *, cut_ratio: bool) -> None:
-        chain.state, info = accept_step(chain.state, cut, proposal, self.cfg.alpha, math.log1p(-self.rng.random()),
-                                        cut_ratio=cut_ratio)
+        chain.state, info = accept_step(
+            chain.state, cut, proposal, self.cfg.alpha, math.log1p(-self.rng.random()), cut_ratio=cut_ratio
+        )
         self.steps.append(info)
-        with span("power_sampling mh_step", {"power_sampling.cut": cut, "power_sampling.suffix_tokens": len(proposal),
-                                             "power_sampling.log_accept": min(info.log_accept, 0.0),
-                                             "power_sampling.accepted": info.accepted}):
+        with span(
+            "power_sampling mh_step",
+            {
+                "power_sampling.cut": cut,
+                "power_sampling.suffix_tokens": len(proposal),
+                "power_sampling.log_accept": min(info.log_accept, 0.0),
+                "power_sampling.accepted": info.accepted,
+            },
+        ):
             if info.accepted:
                 self._offer(chain.state)
         if info.timed_out and self.deadline.expired():
@@ -304,8 +334,12 @@ class _Run:
         return conts
 
     def _request(self, generated: Sequence[int], max_new: int) -> ContinuationRequest:
-        return ContinuationRequest(prefix=self.prompt + list(generated), max_new_tokens=max_new,
-                                   generated_start=len(self.prompt), constraint=self.constraint)
+        return ContinuationRequest(
+            prefix=self.prompt + list(generated),
+            max_new_tokens=max_new,
+            generated_start=len(self.prompt),
+            constraint=self.constraint,
+        )
 
     def _call(self, requests: list[ContinuationRequest], deadline: float | None) -> list[Continuation]:
         conts = self.model.sample(requests, self.temperature, self.rng, deadline=deadline)
@@ -330,8 +364,18 @@ class _Run:
             accepted += info.accepted
             proposed += not info.identity
         self._tally = (len(self.steps), accepted, proposed)
-        self.progress(ProgressEvent(kind, block=block, blocks_total=blocks_total, step=step, steps_total=steps_total,
-                                    accepted=accepted, proposed=proposed, tokens_generated=self._tokens_generated()))
+        self.progress(
+            ProgressEvent(
+                kind,
+                block=block,
+                blocks_total=blocks_total,
+                step=step,
+                steps_total=steps_total,
+                accepted=accepted,
+                proposed=proposed,
+                tokens_generated=self._tokens_generated(),
+            )
+        )
 
     def _tokens_generated(self) -> int:
         return sum(self.extend_tokens) + sum(tokens for _, tokens in self.proposal_calls)
@@ -342,8 +386,13 @@ class _Run:
             self._offer(chain.state)
         states = [c.state for c in self.chains]
         completions = [
-            Completion(list(s.tokens), decode(s.tokens), float(s.logp.sum()), self._is_complete(s),
-                       self.tracker.score(s.tokens, decode(s.tokens)) if self.tracker.evaluator else None)
+            Completion(
+                list(s.tokens),
+                decode(s.tokens),
+                float(s.logp.sum()),
+                self._is_complete(s),
+                self.tracker.score(s.tokens, decode(s.tokens)) if self.tracker.evaluator else None,
+            )
             for s in states
         ]
         vote = None
@@ -360,22 +409,32 @@ class _Run:
         mh = [s for s in self.steps if not s.identity]
         proposed, accepted = len(mh), sum(s.accepted for s in mh)
         metadata = common_metadata(
-            "power", self.cfg, seed=self.seed, tokens_generated=self._tokens_generated(), final_tokens=len(tokens),
-            backend_calls=len(self.extend_tokens) + len(self.proposal_calls), latency_ms=self.deadline.elapsed_ms(),
+            "power",
+            self.cfg,
+            seed=self.seed,
+            tokens_generated=self._tokens_generated(),
+            final_tokens=len(tokens),
+            backend_calls=len(self.extend_tokens) + len(self.proposal_calls),
+            latency_ms=self.deadline.elapsed_ms(),
             stopped_by="deadline" if self.hit_deadline else ("eos" if last_stopped else "length"),
-            complete=last_stopped or len(tokens) >= self.cfg.max_new_tokens, selected_by=selected_by,
-            quality_score=self.tracker.best_score, tracker=self.tracker, constrained=self.constraint is not None,
+            complete=last_stopped or len(tokens) >= self.cfg.max_new_tokens,
+            selected_by=selected_by,
+            quality_score=self.tracker.best_score,
+            tracker=self.tracker,
+            constrained=self.constraint is not None,
         )
-        metadata.update({
-            "proposal_temperature": self.temperature,
-            "acceptance_rate": accepted / proposed if proposed else 0.0,
-            "total_iterations": proposed,
-            "total_acceptances": accepted,
-            "blocks_generated": self.blocks_done,
-            "proposals_discarded": sum(rows for rows, _ in self.proposal_calls) - proposed,
-            "identity_steps": len(self.steps) - proposed,
-            "step_timeouts": sum(s.timed_out for s in mh),
-        })
+        metadata.update(
+            {
+                "proposal_temperature": self.temperature,
+                "acceptance_rate": accepted / proposed if proposed else 0.0,
+                "total_iterations": proposed,
+                "total_acceptances": accepted,
+                "blocks_generated": self.blocks_done,
+                "proposals_discarded": sum(rows for rows, _ in self.proposal_calls) - proposed,
+                "identity_steps": len(self.steps) - proposed,
+                "step_timeouts": sum(s.timed_out for s in mh),
+            }
+        )
         if vote is not None:
             metadata["vote"] = vote
         self._notify("done", 0, self.blocks_total)
@@ -386,5 +445,13 @@ def _build(model: LanguageModel, config: PowerSamplingConfig, evaluator) -> Powe
     return PowerSampler(model, config, evaluator=evaluator)
 
 
-METHODS = (MethodSpec("power", PowerSamplingConfig, _build, route="power", exact_logprobs=True,
-                      summary="Metropolis-Hastings power sampling, exact p^alpha"),)
+METHODS = (
+    MethodSpec(
+        "power",
+        PowerSamplingConfig,
+        _build,
+        route="power",
+        exact_logprobs=True,
+        summary="Metropolis-Hastings power sampling, exact p^alpha",
+    ),
+)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..backends.base import LanguageModel
 from ..errors import ConfigError
@@ -93,7 +94,11 @@ def validate_params(method: str, *, strict: bool = False, **params: Any) -> Deco
 
 
 def build_sampler(
-    method: str, model: LanguageModel, *, evaluator: Callable[[str], float] | None = None, strict: bool = False,
+    method: str,
+    model: LanguageModel,
+    *,
+    evaluator: Callable[[str], float] | None = None,
+    strict: bool = False,
     **params: Any,
 ) -> Sampler:
     """A sampler for ``method`` (see ``validate_params`` for how parameters are read)."""

@@ -22,7 +22,7 @@ class SampleResult:
     logprobs: np.ndarray
     method: str
     metadata: dict[str, Any] = field(default_factory=dict)
-    samples: list["Completion"] = field(default_factory=list)
+    samples: list[Completion] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "method": self.method, "token_ids": list(self.token_ids), "metadata": self.metadata}

@@ -31,8 +31,7 @@ futures; the test-suite checks the horizon-1 bias and the whole-future agreement
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,8 +39,16 @@ from ..backends.base import ContinuationRequest, LanguageModel, TokenConstraint
 from ..backends.decoding import draw
 from ..errors import CapabilityError
 from ..observability.tracing import span
-from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
-                   require_exact, resolve_seed)
+from .base import (
+    Deadline,
+    EvaluatorTracker,
+    MethodSpec,
+    ProgressCallback,
+    Sampler,
+    common_metadata,
+    require_exact,
+    resolve_seed,
+)
 from .config import ScalablePowerConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -55,6 +62,7 @@ def _logmeanexp(x: np.ndarray, axis: int) -> np.ndarray:
 def power_estimate(alpha_logp: np.ndarray, log_weights: np.ndarray, *, jackknife: bool) -> np.ndarray:
     """The estimated next-token power distribution over K candidates from their alpha*log p (K,) and the rollout
     log weights (K, M): p^alpha * mean(w) normalized, optionally jackknifed over the M rollouts."""
+
     def normalized(log_zeta: np.ndarray) -> np.ndarray:
         scores = alpha_logp + log_zeta
         scores = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
@@ -87,15 +95,23 @@ class ScalablePowerSampler(Sampler):
         progress: ProgressCallback | None = None,
     ) -> SampleResult:
         if not hasattr(self.model, "next_token_logprobs"):
-            raise CapabilityError(f"scalable power sampling needs whole next-token distributions, which "
-                                  f"{self.model.name} does not give; use power or smc")
+            raise CapabilityError(
+                f"scalable power sampling needs whole next-token distributions, which "
+                f"{self.model.name} does not give; use power or smc"
+            )
         prompt = list(prompt_ids)
         if not prompt:
             raise ValueError("the prompt is empty: scalable power sampling needs at least one prompt token")
         cfg = self.config
-        with span("power_sampling scalable", {"gen_ai.request.model": self.model.name,
-                                              "power_sampling.alpha": cfg.alpha, "power_sampling.top_k": cfg.top_k,
-                                              "power_sampling.rollouts": cfg.rollouts}):
+        with span(
+            "power_sampling scalable",
+            {
+                "gen_ai.request.model": self.model.name,
+                "power_sampling.alpha": cfg.alpha,
+                "power_sampling.top_k": cfg.top_k,
+                "power_sampling.rollouts": cfg.rollouts,
+            },
+        ):
             return self._run(prompt, constraint, progress)
 
     def _run(self, prompt: list[int], constraint, progress) -> SampleResult:
@@ -131,12 +147,17 @@ class ScalablePowerSampler(Sampler):
                 candidates = candidates[finite[candidates]]
                 log_weights = np.zeros((len(candidates), cfg.rollouts))
                 horizon = left if cfg.horizon is None else min(cfg.horizon, left)
-                open_rows = [k for k, c in enumerate(candidates)
-                             if horizon > 0 and int(c) not in model.stop_token_ids
-                             and not (state is not None and _finishes(constraint, tokens, int(c)))]
+                open_rows = [
+                    k
+                    for k, c in enumerate(candidates)
+                    if horizon > 0
+                    and int(c) not in model.stop_token_ids
+                    and not (state is not None and _finishes(constraint, tokens, int(c)))
+                ]
                 if open_rows:
-                    requests = [request(tokens + [int(candidates[k])], horizon)
-                                for k in open_rows for _ in range(cfg.rollouts)]
+                    requests = [
+                        request(tokens + [int(candidates[k])], horizon) for k in open_rows for _ in range(cfg.rollouts)
+                    ]
                     conts = model.sample(requests, temperature, rng, deadline=deadline.end)
                     require_exact(model, conts)
                     calls += 1
@@ -147,16 +168,29 @@ class ScalablePowerSampler(Sampler):
                     weights = np.array([cfg.alpha * c.logp.sum() - c.logq.sum() for c in conts])
                     log_weights[open_rows] = weights.reshape(len(open_rows), cfg.rollouts)
                 probs = power_estimate(cfg.alpha * logp[candidates], log_weights, jackknife=cfg.jackknife)
-                token = int(candidates[int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(),
-                                                           side="right").clip(max=len(probs) - 1))])
+                token = int(
+                    candidates[
+                        int(
+                            np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right").clip(
+                                max=len(probs) - 1
+                            )
+                        )
+                    ]
+                )
             token = int(token)
             tokens.append(token)
             logps.append(float(logp[token]))
             if state is not None:
                 state.advance(token)
             if progress is not None:
-                progress(ProgressEvent("block", block=len(tokens), blocks_total=cfg.max_new_tokens,
-                                       tokens_generated=forward_tokens + rollout_tokens))
+                progress(
+                    ProgressEvent(
+                        "block",
+                        block=len(tokens),
+                        blocks_total=cfg.max_new_tokens,
+                        tokens_generated=forward_tokens + rollout_tokens,
+                    )
+                )
             if token in model.stop_token_ids or (state is not None and state.is_finished()):
                 stopped = True
                 break
@@ -167,19 +201,40 @@ class ScalablePowerSampler(Sampler):
         complete = stopped or len(tokens) >= cfg.max_new_tokens
         score = tracker.score(tuple(tokens), text) if complete else None
         metadata = common_metadata(
-            "scalable-power", cfg, seed=seed, tokens_generated=forward_tokens + rollout_tokens,
-            final_tokens=len(tokens), backend_calls=calls, latency_ms=deadline.elapsed_ms(),
-            stopped_by="deadline" if hit_deadline else ("eos" if tokens and tokens[-1] in model.stop_token_ids
-                                                        else "length"),
-            complete=complete and not hit_deadline, selected_by="only", quality_score=score, tracker=tracker,
+            "scalable-power",
+            cfg,
+            seed=seed,
+            tokens_generated=forward_tokens + rollout_tokens,
+            final_tokens=len(tokens),
+            backend_calls=calls,
+            latency_ms=deadline.elapsed_ms(),
+            stopped_by="deadline"
+            if hit_deadline
+            else ("eos" if tokens and tokens[-1] in model.stop_token_ids else "length"),
+            complete=complete and not hit_deadline,
+            selected_by="only",
+            quality_score=score,
+            tracker=tracker,
             constrained=constraint is not None,
         )
-        metadata.update({"proposal_temperature": temperature, "rollouts_total": rollouts,
-                         "rollout_tokens": rollout_tokens, "positions_with_rollouts": positions_with_rollouts})
+        metadata.update(
+            {
+                "proposal_temperature": temperature,
+                "rollouts_total": rollouts,
+                "rollout_tokens": rollout_tokens,
+                "positions_with_rollouts": positions_with_rollouts,
+            }
+        )
         if progress is not None:
             progress(ProgressEvent("done", tokens_generated=forward_tokens + rollout_tokens))
-        return SampleResult(tokens, text, np.asarray(logps), "scalable-power", metadata,
-                            [Completion(list(tokens), text, float(sum(logps)), complete, score)])
+        return SampleResult(
+            tokens,
+            text,
+            np.asarray(logps),
+            "scalable-power",
+            metadata,
+            [Completion(list(tokens), text, float(sum(logps)), complete, score)],
+        )
 
 
 def _finishes(constraint, generated: list[int], token: int) -> bool:
@@ -193,6 +248,13 @@ def _build(model: LanguageModel, config: ScalablePowerConfig, evaluator) -> Scal
     return ScalablePowerSampler(model, config, evaluator=evaluator)
 
 
-METHODS = (MethodSpec("scalable-power", ScalablePowerConfig, _build, route="scalable-power", exact_logprobs=True,
-                      summary="p^alpha token by token from rollout estimates of each candidate's future (no MCMC; "
-                              "approximate)"),)
+METHODS = (
+    MethodSpec(
+        "scalable-power",
+        ScalablePowerConfig,
+        _build,
+        route="scalable-power",
+        exact_logprobs=True,
+        summary="p^alpha token by token from rollout estimates of each candidate's future (no MCMC; approximate)",
+    ),
+)

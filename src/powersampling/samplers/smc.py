@@ -35,14 +35,24 @@ cache is recomputed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
+
 from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
 from ..observability.tracing import span
-from .base import (Deadline, EvaluatorTracker, MethodSpec, ProgressCallback, Sampler, common_metadata,
-                   majority_vote, require_exact, resolve_seed)
+from .base import (
+    Deadline,
+    EvaluatorTracker,
+    MethodSpec,
+    ProgressCallback,
+    Sampler,
+    common_metadata,
+    majority_vote,
+    require_exact,
+    resolve_seed,
+)
 from .config import SMCConfig
 from .result import Completion, ProgressEvent, SampleResult
 
@@ -64,9 +74,10 @@ class _Particle:
         # a row that ends early without a stop token ended for a reason too (a finished constraint)
         self.finished = cont.stopped or (len(cont) < requested and not cont.interrupted)
 
-    def copy(self) -> "_Particle":
-        return _Particle(list(self.tokens), list(self.logp), list(self.logq), self.stopped, self.finished,
-                         self.potential)
+    def copy(self) -> _Particle:
+        return _Particle(
+            list(self.tokens), list(self.logp), list(self.logq), self.stopped, self.finished, self.potential
+        )
 
 
 def systematic_resample(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -117,8 +128,12 @@ class SMCSampler(Sampler):
         cfg = self.config
         with span(
             "power_sampling smc",
-            {"gen_ai.request.model": self.model.name, "power_sampling.alpha": cfg.alpha,
-             "power_sampling.n_particles": cfg.n_particles, "power_sampling.resample_every": cfg.resample_every},
+            {
+                "gen_ai.request.model": self.model.name,
+                "power_sampling.alpha": cfg.alpha,
+                "power_sampling.n_particles": cfg.n_particles,
+                "power_sampling.resample_every": cfg.resample_every,
+            },
         ):
             return _Run(self, prompt, constraint, progress).execute()
 
@@ -166,10 +181,15 @@ class _Run:
             if resampled:
                 self.log_marginal += log_evidence
                 self._resample(weights)
-            self._notify(ProgressEvent("block", block=check, blocks_total=checks_total,
-                                       tokens_generated=sum(self.call_tokens),
-                                       extra={"ess": ess, "resampled": resampled,
-                                              "live": sum(not p.finished for p in self.particles)}))
+            self._notify(
+                ProgressEvent(
+                    "block",
+                    block=check,
+                    blocks_total=checks_total,
+                    tokens_generated=sum(self.call_tokens),
+                    extra={"ess": ess, "resampled": resampled, "live": sum(not p.finished for p in self.particles)},
+                )
+            )
         # the final target is p^alpha whatever the schedule reached (a no-op when the last check already used it)
         self._reweight(cfg.alpha)
         return self._result()
@@ -193,12 +213,17 @@ class _Run:
             return
         wanted = [target_length - len(p.tokens) for p in particles]
         requests = [
-            ContinuationRequest(prefix=self.prompt + p.tokens, max_new_tokens=n,
-                                generated_start=len(self.prompt), constraint=self.constraint)
+            ContinuationRequest(
+                prefix=self.prompt + p.tokens,
+                max_new_tokens=n,
+                generated_start=len(self.prompt),
+                constraint=self.constraint,
+            )
             for p, n in zip(particles, wanted)
         ]
-        with span("power_sampling smc chunk", {"power_sampling.rows": len(requests),
-                                               "power_sampling.tokens": max(wanted)}):
+        with span(
+            "power_sampling smc chunk", {"power_sampling.rows": len(requests), "power_sampling.tokens": max(wanted)}
+        ):
             conts = self.model.sample(requests, temperature, self.rng, deadline=self.deadline.end)
         require_exact(self.model, conts)
         self.call_tokens.append(sum(len(c) for c in conts))
@@ -252,8 +277,10 @@ class _Run:
             self._offer(particle)
         vote = None
         if cfg.select == "majority" and len(self.particles) > 1:  # each particle votes with its final weight
-            voters = [Completion(list(p.tokens), decode(p.tokens), math.fsum(p.logp), self._is_complete(p))
-                      for p in self.particles]
+            voters = [
+                Completion(list(p.tokens), decode(p.tokens), math.fsum(p.logp), self._is_complete(p))
+                for p in self.particles
+            ]
             index, vote = majority_vote(voters, cfg.answer_extractor, weights=self._draw_weights(weights))
         if vote is not None and index is not None:
             chosen, selected_by = self.particles[index], "majority"
@@ -274,35 +301,59 @@ class _Run:
         tokens = list(chosen.tokens)
         tokens_generated = sum(self.call_tokens)
         metadata = common_metadata(
-            "smc", cfg, seed=self.seed, tokens_generated=tokens_generated, final_tokens=len(tokens),
-            backend_calls=len(self.call_tokens), latency_ms=self.deadline.elapsed_ms(),
+            "smc",
+            cfg,
+            seed=self.seed,
+            tokens_generated=tokens_generated,
+            final_tokens=len(tokens),
+            backend_calls=len(self.call_tokens),
+            latency_ms=self.deadline.elapsed_ms(),
             stopped_by="deadline" if self.hit_deadline else ("eos" if chosen.stopped else "length"),
-            complete=self._is_complete(chosen) and not self.hit_deadline, selected_by=selected_by,
-            quality_score=self.tracker.best_score, tracker=self.tracker, constrained=self.constraint is not None,
+            complete=self._is_complete(chosen) and not self.hit_deadline,
+            selected_by=selected_by,
+            quality_score=self.tracker.best_score,
+            tracker=self.tracker,
+            constrained=self.constraint is not None,
         )
-        metadata.update({
-            "proposal_temperature": cfg.proposal_temperature_at(cfg.max_new_tokens),
-            "ess_trace": self.ess_trace,
-            "final_ess": final_ess,
-            "resample_count": len(self.resample_steps),
-            "resample_steps": self.resample_steps,
-            "log_marginal_estimate": self.log_marginal + log_evidence,
-            "unique_particles": len({tuple(p.tokens) for p in self.particles}),
-            "particles_stopped": sum(p.stopped for p in self.particles),
-        })
+        metadata.update(
+            {
+                "proposal_temperature": cfg.proposal_temperature_at(cfg.max_new_tokens),
+                "ess_trace": self.ess_trace,
+                "final_ess": final_ess,
+                "resample_count": len(self.resample_steps),
+                "resample_steps": self.resample_steps,
+                "log_marginal_estimate": self.log_marginal + log_evidence,
+                "unique_particles": len({tuple(p.tokens) for p in self.particles}),
+                "particles_stopped": sum(p.stopped for p in self.particles),
+            }
+        )
         if cfg.return_particles:
             metadata["particle_weights"] = [float(weights[i]) for i in order]
         if vote is not None:
             metadata["vote"] = vote
-        self._notify(ProgressEvent("done", blocks_total=len(self.ess_trace), block=len(self.ess_trace),
-                                   tokens_generated=tokens_generated, extra={"ess": final_ess}))
-        return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp, dtype=np.float64), "smc", metadata,
-                            samples)
+        self._notify(
+            ProgressEvent(
+                "done",
+                blocks_total=len(self.ess_trace),
+                block=len(self.ess_trace),
+                tokens_generated=tokens_generated,
+                extra={"ess": final_ess},
+            )
+        )
+        return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp, dtype=np.float64), "smc", metadata, samples)
 
 
 def _build(model: LanguageModel, config: SMCConfig, evaluator) -> SMCSampler:
     return SMCSampler(model, config, evaluator=evaluator)
 
 
-METHODS = (MethodSpec("smc", SMCConfig, _build, route="smc", exact_logprobs=True,
-                      summary="Power-SMC: particles decoded as one batch, p^alpha by importance weights"),)
+METHODS = (
+    MethodSpec(
+        "smc",
+        SMCConfig,
+        _build,
+        route="smc",
+        exact_logprobs=True,
+        summary="Power-SMC: particles decoded as one batch, p^alpha by importance weights",
+    ),
+)

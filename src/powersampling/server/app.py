@@ -12,8 +12,9 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -29,8 +30,17 @@ from .executor import SamplingExecutor
 from .middleware import install_middleware
 from .planning import PlanService
 from .sampling import (
-    SamplingCall, chat_prompt_ids, chunk, completion_body, completion_prompt_ids, final_choice, progress_payload,
-    resolve_call, run_call, run_metadata, usage,
+    SamplingCall,
+    chat_prompt_ids,
+    chunk,
+    completion_body,
+    completion_prompt_ids,
+    final_choice,
+    progress_payload,
+    resolve_call,
+    run_call,
+    run_metadata,
+    usage,
 )
 from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, PlanRequest
 from .scope import DEADLINE_GRACE_S, RequestScope, job_result, status_for
@@ -38,11 +48,18 @@ from .settings import ServerSettings
 
 log = logging.getLogger("powersampling.server")
 
-_ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
-    (400, "malformed or out-of-range request"), (401, "missing or wrong API key"), (404, "unknown model"),
-    (413, "request body too large"), (415, "the body is not declared JSON"), (429, "queue full"),
-    (504, "deadline reached; 'partial' holds what was reached"),
-)}
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "malformed or out-of-range request"),
+        (401, "missing or wrong API key"),
+        (404, "unknown model"),
+        (413, "request body too large"),
+        (415, "the body is not declared JSON"),
+        (429, "queue full"),
+        (504, "deadline reached; 'partial' holds what was reached"),
+    )
+}
 
 
 class ServerState:
@@ -65,13 +82,20 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         state.executor.shutdown()
 
     # FastAPI's own /docs and /redoc load their assets from a public CDN: never served (docs.py)
-    app = FastAPI(title="powersampling", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json" if settings.docs else None,
-                  description="OpenAI-compatible completions with exact power sampling, and an HTDAG planner.")
+    app = FastAPI(
+        title="powersampling",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs else None,
+        description="OpenAI-compatible completions with exact power sampling, and an HTDAG planner.",
+    )
     app.state.powersampling = state
     install_error_handlers(app)
-    install_middleware(app, model_name=state.model_name, api_key=settings.api_key,
-                       max_body_bytes=settings.max_body_bytes)
+    install_middleware(
+        app, model_name=state.model_name, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes
+    )
 
     if settings.docs:
         install_docs(app)
@@ -87,8 +111,12 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
 
     @app.get("/v1/models", responses=_ERRORS)
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": state.model_name, "object": "model", "created": state.started, "owned_by": "powersampling"}]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": state.model_name, "object": "model", "created": state.started, "owned_by": "powersampling"}
+            ],
+        }
 
     @app.post("/v1/completions", responses=_ERRORS)
     async def completions(body: CompletionRequest, request: Request):
@@ -113,8 +141,12 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
 
 def _check_model(state: ServerState, name: str) -> None:
     if name != state.model_name:
-        raise APIError(404, f"the model {name!r} does not exist; this server serves {state.model_name!r}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"the model {name!r} does not exist; this server serves {state.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
 
 
 async def _serve_sampling(state: ServerState, request: Request, kind: str, body: Any, ids: list[int]):
@@ -122,11 +154,16 @@ async def _serve_sampling(state: ServerState, request: Request, kind: str, body:
     call = resolve_call(body, ids, state.settings, state.model)
     scope.begin(call.method, route_of(call.method), call=call, model=body.model)
     if state.settings.log_prompts:
-        log.info("%s id=%s prompt=%r", kind, call.request_id, state.model.tokenizer.decode(ids)
-                 if state.model.tokenizer else ids)
+        log.info(
+            "%s id=%s prompt=%r",
+            kind,
+            call.request_id,
+            state.model.tokenizer.decode(ids) if state.model.tokenizer else ids,
+        )
     if body.stream:
-        return _stream_response(scope, kind, call, include_usage=bool(body.stream_options
-                                                                       and body.stream_options.include_usage))
+        return _stream_response(
+            scope, kind, call, include_usage=bool(body.stream_options and body.stream_options.include_usage)
+        )
     with scope.recording():
         scope.submit(lambda job: run_call(state.model, state.model_name, call, job))
         result, server_cut = await scope.wait()
@@ -146,8 +183,11 @@ def _stream_response(scope: RequestScope, kind: str, call: SamplingCall, include
     # A client that disconnects can end the response before the stream is closed (and records the scope), and the
     # metrics middleware records the request then: until the stream ends otherwise, it was cancelled.
     scope.labels["status"] = "cancelled"
-    return StreamingResponse(_stream(scope, kind, call, events, include_usage), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _stream(scope, kind, call, events, include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _throttled_forwarder(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, interval_s: float):
@@ -172,8 +212,9 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-async def _stream(scope: RequestScope, kind: str, call: SamplingCall, events: asyncio.Queue,
-                  include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(
+    scope: RequestScope, kind: str, call: SamplingCall, events: asyncio.Queue, include_usage: bool
+) -> AsyncIterator[bytes]:
     """SSE: a role chunk (chat), progress chunks while the chains run (``choices: []`` and a ``power_sampling``
     object), the whole text in one chunk at the end, an optional usage chunk, then ``[DONE]``. Errors after the
     headers went out travel as ``data: {"error": ...}``, which the OpenAI clients raise."""
@@ -182,13 +223,27 @@ async def _stream(scope: RequestScope, kind: str, call: SamplingCall, events: as
     getter: asyncio.Future | None = None
     try:
         if kind == "chat":
-            yield _sse(chunk(kind, name, call, [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                  "finish_reason": None, "logprobs": None}]))
+            yield _sse(
+                chunk(
+                    kind,
+                    name,
+                    call,
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                            "logprobs": None,
+                        }
+                    ],
+                )
+            )
         hard_stop = job.deadline_at + DEADLINE_GRACE_S
         while not future.done():
             getter = asyncio.ensure_future(events.get())
-            done, _ = await asyncio.wait({future, getter}, timeout=max(hard_stop - time.monotonic(), 0),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {future, getter}, timeout=max(hard_stop - time.monotonic(), 0), return_when=asyncio.FIRST_COMPLETED
+            )
             if getter in done:
                 yield _sse(chunk(kind, name, call, [], power_sampling=getter.result()))
                 continue

@@ -12,8 +12,9 @@ import uvicorn
 class BackgroundServer:
     """``with BackgroundServer(app) as server: server.url`` serves ``app`` on loopback on a free port."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
-                 start_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self, app, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning", start_timeout_s: float = 20.0
+    ) -> None:
         if port == 0:
             with socket.socket() as probe:
                 probe.bind((host, 0))
@@ -28,7 +29,7 @@ class BackgroundServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         self.thread.start()
         end = time.monotonic() + self.start_timeout_s
         while not self.server.started:

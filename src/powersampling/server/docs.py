@@ -30,11 +30,13 @@ def install_docs(app: FastAPI) -> None:
 
 def docs_page(openapi: dict[str, Any]) -> str:
     info = openapi.get("info", {})
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(info.get('title', ''))} API"
-             f"</title><style>{_STYLE}</style></head><body>",
-             f"<h1>{escape(info.get('title', ''))} {escape(str(info.get('version', '')))}</h1>",
-             f"<p>{escape(info.get('description', ''))}</p>",
-             '<p>The same as a machine-readable document: <a href="openapi.json"><code>/openapi.json</code></a>.</p>']
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(info.get('title', ''))} API"
+        f"</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{escape(info.get('title', ''))} {escape(str(info.get('version', '')))}</h1>",
+        f"<p>{escape(info.get('description', ''))}</p>",
+        '<p>The same as a machine-readable document: <a href="openapi.json"><code>/openapi.json</code></a>.</p>',
+    ]
     for path, operations in openapi.get("paths", {}).items():
         for verb, op in operations.items():
             parts.append(f"<h2><code>{escape(verb.upper())} {escape(path)}</code></h2>")
@@ -44,8 +46,10 @@ def docs_page(openapi: dict[str, Any]) -> str:
             if body:
                 parts.append(f"<p>Body (<code>application/json</code>): {_type(body)}</p>")
             parts.append("<table><tr><th>status</th><th>meaning</th></tr>")
-            parts += [f"<tr><td>{escape(code)}</td><td>{escape(r.get('description', ''))}</td></tr>"
-                      for code, r in op.get("responses", {}).items()]
+            parts += [
+                f"<tr><td>{escape(code)}</td><td>{escape(r.get('description', ''))}</td></tr>"
+                for code, r in op.get("responses", {}).items()
+            ]
             parts.append("</table>")
     schemas = openapi.get("components", {}).get("schemas", {})
     if schemas:
@@ -58,9 +62,11 @@ def docs_page(openapi: dict[str, Any]) -> str:
             continue
         required = set(schema.get("required", ()))
         parts.append("<table><tr><th>field</th><th>type</th><th>description</th></tr>")
-        parts += [f"<tr><td><code>{escape(field)}</code>{' (required)' if field in required else ''}</td>"
-                  f"<td>{_type(spec)}</td><td>{escape(spec.get('description', ''))}</td></tr>"
-                  for field, spec in properties.items()]
+        parts += [
+            f"<tr><td><code>{escape(field)}</code>{' (required)' if field in required else ''}</td>"
+            f"<td>{_type(spec)}</td><td>{escape(spec.get('description', ''))}</td></tr>"
+            for field, spec in properties.items()
+        ]
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)

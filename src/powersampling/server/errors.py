@@ -13,9 +13,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("powersampling.server")
 
 _TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error",
-    413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
-    429: "rate_limit_error", 499: "cancelled", 504: "timeout_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "cancelled",
+    504: "timeout_error",
 }
 
 
@@ -23,8 +30,14 @@ class APIError(Exception):
     """An error answered to the client with ``status`` and an OpenAI-style error object."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-        partial: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        partial: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
@@ -41,8 +54,12 @@ class APIError(Exception):
 
 
 def error_object(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"message": message, "type": _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-            "param": param, "code": code}
+    return {
+        "message": message,
+        "type": _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        "param": param,
+        "code": code,
+    }
 
 
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -85,11 +102,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return JSONResponse({"error": error_object(exc.status_code, message)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": error_object(exc.status_code, message)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-        return JSONResponse({"error": error_object(500, "internal server error", code="internal_error")},
-                            status_code=500)
+        return JSONResponse(
+            {"error": error_object(500, "internal server error", code="internal_error")}, status_code=500
+        )

@@ -12,9 +12,10 @@ import asyncio
 import contextvars
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ..observability.metrics import QUEUE_TIME, QueueGauges
 
@@ -66,7 +67,7 @@ class SamplingExecutor:
     def capacity(self) -> int:
         return self.workers + self.max_queue
 
-    def submit(self, fn: Callable[[Job], T], job: Job) -> "asyncio.Future[T]":
+    def submit(self, fn: Callable[[Job], T], job: Job) -> asyncio.Future[T]:
         """Run ``fn(job)`` on a worker; raises ``QueueFull`` at once when there is no room."""
         with self._lock:
             if self._closed:

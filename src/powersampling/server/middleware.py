@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..observability.metrics import record_request, status_of_http
 from .errors import error_object
@@ -23,12 +24,21 @@ def install_middleware(app, *, model_name: str, api_key: str | None, max_body_by
     app.add_middleware(RequestMetricsMiddleware, model_name=model_name)
 
 
-async def send_error(send, status: int, message: str, *, code: str | None = None,
-                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_error(
+    send, status: int, message: str, *, code: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps({"error": error_object(status, message, code=code)}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -73,9 +83,14 @@ class RequestMetricsMiddleware:
             # an app that returns no answer because the client left (mid-upload, say) saw a cancelled request, not
             # a server error; one that raised did fail
             fallback = "cancelled" if returned and left and code is None else status_of_http(code or 500)
-            record_request(model_name=self.model_name, endpoint=endpoint, method=labels["method"],
-                           route=labels["route"], status=labels["status"] or fallback,
-                           latency_s=time.perf_counter() - start)
+            record_request(
+                model_name=self.model_name,
+                endpoint=endpoint,
+                method=labels["method"],
+                route=labels["route"],
+                status=labels["status"] or fallback,
+                latency_s=time.perf_counter() - start,
+            )
 
 
 class BearerAuthMiddleware:
@@ -92,8 +107,13 @@ class BearerAuthMiddleware:
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
             message = "missing API key: send 'Authorization: Bearer <key>'" if not given else "invalid API key"
-            await send_error(send, 401, message, code="invalid_api_key",
-                             headers=[(b"www-authenticate", b'Bearer realm="powersampling"')])
+            await send_error(
+                send,
+                401,
+                message,
+                code="invalid_api_key",
+                headers=[(b"www-authenticate", b'Bearer realm="powersampling"')],
+            )
             return
         await self.app(scope, receive, send)
 
@@ -117,9 +137,13 @@ class RequestBodyMiddleware:
         json_only = scope.get("method") == "POST" and scope.get("path") in self.json_paths
         if json_only and not _is_json(headers.get(b"content-type")):
             given = headers.get(b"content-type", b"").decode("latin-1")
-            await send_error(send, 415, f"{f'unsupported Content-Type {given!r}' if given else 'no Content-Type'}: "
-                                        "send the body as JSON with 'Content-Type: application/json'",
-                             code="unsupported_media_type")
+            await send_error(
+                send,
+                415,
+                f"{f'unsupported Content-Type {given!r}' if given else 'no Content-Type'}: "
+                "send the body as JSON with 'Content-Type: application/json'",
+                code="unsupported_media_type",
+            )
             return
         too_large = f"request body larger than {self.max_bytes} bytes"
         declared = headers.get(b"content-length")

@@ -35,7 +35,7 @@ class PlanService:
         self.model, self.model_name = model, model_name
         self.routing = RoutingConfig.from_env()
 
-    def prepare(self, body: PlanRequest, settings: ServerSettings) -> "PlanRun":
+    def prepare(self, body: PlanRequest, settings: ServerSettings) -> PlanRun:
         from ..planner import Planner, PlannerConfig
         from ..planner.generation import route_method
 
@@ -47,16 +47,39 @@ class PlanService:
         if body.seed is not None:
             changes["seed"] = body.seed
         if ps is not None:
-            for src, dst in (("alpha", "alpha"), ("n_mcmc", "n_mcmc"), ("block_size", "block_size"),
-                             ("n", "best_of_n"), ("chains", "n_particles"), ("seed", "seed")):
+            for src, dst in (
+                ("alpha", "alpha"),
+                ("n_mcmc", "n_mcmc"),
+                ("block_size", "block_size"),
+                ("n", "best_of_n"),
+                ("chains", "n_particles"),
+                ("seed", "seed"),
+            ):
                 if getattr(ps, src) is not None:
                     changes[dst] = getattr(ps, src)
-            unused = [f for f in ("deadline_s", "proposal_temperature", "scan", "top_k", "rollouts", "horizon",
-                                  "jackknife", "entropy_threshold", "select", "answer_regex")
-                      if getattr(ps, f) is not None]
+            unused = [
+                f
+                for f in (
+                    "deadline_s",
+                    "proposal_temperature",
+                    "scan",
+                    "top_k",
+                    "rollouts",
+                    "horizon",
+                    "jackknife",
+                    "entropy_threshold",
+                    "select",
+                    "answer_regex",
+                )
+                if getattr(ps, f) is not None
+            ]
             if unused:
-                raise APIError(400, f"power_sampling.{unused[0]} is not used by the planner",
-                               param=f"power_sampling.{unused[0]}", code="unsupported_parameter")
+                raise APIError(
+                    400,
+                    f"power_sampling.{unused[0]} is not used by the planner",
+                    param=f"power_sampling.{unused[0]}",
+                    code="unsupported_parameter",
+                )
         limits = {k: v for k, v in (("max_tasks", body.max_tasks), ("max_depth", body.max_depth)) if v is not None}
         if body.tools is not None:
             limits["tools"] = tuple(t if isinstance(t, str) else t.model_dump() for t in body.tools)
@@ -64,15 +87,23 @@ class PlanService:
             config = PlannerConfig(route=route, settings=dataclasses.replace(base, **changes), **limits)
             Planner(self.model, config, routing=self.routing)  # checks the route is available and its settings
         except (ConfigError, CapabilityError, ValueError) as exc:
-            raise APIError(400, str(exc), param="power_sampling" if changes else "route", code="invalid_value") \
-                from None
+            raise APIError(
+                400, str(exc), param="power_sampling" if changes else "route", code="invalid_value"
+            ) from None
         method = route_method(route) if route else "none"
         return PlanRun(self, body, config, route or "baseline", method)
 
     def record(self, outcome: PlanOutcome, latency_s: float) -> None:
-        record_plan(model_name=self.model_name, route=outcome.route, quality_score=outcome.quality_score,
-                    fallback_reason=outcome.fallback_reason, method=outcome.method, endpoint="plan",
-                    latency_s=latency_s, count_request=False)
+        record_plan(
+            model_name=self.model_name,
+            route=outcome.route,
+            quality_score=outcome.quality_score,
+            fallback_reason=outcome.fallback_reason,
+            method=outcome.method,
+            endpoint="plan",
+            latency_s=latency_s,
+            count_request=False,
+        )
 
 
 @dataclass
@@ -85,26 +116,30 @@ class PlanRun:
 
     def execute(self, job: Job) -> PlanOutcome:
         """Runs in a worker thread."""
-        from ..planner import Planner, PlanBudgetError, PlanInputError, dag_to_dict
+        from ..planner import PlanBudgetError, PlanInputError, Planner, dag_to_dict
         from ..samplers import planner_routes
 
         service = self.service
         config = dataclasses.replace(self.config, deadline_s=max(job.remaining_s(), 1e-3))
-        planner = Planner(service.model, config, routing=service.routing,
-                          progress=lambda event: job.check_cancelled())
+        planner = Planner(service.model, config, routing=service.routing, progress=lambda event: job.check_cancelled())
         try:
             dag = planner.decompose(self.body.request)
         except PlanInputError as exc:
             raise APIError(400, str(exc), param="request", code="invalid_value") from None
         except ContextLengthError as exc:
-            raise APIError(400, f"the planner's prompt does not fit the model: {exc}", param="request",
-                           code="context_length_exceeded") from None
+            raise APIError(
+                400,
+                f"the planner's prompt does not fit the model: {exc}",
+                param="request",
+                code="context_length_exceeded",
+            ) from None
         except (ConfigError, CapabilityError) as exc:
             raise APIError(400, str(exc), code="unsupported") from None
         except (PlanBudgetError, PowerSamplingError, ValueError) as exc:
             if job.remaining_s() <= 0:
-                raise APIError(504, f"the plan was not ready by the server's deadline: {exc}",
-                               code="deadline_exceeded") from None
+                raise APIError(
+                    504, f"the plan was not ready by the server's deadline: {exc}", code="deadline_exceeded"
+                ) from None
             raise APIError(422, f"no plan could be produced: {exc}", code="plan_failed") from None
         md = dag.metadata
         route = str(md.get("route") or self.requested_route)
@@ -112,8 +147,12 @@ class PlanRun:
         # the label keeps only the exception type: the full reason is unbounded text
         reason = str(fallbacks[0].get("reason", "unknown")).split(":")[0] if fallbacks else None
         body = {
-            "id": f"plan-{uuid.uuid4().hex[:24]}", "object": "plan", "model": service.model_name,
-            "route": route, "requested_route": md.get("requested_route"), "route_reason": md.get("route_reason"),
+            "id": f"plan-{uuid.uuid4().hex[:24]}",
+            "object": "plan",
+            "model": service.model_name,
+            "route": route,
+            "requested_route": md.get("requested_route"),
+            "route_reason": md.get("route_reason"),
             "fallback": {"reason": md.get("fallback_reason"), "details": fallbacks} if fallbacks else None,
             "quality_score": md.get("quality_score"),
             "usage": {"model_calls": md.get("model_calls"), "tokens_generated": md.get("tokens_generated")},

@@ -7,8 +7,9 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,19 @@ from .scope import check_limits
 from .settings import ServerSettings
 
 # power_sampling fields that map onto sampler parameters under the same name
-_SAME_NAME = ("alpha", "n_mcmc", "block_size", "proposal_temperature", "scan", "top_k", "rollouts", "horizon",
-              "jackknife", "entropy_threshold", "select")
+_SAME_NAME = (
+    "alpha",
+    "n_mcmc",
+    "block_size",
+    "proposal_temperature",
+    "scan",
+    "top_k",
+    "rollouts",
+    "horizon",
+    "jackknife",
+    "entropy_threshold",
+    "select",
+)
 
 
 @dataclass
@@ -40,7 +52,9 @@ class SamplingCall:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerSettings, model: LanguageModel) -> SamplingCall:
+def resolve_call(
+    body: _SamplingFields, prompt_ids: list[int], settings: ServerSettings, model: LanguageModel
+) -> SamplingCall:
     """Sampler method and parameters for ``body``; every problem is a 400 naming the parameter."""
     problem = body.unsupported()
     if problem:
@@ -53,8 +67,9 @@ def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerS
     try:
         check_context_length(model, len(prompt_ids), max_tokens)
     except ContextLengthError as exc:
-        raise APIError(400, f"{exc}; shorten the {param} or lower max_tokens", param=param,
-                       code="context_length_exceeded") from None
+        raise APIError(
+            400, f"{exc}; shorten the {param} or lower max_tokens", param=param, code="context_length_exceeded"
+        ) from None
     params: dict[str, Any] = {"max_new_tokens": max_tokens}
     seed = ps.seed if ps is not None and ps.seed is not None else body.seed
     if seed is not None:
@@ -68,15 +83,23 @@ def resolve_call(body: _SamplingFields, prompt_ids: list[int], settings: ServerS
                 params[name] = given[name]
         if ps.chains is not None:
             if method not in ("power", "smc"):
-                raise APIError(400, f"power_sampling.chains applies to methods power and smc, not {method!r}",
-                               param="power_sampling.chains", code="invalid_value")
+                raise APIError(
+                    400,
+                    f"power_sampling.chains applies to methods power and smc, not {method!r}",
+                    param="power_sampling.chains",
+                    code="invalid_value",
+                )
             params["n_chains" if method == "power" else "n_particles"] = ps.chains
         if ps.n is not None:
             params["n"] = ps.n
         if ps.answer_regex is not None:
             if ps.select != "majority":
-                raise APIError(400, "power_sampling.answer_regex is used by select=majority only",
-                               param="power_sampling.answer_regex", code="invalid_value")
+                raise APIError(
+                    400,
+                    "power_sampling.answer_regex is used by select=majority only",
+                    param="power_sampling.answer_regex",
+                    code="invalid_value",
+                )
             params["answer_extractor"] = regex_extractor(ps.answer_regex)
     try:
         validate_params(method, strict=True, **params)
@@ -90,8 +113,12 @@ def regex_extractor(pattern: str) -> Callable[[str], str | None]:
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
-        raise APIError(400, f"power_sampling.answer_regex is not a valid regular expression: {exc}",
-                       param="power_sampling.answer_regex", code="invalid_value") from None
+        raise APIError(
+            400,
+            f"power_sampling.answer_regex is not a valid regular expression: {exc}",
+            param="power_sampling.answer_regex",
+            code="invalid_value",
+        ) from None
 
     def extract(text: str) -> str | None:
         matches = list(compiled.finditer(text))
@@ -108,14 +135,22 @@ def completion_prompt_ids(body: CompletionRequest, model: LanguageModel, setting
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
         bad = [t for t in prompt if not 0 <= t < model.vocab_size]
         if bad:
-            raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {model.vocab_size})",
-                           param="prompt", code="invalid_value")
+            raise APIError(
+                400,
+                f"token id {bad[0]} is outside the vocabulary [0, {model.vocab_size})",
+                param="prompt",
+                code="invalid_value",
+            )
         ids = list(prompt)
     else:
         if isinstance(prompt, list):
             if len(prompt) != 1:
-                raise APIError(400, "batched prompts are not supported: send one prompt per request",
-                               param="prompt", code="invalid_value")
+                raise APIError(
+                    400,
+                    "batched prompts are not supported: send one prompt per request",
+                    param="prompt",
+                    code="invalid_value",
+                )
             prompt = prompt[0]
         if not prompt.strip():
             raise APIError(400, "the prompt is empty", param="prompt", code="invalid_value")
@@ -132,15 +167,17 @@ def chat_prompt_ids(body: ChatCompletionRequest, model: LanguageModel, settings:
 
 def _encode(model: LanguageModel, fn: Callable[[Any], Sequence[int]], param: str) -> list[int]:
     if model.tokenizer is None:
-        raise APIError(400, f"model {model.name!r} has no tokenizer: send token ids as the prompt", param=param,
-                       code="unsupported")
+        raise APIError(
+            400, f"model {model.name!r} has no tokenizer: send token ids as the prompt", param=param, code="unsupported"
+        )
     try:
         ids = [int(t) for t in fn(model.tokenizer)]
     except (ValueError, TypeError, KeyError) as exc:
         raise APIError(400, f"could not tokenize the {param}: {exc}", param=param, code="invalid_value") from None
     except Exception as exc:  # tokenizers raise their own types (e.g. no chat template)
-        raise APIError(400, f"could not tokenize the {param}: {type(exc).__name__}: {exc}", param=param,
-                       code="invalid_value") from None
+        raise APIError(
+            400, f"could not tokenize the {param}: {type(exc).__name__}: {exc}", param=param, code="invalid_value"
+        ) from None
     if not ids:
         raise APIError(400, f"the {param} tokenizes to nothing", param=param, code="invalid_value")
     return ids
@@ -148,13 +185,22 @@ def _encode(model: LanguageModel, fn: Callable[[Any], Sequence[int]], param: str
 
 def _check_length(ids: list[int], settings: ServerSettings, param: str) -> list[int]:
     if len(ids) > settings.max_prompt_tokens:
-        raise APIError(400, f"the {param} has {len(ids)} tokens; this server accepts at most "
-                            f"{settings.max_prompt_tokens}", param=param, code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"the {param} has {len(ids)} tokens; this server accepts at most {settings.max_prompt_tokens}",
+            param=param,
+            code="context_length_exceeded",
+        )
     return ids
 
 
-def run_call(model: LanguageModel, model_name: str, call: SamplingCall, job: Job,
-             forward: Callable[[ProgressEvent], None] | None = None) -> tuple[SampleResult, bool]:
+def run_call(
+    model: LanguageModel,
+    model_name: str,
+    call: SamplingCall,
+    job: Job,
+    forward: Callable[[ProgressEvent], None] | None = None,
+) -> tuple[SampleResult, bool]:
     """Runs in a worker thread. Returns the result and whether the server's deadline (not the client's own
     budget) cut it short."""
     remaining = job.remaining_s()
@@ -179,8 +225,11 @@ def finish_reason(result: SampleResult) -> str:
 
 def usage(call: SamplingCall, result: SampleResult) -> dict[str, int]:
     completion = len(result.token_ids)
-    return {"prompt_tokens": len(call.prompt_ids), "completion_tokens": completion,
-            "total_tokens": len(call.prompt_ids) + completion}
+    return {
+        "prompt_tokens": len(call.prompt_ids),
+        "completion_tokens": completion,
+        "total_tokens": len(call.prompt_ids) + completion,
+    }
 
 
 def run_metadata(result: SampleResult, job: Job) -> dict[str, Any]:
@@ -199,28 +248,50 @@ def completion_body(kind: str, model_name: str, call: SamplingCall, result: Samp
     else:
         choice["text"] = result.text
         prefix, obj = "cmpl", "text_completion"
-    return {"id": f"{prefix}-{call.request_id}", "object": obj, "created": call.created, "model": model_name,
-            "choices": [choice], "usage": usage(call, result), "power_sampling": run_metadata(result, job)}
+    return {
+        "id": f"{prefix}-{call.request_id}",
+        "object": obj,
+        "created": call.created,
+        "model": model_name,
+        "choices": [choice],
+        "usage": usage(call, result),
+        "power_sampling": run_metadata(result, job),
+    }
 
 
-def chunk(kind: str, model_name: str, call: SamplingCall, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+def chunk(
+    kind: str, model_name: str, call: SamplingCall, choices: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
     prefix, obj = ("chatcmpl", "chat.completion.chunk") if kind == "chat" else ("cmpl", "text_completion")
-    return {"id": f"{prefix}-{call.request_id}", "object": obj, "created": call.created, "model": model_name,
-            "choices": choices, **extra}
+    return {
+        "id": f"{prefix}-{call.request_id}",
+        "object": obj,
+        "created": call.created,
+        "model": model_name,
+        "choices": choices,
+        **extra,
+    }
 
 
 def final_choice(kind: str, result: SampleResult) -> dict[str, Any]:
     if kind == "chat":
-        return {"index": 0, "delta": {"content": result.text}, "finish_reason": finish_reason(result),
-                "logprobs": None}
+        return {"index": 0, "delta": {"content": result.text}, "finish_reason": finish_reason(result), "logprobs": None}
     return {"index": 0, "text": result.text, "finish_reason": finish_reason(result), "logprobs": None}
 
 
 def progress_payload(event: ProgressEvent) -> dict[str, Any]:
-    out = {"event": "progress", "kind": event.kind, "block": event.block, "blocks_total": event.blocks_total,
-           "step": event.step, "steps_total": event.steps_total, "accepted": event.accepted,
-           "proposed": event.proposed, "acceptance_rate": event.acceptance_rate,
-           "tokens_generated": event.tokens_generated}
+    out = {
+        "event": "progress",
+        "kind": event.kind,
+        "block": event.block,
+        "blocks_total": event.blocks_total,
+        "step": event.step,
+        "steps_total": event.steps_total,
+        "accepted": event.accepted,
+        "proposed": event.proposed,
+        "acceptance_rate": event.acceptance_rate,
+        "tokens_generated": event.tokens_generated,
+    }
     out.update({k: _json_safe(v) for k, v in event.extra.items()})
     return out
 

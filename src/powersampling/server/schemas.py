@@ -11,7 +11,7 @@ float): a value the client did not mean to send is refused instead of reinterpre
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -33,30 +33,38 @@ def _method_enum(schema: dict[str, Any]) -> None:
 
 
 class PowerSamplingParams(_Strict):
-    alpha: Optional[float] = Field(None, gt=0, le=64, description="power of the target p^alpha")
-    n_mcmc: Optional[int] = Field(None, ge=1, description="MH steps after each block")
-    block_size: Optional[int] = Field(None, ge=1, le=100_000, description="tokens per block")
-    chains: Optional[int] = Field(None, ge=1, description="independent MH chains (or SMC particles)")
-    n: Optional[int] = Field(None, ge=1, description="candidates for best-of-n")
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
-    deadline_s: Optional[float] = Field(
-        None, gt=0, le=86_400,
+    alpha: float | None = Field(None, gt=0, le=64, description="power of the target p^alpha")
+    n_mcmc: int | None = Field(None, ge=1, description="MH steps after each block")
+    block_size: int | None = Field(None, ge=1, le=100_000, description="tokens per block")
+    chains: int | None = Field(None, ge=1, description="independent MH chains (or SMC particles)")
+    n: int | None = Field(None, ge=1, description="candidates for best-of-n")
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
         description="the client's time budget: when it runs out the best state so far is returned with status 200",
     )
-    proposal_temperature: Optional[float] = Field(None, gt=0, le=100)
-    scan: Optional[Literal["random", "sorted"]] = None
-    top_k: Optional[int] = Field(None, ge=1, le=64, description="scalable-power: candidate tokens per position")
-    rollouts: Optional[int] = Field(None, ge=1, le=64, description="scalable-power: rollouts per candidate")
-    horizon: Optional[int] = Field(None, ge=1, description="scalable-power: tokens per rollout at most")
-    jackknife: Optional[bool] = Field(None, description="scalable-power: jackknife the ratio estimate")
-    entropy_threshold: Optional[float] = Field(
-        None, ge=0, description="scalable-power: below this next-token entropy (nats), no rollouts")
-    select: Optional[Literal["default", "majority"]] = Field(
-        None, description="majority: return the answer most outputs (best-of-n candidates, MH chains, SMC "
-        "particles) agree on")
-    answer_regex: Optional[str] = Field(
-        None, max_length=500, description="with select=majority: a regular expression whose last match (its first "
-        "group, if it has one) is an output's answer; default: the last number")
+    proposal_temperature: float | None = Field(None, gt=0, le=100)
+    scan: Literal["random", "sorted"] | None = None
+    top_k: int | None = Field(None, ge=1, le=64, description="scalable-power: candidate tokens per position")
+    rollouts: int | None = Field(None, ge=1, le=64, description="scalable-power: rollouts per candidate")
+    horizon: int | None = Field(None, ge=1, description="scalable-power: tokens per rollout at most")
+    jackknife: bool | None = Field(None, description="scalable-power: jackknife the ratio estimate")
+    entropy_threshold: float | None = Field(
+        None, ge=0, description="scalable-power: below this next-token entropy (nats), no rollouts"
+    )
+    select: Literal["default", "majority"] | None = Field(
+        None,
+        description="majority: return the answer most outputs (best-of-n candidates, MH chains, SMC "
+        "particles) agree on",
+    )
+    answer_regex: str | None = Field(
+        None,
+        max_length=500,
+        description="with select=majority: a regular expression whose last match (its first "
+        "group, if it has one) is an output's answer; default: the last number",
+    )
 
 
 class StreamOptions(_Strict):
@@ -65,27 +73,29 @@ class StreamOptions(_Strict):
 
 class _SamplingFields(_Strict):
     model: str = Field(..., min_length=1, max_length=256)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2, description="for method sample and best-of-n")
-    top_p: Optional[float] = Field(None, ge=0, le=1)
-    n: Optional[int] = Field(None, ge=1, le=128)
-    stream: Optional[bool] = False
-    stream_options: Optional[StreamOptions] = None
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
-    stop: Optional[Union[str, list[str]]] = None
-    logprobs: Optional[Union[bool, int]] = None
-    user: Optional[str] = Field(None, max_length=256)
-    method: Optional[Annotated[str, Field(json_schema_extra=_method_enum)]] = Field(
-        None, max_length=64, description="decoding method (default: the server's)")
-    power_sampling: Optional[PowerSamplingParams] = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2, description="for method sample and best-of-n")
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=128)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: str | list[str] | None = None
+    logprobs: bool | int | None = None
+    user: str | None = Field(None, max_length=256)
+    method: Annotated[str, Field(json_schema_extra=_method_enum)] | None = Field(
+        None, max_length=64, description="decoding method (default: the server's)"
+    )
+    power_sampling: PowerSamplingParams | None = None
 
     @field_validator("method")
     @classmethod
     def _registered(cls, method: str | None) -> str | None:
         # checked against the registry at request time: a method registered after the app was built is served
         if method is not None and method not in method_names():
-            raise PydanticCustomError("unknown_method", "must be one of: {choices}",
-                                      {"choices": ", ".join(method_names())})
+            raise PydanticCustomError(
+                "unknown_method", "must be one of: {choices}", {"choices": ", ".join(method_names())}
+            )
         return method
 
     def unsupported(self) -> tuple[str, str] | None:
@@ -104,9 +114,9 @@ class _SamplingFields(_Strict):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[str], list[int]] = Field(..., description="text, a one-element list of text, or token ids")
-    echo: Optional[bool] = None
-    suffix: Optional[str] = None
+    prompt: str | list[str] | list[int] = Field(..., description="text, a one-element list of text, or token ids")
+    echo: bool | None = None
+    suffix: str | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.echo:
@@ -125,8 +135,8 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
-    name: Optional[str] = Field(None, max_length=256)
+    content: str | list[TextPart]
+    name: str | None = Field(None, max_length=256)
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -134,7 +144,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
 
     @field_validator("messages")
     @classmethod
@@ -158,35 +168,39 @@ class ToolModel(_Strict):
 
 class PlanRequest(_Strict):
     request: str = Field(..., min_length=1, max_length=20_000, description="what to plan")
-    model: Optional[str] = Field(None, max_length=256)
-    route: Optional[Annotated[str, Field(json_schema_extra=_route_enum)]] = Field(
+    model: str | None = Field(None, max_length=256)
+    route: Annotated[str, Field(json_schema_extra=_route_enum)] | None = Field(
         "auto", max_length=64, description="auto: the feature flag and rollout percentage decide"
     )
-    power_sampling: Optional[PowerSamplingParams] = None
-    max_tasks: Optional[int] = Field(None, ge=1, le=1000)
-    max_depth: Optional[int] = Field(None, ge=1, le=20)
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
-    tools: Optional[list[Union[Annotated[str, Field(min_length=1, max_length=64)], ToolModel]]] = Field(
-        None, min_length=1, max_length=200,
+    power_sampling: PowerSamplingParams | None = None
+    max_tasks: int | None = Field(None, ge=1, le=1000)
+    max_depth: int | None = Field(None, ge=1, le=20)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    tools: list[Annotated[str, Field(min_length=1, max_length=64)] | ToolModel] | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
         description="a closed tool vocabulary (names, or tools with descriptions and typed parameters as in "
-        "TaskBench's tools.json): every task then calls one of them with its arguments")
+        "TaskBench's tools.json): every task then calls one of them with its arguments",
+    )
 
     @field_validator("route")
     @classmethod
     def _known_route(cls, route: str | None) -> str | None:
         if route is not None and route != "auto" and route not in planner_routes():
-            raise PydanticCustomError("unknown_route", "must be auto or one of: {choices}",
-                                      {"choices": ", ".join(planner_routes())})
+            raise PydanticCustomError(
+                "unknown_route", "must be auto or one of: {choices}", {"choices": ", ".join(planner_routes())}
+            )
         return route
 
 
 class ErrorBody(BaseModel):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
+    param: str | None = None
+    code: str | None = None
 
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
-    partial: Optional[dict[str, Any]] = None
+    partial: dict[str, Any] | None = None

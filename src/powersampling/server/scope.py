@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from opentelemetry import trace
@@ -46,13 +47,16 @@ def check_limits(ps: PowerSamplingParams | None, settings: ServerSettings, *, ma
     parameter over its cap."""
     caps: list[tuple[str, int | None, int]] = [("max_tokens", max_tokens, settings.max_tokens_limit)]
     if ps is not None:
-        caps += [("power_sampling.n_mcmc", ps.n_mcmc, settings.max_n_mcmc),
-                 ("power_sampling.chains", ps.chains, settings.max_chains),
-                 ("power_sampling.n", ps.n, settings.max_chains)]
+        caps += [
+            ("power_sampling.n_mcmc", ps.n_mcmc, settings.max_n_mcmc),
+            ("power_sampling.chains", ps.chains, settings.max_chains),
+            ("power_sampling.n", ps.n, settings.max_chains),
+        ]
     for param, value, cap in caps:
         if value is not None and value > cap:
-            raise APIError(400, f"{param} must be <= {cap} on this server (got {value})", param=param,
-                           code="invalid_value")
+            raise APIError(
+                400, f"{param} must be <= {cap} on this server (got {value})", param=param, code="invalid_value"
+            )
 
 
 class RequestScope:
@@ -72,18 +76,26 @@ class RequestScope:
         """The request is valid: label it and open its GenAI span "{operation} {model}"."""
         self.call = call
         self.labels.update(method=method, route=route)
-        attributes = {"gen_ai.operation.name": self.operation, "gen_ai.provider.name": "powersampling",
-                      "gen_ai.request.model": model or self.state.model_name}
+        attributes = {
+            "gen_ai.operation.name": self.operation,
+            "gen_ai.provider.name": "powersampling",
+            "gen_ai.request.model": model or self.state.model_name,
+        }
         if call is not None:
-            attributes.update({
-                "gen_ai.request.max_tokens": call.params.get("max_new_tokens"),
-                "gen_ai.request.temperature": call.params.get("temperature"),
-                "gen_ai.request.seed": call.params.get("seed"),
-                "power_sampling.method": call.method,
-                "gen_ai.usage.input_tokens": len(call.prompt_ids),
-            })
-        self.span = tracer().start_span(f"{self.operation} {self.state.model_name}", kind=SpanKind.SERVER,
-                                        attributes={k: v for k, v in attributes.items() if v is not None})
+            attributes.update(
+                {
+                    "gen_ai.request.max_tokens": call.params.get("max_new_tokens"),
+                    "gen_ai.request.temperature": call.params.get("temperature"),
+                    "gen_ai.request.seed": call.params.get("seed"),
+                    "power_sampling.method": call.method,
+                    "gen_ai.usage.input_tokens": len(call.prompt_ids),
+                }
+            )
+        self.span = tracer().start_span(
+            f"{self.operation} {self.state.model_name}",
+            kind=SpanKind.SERVER,
+            attributes={k: v for k, v in attributes.items() if v is not None},
+        )
 
     def submit(self, fn: Callable[[Job], Any]) -> asyncio.Future:
         """Run ``fn(job)`` on a worker under the request's span; a refused request (429) ends here."""
@@ -101,8 +113,11 @@ class RequestScope:
         future, job = self.future, self.job
         watcher = asyncio.ensure_future(_wait_disconnect(self.request))
         try:
-            done, _ = await asyncio.wait({future, watcher}, timeout=max(job.remaining_s(), 0) + DEADLINE_GRACE_S,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {future, watcher},
+                timeout=max(job.remaining_s(), 0) + DEADLINE_GRACE_S,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if future in done:
                 return job_result(future)
             job.cancel.set()
@@ -114,8 +129,13 @@ class RequestScope:
 
     def deadline_error(self, partial: dict[str, Any]) -> APIError:
         """The 504 for a run the server's deadline cut short, with the response body of what was reached."""
-        return APIError(504, f"the request reached the server's deadline of {self.state.settings.request_timeout_s} s;"
-                             " 'partial' holds what was reached", code="deadline_exceeded", partial=partial)
+        return APIError(
+            504,
+            f"the request reached the server's deadline of {self.state.settings.request_timeout_s} s;"
+            " 'partial' holds what was reached",
+            code="deadline_exceeded",
+            partial=partial,
+        )
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.arrived
@@ -149,16 +169,22 @@ class RequestScope:
         span, result, call = self.span, self.result, self.call
         if result is not None:
             md = result.metadata
-            span.set_attributes({k: v for k, v in {
-                "gen_ai.response.model": self.state.model_name,
-                "gen_ai.response.id": call.request_id if call else None,
-                "gen_ai.response.finish_reasons": ["stop" if md.get("stopped_by") == "eos" else "length"],
-                "gen_ai.usage.output_tokens": len(result.token_ids),
-                "power_sampling.tokens_generated": md.get("tokens_generated"),
-                "power_sampling.acceptance_rate": md.get("acceptance_rate"),
-                "power_sampling.cost_multiplier": md.get("cost_multiplier"),
-                "power_sampling.stopped_by": md.get("stopped_by"),
-            }.items() if v is not None})
+            span.set_attributes(
+                {
+                    k: v
+                    for k, v in {
+                        "gen_ai.response.model": self.state.model_name,
+                        "gen_ai.response.id": call.request_id if call else None,
+                        "gen_ai.response.finish_reasons": ["stop" if md.get("stopped_by") == "eos" else "length"],
+                        "gen_ai.usage.output_tokens": len(result.token_ids),
+                        "power_sampling.tokens_generated": md.get("tokens_generated"),
+                        "power_sampling.acceptance_rate": md.get("acceptance_rate"),
+                        "power_sampling.cost_multiplier": md.get("cost_multiplier"),
+                        "power_sampling.stopped_by": md.get("stopped_by"),
+                    }.items()
+                    if v is not None
+                }
+            )
         if status != "ok":
             span.set_attribute("error.type", status)
             span.set_status(Status(StatusCode.ERROR, status))
@@ -171,8 +197,7 @@ class RequestScope:
             line += f" id={call.request_id}"
         line += f" method={self.labels.get('method')} route={self.labels.get('route')} status={status}"
         if call is not None:
-            line += (f" prompt_tokens={len(call.prompt_ids)}"
-                     f" completion_tokens={len(result.token_ids) if result else 0}")
+            line += f" prompt_tokens={len(call.prompt_ids)} completion_tokens={len(result.token_ids) if result else 0}"
         line += f" latency_s={self.elapsed_s():.3f}"
         if self.state.settings.log_prompts and result is not None:
             line += f" completion={result.text!r}"
@@ -184,8 +209,9 @@ def job_result(future: asyncio.Future) -> Any:
     try:
         return future.result()
     except DeadlineBeforeStart:
-        raise APIError(504, "the deadline passed while the request waited in the queue",
-                       code="deadline_exceeded") from None
+        raise APIError(
+            504, "the deadline passed while the request waited in the queue", code="deadline_exceeded"
+        ) from None
     except Cancelled:
         raise APIError(499, "the client closed the request", code="client_closed_request") from None
     except (PowerSamplingError, ValueError) as exc:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_name: Optional[str] = Field(None, description="name served in /v1/models (default: the model's name)")
-    api_key: Optional[str] = Field(None, description="bearer token required on /v1/* when set")
+    model_name: str | None = Field(None, description="name served in /v1/models (default: the model's name)")
+    api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
     default_method: str = Field("power", description="decoding method when a request names none")
     workers: int = Field(
-        1, ge=1, le=64,
+        1,
+        ge=1,
+        le=64,
         description="sampling threads; keep 1 for backends that are not thread-safe (transformers, llama.cpp)",
     )
     max_queue: int = Field(16, ge=0, le=100_000, description="requests waiting for a worker before 429")
@@ -25,12 +25,19 @@ class ServerSettings(BaseModel):
     max_prompt_tokens: int = Field(8192, ge=1)
     max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(64, ge=1)
-    max_chains: int = Field(16, ge=1, description="largest power_sampling.chains (or best-of-n n) a request may ask for")
+    max_chains: int = Field(
+        16, ge=1, description="largest power_sampling.chains (or best-of-n n) a request may ask for"
+    )
     max_n_mcmc: int = Field(64, ge=1, description="largest power_sampling.n_mcmc a request may ask for")
     log_prompts: bool = Field(False, description="log prompt and completion text (off: only sizes and timings)")
-    docs: bool = Field(True, description="serve /docs (a self-contained page: no scripts, nothing fetched from "
-                                         "elsewhere) and /openapi.json; off: neither")
-    progress_interval_s: float = Field(0.2, ge=0, description="at most one streamed MH-step progress event per interval")
+    docs: bool = Field(
+        True,
+        description="serve /docs (a self-contained page: no scripts, nothing fetched from "
+        "elsewhere) and /openapi.json; off: neither",
+    )
+    progress_interval_s: float = Field(
+        0.2, ge=0, description="at most one streamed MH-step progress event per interval"
+    )
 
     @field_validator("default_method")
     @classmethod

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,8 +26,8 @@ APIS = ("auto", "vllm", "sglang")
 _SAME_DISTRIBUTION_TOL = 1e-4
 _PROBE_TEMPERATURE = 0.5
 _PROBE_TOP_K = 5
-_SHAPE_TOL = 5e-3   # top-k log-prob differences at two temperatures: same (raw) or scaled by 1/T (processed)
-_SCORE_TOL = 0.1    # prefill (scoring) against decode log p of one token: catches misalignment, not rounding
+_SHAPE_TOL = 5e-3  # top-k log-prob differences at two temperatures: same (raw) or scaled by 1/T (processed)
+_SCORE_TOL = 0.1  # prefill (scoring) against decode log p of one token: catches misalignment, not rounding
 
 
 class RemoteLM:
@@ -74,12 +75,21 @@ class RemoteLM:
             self.close()
             raise
 
-    def _connect(self, root: str, api: str, model: str | None, tokenizer: Any, vocab_size: int | None,
-                 stop_token_ids: Sequence[int] | None) -> None:
+    def _connect(
+        self,
+        root: str,
+        api: str,
+        model: str | None,
+        tokenizer: Any,
+        vocab_size: int | None,
+        stop_token_ids: Sequence[int] | None,
+    ) -> None:
         info = sglang_api.model_info(self._http) if api in ("auto", "sglang") else None
         if api == "sglang" and info is None:
-            raise ModelLoadError(f"{root} does not answer SGLang's /model_info or /get_model_info; is it an "
-                                 "SGLang server? (use api='vllm' for a vLLM server)")
+            raise ModelLoadError(
+                f"{root} does not answer SGLang's /model_info or /get_model_info; is it an "
+                "SGLang server? (use api='vllm' for a vLLM server)"
+            )
         self.tokenizer = as_tokenizer(tokenizer)
         hf = getattr(self.tokenizer, "hf_tokenizer", None)
         self.vocab_size = int(vocab_size or (len(hf) if hf is not None else 0))
@@ -111,9 +121,11 @@ class RemoteLM:
     def inexact_constraints_reason(self) -> str | None:
         if self.exact_under_constraints:
             return None
-        return (f"{self.base_url} does not return full-vocabulary log-probabilities, which exact sampling under a "
-                "grammar needs (log p and log q renormalized over the allowed tokens at every step): "
-                f"{self._wire.full_vocabulary_hint}")
+        return (
+            f"{self.base_url} does not return full-vocabulary log-probabilities, which exact sampling under a "
+            "grammar needs (log p and log q renormalized over the allowed tokens at every step): "
+            f"{self._wire.full_vocabulary_hint}"
+        )
 
     # the protocol
 
@@ -129,8 +141,9 @@ class RemoteLM:
             if len(r.prefix) == 0:
                 raise ValueError("a request needs at least one prefix token (the prompt)")
         seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=len(requests))]
-        futures = [self._pool.submit(self._sample_one, r, temperature, seed, deadline)
-                   for r, seed in zip(requests, seeds)]
+        futures = [
+            self._pool.submit(self._sample_one, r, temperature, seed, deadline) for r, seed in zip(requests, seeds)
+        ]
         return [f.result() for f in futures]
 
     # probing
@@ -155,26 +168,35 @@ class RemoteLM:
             self.vocab_size = self.vocab_size or len(full)
             cooler = self._wire.full_distribution(prompt, _PROBE_TEMPERATURE)
             if cooler is None:
-                raise CapabilityError(f"{self.base_url} returned a whole distribution at temperature 1 but not at "
-                                      f"{_PROBE_TEMPERATURE}")
+                raise CapabilityError(
+                    f"{self.base_url} returned a whole distribution at temperature 1 but not at {_PROBE_TEMPERATURE}"
+                )
             processed = not np.allclose(self._dense(full), self._dense(cooler), atol=_SAME_DISTRIBUTION_TOL)
             return "full", processed
         try:
             drawn = self._wire.draw(prompt, max_new_tokens=2, temperature=_PROBE_TEMPERATURE, top_logprobs=1)
         except Refused as exc:
-            raise CapabilityError(f"{self.base_url} returned no log-probabilities ({exc.detail}); exact power "
-                                  "sampling needs them. Use baseline or best-of-n generation instead.") from None
+            raise CapabilityError(
+                f"{self.base_url} returned no log-probabilities ({exc.detail}); exact power "
+                "sampling needs them. Use baseline or best-of-n generation instead."
+            ) from None
         scored = self._wire.score(prompt, drawn.tokens)
         if scored is not None and not np.allclose(drawn.sampled, scored, atol=_SAME_DISTRIBUTION_TOL):
             return "score", False  # sampled log-probs carry the temperature: they are log q; scoring gives log p
-        reason = ("returns only top-k log-probabilities at temperature 1" if scored is None or
-                  np.allclose(drawn.sampled, scored, atol=_SAME_DISTRIBUTION_TOL) else
-                  "returns no usable log-probabilities")
-        return self._topk_or_refuse(prompt, (
-            f"{self.base_url} {reason}: the proposal's log q needs log Z_t = log sum_v p_t(v)^alpha over the whole "
-            "vocabulary. Start vLLM with --max-logprobs -1 (full vocabulary) or --logprobs-mode processed_logprobs, "
-            "or pass approximate=True to bound log Z_t from the top-k (not exact; see RemoteLM's documentation)."
-        ))
+        reason = (
+            "returns only top-k log-probabilities at temperature 1"
+            if scored is None or np.allclose(drawn.sampled, scored, atol=_SAME_DISTRIBUTION_TOL)
+            else "returns no usable log-probabilities"
+        )
+        return self._topk_or_refuse(
+            prompt,
+            (
+                f"{self.base_url} {reason}: the proposal's log q needs log Z_t = log sum_v p_t(v)^alpha over the whole "
+                "vocabulary. Start vLLM with --max-logprobs -1 (full vocabulary) or --logprobs-mode "
+                "processed_logprobs, or pass approximate=True to bound log Z_t from the top-k (not exact; see "
+                "RemoteLM's documentation)."
+            ),
+        )
 
     def _probe_sglang(self, prompt: list[int]) -> tuple[str, bool]:
         """Temperature-scaled sampled log-probabilities (SGLang's default) win: log q comes with every draw and
@@ -191,16 +213,22 @@ class RemoteLM:
             return "score", True
         if self._whole_distribution(prompt, 1.0) is not None:
             return "full", False
-        reason = ("and RemoteLM knows no vocab_size to ask for the whole distribution" if not self.vocab_size else
-                  f"and top_logprobs_num={self.vocab_size} did not return a whole distribution")
-        return self._topk_or_refuse(prompt, (
-            f"{self.base_url} (SGLang) reports sampled-token log-probabilities at temperature 1 (the server runs "
-            f"with SGLANG_RETURN_ORIGINAL_LOGPROB, or RETURN_ORIGINAL_LOGPROB on mid-2025 releases) {reason}: the "
-            "proposal's log q needs log Z_t over the whole vocabulary. Restart SGLang without that environment "
-            "variable (by default it reports the temperature-scaled log q, and log p comes from "
-            "input_token_logprobs), give RemoteLM the model's vocab_size or tokenizer to read full-vocabulary "
-            "top_logprobs_num, or pass approximate=True to bound log Z_t from the top-k (not exact)."
-        ))
+        reason = (
+            "and RemoteLM knows no vocab_size to ask for the whole distribution"
+            if not self.vocab_size
+            else f"and top_logprobs_num={self.vocab_size} did not return a whole distribution"
+        )
+        return self._topk_or_refuse(
+            prompt,
+            (
+                f"{self.base_url} (SGLang) reports sampled-token log-probabilities at temperature 1 (the server runs "
+                f"with SGLANG_RETURN_ORIGINAL_LOGPROB, or RETURN_ORIGINAL_LOGPROB on mid-2025 releases) {reason}: the "
+                "proposal's log q needs log Z_t over the whole vocabulary. Restart SGLang without that environment "
+                "variable (by default it reports the temperature-scaled log q, and log p comes from "
+                "input_token_logprobs), give RemoteLM the model's vocab_size or tokenizer to read full-vocabulary "
+                "top_logprobs_num, or pass approximate=True to bound log Z_t from the top-k (not exact)."
+            ),
+        )
 
     def _whole_distribution(self, prompt: list[int], temperature: float) -> dict[int, float] | None:
         """The next-token distribution over at least ``vocab_size`` tokens, or None."""
@@ -253,12 +281,13 @@ class RemoteLM:
 
     # sampling
 
-    def _sample_one(self, request: ContinuationRequest, temperature: float, seed: int,
-                    deadline: float | None) -> Continuation:
+    def _sample_one(
+        self, request: ContinuationRequest, temperature: float, seed: int, deadline: float | None
+    ) -> Continuation:
         if request.max_new_tokens <= 0:
             return _empty()
         prefix = [int(t) for t in request.prefix]
-        generated = prefix[request.generated_start:]
+        generated = prefix[request.generated_start :]
         state = request.constraint.start(generated) if request.constraint is not None else None
         grammar = server_grammar(request.constraint, generated)
         if state is not None and grammar is None and state.allowed_tokens() is not None:
@@ -268,8 +297,15 @@ class RemoteLM:
             return _empty(interrupted=True)
         top_logprobs = {"full": WHOLE_VOCABULARY, "score": 0, "topk": self._k}[self.mode]
         try:
-            drawn = self._wire.draw(prefix, max_new_tokens=request.max_new_tokens, temperature=temperature,
-                                    top_logprobs=top_logprobs, seed=seed, timeout=timeout, grammar=grammar)
+            drawn = self._wire.draw(
+                prefix,
+                max_new_tokens=request.max_new_tokens,
+                temperature=temperature,
+                top_logprobs=top_logprobs,
+                seed=seed,
+                timeout=timeout,
+                grammar=grammar,
+            )
         except httpx.TimeoutException:
             return _empty(interrupted=True)
         masks, finished = (None, False) if state is None else self._replay(state, drawn, len(generated), grammar)
@@ -280,8 +316,9 @@ class RemoteLM:
         exact = self.exact_under_constraints or all(m is None for m in masks or [])
         return Continuation(tokens, logp, logq, stopped, False, exact)
 
-    def _replay(self, state: ConstraintState, drawn: Draw, generated_before: int,
-                grammar: Grammar | None) -> tuple[list[np.ndarray | None], bool]:
+    def _replay(
+        self, state: ConstraintState, drawn: Draw, generated_before: int, grammar: Grammar | None
+    ) -> tuple[list[np.ndarray | None], bool]:
         """The local constraint over the drawn tokens. A disagreement is refused in every mode, also where the
         log-probabilities are not exact anyway: a server that ignored the grammar (an older vLLM warns about an
         unknown field and goes on) would otherwise pass off unconstrained text."""
@@ -302,14 +339,23 @@ class RemoteLM:
             "constraint must allow every token, as StopStringConstraint does"
         )
 
-    def _decode_locally(self, prefix: list[int], max_new_tokens: int, state: ConstraintState, temperature: float,
-                        seed: int, deadline: float | None) -> Continuation:
+    def _decode_locally(
+        self,
+        prefix: list[int],
+        max_new_tokens: int,
+        state: ConstraintState,
+        temperature: float,
+        seed: int,
+        deadline: float | None,
+    ) -> Continuation:
         """A grammar already under way cannot be handed to a server, which starts it afresh at the first generated
         token; so each token is drawn here from the server's whole next-token distribution under the local mask.
         Exact, at one request per token."""
         if not self.exact_under_constraints:
-            raise CapabilityError(f"{self.inexact_constraints_reason}; a row that continues from inside its "
-                                  "grammar (as power sampling resamples) is drawn token by token from them")
+            raise CapabilityError(
+                f"{self.inexact_constraints_reason}; a row that continues from inside its "
+                "grammar (as power sampling resamples) is drawn token by token from them"
+            )
         rng = np.random.default_rng(seed)
         tokens, logp, logq = [], [], []
         stopped, interrupted = state.is_finished(), False
@@ -325,8 +371,9 @@ class RemoteLM:
             logq.append(token_logq)
             state.advance(token)
             stopped = token in self.stop_token_ids or state.is_finished()
-        return Continuation(tokens, np.asarray(logp, dtype=np.float64), np.asarray(logq, dtype=np.float64),
-                            stopped, interrupted)
+        return Continuation(
+            tokens, np.asarray(logp, dtype=np.float64), np.asarray(logq, dtype=np.float64), stopped, interrupted
+        )
 
     def _next_distribution(self, ids: list[int], deadline: float | None) -> np.ndarray | None:
         """The whole next-token distribution at temperature 1 (log p), or None once the deadline has passed."""
@@ -341,22 +388,30 @@ class RemoteLM:
             raise CapabilityError(f"{self.base_url} stopped returning whole next-token distributions")
         return self._dense(distribution)
 
-    def _log_p_and_q(self, prefix: list[int], drawn: Draw, temperature: float,
-                     masks: list[np.ndarray | None] | None) -> tuple[np.ndarray, np.ndarray]:
+    def _log_p_and_q(
+        self, prefix: list[int], drawn: Draw, temperature: float, masks: list[np.ndarray | None] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "score":
             logp = self._wire.score(prefix, drawn.tokens)
             if logp is None:
                 raise CapabilityError(f"{self.base_url} stopped returning prompt log-probabilities")
             return logp, drawn.sampled if temperature != 0 else np.zeros(len(drawn.tokens))
         if drawn.tops is None or len(drawn.tops) != len(drawn.tokens):
-            raise CapabilityError(f"{self.base_url} returned {len(drawn.tops or [])} top log-probability lists "
-                                  f"for {len(drawn.tokens)} tokens")
+            raise CapabilityError(
+                f"{self.base_url} returned {len(drawn.tops or [])} top log-probability lists "
+                f"for {len(drawn.tokens)} tokens"
+            )
         if self.mode == "full":
             return self._from_full(drawn.tops, drawn.tokens, temperature, masks)
         return drawn.sampled, self._from_topk(drawn.tops, drawn.sampled, temperature)
 
-    def _from_full(self, distributions: list[dict[int, float]], tokens: list[int], temperature: float,
-                   masks: list[np.ndarray | None] | None = None):
+    def _from_full(
+        self,
+        distributions: list[dict[int, float]],
+        tokens: list[int],
+        temperature: float,
+        masks: list[np.ndarray | None] | None = None,
+    ):
         logp, logq = np.zeros(len(tokens)), np.zeros(len(tokens))
         for i, (dist, token) in enumerate(zip(distributions, tokens)):
             values = self._dense(dist)
@@ -379,8 +434,7 @@ class RemoteLM:
             )
         return renormalized(logp, allowed)
 
-    def _from_topk(self, distributions: list[dict[int, float]], sampled: np.ndarray, temperature: float
-                   ) -> np.ndarray:
+    def _from_topk(self, distributions: list[dict[int, float]], sampled: np.ndarray, temperature: float) -> np.ndarray:
         if temperature == 0:
             return np.zeros(len(sampled))
         alpha = 1.0 / temperature

@@ -43,23 +43,46 @@ def model_info(http: httpx.Client) -> dict | None:
 
 class SGLangApi:
     name = "sglang"
-    full_vocabulary_hint = ("start SGLang with SGLANG_RETURN_ORIGINAL_LOGPROB=1 and give RemoteLM the model's "
-                            "vocab_size or tokenizer")
+    full_vocabulary_hint = (
+        "start SGLang with SGLANG_RETURN_ORIGINAL_LOGPROB=1 and give RemoteLM the model's vocab_size or tokenizer"
+    )
 
-    def __init__(self, http: httpx.Client, root: str, stop_token_ids: frozenset[int], info: dict, vocab_size: int,
-                 model: str | None) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        root: str,
+        stop_token_ids: frozenset[int],
+        info: dict,
+        vocab_size: int,
+        model: str | None,
+    ) -> None:
         self._http = http
         self.base_url = root
         self._stop_token_ids = sorted(stop_token_ids)
         self._vocab_size = vocab_size
         self.model = model or str(info.get("served_model_name") or info["model_path"])
 
-    def draw(self, prefix: list[int], *, max_new_tokens: int, temperature: float, top_logprobs: int,
-             seed: int | None = None, timeout: float | None = None, grammar: Grammar | None = None) -> Draw:
+    def draw(
+        self,
+        prefix: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_logprobs: int,
+        seed: int | None = None,
+        timeout: float | None = None,
+        grammar: Grammar | None = None,
+    ) -> Draw:
         # the seed is not sent, as before the protocols were split: SGLang draws with its own randomness
         top = self._vocab_size if top_logprobs == WHOLE_VOCABULARY else top_logprobs
-        status, meta = self._generate(prefix, temperature=temperature, max_new_tokens=max_new_tokens,
-                                      top_logprobs_num=top, timeout=timeout, grammar=grammar)
+        status, meta = self._generate(
+            prefix,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            top_logprobs_num=top,
+            timeout=timeout,
+            grammar=grammar,
+        )
         if status >= 400:
             raise Refused(f"{self.base_url}/generate", status, meta)
         pairs = _pairs(meta, "output_token_logprobs")
@@ -68,10 +91,18 @@ class SGLangApi:
         tokens = [t for _, t in pairs]
         finish = meta.get("finish_reason")
         # SGLang also stops on the model's own EOS ids (ignore_eos would switch off stop_token_ids as well)
-        server_stopped = isinstance(finish, dict) and finish.get("type") == "stop" and bool(tokens) \
+        server_stopped = (
+            isinstance(finish, dict)
+            and finish.get("type") == "stop"
+            and bool(tokens)
             and finish.get("matched") == tokens[-1]
-        return Draw(tokens, np.asarray([v for v, _ in pairs], dtype=np.float64),
-                    _tops(meta, "output_top_logprobs") if top else None, server_stopped)
+        )
+        return Draw(
+            tokens,
+            np.asarray([v for v, _ in pairs], dtype=np.float64),
+            _tops(meta, "output_top_logprobs") if top else None,
+            server_stopped,
+        )
 
     def score(self, prefix: list[int], tokens: list[int]) -> np.ndarray:
         """SGLang answers one ``input_token_logprobs`` entry per input token from ``logprob_start_len`` on, the
@@ -82,8 +113,10 @@ class SGLangApi:
         ids = prefix + tokens
         status, meta = self._generate(ids, temperature=1.0, max_new_tokens=1, logprob_start_len=start)
         if status >= 400:
-            raise CapabilityError(f"{self.base_url} refused a scoring request (input_token_logprobs from "
-                                  f"logprob_start_len): {error_text(meta)}")
+            raise CapabilityError(
+                f"{self.base_url} refused a scoring request (input_token_logprobs from "
+                f"logprob_start_len): {error_text(meta)}"
+            )
         entries = _pairs(meta, "input_token_logprobs")
         expected = ids[start:]
         # SGLang writes 0 for ids at or past vocab_size - 1 in the echoed ids (multimodal hash padding)
@@ -97,14 +130,16 @@ class SGLangApi:
             raise CapabilityError(f"{self.base_url} left input_token_logprobs without values")
         return np.asarray(values, dtype=np.float64)
 
-    def full_distribution(self, prompt: list[int], temperature: float,
-                          timeout: float | None = None) -> dict[int, float] | None:
+    def full_distribution(
+        self, prompt: list[int], temperature: float, timeout: float | None = None
+    ) -> dict[int, float] | None:
         """``top_logprobs_num = vocab_size``, which needs the vocabulary size; the answer must sum to 1, or part
         of the distribution was left out."""
         if not self._vocab_size:
             return None
-        draw = self.draw(prompt, max_new_tokens=1, temperature=temperature, top_logprobs=WHOLE_VOCABULARY,
-                         timeout=timeout)
+        draw = self.draw(
+            prompt, max_new_tokens=1, temperature=temperature, top_logprobs=WHOLE_VOCABULARY, timeout=timeout
+        )
         top = draw.tops[0] if draw.tops else {}
         values = np.array([v for v in top.values() if v > -1e30], dtype=np.float64)
         if values.size == 0:
@@ -115,16 +150,28 @@ class SGLangApi:
     def largest_accepted_k(self, prompt: list[int]) -> int:
         return _TOP_K  # not probed: a fixed top-k, vLLM's default maximum, keeps the answers small
 
-    def _generate(self, input_ids: list[int], *, temperature: float, max_new_tokens: int,
-                  top_logprobs_num: int = 0, logprob_start_len: int = -1, timeout: float | None = None,
-                  grammar: Grammar | None = None) -> tuple[int, Any]:
+    def _generate(
+        self,
+        input_ids: list[int],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        top_logprobs_num: int = 0,
+        logprob_start_len: int = -1,
+        timeout: float | None = None,
+        grammar: Grammar | None = None,
+    ) -> tuple[int, Any]:
         """One ``/generate`` request: (status, ``meta_info``) or (error status, error body)."""
         payload: dict[str, Any] = {
             "input_ids": input_ids,
             "sampling_params": {
-                "temperature": temperature, "max_new_tokens": max_new_tokens, **_SAMPLING,
+                "temperature": temperature,
+                "max_new_tokens": max_new_tokens,
+                **_SAMPLING,
                 # ignore_eos would also switch off stop_token_ids in SGLang, so it stays off
-                "stop_token_ids": self._stop_token_ids, "ignore_eos": False, "skip_special_tokens": False,
+                "stop_token_ids": self._stop_token_ids,
+                "ignore_eos": False,
+                "skip_special_tokens": False,
             },
             "return_logprob": True,
             "logprob_start_len": logprob_start_len,

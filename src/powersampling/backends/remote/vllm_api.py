@@ -14,9 +14,8 @@ started to match the local grammar.
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+from typing import Any
 
 import httpx
 import numpy as np
@@ -46,23 +45,41 @@ class VLLMApi:
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
             raise ModelLoadError(f"could not list models at {self.base_url}/models: {exc}") from exc
 
-    def draw(self, prefix: list[int], *, max_new_tokens: int, temperature: float, top_logprobs: int,
-             seed: int | None = None, timeout: float | None = None, grammar: Grammar | None = None) -> Draw:
+    def draw(
+        self,
+        prefix: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_logprobs: int,
+        seed: int | None = None,
+        timeout: float | None = None,
+        grammar: Grammar | None = None,
+    ) -> Draw:
         def complete() -> tuple[int, Any]:
-            return self._complete(prefix, max_tokens=max_new_tokens, temperature=temperature, logprobs=top_logprobs,
-                                  seed=seed, timeout=timeout, grammar=grammar)
+            return self._complete(
+                prefix,
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                logprobs=top_logprobs,
+                seed=seed,
+                timeout=timeout,
+                grammar=grammar,
+            )
 
         field = self._grammar_field
         status, body = complete()
-        if grammar is not None and field == "structured_outputs" and status in (400, 422) \
-                and field in error_text(body):
+        if grammar is not None and field == "structured_outputs" and status in (400, 422) and field in error_text(body):
             self._grammar_field = "guided_json"
             status, body = complete()
         self._raise_for(status, body)
         logprobs = body["choices"][0]["logprobs"]
         tops = logprobs.get("top_logprobs")
-        return Draw(_token_ids(logprobs), np.asarray([float(x) for x in logprobs["token_logprobs"]], dtype=np.float64),
-                    [_by_token_id(position) for position in tops] if tops is not None else None)
+        return Draw(
+            _token_ids(logprobs),
+            np.asarray([float(x) for x in logprobs["token_logprobs"]], dtype=np.float64),
+            [_by_token_id(position) for position in tops] if tops is not None else None,
+        )
 
     def score(self, prefix: list[int], tokens: list[int]) -> np.ndarray | None:
         if not tokens:
@@ -74,20 +91,22 @@ class VLLMApi:
         if not entries:
             return None
         out = []
-        for entry, token in zip(entries[len(prefix):], tokens):
+        for entry, token in zip(entries[len(prefix) :], tokens):
             value = entry.get(str(token)) if isinstance(entry, dict) else None
             if value is None:
                 return None
             out.append(float(value["logprob"] if isinstance(value, dict) else value))
         return np.asarray(out, dtype=np.float64)
 
-    def full_distribution(self, prompt: list[int], temperature: float,
-                          timeout: float | None = None) -> dict[int, float] | None:
-        status, body = self._complete(prompt, max_tokens=1, temperature=temperature, logprobs=WHOLE_VOCABULARY,
-                                      timeout=timeout)
+    def full_distribution(
+        self, prompt: list[int], temperature: float, timeout: float | None = None
+    ) -> dict[int, float] | None:
+        status, body = self._complete(
+            prompt, max_tokens=1, temperature=temperature, logprobs=WHOLE_VOCABULARY, timeout=timeout
+        )
         if status >= 400:
             detail = error_text(body).lower()
-            if "prompt" in detail or status == 422 and "logprobs" not in detail:
+            if "prompt" in detail or (status == 422 and "logprobs" not in detail):
                 self._require_token_id_prompts(prompt)
             self._raise_for(status, body)
         return _by_token_id(body["choices"][0]["logprobs"]["top_logprobs"][0])
@@ -109,13 +128,28 @@ class VLLMApi:
                 "continuation from an exact token prefix. Use vLLM serve or a local backend."
             )
 
-    def _complete(self, prompt: list[int], *, max_tokens: int, temperature: float, logprobs: int | None = None,
-                  prompt_logprobs: int | None = None, seed: int | None = None, timeout: float | None = None,
-                  grammar: Grammar | None = None) -> tuple[int, Any]:
+    def _complete(
+        self,
+        prompt: list[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        grammar: Grammar | None = None,
+    ) -> tuple[int, Any]:
         payload: dict[str, Any] = {
-            "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
-            "return_tokens_as_token_ids": True, "skip_special_tokens": False, "ignore_eos": True,
-            "stop_token_ids": self._stop_token_ids, **UNTRUNCATED,
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "return_tokens_as_token_ids": True,
+            "skip_special_tokens": False,
+            "ignore_eos": True,
+            "stop_token_ids": self._stop_token_ids,
+            **UNTRUNCATED,
         }
         if logprobs is not None:
             payload["logprobs"] = logprobs

@@ -20,8 +20,14 @@ WHOLE_VOCABULARY = -1  # ``top_logprobs`` value asking for every token's log-pro
 
 # sampling parameters that switch off truncation and penalties, which a server may otherwise load from a model's
 # generation_config
-UNTRUNCATED = {"top_p": 1.0, "top_k": -1, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-               "repetition_penalty": 1.0}
+UNTRUNCATED = {
+    "top_p": 1.0,
+    "top_k": -1,
+    "min_p": 0.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+}
 
 
 @dataclass
@@ -39,12 +45,13 @@ class Draw:
     tops: list[dict[int, float]] | None = None
     server_stopped: bool = False
 
-    def cut(self, length: int) -> "Draw":
+    def cut(self, length: int) -> Draw:
         """The first ``length`` tokens (the server's stop, if any, was on a later one)."""
         if length >= len(self.tokens):
             return self
-        return Draw(self.tokens[:length], self.sampled[:length],
-                    self.tops[:length] if self.tops is not None else None, False)
+        return Draw(
+            self.tokens[:length], self.sampled[:length], self.tops[:length] if self.tops is not None else None, False
+        )
 
 
 @dataclass
@@ -74,8 +81,17 @@ class WireProtocol(Protocol):
     model: str
     full_vocabulary_hint: str  # how to start this server so that it returns full-vocabulary log-probabilities
 
-    def draw(self, prefix: list[int], *, max_new_tokens: int, temperature: float, top_logprobs: int,
-             seed: int | None = None, timeout: float | None = None, grammar: Grammar | None = None) -> Draw:
+    def draw(
+        self,
+        prefix: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_logprobs: int,
+        seed: int | None = None,
+        timeout: float | None = None,
+        grammar: Grammar | None = None,
+    ) -> Draw:
         """Continue ``prefix`` at ``temperature``, under ``grammar`` when given; ``top_logprobs``: 0 for the
         sampled tokens' log-probabilities only, k for the top k at each position as well, ``WHOLE_VOCABULARY``
         for all of them."""
@@ -84,8 +100,9 @@ class WireProtocol(Protocol):
         """log p (temperature 1) of ``tokens`` after ``prefix``; None when the server gives no prompt
         log-probabilities at all."""
 
-    def full_distribution(self, prompt: list[int], temperature: float,
-                          timeout: float | None = None) -> dict[int, float] | None:
+    def full_distribution(
+        self, prompt: list[int], temperature: float, timeout: float | None = None
+    ) -> dict[int, float] | None:
         """The whole next-token distribution after ``prompt``, or None when the server will not give it."""
 
     def largest_accepted_k(self, prompt: list[int]) -> int:
@@ -115,4 +132,3 @@ def error_text(body: Any) -> str:
             err = err.get("message", err)
         return str(err)[:300]
     return str(body)[:300]
-
