@@ -26,6 +26,8 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         (["--task", "gsm8k", "--n-mcmc", "0"], "n_mcmc"),
         (["--task", "gsm8k", "--param", "warp=9"], "warp"),
         (["--task", "gsm8k", "--param", "novalue"], "name=value"),
+        (["--task", "gsm8k", "--methods", "sample", "--param", "smc.n-particles=4"], "not one of the methods"),
+        (["--task", "gsm8k", "--methods", "power", "--param", "power.top-k=4"], "do not apply to method 'power'"),
         (["--task", "gsm8k", "--style", "poem"], "style"),
         (["--task", "gsm8k", "--best-of-n", "0"], "best_of_n"),
         (["--task", "gsm8k", "--offset", "5000"], "past the end"),

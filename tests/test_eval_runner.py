@@ -254,6 +254,55 @@ def test_resume_with_other_settings_is_refused(problems, tmp_path):
     assert len(read_rows(tmp_path / RESULTS_FILE)) == 4
 
 
+def test_a_method_joins_a_finished_run_with_its_own_parameters(problems, tmp_path):
+    run_eval("gsm8k", ["sample", "power"], 2, toy_model(problems), tmp_path, write_report=False, **SMALL)
+    scoped = {"scalable-power.top_k": 3, "scalable-power.rollouts": 2, "scalable-power.horizon": 4}
+    run_eval(
+        "gsm8k", ["scalable-power"], 2, toy_model(problems), tmp_path, write_report=False, extra_params=scoped, **SMALL
+    )
+    rows = read_rows(tmp_path / RESULTS_FILE)
+    scalable = [r for r in rows if r["method"] == "scalable-power"]
+    assert len(rows) == 6 and len(scalable) == 2
+    assert all(r["params"]["top_k"] == 3 and r["params"]["horizon"] == 4 for r in scalable)
+    assert all("top_k" not in r["params"] for r in rows if r["method"] == "power")  # scoped: not given to power
+    stored = json.loads((tmp_path / "run.json").read_text())["settings"]["extra_params"]
+    assert stored == scoped
+    # once the method has rows, its parameters are fixed like every other setting
+    with pytest.raises(ConfigError, match="extra_params"):
+        run_eval(
+            "gsm8k",
+            ["scalable-power"],
+            3,
+            toy_model(problems),
+            tmp_path,
+            write_report=False,
+            extra_params={**scoped, "scalable-power.top_k": 5},
+            **SMALL,
+        )
+    # an unscoped parameter changes every method's rows: refused
+    with pytest.raises(ConfigError, match="extra_params"):
+        run_eval(
+            "gsm8k",
+            ["sample"],
+            3,
+            toy_model(problems),
+            tmp_path,
+            write_report=False,
+            extra_params={"scan": "random"},
+            **SMALL,
+        )
+    assert len(read_rows(tmp_path / RESULTS_FILE)) == 6
+
+
+def test_scoped_parameters_are_checked_against_their_method(problems, tmp_path):
+    with pytest.raises(ConfigError, match="not one of the methods"):
+        check_arguments("gsm8k", ["sample"], 1, extra_params={"smc.n_particles": 4})
+    with pytest.raises(ConfigError, match="do not apply"):
+        check_arguments("gsm8k", ["power"], 1, extra_params={"power.top_k": 4})
+    with pytest.raises(ConfigError, match="top_k"):
+        check_arguments("gsm8k", ["scalable-power"], 1, extra_params={"scalable-power.top_k": 0})
+
+
 def test_bad_arguments_fail_before_sampling(problems, tmp_path):
     lm = toy_model(problems)
     with pytest.raises(ConfigError, match="unknown method"):

@@ -24,7 +24,9 @@ Logits are requested only where a row needs them (the last prefix token and each
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,6 +91,8 @@ class LlamaCppLM:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))  # llama.cpp may round the size up
         self._batch = llama_cpp.llama_batch_init(_MAX_BATCH, 0, 1)
+        # free the engine before interpreter shutdown: Llama.__del__ at shutdown prints a TypeError traceback
+        atexit.register(_close_if_alive, weakref.ref(self))
         self._slots: list[list[int]] = [[] for _ in range(self.n_seq_max)]  # token ids each sequence holds
         self._last_used = [0] * self.n_seq_max
         self._busy: set[int] = set()  # slots of the rows being decoded: never evicted to make room
@@ -158,10 +162,14 @@ class LlamaCppLM:
         return self._prefill([seq], [[int(t) for t in prefix]])[0].astype(np.float64)
 
     def close(self) -> None:
+        """Free the decoding context and the model; the backend cannot be used afterwards."""
         if self._ctx:
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)
             self._ctx = None
+        close_llama = getattr(self.llama, "close", None)
+        if close_llama is not None:
+            close_llama()
 
     def __del__(self) -> None:
         try:
@@ -395,3 +403,9 @@ def load_llamacpp(
     except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError with little detail
         raise ModelLoadError(f"llama.cpp could not load {p}: {exc}") from exc
     return LlamaCppLM(llama, name=name or p.stem, gguf_path=str(p), n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=threads)
+
+
+def _close_if_alive(ref: weakref.ref) -> None:
+    backend = ref()
+    if backend is not None:
+        backend.close()

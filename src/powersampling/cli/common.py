@@ -113,12 +113,14 @@ class SamplerProgress:
 
 PARAM_HELP = (
     "a sampler parameter name=value (repeatable), e.g. --param scan=sorted, --param top_k=4 "
-    "(any field of the method's config; values read as JSON when they parse)"
+    "(any field of the method's config; values read as JSON when they parse); METHOD.name=value sets it for "
+    "that method only, e.g. --param scalable-power.top_k=4"
 )
 
 
 def parse_params(items: list[str]) -> dict:
-    """``name=value`` pairs; values are read as JSON when they parse (numbers, true/false), else kept as text."""
+    """``name=value`` pairs (``name`` may be ``METHOD.name``); values are read as JSON when they parse (numbers,
+    true/false), else kept as text."""
     params = {}
     for item in items:
         name, sep, raw = item.partition("=")
@@ -128,5 +130,6 @@ def parse_params(items: list[str]) -> dict:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        params[name.strip().replace("-", "_")] = value
+        scope, dot, key = name.strip().rpartition(".")
+        params[scope + dot + key.replace("-", "_")] = value
     return params

@@ -109,7 +109,10 @@ def generate(
     if method.value == "power":
         params["temperature"] = None
     try:
-        params.update(parse_params(param))
+        given = parse_params(param)
+        if scoped := [k for k in given if "." in k]:
+            fail(f"--param {scoped[0]}: METHOD.name is for eval; generate runs one method, give name=value")
+        params.update(given)
         if answer_regex is not None:
             if select != "majority":
                 fail("--answer-regex is used by --select majority only")

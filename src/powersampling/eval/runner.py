@@ -2,7 +2,9 @@
 
 Resuming: rows already in ``results.jsonl`` are skipped, so an interrupted run continues where it stopped.
 ``run.json`` holds the settings that decide what a row means (task, model, prompt style, sampler parameters, seed);
-resuming with different ones is refused instead of mixing incomparable rows.
+resuming with different ones is refused instead of mixing incomparable rows. Parameters scoped to one method
+(``{"scalable-power.top_k": 4}``, from ``--param scalable-power.top_k=4``) may be added or changed for a method that
+has no rows yet, so a method can join a finished run with its own settings.
 
 Seeds: each (problem, method) gets its own seed derived from the run seed, the problem index and the method name,
 recorded in its row, so any row can be replayed alone and a resumed run draws what an uninterrupted one would have.
@@ -31,7 +33,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,6 @@ from .datasets import TASKS, Problem, load_problems
 from .results import RESULTS_FILE, SETTINGS_FILE, append_row, prepare_run_dir, read_rows, repair_torn_tail, write_rows
 from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, answer_extractor, build_prompt, grade_completion, resolve_style
 
-# power (and smc) run before best-of-n on each problem so its matched n can use this problem's cost too
 # power (and smc) run before best-of-n and the votes on each problem so their matched n can use this problem's cost
 _METHOD_ORDER = {"sample": 0, "greedy": 1, "low-temp": 2, "power": 3, "smc": 4, "scalable-power": 5, "best-of-n": 9}
 VOTE = "+vote"  # method suffix: a majority vote over the method's outputs (see _run_one)
@@ -228,11 +229,20 @@ def check_arguments(
     if "best-of-n" in methods and best_of_n is None and "power" not in methods:
         raise ConfigError("best-of-n at matched cost needs power sampling in the methods (or set best_of_n)")
     base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
+    extra_params = extra_params or {}
+    for scoped in {k.rpartition(".")[0] for k in extra_params if "." in k} - set(methods):
+        raise ConfigError(f"--param {scoped}.…: {scoped!r} is not one of the methods ({', '.join(methods)})")
     for method in methods:
+        own = {k.rpartition(".")[2]: v for k, v in extra_params.items() if k.rpartition(".")[0] == method}
+        if own:  # a parameter scoped to a method must be one of its own
+            validate_params(method.removesuffix(VOTE), strict=True, **own)
         validate_params(
-            method.removesuffix(VOTE), **base, **(extra_params or {}), **({"n": 2} if method == "best-of-n" else {})
+            method.removesuffix(VOTE),
+            **base,
+            **method_params(extra_params, method),
+            **({"n": 2} if method == "best-of-n" else {}),
         )
-    if "power+vote" in methods and int((extra_params or {}).get("n_chains", 1)) < 2:
+    if "power+vote" in methods and int(method_params(extra_params, "power+vote").get("n_chains", 1)) < 2:
         raise ConfigError("power+vote votes over MH chains: give --param n_chains=N with N >= 2")
     return problems, base
 
@@ -319,9 +329,7 @@ def run_eval(
     settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
     if settings_path.is_file():
         previous = _stored_settings(settings_path)
-        diffs = settings.differences(previous)
-        if diffs:
-            raise ConfigError(f"{out} holds a run with other settings ({'; '.join(diffs)}); use another --out")
+        settings = _admit_new_method_params(settings, previous, read_rows(results_path), settings_path, out)
     else:
         settings_path.write_text(
             json.dumps(
@@ -417,6 +425,38 @@ def prefill_prompt(model, prompt_ids) -> float:
     return time.perf_counter() - start
 
 
+def method_params(extra_params: dict[str, Any], method: str) -> dict[str, Any]:
+    """The extra sampler parameters ``method`` runs with: the unscoped ones, overridden by those scoped to it
+    (``"METHOD.name"``)."""
+    params = {k: v for k, v in extra_params.items() if "." not in k}
+    params.update({k.rpartition(".")[2]: v for k, v in extra_params.items() if k.rpartition(".")[0] == method})
+    return params
+
+
+def _admit_new_method_params(
+    settings: RunSettings, previous: RunSettings, rows: list[dict], settings_path: Path, out: Path
+) -> RunSettings:
+    """Check that ``settings`` may resume the run stored in ``out`` (ConfigError if not) and return them.
+
+    Everything must match, except parameters scoped to a method that has no rows in the folder yet: they decide
+    nothing stored, so they may be added or changed (and ``run.json`` is updated)."""
+    with_rows = {r["method"] for r in rows}
+
+    def fixed(params: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in params.items() if "." not in k or k.rpartition(".")[0] in with_rows}
+
+    free = {k: v for k, v in settings.extra_params.items() if k not in fixed(settings.extra_params)}
+    comparable = replace(previous, extra_params={**fixed(previous.extra_params), **free})
+    diffs = settings.differences(comparable)
+    if diffs:
+        raise ConfigError(f"{out} holds a run with other settings ({'; '.join(diffs)}); use another --out")
+    if settings.extra_params != previous.extra_params:
+        document = json.loads(settings_path.read_text())
+        document["settings"] = asdict(settings)
+        settings_path.write_text(json.dumps(document, indent=2))
+    return settings
+
+
 def _stored_settings(path: Path) -> RunSettings:
     try:
         return RunSettings(**json.loads(path.read_text())["settings"])
@@ -479,7 +519,7 @@ def _run_one(problem, method, plan, model, settings, base, extra_params, rows, l
 
     seed = method_seed(settings.seed, problem.index, method)
     base_method = method.removesuffix(VOTE)
-    params = {**base, **extra_params, "seed": seed}
+    params = {**base, **method_params(extra_params, method), "seed": seed}
     n_rule = None
     if base_method == "sample":
         params["temperature"] = 1.0
