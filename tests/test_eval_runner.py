@@ -294,6 +294,20 @@ def test_a_method_joins_a_finished_run_with_its_own_parameters(problems, tmp_pat
     assert len(read_rows(tmp_path / RESULTS_FILE)) == 6
 
 
+def test_a_method_run_in_its_own_folder_merges_with_its_parameters(problems, tmp_path):
+    scoped = {"scalable-power.top_k": 3, "scalable-power.horizon": 4}
+    run_eval("gsm8k", ["sample"], 2, toy_model(problems), tmp_path / "a", write_report=False, **SMALL)
+    for name, params, offset in (("b", scoped, 0), ("c", {"scalable-power.top_k": 2}, 2)):
+        run_eval(
+            "gsm8k", ["scalable-power"], 2, toy_model(problems), tmp_path / name, write_report=False,
+            extra_params=params, offset=offset, **SMALL,
+        )  # fmt: skip
+    assert merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "ab") == 4
+    assert json.loads((tmp_path / "ab" / "run.json").read_text())["settings"]["extra_params"] == scoped
+    with pytest.raises(ConfigError, match="other parameters"):  # the same method's rows with other parameters
+        merge_runs([tmp_path / "ab", tmp_path / "c"], tmp_path / "abc")
+
+
 def test_scoped_parameters_are_checked_against_their_method(problems, tmp_path):
     with pytest.raises(ConfigError, match="not one of the methods"):
         check_arguments("gsm8k", ["sample"], 1, extra_params={"smc.n_particles": 4})

@@ -457,6 +457,25 @@ def _admit_new_method_params(
     return settings
 
 
+def _merged_scoped_params(scoped: dict[Path, dict[str, Any]], origin: dict[tuple[str, str], Path]) -> dict[str, Any]:
+    """The method-scoped parameters of merged runs: every source holding rows of a method must have run it with
+    the same scoped parameters (a source without rows of it may hold any: they decided nothing there)."""
+    merged: dict[str, Any] = {}
+    reference: dict[str, Path] = {}
+    for (_, method), source in origin.items():
+        own = {k: v for k, v in scoped[source].items() if k.rpartition(".")[0] == method}
+        if method not in reference:
+            reference[method] = source
+            merged.update(own)
+            continue
+        first = {k: v for k, v in scoped[reference[method]].items() if k.rpartition(".")[0] == method}
+        if own != first:
+            raise ConfigError(
+                f"{source} and {reference[method]} ran {method} with other parameters ({own} against {first})"
+            )
+    return merged
+
+
 def _stored_settings(path: Path) -> RunSettings:
     try:
         return RunSettings(**json.loads(path.read_text())["settings"])
@@ -467,8 +486,9 @@ def _stored_settings(path: Path) -> RunSettings:
 def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
     """Gather the rows of runs made side by side (for example one process per ``--offset`` range) into ``out_dir``.
 
-    Every source must hold the same settings, and no (problem, method) pair may be in two sources: rows of
-    different settings are not comparable, and a pair run twice would be counted twice. ``out_dir`` gets the
+    Every source must hold the same settings (parameters scoped to a method need only agree among the sources
+    that hold rows of it), and no (problem, method) pair may be in two sources: rows of different settings are
+    not comparable, and a pair run twice would be counted twice. ``out_dir`` gets the
     settings and all rows (it may not hold rows already); the caller writes the report. Returns the number of rows.
     """
     sources = [Path(s) for s in sources]
@@ -477,11 +497,13 @@ def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
         raise ConfigError("merging needs at least two run folders")
     if (out / RESULTS_FILE).is_file() and read_rows(out / RESULTS_FILE):
         raise ConfigError(f"{out / RESULTS_FILE} already holds rows; merge into a new folder")
-    settings, rows, origin = None, [], {}
+    settings, rows, origin, scoped = None, [], {}, {}
     for source in sources:
         if not (source / SETTINGS_FILE).is_file():
             raise ConfigError(f"{source} is not an evaluation folder (no {SETTINGS_FILE})")
         these = _stored_settings(source / SETTINGS_FILE)
+        scoped[source] = {k: v for k, v in these.extra_params.items() if "." in k}
+        these = replace(these, extra_params={k: v for k, v in these.extra_params.items() if "." not in k})
         if settings is None:
             settings, first = these, source
         elif diffs := these.differences(settings, f"in {source}", f"in {first}"):
@@ -495,6 +517,7 @@ def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
                 )
             origin[key] = source
             rows.append(row)
+    settings = replace(settings, extra_params={**settings.extra_params, **_merged_scoped_params(scoped, origin)})
     prepare_run_dir(out)
     (out / SETTINGS_FILE).write_text(
         json.dumps(
