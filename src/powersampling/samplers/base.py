@@ -70,9 +70,18 @@ class Sampler:
     """Base class: subclasses implement ``sample(prompt_ids, constraint=None, progress=None)``."""
 
     method: str = "sampler"
+    config_type: type[DecodeConfig]  # the config built when none is given
 
-    def __init__(self, model: LanguageModel) -> None:
+    def __init__(
+        self,
+        model: LanguageModel,
+        config: DecodeConfig | None = None,
+        *,
+        evaluator: Callable[[str], float] | None = None,
+    ) -> None:
         self.model = model
+        self.config = config or self.config_type()
+        self.evaluator = evaluator or self.config.quality_evaluator
 
     def sample(
         self,

@@ -28,6 +28,9 @@ class TemperatureSampler(Sampler):
     """n independent samples at the config's temperature (0 = greedy) decoded as one batch; the first is returned,
     or with ``n > 1`` the best by the quality evaluator, else by mean base-model log p per token (best-of-n)."""
 
+    config_type = SamplingConfig
+    config: TemperatureConfig
+
     def __init__(
         self,
         model: LanguageModel,
@@ -36,9 +39,7 @@ class TemperatureSampler(Sampler):
         evaluator=None,
         method: str | None = None,
     ) -> None:
-        super().__init__(model)
-        self.config = config or SamplingConfig()
-        self.evaluator = evaluator or self.config.quality_evaluator
+        super().__init__(model, config, evaluator=evaluator)
         self.method = method or (
             "greedy" if self.config.temperature == 0 else "best-of-n" if self.config.n > 1 else "sample"
         )

@@ -143,10 +143,8 @@ class _Chain:
 class PowerSampler(Sampler):
     method = "power"
 
-    def __init__(self, model: LanguageModel, config: PowerSamplingConfig | None = None, *, evaluator=None) -> None:
-        super().__init__(model)
-        self.config = config or PowerSamplingConfig()
-        self.evaluator = evaluator or self.config.quality_evaluator
+    config_type = PowerSamplingConfig
+    config: PowerSamplingConfig
 
     def sample(
         self,

@@ -82,10 +82,8 @@ def power_estimate(alpha_logp: np.ndarray, log_weights: np.ndarray, *, jackknife
 class ScalablePowerSampler(Sampler):
     method = "scalable-power"
 
-    def __init__(self, model: LanguageModel, config: ScalablePowerConfig | None = None, *, evaluator=None) -> None:
-        super().__init__(model)
-        self.config = config or ScalablePowerConfig()
-        self.evaluator = evaluator or self.config.quality_evaluator
+    config_type = ScalablePowerConfig
+    config: ScalablePowerConfig
 
     def sample(
         self,

@@ -110,10 +110,8 @@ def normalize(log_weights: np.ndarray) -> tuple[np.ndarray, float, float]:
 class SMCSampler(Sampler):
     method = "smc"
 
-    def __init__(self, model: LanguageModel, config: SMCConfig | None = None, *, evaluator=None) -> None:
-        super().__init__(model)
-        self.config = config or SMCConfig()
-        self.evaluator = evaluator or self.config.quality_evaluator
+    config_type = SMCConfig
+    config: SMCConfig
 
     def sample(
         self,
