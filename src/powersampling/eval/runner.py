@@ -294,18 +294,7 @@ def run_eval(
         extra_params=extra_params,
         data=data,
     )
-    block_size, max_new_tokens = base["block_size"], base["max_new_tokens"]
-
-    if model is None or isinstance(model, (str, Path)):
-        from ..backends import load_model
-
-        model = load_model(None if model is None else str(model))
-    if concurrency > 1 and not getattr(model, "thread_safe", False):
-        raise ConfigError(
-            f"{type(model).__name__} decodes one call at a time, so problems in flight together would "
-            "share its state; --concurrency needs a backend that batches across requests (vLLM, a "
-            "remote vLLM or SGLang server)"
-        )
+    model = _loaded(model, concurrency)
     resolved_style = resolve_style(style, model)
     fingerprint = problems[0].fields["data"].fingerprint if task == "taskbench" else None
     settings = RunSettings(
@@ -316,51 +305,22 @@ def run_eval(
         shots,
         float(alpha),
         n_mcmc,
-        block_size,
-        max_new_tokens,
+        base["block_size"],
+        base["max_new_tokens"],
         seed,
         best_of_n,
         extra_params,
         fingerprint,
     )
-
     out = Path(out_dir)
-    prepare_run_dir(out)
-    settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
-    if settings_path.is_file():
-        previous = _stored_settings(settings_path)
-        settings = _admit_new_method_params(settings, previous, read_rows(results_path), settings_path, out)
-    else:
-        settings_path.write_text(
-            json.dumps(
-                {
-                    "settings": asdict(settings),
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "host": platform.node(),
-                    "python": platform.python_version(),
-                },
-                indent=2,
-            )
-        )
-    rows = read_rows(results_path)  # a bad line is an error before the torn tail is touched
-    dropped = repair_torn_tail(results_path)
-    if dropped and progress:
-        from rich.console import Console
-
-        Console(stderr=True).print(
-            f"repaired {results_path}: dropped a torn last line ({dropped} bytes) left by an "
-            "interrupted run; that row will be run again",
-            highlight=False,
-            soft_wrap=True,
-        )
-    done = {(r["problem_id"], r["method"]) for r in rows}
+    settings, rows = _open_run(out, settings, progress)
+    results_path = out / RESULTS_FILE
     ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 8 if m.endswith(VOTE) else 6))
-    todo_keys = [(p.problem_id, m) for p in problems for m in ordered if (p.problem_id, m) not in done]
+    done = {(r["problem_id"], r["method"]) for r in rows}
+    jobs = [(p, [m for m in ordered if (p.problem_id, m) not in done]) for p in problems]
+    jobs = [(p, todo) for p, todo in jobs if todo]
     wanted_ids = {p.problem_id for p in problems}
     rows_in_scope = [r for r in rows if r["problem_id"] in wanted_ids and r["method"] in methods]
-
-    jobs = [(p, [m for m in ordered if (p.problem_id, m) in set(todo_keys)]) for p in problems]
-    jobs = [(p, ms) for p, ms in jobs if ms]
     lock = threading.Lock()
 
     def run_problem(problem: Problem, todo_methods: list[str]) -> list[dict]:
@@ -388,26 +348,76 @@ def run_eval(
             on_row(row)
 
     with _Progress(len(problems) * len(methods), len(rows_in_scope), ordered, rows_in_scope, progress) as bar:
-        if concurrency == 1:
-            for problem, todo_methods in jobs:
-                run_problem(problem, todo_methods)
-        else:  # problems in flight together; rows written in problem order as soon as every earlier one is
-            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval-problem") as pool:
-                futures = [pool.submit(run_problem, p, ms) for p, ms in jobs]
-                try:
-                    for future in futures:
-                        for row in future.result():
-                            record(row)
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-
+        _run_jobs(jobs, run_problem, record, concurrency)
     if write_report:
         from .report import write_report as _write
 
         return _write(out, methods=methods, problem_ids=[p.problem_id for p in problems])
     return {}
+
+
+def _loaded(model, concurrency: int):
+    """``model`` loaded (a path or None: the embedded model), checked for problems in flight."""
+    if model is None or isinstance(model, (str, Path)):
+        from ..backends import load_model
+
+        model = load_model(None if model is None else str(model))
+    if concurrency > 1 and not getattr(model, "thread_safe", False):
+        raise ConfigError(
+            f"{type(model).__name__} decodes one call at a time, so problems in flight together would "
+            "share its state; --concurrency needs a backend that batches across requests (vLLM, a "
+            "remote vLLM or SGLang server)"
+        )
+    return model
+
+
+def _open_run(out: Path, settings: RunSettings, progress: bool) -> tuple[RunSettings, list[dict]]:
+    """The run folder ready to append to: its settings (stored on a first run, checked on a resume) and its rows
+    (a line torn by an interrupted write dropped, and said)."""
+    prepare_run_dir(out)
+    settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
+    if settings_path.is_file():
+        previous = _stored_settings(settings_path)
+        settings = _admit_new_method_params(settings, previous, read_rows(results_path), settings_path, out)
+    else:
+        document = {
+            "settings": asdict(settings),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "python": platform.python_version(),
+        }
+        settings_path.write_text(json.dumps(document, indent=2))
+    rows = read_rows(results_path)  # a bad line is an error before the torn tail is touched
+    dropped = repair_torn_tail(results_path)
+    if dropped and progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"repaired {results_path}: dropped a torn last line ({dropped} bytes) left by an "
+            "interrupted run; that row will be run again",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return settings, rows
+
+
+def _run_jobs(jobs, run_problem: Callable, record: Callable[[dict], None], concurrency: int) -> None:
+    """One problem after another (``run_problem`` records each row itself), or ``concurrency`` problems in
+    flight with rows recorded in problem order as soon as every earlier problem's are."""
+    if concurrency == 1:
+        for problem, todo_methods in jobs:
+            run_problem(problem, todo_methods)
+        return
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval-problem") as pool:
+        futures = [pool.submit(run_problem, p, todo) for p, todo in jobs]
+        try:
+            for future in futures:
+                for row in future.result():
+                    record(row)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def prefill_prompt(model, prompt_ids) -> float:

@@ -32,6 +32,7 @@ futures; the test-suite checks the horizon-1 bias and the whole-future agreement
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -112,70 +113,28 @@ class ScalablePowerSampler(Sampler):
         ):
             return self._run(prompt, constraint, progress)
 
+    @property
+    def _proposal_temperature(self) -> float:
+        return self.config.proposal_temperature or 1.0 / self.config.alpha
+
     def _run(self, prompt: list[int], constraint, progress) -> SampleResult:
         cfg, model = self.config, self.model
         seed = resolve_seed(cfg.seed)
         rng = np.random.default_rng(seed)
         deadline = Deadline(cfg.deadline_s)
-        temperature = cfg.proposal_temperature or 1.0 / cfg.alpha
+        tally = _Tally()
         tokens: list[int] = []
         logps: list[float] = []
         state = constraint.start([]) if constraint is not None else None
-        rollout_tokens = forward_tokens = rollouts = positions_with_rollouts = calls = 0
-        stopped = hit_deadline = False
-
-        def request(generated: list[int], max_new: int) -> ContinuationRequest:
-            return ContinuationRequest(prompt + generated, max_new, generated_start=len(prompt), constraint=constraint)
-
-        while len(tokens) < cfg.max_new_tokens:
+        stopped = False
+        while len(tokens) < cfg.max_new_tokens and not tally.hit_deadline:
             if deadline.expired():
-                hit_deadline = True
+                tally.hit_deadline = True
                 break
-            logp = model.next_token_logprobs([request(tokens, 1)])[0]
-            calls += 1
-            forward_tokens += 1
-            finite = np.isfinite(logp)
-            p = np.exp(np.where(finite, logp, -np.inf))
-            entropy = float(-np.sum(p[finite] * logp[finite]))
-            left = cfg.max_new_tokens - len(tokens) - 1
-            if cfg.entropy_threshold is not None and entropy < cfg.entropy_threshold:
-                (token,), _, _ = draw(logp[None, :], 1.0 / cfg.alpha, rng.random(1))
-            else:
-                candidates = np.argsort(-np.where(finite, logp, -np.inf), kind="stable")[: cfg.top_k]
-                candidates = candidates[finite[candidates]]
-                log_weights = np.zeros((len(candidates), cfg.rollouts))
-                horizon = left if cfg.horizon is None else min(cfg.horizon, left)
-                open_rows = [
-                    k
-                    for k, c in enumerate(candidates)
-                    if horizon > 0
-                    and int(c) not in model.stop_token_ids
-                    and not (state is not None and _finishes(constraint, tokens, int(c)))
-                ]
-                if open_rows:
-                    requests = [
-                        request(tokens + [int(candidates[k])], horizon) for k in open_rows for _ in range(cfg.rollouts)
-                    ]
-                    conts = model.sample(requests, temperature, rng, deadline=deadline.end)
-                    require_exact(model, conts)
-                    calls += 1
-                    rollouts += len(conts)
-                    positions_with_rollouts += 1
-                    rollout_tokens += sum(len(c) for c in conts)
-                    hit_deadline = any(c.interrupted for c in conts)
-                    weights = np.array([cfg.alpha * c.logp.sum() - c.logq.sum() for c in conts])
-                    log_weights[open_rows] = weights.reshape(len(open_rows), cfg.rollouts)
-                probs = power_estimate(cfg.alpha * logp[candidates], log_weights, jackknife=cfg.jackknife)
-                token = int(
-                    candidates[
-                        int(
-                            np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right").clip(
-                                max=len(probs) - 1
-                            )
-                        )
-                    ]
-                )
-            token = int(token)
+            logp = model.next_token_logprobs([_request(prompt, tokens, 1, constraint)])[0]
+            tally.calls += 1
+            tally.forward_tokens += 1
+            token = self._next_token(prompt, tokens, logp, constraint, rng, deadline, tally)
             tokens.append(token)
             logps.append(float(logp[token]))
             if state is not None:
@@ -183,33 +142,82 @@ class ScalablePowerSampler(Sampler):
             if progress is not None:
                 progress(
                     ProgressEvent(
-                        "block",
-                        block=len(tokens),
-                        blocks_total=cfg.max_new_tokens,
-                        tokens_generated=forward_tokens + rollout_tokens,
+                        "block", block=len(tokens), blocks_total=cfg.max_new_tokens, tokens_generated=tally.decoded
                     )
                 )
             if token in model.stop_token_ids or (state is not None and state.is_finished()):
                 stopped = True
                 break
-            if hit_deadline:
-                break
+        if progress is not None:
+            progress(ProgressEvent("done", tokens_generated=tally.decoded))
+        return self._result(tokens, logps, stopped, seed, tally, deadline, constraint)
+
+    def _next_token(self, prompt, tokens, logp, constraint, rng, deadline, tally: _Tally) -> int:
+        """Below the entropy threshold a draw at 1/alpha; otherwise one from the power distribution estimated over
+        the top-k candidates."""
+        cfg = self.config
+        finite = np.isfinite(logp)
+        p = np.exp(np.where(finite, logp, -np.inf))
+        entropy = float(-np.sum(p[finite] * logp[finite]))
+        if cfg.entropy_threshold is not None and entropy < cfg.entropy_threshold:
+            (token,), _, _ = draw(logp[None, :], 1.0 / cfg.alpha, rng.random(1))
+            return int(token)
+        candidates = np.argsort(-np.where(finite, logp, -np.inf), kind="stable")[: cfg.top_k]
+        candidates = candidates[finite[candidates]]
+        log_weights = self._rollout_log_weights(prompt, tokens, candidates, constraint, rng, deadline, tally)
+        probs = power_estimate(cfg.alpha * logp[candidates], log_weights, jackknife=cfg.jackknife)
+        index = np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right")
+        return int(candidates[min(int(index), len(probs) - 1)])
+
+    def _rollout_log_weights(self, prompt, tokens, candidates, constraint, rng, deadline, tally: _Tally) -> np.ndarray:
+        """(K, M) importance log weights alpha*log p - log q of M rollouts after each candidate, all in one batched
+        call; 0 (zeta = 1) for a candidate that ends the completion or when no token is left after it."""
+        cfg, model = self.config, self.model
+        log_weights = np.zeros((len(candidates), cfg.rollouts))
+        left = cfg.max_new_tokens - len(tokens) - 1
+        horizon = left if cfg.horizon is None else min(cfg.horizon, left)
+        open_rows = [
+            k
+            for k, c in enumerate(candidates)
+            if horizon > 0
+            and int(c) not in model.stop_token_ids
+            and not (constraint is not None and _finishes(constraint, tokens, int(c)))
+        ]
+        if not open_rows:
+            return log_weights
+        requests = [
+            _request(prompt, [*tokens, int(candidates[k])], horizon, constraint)
+            for k in open_rows
+            for _ in range(cfg.rollouts)
+        ]
+        conts = model.sample(requests, self._proposal_temperature, rng, deadline=deadline.end)
+        require_exact(model, conts)
+        tally.calls += 1
+        tally.rollouts += len(conts)
+        tally.positions_with_rollouts += 1
+        tally.rollout_tokens += sum(len(c) for c in conts)
+        tally.hit_deadline = any(c.interrupted for c in conts)
+        weights = np.array([cfg.alpha * c.logp.sum() - c.logq.sum() for c in conts])
+        log_weights[open_rows] = weights.reshape(len(open_rows), cfg.rollouts)
+        return log_weights
+
+    def _result(self, tokens, logps, stopped: bool, seed: int, tally: _Tally, deadline, constraint) -> SampleResult:
+        cfg, model = self.config, self.model
         text = self._decode(tokens)
         tracker = EvaluatorTracker(self.evaluator)
         complete = stopped or len(tokens) >= cfg.max_new_tokens
         score = tracker.score(tuple(tokens), text) if complete else None
+        ended_by_stop = bool(tokens) and tokens[-1] in model.stop_token_ids
         metadata = common_metadata(
             "scalable-power",
             cfg,
             seed=seed,
-            tokens_generated=forward_tokens + rollout_tokens,
+            tokens_generated=tally.decoded,
             final_tokens=len(tokens),
-            backend_calls=calls,
+            backend_calls=tally.calls,
             latency_ms=deadline.elapsed_ms(),
-            stopped_by="deadline"
-            if hit_deadline
-            else ("eos" if tokens and tokens[-1] in model.stop_token_ids else "length"),
-            complete=complete and not hit_deadline,
+            stopped_by="deadline" if tally.hit_deadline else ("eos" if ended_by_stop else "length"),
+            complete=complete and not tally.hit_deadline,
             selected_by="only",
             quality_score=score,
             tracker=tracker,
@@ -217,22 +225,34 @@ class ScalablePowerSampler(Sampler):
         )
         metadata.update(
             {
-                "proposal_temperature": temperature,
-                "rollouts_total": rollouts,
-                "rollout_tokens": rollout_tokens,
-                "positions_with_rollouts": positions_with_rollouts,
+                "proposal_temperature": self._proposal_temperature,
+                "rollouts_total": tally.rollouts,
+                "rollout_tokens": tally.rollout_tokens,
+                "positions_with_rollouts": tally.positions_with_rollouts,
             }
         )
-        if progress is not None:
-            progress(ProgressEvent("done", tokens_generated=forward_tokens + rollout_tokens))
-        return SampleResult(
-            tokens,
-            text,
-            np.asarray(logps),
-            "scalable-power",
-            metadata,
-            [Completion(list(tokens), text, float(sum(logps)), complete, score)],
-        )
+        completion = Completion(list(tokens), text, float(sum(logps)), complete, score)
+        return SampleResult(tokens, text, np.asarray(logps), "scalable-power", metadata, [completion])
+
+
+@dataclass
+class _Tally:
+    """What a run decoded and called, for the metadata."""
+
+    forward_tokens: int = 0
+    rollout_tokens: int = 0
+    rollouts: int = 0
+    positions_with_rollouts: int = 0
+    calls: int = 0
+    hit_deadline: bool = False
+
+    @property
+    def decoded(self) -> int:
+        return self.forward_tokens + self.rollout_tokens
+
+
+def _request(prompt: list[int], generated: list[int], max_new: int, constraint) -> ContinuationRequest:
+    return ContinuationRequest(prompt + generated, max_new, generated_start=len(prompt), constraint=constraint)
 
 
 def _finishes(constraint, generated: list[int], token: int) -> bool:
