@@ -81,11 +81,62 @@ def eval_command(
     ),
 ) -> None:
     """Evaluate decoding methods on a benchmark; rows are appended as they finish, so rerunning resumes."""
-    from ..eval.report import SUMMARY_MD, write_report
-    from ..eval.results import RESULTS_FILE, prepare_run_dir, read_rows
-    from ..eval.runner import check_arguments, run_eval
-    from ..eval.tasks import STYLES, ExecLimits
+    from ..eval.report import SUMMARY_MD
+    from ..eval.runner import run_eval
+    from ..eval.tasks import ExecLimits
     from .common import fail, load_model_or_fail, stderr
+
+    if merge or report_only:
+        _report(out, merge)
+        return
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    shared = dict(
+        offset=offset,
+        alpha=alpha,
+        n_mcmc=n_mcmc,
+        block_size=block_size,
+        max_new_tokens=max_new_tokens,
+        best_of_n=best_of_n,
+        data=data,
+    )
+    extra = _check_before_loading(
+        task, method_list, limit, shared, param, out, style, shots, exec_timeout, exec_memory_mb, threads
+    )
+    if task in ("humaneval", "mbpp"):
+        _check_sandbox(unsafe_exec)
+    lm = load_model_or_fail(model, backend, device, tokenizer, threads=threads)
+    limits = ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec)
+    try:
+        run_eval(
+            task,
+            method_list,
+            limit,
+            lm,
+            out,
+            **shared,
+            seed=seed,
+            style=style,
+            shots=shots,
+            concurrency=concurrency,
+            extra_params=extra,
+            exec_limits=limits,
+            progress=progress,
+        )
+    except PowerSamplingError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        stderr.print(
+            "[red]interrupted[/red]: finished rows are saved; rerun the same command to resume", highlight=False
+        )
+        raise typer.Exit(130) from None
+    typer.echo((out / SUMMARY_MD).read_text())
+
+
+def _report(out: Path, merge: list[Path]) -> None:
+    """--merge (gather the folders into OUT) or --report-only: write OUT's report and print it."""
+    from ..eval.report import SUMMARY_MD, write_report
+    from ..eval.results import RESULTS_FILE
+    from .common import fail, stderr
 
     if merge:
         from ..eval.runner import merge_runs
@@ -98,87 +149,53 @@ def eval_command(
         stderr.print(
             f"merged {n_rows} rows from {len(merge)} folders into {out / RESULTS_FILE}", highlight=False, soft_wrap=True
         )
-        typer.echo((out / SUMMARY_MD).read_text())
-        return
-    if report_only:
+    else:
         if not (out / RESULTS_FILE).is_file():
             fail(f"{out / RESULTS_FILE} does not exist; run the evaluation first")
         try:
             write_report(out)
         except (PowerSamplingError, KeyError, ValueError) as exc:
             fail(f"could not build the report from {out / RESULTS_FILE}: {exc}")
-        typer.echo((out / SUMMARY_MD).read_text())
-        return
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    typer.echo((out / SUMMARY_MD).read_text())
+
+
+def _check_before_loading(
+    task, methods, limit, shared, param, out, style, shots, exec_timeout, exec_memory_mb, threads
+) -> dict:
+    """Every argument and the run folder checked before the (slow) model load, so bad input loses no work; the
+    extra sampler parameters."""
+    from ..eval.results import RESULTS_FILE, prepare_run_dir, read_rows
+    from ..eval.runner import check_arguments
+    from ..eval.tasks import STYLES
+    from .common import fail
+
     if style not in STYLES:
         fail(f"unknown prompt style {style!r}; choose one of: {', '.join(STYLES)}")
     if exec_timeout <= 0 or exec_memory_mb < 64:
         fail("--exec-timeout must be > 0 and --exec-memory-mb at least 64")
     if shots is not None and shots < 0:
         fail(f"--shots must be >= 0 (got {shots})")
-    try:
-        extra = parse_params(param)
-        check_arguments(
-            task,
-            method_list,
-            limit,
-            offset=offset,
-            alpha=alpha,
-            n_mcmc=n_mcmc,
-            block_size=block_size,
-            max_new_tokens=max_new_tokens,
-            best_of_n=best_of_n,
-            extra_params=extra,
-            data=data,
-        )
-    except (PowerSamplingError, ValueError) as exc:
-        fail(str(exc))
-    try:  # the folder and its rows are checked before the (slow) model load, so a bad path loses no work
-        prepare_run_dir(out)
-        read_rows(out / RESULTS_FILE)
-    except PowerSamplingError as exc:
-        fail(str(exc))
     if threads is not None and threads < 1:
         fail(f"--threads must be >= 1 (got {threads})")
-    if task in ("humaneval", "mbpp"):
-        from ..eval.sandbox import require_isolation
-
-        try:
-            isolation = require_isolation(unsafe_exec)
-        except PowerSamplingError as exc:
-            fail(str(exc))
-        if isolation == "none":
-            stderr.print(
-                "[yellow]warning:[/yellow] generated programs run WITHOUT isolation (--unsafe-exec)", highlight=False
-            )
-    lm = load_model_or_fail(model, backend, device, tokenizer, threads=threads)
     try:
-        run_eval(
-            task,
-            method_list,
-            limit,
-            lm,
-            out,
-            alpha=alpha,
-            n_mcmc=n_mcmc,
-            block_size=block_size,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            style=style,
-            shots=shots,
-            best_of_n=best_of_n,
-            offset=offset,
-            data=data,
-            concurrency=concurrency,
-            extra_params=extra,
-            exec_limits=ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec),
-            progress=progress,
-        )
+        extra = parse_params(param)
+        check_arguments(task, methods, limit, extra_params=extra, **shared)
+        prepare_run_dir(out)
+        read_rows(out / RESULTS_FILE)
+    except (PowerSamplingError, ValueError) as exc:
+        fail(str(exc))
+    return extra
+
+
+def _check_sandbox(unsafe_exec: bool) -> None:
+    from ..eval.sandbox import require_isolation
+    from .common import fail, stderr
+
+    try:
+        isolation = require_isolation(unsafe_exec)
     except PowerSamplingError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
+    if isolation == "none":
         stderr.print(
-            "[red]interrupted[/red]: finished rows are saved; rerun the same command to resume", highlight=False
+            "[yellow]warning:[/yellow] generated programs run WITHOUT isolation (--unsafe-exec)", highlight=False
         )
-        raise typer.Exit(130) from None
-    typer.echo((out / SUMMARY_MD).read_text())

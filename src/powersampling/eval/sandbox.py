@@ -452,93 +452,99 @@ def _execute(program: str, *, timeout_s: float, memory_mb: int, output_kb: int, 
         if exe is None:
             raise SandboxUnavailableError(f"{backend} is not on PATH")
     token = secrets.token_hex(16).encode()
-    child_fds: list[int] = []  # the sandbox's ends: closed here once it has started
     with tempfile.TemporaryDirectory(prefix="ps-sandbox-") as tmp:
         tmpdir = Path(tmp)
         (tmpdir / "program.py").write_text(program, encoding="utf-8")
-        stdout_path, stderr_path, verdict_path = tmpdir / "stdout", tmpdir / "stderr", tmpdir / "verdict"
-        info_r = life_w = -1
-        try:
-            token_r, token_w = os.pipe()
-            child_fds.append(token_r)
-            os.write(token_w, token)
-            os.close(token_w)
-            verdict_fd = os.open(verdict_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            child_fds.append(verdict_fd)
-            inner = [
-                sys.executable,
-                "-I",
-                "-B",
-                "-c",
-                _WRAPPER,
-                str(token_r),
-                str(verdict_fd),
-                str(memory_mb * 2**20),
-                str(max(1, int(timeout_s) + 1)),
-                str(output_kb * 1024),
-            ]
-            if exe is None:
-                workdir = tmpdir / "work"
-                workdir.mkdir()
-                argv, env, cwd = inner, _inner_env(str(workdir)), str(workdir)
-            else:
-                info_r, info_w = os.pipe()
-                child_fds.append(info_w)
-                if backend == "bwrap":
-                    argv = _bwrap_argv(exe, info_w, inner)
-                else:
-                    life_r, life_w = os.pipe()
-                    child_fds.append(life_r)
-                    argv = _unshare_argv(exe, info_w, life_r, inner, timeout_s + 5)
-                env, cwd = _inner_env(_INNER_HOME), "/"
-            start = time.monotonic()
-            with (
-                open(tmpdir / "program.py", "rb") as stdin,
-                open(stdout_path, "wb") as out,
-                open(stderr_path, "wb") as err,
-            ):
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=cwd,
-                    env=env,
-                    stdin=stdin,
-                    stdout=out,
-                    stderr=err,
-                    pass_fds=child_fds,
-                    start_new_session=True,
-                )
-        except BaseException:
-            for fd in (info_r, life_w):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        finally:
-            for fd in child_fds:
-                os.close(fd)
-        timed_out, init_fd, init_pid = False, None, None
-        try:
-            if info_r >= 0:
-                init_pid = _read_pid(info_r, max(1.0, timeout_s))
-                if init_pid is not None:
-                    try:  # a pidfd cannot hit a recycled PID
-                        init_fd = os.pidfd_open(init_pid)
-                    except ProcessLookupError:
-                        init_pid = None
-                    except (OSError, AttributeError):  # no pidfd support: signal by PID while the sandbox runs
-                        pass
-            timed_out = not _wait(proc, max(0.0, timeout_s - (time.monotonic() - start)))
-        finally:
-            _terminate(proc, init_fd, init_pid, life_w)
-            for fd in (info_r, -1 if init_fd is None else init_fd):
-                if fd >= 0:
-                    os.close(fd)
+        limits = (memory_mb * 2**20, max(1, int(timeout_s) + 1), output_kb * 1024)
+        start = time.monotonic()
+        proc, info_r, life_w = _launch(exe, backend, tmpdir, token, limits, timeout_s)
+        timed_out = _supervise(proc, info_r, life_w, timeout_s, start)
         wall = time.monotonic() - start
-        stderr_tail = _tail(stderr_path)
-        verdict = verdict_path.read_bytes()[:4096]
+        stderr_tail = _tail(tmpdir / "stderr")
+        verdict = (tmpdir / "verdict").read_bytes()[:4096]
     code = proc.returncode
     if exe is not None and code is not None and 128 < code < 160:
         code = -(code - 128)  # bwrap and the launcher report a signal death as 128 + signal
     return ExecResult(_status(code, timed_out, verdict == token, stderr_tail), code, wall, stderr_tail[-1000:], backend)
+
+
+def _launch(
+    exe: str | None, backend: str, tmpdir: Path, token: bytes, limits: tuple[int, int, int], timeout_s: float
+) -> tuple[subprocess.Popen, int, int]:
+    """Start ``tmpdir/program.py`` under the wrapper, in the sandbox unless ``exe`` is None. Returns the process,
+    the read end of the sandbox's info pipe and the write end of the launcher's lifeline (-1 where unused). The
+    wrapper gets the pass token on a pipe and the verdict file as a descriptor; the sandbox's ends are closed here
+    once it has started."""
+    child_fds: list[int] = []
+    info_r = life_w = -1
+    try:
+        token_r, token_w = os.pipe()
+        child_fds.append(token_r)
+        os.write(token_w, token)
+        os.close(token_w)
+        verdict_fd = os.open(tmpdir / "verdict", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        child_fds.append(verdict_fd)
+        inner = [sys.executable, "-I", "-B", "-c", _WRAPPER, str(token_r), str(verdict_fd), *map(str, limits)]
+        if exe is None:
+            workdir = tmpdir / "work"
+            workdir.mkdir()
+            argv, env, cwd = inner, _inner_env(str(workdir)), str(workdir)
+        else:
+            info_r, info_w = os.pipe()
+            child_fds.append(info_w)
+            if backend == "bwrap":
+                argv = _bwrap_argv(exe, info_w, inner)
+            else:
+                life_r, life_w = os.pipe()
+                child_fds.append(life_r)
+                argv = _unshare_argv(exe, info_w, life_r, inner, timeout_s + 5)
+            env, cwd = _inner_env(_INNER_HOME), "/"
+        with (
+            open(tmpdir / "program.py", "rb") as stdin,
+            open(tmpdir / "stdout", "wb") as out,
+            open(tmpdir / "stderr", "wb") as err,
+        ):
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=stdin,
+                stdout=out,
+                stderr=err,
+                pass_fds=child_fds,
+                start_new_session=True,
+            )
+    except BaseException:
+        for fd in (info_r, life_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    finally:
+        for fd in child_fds:
+            os.close(fd)
+    return proc, info_r, life_w
+
+
+def _supervise(proc: subprocess.Popen, info_r: int, life_w: int, timeout_s: float, start: float) -> bool:
+    """Wait for the program until the timeout, then make sure nothing of it is left; True if it timed out."""
+    timed_out, init_fd, init_pid = False, None, None
+    try:
+        if info_r >= 0:
+            init_pid = _read_pid(info_r, max(1.0, timeout_s))
+            if init_pid is not None:
+                try:  # a pidfd cannot hit a recycled PID
+                    init_fd = os.pidfd_open(init_pid)
+                except ProcessLookupError:
+                    init_pid = None
+                except (OSError, AttributeError):  # no pidfd support: signal by PID while the sandbox runs
+                    pass
+        timed_out = not _wait(proc, max(0.0, timeout_s - (time.monotonic() - start)))
+    finally:
+        _terminate(proc, init_fd, init_pid, life_w)
+        for fd in (info_r, -1 if init_fd is None else init_fd):
+            if fd >= 0:
+                os.close(fd)
+    return timed_out
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
