@@ -36,69 +36,15 @@ def summarize(
     if methods is None:
         methods = list(dict.fromkeys(r["method"] for r in rows))
     by_method = {m: {r["problem_id"]: r for r in rows if r["method"] == m} for m in methods}
-    per_method = {}
-    for m in methods:
-        mrows = list(by_method[m].values())
-        n = len(mrows)
-        k = sum(bool(r["correct"]) for r in mrows)
-        lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
-        entry = {
-            "problems": n,
-            "correct": k,
-            "accuracy": k / n if n else None,
-            "ci95": [lo, hi],
-            "mean_tokens_decoded": _mean(r["tokens_generated"] for r in mrows),
-            "mean_final_tokens": _mean(r["final_tokens"] for r in mrows),
-            "mean_wall_s": _mean(r["wall_s"] for r in mrows),
-            "total_wall_s": float(sum(r["wall_s"] for r in mrows)),
-        }
-        stops = [r.get("metadata", {}).get("stopped_by") for r in mrows]
-        if any(stops):  # an answer cut off by the token cap is usually graded wrong: truncation explains much
-            entry["hit_token_cap"] = sum(stop == "length" for stop in stops)
-        acc = [r["metadata"].get("acceptance_rate") for r in mrows if "acceptance_rate" in r.get("metadata", {})]
-        if acc:
-            entry["mean_acceptance_rate"] = float(np.mean(acc))
-        if m == "best-of-n" and mrows:
-            entry["n_values"] = sorted({r.get("n") for r in mrows})
-            entry["oracle_pass_at_n"] = sum(r.get("candidates_correct", 0) > 0 for r in mrows) / n
-        per_method[m] = entry
-
+    per_method = {m: _method_entry(m, list(by_method[m].values())) for m in methods}
     if by_method.get("sample"):
         for m in methods:
-            common = set(by_method[m]) & set(by_method["sample"])
-            if not common:
-                continue
-            tok_m = sum(by_method[m][p]["tokens_generated"] for p in common)
-            tok_s = sum(by_method["sample"][p]["tokens_generated"] for p in common)
-            wall_m = sum(by_method[m][p]["wall_s"] for p in common)
-            wall_s = sum(by_method["sample"][p]["wall_s"] for p in common)
-            per_method[m]["token_cost_vs_sample"] = tok_m / tok_s if tok_s else None
-            per_method[m]["time_cost_vs_sample"] = wall_m / wall_s if wall_s else None
-
+            per_method[m].update(_cost_vs_sample(by_method[m], by_method["sample"]))
     comparisons = []
     for a, b in itertools.combinations(methods, 2):
         common = sorted(set(by_method[a]) & set(by_method[b]))
-        if not common:
-            continue
-        ca = [bool(by_method[a][p]["correct"]) for p in common]
-        cb = [bool(by_method[b][p]["correct"]) for p in common]
-        mc = mcnemar_exact(ca, cb)
-        bs = paired_bootstrap(ca, cb, n_boot=n_boot, seed=0)
-        comparisons.append(
-            {
-                "a": a,
-                "b": b,
-                "problems": len(common),
-                "accuracy_a": float(np.mean(ca)),
-                "accuracy_b": float(np.mean(cb)),
-                "difference_b_minus_a": bs.difference,
-                "bootstrap_ci95": [bs.ci_low, bs.ci_high],
-                "bootstrap_p": bs.p_value,
-                "only_a_correct": mc.only_a,
-                "only_b_correct": mc.only_b,
-                "mcnemar_exact_p": mc.p_value,
-            }
-        )
+        if common:
+            comparisons.append(_paired_comparison(a, b, by_method, common, n_boot))
     prefill = {r["problem_id"]: r["prompt_prefill_s"] for r in rows if r.get("prompt_prefill_s") is not None}
     summary = {
         "methods": per_method,
@@ -108,6 +54,67 @@ def summarize(
     if any("node_counts" in r for r in rows):
         _add_plan_metrics(summary, by_method, n_boot=min(n_boot, 2000))
     return summary
+
+
+def _method_entry(method: str, mrows: list[dict]) -> dict:
+    n = len(mrows)
+    k = sum(bool(r["correct"]) for r in mrows)
+    lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
+    entry = {
+        "problems": n,
+        "correct": k,
+        "accuracy": k / n if n else None,
+        "ci95": [lo, hi],
+        "mean_tokens_decoded": _mean(r["tokens_generated"] for r in mrows),
+        "mean_final_tokens": _mean(r["final_tokens"] for r in mrows),
+        "mean_wall_s": _mean(r["wall_s"] for r in mrows),
+        "total_wall_s": float(sum(r["wall_s"] for r in mrows)),
+    }
+    stops = [r.get("metadata", {}).get("stopped_by") for r in mrows]
+    if any(stops):  # an answer cut off by the token cap is usually graded wrong: truncation explains much
+        entry["hit_token_cap"] = sum(stop == "length" for stop in stops)
+    acc = [r["metadata"].get("acceptance_rate") for r in mrows if "acceptance_rate" in r.get("metadata", {})]
+    if acc:
+        entry["mean_acceptance_rate"] = float(np.mean(acc))
+    if method == "best-of-n" and mrows:
+        entry["n_values"] = sorted({r.get("n") for r in mrows})
+        entry["oracle_pass_at_n"] = sum(r.get("candidates_correct", 0) > 0 for r in mrows) / n
+    return entry
+
+
+def _cost_vs_sample(mine: dict[str, dict], sample: dict[str, dict]) -> dict:
+    """Decoded tokens and wall time over plain sampling's, on the problems both finished."""
+    common = set(mine) & set(sample)
+    if not common:
+        return {}
+    tok_m = sum(mine[p]["tokens_generated"] for p in common)
+    tok_s = sum(sample[p]["tokens_generated"] for p in common)
+    wall_m = sum(mine[p]["wall_s"] for p in common)
+    wall_s = sum(sample[p]["wall_s"] for p in common)
+    return {
+        "token_cost_vs_sample": tok_m / tok_s if tok_s else None,
+        "time_cost_vs_sample": wall_m / wall_s if wall_s else None,
+    }
+
+
+def _paired_comparison(a: str, b: str, by_method: dict, common: list[str], n_boot: int) -> dict:
+    ca = [bool(by_method[a][p]["correct"]) for p in common]
+    cb = [bool(by_method[b][p]["correct"]) for p in common]
+    mc = mcnemar_exact(ca, cb)
+    bs = paired_bootstrap(ca, cb, n_boot=n_boot, seed=0)
+    return {
+        "a": a,
+        "b": b,
+        "problems": len(common),
+        "accuracy_a": float(np.mean(ca)),
+        "accuracy_b": float(np.mean(cb)),
+        "difference_b_minus_a": bs.difference,
+        "bootstrap_ci95": [bs.ci_low, bs.ci_high],
+        "bootstrap_p": bs.p_value,
+        "only_a_correct": mc.only_a,
+        "only_b_correct": mc.only_b,
+        "mcnemar_exact_p": mc.p_value,
+    }
 
 
 def _add_plan_metrics(summary: dict, by_method: dict[str, dict[str, dict]], *, n_boot: int) -> None:

@@ -270,23 +270,9 @@ class _Run:
     def _result(self) -> SampleResult:
         cfg, decode = self.cfg, self.sampler._decode
         weights, final_ess, log_evidence = normalize(self.log_weights)
-        drawn = int(self.rng.choice(len(weights), p=self._draw_weights(weights)))
         for particle in self.particles:
             self._offer(particle)
-        vote = None
-        if cfg.select == "majority" and len(self.particles) > 1:  # each particle votes with its final weight
-            voters = [
-                Completion(list(p.tokens), decode(p.tokens), math.fsum(p.logp), self._is_complete(p))
-                for p in self.particles
-            ]
-            index, vote = majority_vote(voters, cfg.answer_extractor, weights=self._draw_weights(weights))
-        if vote is not None and index is not None:
-            chosen, selected_by = self.particles[index], "majority"
-            drawn = index
-        elif self.tracker.best_payload is not None:
-            chosen, selected_by = self.tracker.best_payload, "evaluator"
-        else:
-            chosen, selected_by = self.particles[drawn], "weights"
+        chosen, selected_by, drawn, vote = self._select(weights)
         order = [drawn] + [i for i in range(len(self.particles)) if i != drawn]
         if not cfg.return_particles:
             order = order[:1]
@@ -297,13 +283,47 @@ class _Run:
             score = self.tracker.score(tuple(particle.tokens), text) if self.tracker.evaluator and complete else None
             samples.append(Completion(list(particle.tokens), text, math.fsum(particle.logp), complete, score))
         tokens = list(chosen.tokens)
-        tokens_generated = sum(self.call_tokens)
+        metadata = self._metadata(chosen, selected_by, final_ess, log_evidence)
+        if cfg.return_particles:
+            metadata["particle_weights"] = [float(weights[i]) for i in order]
+        if vote is not None:
+            metadata["vote"] = vote
+        self._notify(
+            ProgressEvent(
+                "done",
+                blocks_total=len(self.ess_trace),
+                block=len(self.ess_trace),
+                tokens_generated=metadata["tokens_generated"],
+                extra={"ess": final_ess},
+            )
+        )
+        return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp, dtype=np.float64), "smc", metadata, samples)
+
+    def _select(self, weights: np.ndarray) -> tuple[_Particle, str, int, dict | None]:
+        """The particle returned, how it was chosen, the index drawn by weight (the majority's under a vote), and
+        the vote's record. A draw by weight happens in every case, so the random stream does not depend on it."""
+        drawn = int(self.rng.choice(len(weights), p=self._draw_weights(weights)))
+        if self.cfg.select == "majority" and len(self.particles) > 1:  # each particle votes with its final weight
+            decode = self.sampler._decode
+            voters = [
+                Completion(list(p.tokens), decode(p.tokens), math.fsum(p.logp), self._is_complete(p))
+                for p in self.particles
+            ]
+            index, vote = majority_vote(voters, self.cfg.answer_extractor, weights=self._draw_weights(weights))
+            if vote is not None and index is not None:
+                return self.particles[index], "majority", index, vote
+        if self.tracker.best_payload is not None:
+            return self.tracker.best_payload, "evaluator", drawn, None
+        return self.particles[drawn], "weights", drawn, None
+
+    def _metadata(self, chosen: _Particle, selected_by: str, final_ess: float, log_evidence: float) -> dict:
+        cfg = self.cfg
         metadata = common_metadata(
             "smc",
             cfg,
             seed=self.seed,
-            tokens_generated=tokens_generated,
-            final_tokens=len(tokens),
+            tokens_generated=sum(self.call_tokens),
+            final_tokens=len(chosen.tokens),
             backend_calls=len(self.call_tokens),
             latency_ms=self.deadline.elapsed_ms(),
             stopped_by="deadline" if self.hit_deadline else ("eos" if chosen.stopped else "length"),
@@ -325,20 +345,7 @@ class _Run:
                 "particles_stopped": sum(p.stopped for p in self.particles),
             }
         )
-        if cfg.return_particles:
-            metadata["particle_weights"] = [float(weights[i]) for i in order]
-        if vote is not None:
-            metadata["vote"] = vote
-        self._notify(
-            ProgressEvent(
-                "done",
-                blocks_total=len(self.ess_trace),
-                block=len(self.ess_trace),
-                tokens_generated=tokens_generated,
-                extra={"ess": final_ess},
-            )
-        )
-        return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp, dtype=np.float64), "smc", metadata, samples)
+        return metadata
 
 
 def _build(model: LanguageModel, config: SMCConfig, evaluator) -> SMCSampler:
