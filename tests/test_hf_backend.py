@@ -45,6 +45,31 @@ def test_batched_rows_with_cache_reuse_match_full_forward(lm, tiny_hf):
             np.testing.assert_allclose(cont.logq, ref_q, atol=2e-4)
 
 
+def test_a_call_that_continues_the_last_batch_selects_it_whole(lm, tiny_hf):
+    """Rows that each extend one of the last call's rows by the token it drew last (repeats allowed, as after SMC
+    resampling) feed one token each from the held batch; a call that does not continue it finds those rows in the
+    pool; the log-probabilities match a full forward pass either way."""
+    rng = np.random.default_rng(1)
+    prompts = [[1, 2, 3], [1, 4, 4, 5, 2]]
+    first = lm.sample([ContinuationRequest(p, 4) for p in prompts], 0.7, rng)
+    resampled = [prompts[1] + first[1].token_ids, prompts[0] + first[0].token_ids, prompts[1] + first[1].token_ids]
+    fed_before, reused_before = lm.prefill_tokens, lm.reused_tokens
+    second = lm.sample([ContinuationRequest(p, 3) for p in resampled], 0.7, rng)
+    assert lm.prefill_tokens - fed_before == len(resampled)  # one token per row
+    assert not lm._pool.entries  # selected from the held batch, never split into the pool and stacked back
+    assert lm.reused_tokens - reused_before == sum(len(p) - 1 for p in resampled)
+    cuts = [resampled[0] + second[0].token_ids[:1], resampled[1][:5]]  # not a continuation: through the pool
+    fed_before = lm.prefill_tokens
+    third = lm.sample([ContinuationRequest(p, 2) for p in cuts], 0.7, rng)
+    assert lm.prefill_tokens - fed_before == 2
+    assert len(lm._pool.entries) == len(resampled)  # the held rows moved to the pool for the cuts
+    for prefixes, conts in ((resampled, second), (cuts, third)):
+        for prefix, cont in zip(prefixes, conts):
+            ref_p, ref_q = _reference(tiny_hf, prefix, cont.token_ids, 0.7)
+            np.testing.assert_allclose(cont.logp, ref_p, atol=2e-4)
+            np.testing.assert_allclose(cont.logq, ref_q, atol=2e-4)
+
+
 def test_max_new_tokens_stop_tokens_and_greedy(tiny_hf):
     lm = TransformersLM(tiny_hf, None, name="tiny")
     assert lm.stop_token_ids == frozenset({0})

@@ -134,6 +134,7 @@ class TransformersLM:
         )
         self.device = next(hf_model.parameters()).device
         self._pool = _CachePool(cache_tokens)
+        self._held: _HeldBatch | None = None
         self.forward_passes = 0
         # transformers renamed past_key_values to cache in 5.x; accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
@@ -159,6 +160,7 @@ class TransformersLM:
 
     def clear_cache(self) -> None:
         self._pool.clear()
+        self._held = None
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache):
         """One forward pass; the last position's logits (float32) and the grown cache."""
@@ -185,6 +187,12 @@ class _CachedBatch:
 
     def start(self, rows: list[Row]) -> torch.Tensor:
         self.rows = list(rows)
+        held, self.lm._held = self.lm._held, None
+        if held is not None:
+            index = [held.index.get(tuple(row.prefix[:-1])) for row in self.rows]
+            if None not in index:
+                return self._continue(held, index)
+            _pool_rows(self.lm, held.rows, held.cache, held.mask, range(len(held.rows)))
         self.cache, self.mask, positions, inputs = self._prefill_inputs(self.rows)
         self.positions = positions
         logits, self.cache = self.lm.forward(inputs, self.mask, positions, self.cache)
@@ -193,11 +201,12 @@ class _CachedBatch:
     def step(self, keep: list[int]) -> torch.Tensor | None:
         kept = set(keep)
         finished = [j for j in range(len(self.rows)) if j not in kept]
-        if finished:
-            self._store(finished)
-        if not keep:
+        if not keep:  # the whole batch ends here: held for a call that continues its rows
+            self.lm._held = _HeldBatch(self.rows, self.cache, self.mask, self.positions)
             self.rows = []
             return None
+        if finished:
+            _pool_rows(self.lm, self.rows, self.cache, self.mask, finished)
         if finished:
             index = torch.tensor(keep, device=self.device)
             self.cache.batch_select_indices(index)
@@ -251,10 +260,36 @@ class _CachedBatch:
             layers.append((torch.stack(ks), torch.stack(vs)))
         return _new_cache(layers), mask, positions, inputs
 
-    def _store(self, batch_index: list[int]) -> None:
-        """Pool the caches of finished rows, keyed by the tokens they hold (the last drawn token was not fed)."""
-        for j in batch_index:
-            row = self.rows[j]
-            keep = self.mask[j].nonzero().squeeze(1)
-            layers = [(layer.keys[j][:, keep], layer.values[j][:, keep]) for layer in self.cache.layers]
-            self.lm._pool.add(np.asarray(row.prefix + row.tokens[:-1], dtype=np.int64), layers)
+    def _continue(self, held: _HeldBatch, index: list[int]) -> torch.Tensor:
+        """Every row is a held row plus one token: select them from the held cache and feed that token."""
+        selected = torch.tensor(index, device=self.device)
+        self.cache = held.cache
+        self.cache.batch_select_indices(selected)
+        self.mask = torch.cat([held.mask[selected], torch.ones_like(held.mask[selected][:, :1])], dim=1)
+        self.positions = held.positions[selected][:, -1:] + 1
+        inputs = torch.tensor([row.prefix[-1] for row in self.rows], device=self.device).unsqueeze(1)
+        self.lm.reused_tokens += sum(len(row.prefix) - 1 for row in self.rows)
+        self.lm.prefill_tokens += len(self.rows)
+        logits, self.cache = self.lm.forward(inputs, self.mask, self.positions, self.cache)
+        return logits
+
+
+class _HeldBatch:
+    """A finished batch kept whole: its rows, cache, attention mask and positions, and which row holds which
+    tokens (a row's cache holds its prefix and all its drawn tokens but the last, which was never fed)."""
+
+    def __init__(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        self.rows, self.cache, self.mask, self.positions = rows, cache, mask, positions
+        self.index = {tuple(_cached_tokens(row)): j for j, row in enumerate(rows)}
+
+
+def _cached_tokens(row: Row) -> list[int]:
+    return row.prefix + row.tokens[:-1]
+
+
+def _pool_rows(lm: TransformersLM, rows: list[Row], cache: DynamicCache, mask: torch.Tensor, batch_index) -> None:
+    """Pool the caches of finished rows, keyed by the tokens they hold."""
+    for j in batch_index:
+        keep = mask[j].nonzero().squeeze(1)
+        layers = [(layer.keys[j][:, keep], layer.values[j][:, keep]) for layer in cache.layers]
+        lm._pool.add(np.asarray(_cached_tokens(rows[j]), dtype=np.int64), layers)
