@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 
 import pytest
 
@@ -176,6 +177,34 @@ def test_routing_from_env_flag_and_rollout():
     assert md["route"] == "baseline" and md["route_reason"] == "rollout_excluded" and md["fallback"] is False
     off = Planner(lm, PlannerConfig(max_depth=1), routing=RoutingConfig.from_env({}))
     assert off.decompose("Plan a party").metadata["route_reason"] == "flag_disabled"
+
+
+def test_route_defaults_are_one_set_of_numbers():
+    """The environment routing, the planner and the CLI's help all take the power route's settings from
+    RouteSettings (the routing module once kept its own alpha 4 / block 16)."""
+    import subprocess
+    import sys
+
+    from powersampling.planner.generation import RouteSettings
+
+    defaults = RouteSettings()
+    assert RoutingConfig().settings == defaults and RoutingConfig.from_env({}).settings == defaults
+    planner = Planner(ScriptedLM(party_answers), PlannerConfig(max_depth=1), routing=RoutingConfig.from_env({}))
+    assert (planner.settings.alpha, planner.settings.n_mcmc, planner.settings.block_size) == (
+        defaults.alpha,
+        defaults.n_mcmc,
+        defaults.block_size,
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "powersampling.cli", "plan", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        timeout=120,
+    )
+    help_text = " ".join(shown.stdout.replace("│", " ").split())
+    assert f"POWER_SAMPLING_ALPHA or {defaults.alpha}" in help_text
+    assert f"POWER_SAMPLING_BLOCK_SIZE or {defaults.block_size}" in help_text
 
 
 def test_update_adds_and_replaces_subtasks_and_rolls_back_on_failure():
