@@ -196,6 +196,35 @@ def test_small_fewshot_run_on_the_embedded_model(tmp_path):
     assert report.returncode == 0 and "| sample | 1 |" in report.stdout
 
 
+def test_regrade_grades_stored_rows_again_and_the_report_follows(tmp_path, monkeypatch, capsys):
+    from powersampling.cli import main
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.results import read_rows, write_rows
+    from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
+
+    problems = load_problems("gsm8k", limit=2)
+    run_eval("gsm8k", ["sample"], 2, toy_model(problems), tmp_path, write_report=False, **SMALL)
+    rows = read_rows(tmp_path / "results.jsonl")
+    rows[0].update(text=f"So the answer is 1 + 1 = {rows[0]['reference']}.", correct=False)  # graded by an older rule
+    rows[1].update(text="So the answer is 12345.", correct=True)
+    write_rows(tmp_path / "results.jsonl", rows)
+    argv = ["powersampling", "eval", "--task", "gsm8k", "--out", str(tmp_path), "--report-only", "--regrade"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert "2 changed verdict" in captured.err and "| sample | 2 |" in captured.out
+    regraded = read_rows(tmp_path / "results.jsonl")
+    assert regraded[0]["correct"] and regraded[0]["extracted"] == rows[0]["reference"]
+    assert not regraded[1]["correct"]
+    monkeypatch.setattr(sys, "argv", argv[:-2] + ["--regrade"])  # without --report-only
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and "--report-only" in capsys.readouterr().err
+
+
 def test_merge_gathers_side_by_side_runs_and_prints_the_report(tmp_path, monkeypatch, capsys):
     from powersampling.cli import main
     from powersampling.eval.datasets import load_problems

@@ -50,6 +50,21 @@ def test_datasets_have_their_published_sizes():
 # GSM8K
 
 
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        ("So the answer is 9 * $2 = $18.", "18"),  # the answer sentence works the calculation out
+        ("The answer is 16 - 3 - 4 = 9 eggs. 9 x 2 = 18", "9"),  # only the answer sentence's own chain counts
+        ("answer is -3 - 2 = -5.", "-5"),
+        ("So the answer is 1,000.", "1,000"),
+        ("the answer is 12. 12 = 3 * 4", "12"),  # a new sentence is not the answer's calculation
+        ("the answer is 2 hours = 120 minutes", "2"),  # words break the chain
+    ],
+)
+def test_the_answer_sentence_gives_the_number(text, number):
+    assert extract_gsm8k_answer(text)[0] == number
+
+
 def test_gsm8k_gold_solutions_pass_and_off_by_one_fails(gsm8k):
     for p in gsm8k:
         assert grade_gsm8k(p.reference, p.fields["solution"]).correct, p.problem_id

@@ -62,6 +62,11 @@ def eval_command(
     report_only: bool = typer.Option(
         False, "--report-only", help="rewrite the report from OUT/results.jsonl without sampling"
     ),
+    regrade: bool = typer.Option(
+        False,
+        "--regrade",
+        help="with --report-only: grade gsm8k / math500 rows again from their text with the current graders",
+    ),
     merge: list[Path] = typer.Option(
         [],
         "--merge",
@@ -86,8 +91,10 @@ def eval_command(
     from ..eval.tasks import ExecLimits
     from .common import fail, load_model_or_fail, stderr
 
+    if regrade and not report_only:
+        fail("--regrade goes with --report-only")
     if merge or report_only:
-        _report(out, merge)
+        _report(out, merge, regrade)
         return
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     shared = dict(
@@ -132,8 +139,9 @@ def eval_command(
     typer.echo((out / SUMMARY_MD).read_text())
 
 
-def _report(out: Path, merge: list[Path]) -> None:
-    """--merge (gather the folders into OUT) or --report-only: write OUT's report and print it."""
+def _report(out: Path, merge: list[Path], regrade: bool = False) -> None:
+    """--merge (gather the folders into OUT) or --report-only (after --regrade, if given): write OUT's report and
+    print it."""
     from ..eval.report import SUMMARY_MD, write_report
     from ..eval.results import RESULTS_FILE
     from .common import fail, stderr
@@ -153,6 +161,8 @@ def _report(out: Path, merge: list[Path]) -> None:
         if not (out / RESULTS_FILE).is_file():
             fail(f"{out / RESULTS_FILE} does not exist; run the evaluation first")
         try:
+            if regrade:
+                _regrade(out / RESULTS_FILE)
             write_report(out)
         except (PowerSamplingError, KeyError, ValueError) as exc:
             fail(f"could not build the report from {out / RESULTS_FILE}: {exc}")
@@ -199,3 +209,14 @@ def _check_sandbox(unsafe_exec: bool) -> None:
         stderr.print(
             "[yellow]warning:[/yellow] generated programs run WITHOUT isolation (--unsafe-exec)", highlight=False
         )
+
+
+def _regrade(results: Path) -> None:
+    from ..eval.results import read_rows, write_rows
+    from ..eval.tasks import regrade_rows
+    from .common import stderr
+
+    rows = read_rows(results)
+    changed = regrade_rows(rows)
+    write_rows(results, rows)
+    stderr.print(f"regraded {len(rows)} rows of {results}: {changed} changed verdict", highlight=False, soft_wrap=True)

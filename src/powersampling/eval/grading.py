@@ -46,15 +46,25 @@ def _to_decimal(s: str) -> Decimal | None:
         return None
 
 
+_ANSWER_IS = re.compile(rf"answer\s*(?:is|:)\s*:?\s*\\?\(?\s*(?:\\boxed\{{)?\s*({_NUM})", flags=re.IGNORECASE)
+# what may follow the number in the answer sentence: an arithmetic chain whose result is the answer ("9 * 2 = 18")
+_CHAIN = re.compile(rf"(?:\s*(?:[-+*/×÷x]|=)\s*(?:{_NUM}))+")
+
+
 def extract_gsm8k_answer(text: str) -> tuple[str | None, str]:
-    """(number, rule): '#### N', then the last 'the answer is N', then the last \\boxed{N}, then the last number."""
+    """(number, rule): '#### N', then the last 'the answer is N' (or, when N starts a calculation written out
+    there, its result: 'the answer is 9 * 2 = 18' gives 18), then the last \\boxed{N}, then the last number."""
     clean = text.replace("$", "").replace("**", "")
     m = re.search(rf"####\s*({_NUM})", clean)
     if m:
         return m.group(1), "####"
-    found = re.findall(rf"answer\s*(?:is|:)\s*:?\s*\\?\(?\s*(?:\\boxed\{{)?\s*({_NUM})", clean, flags=re.IGNORECASE)
+    found = list(_ANSWER_IS.finditer(clean))
     if found:
-        return found[-1], "answer is"
+        last = found[-1]
+        chain = _CHAIN.match(clean, last.end())
+        if chain and "=" in chain.group(0):
+            return re.findall(_NUM, chain.group(0).rsplit("=", 1)[1])[-1], "answer is ... = N"
+        return last.group(1), "answer is"
     boxed = last_boxed(clean)
     if boxed is not None:
         nums = re.findall(_NUM, boxed)

@@ -75,6 +75,10 @@ HUMANEVAL_INSTRUCTION = (
 MBPP_INSTRUCTION = "Write a Python function for the task. Reply with the code in one ```python code block."
 
 
+# where a few-shot completion of an answer task ends: the next worked example starts (chat turns end by themselves)
+FEWSHOT_STOPS = {"gsm8k": ("Question:", "\n\n"), "math500": ("\nProblem:", "I hope it is correct.")}
+
+
 def build_prompt(problem: Problem, model, style: str, shots: int | None = None) -> PromptPlan:
     """The prompt for ``problem`` in ``style`` ('chat' or 'fewshot'; resolve 'auto' first)."""
     tok = model.tokenizer
@@ -93,7 +97,7 @@ def build_prompt(problem: Problem, model, style: str, shots: int | None = None) 
             messages.append({"role": "user", "content": f"{problem.question}\n{GSM8K_INSTRUCTION}"})
             return _chat_plan(model, messages, ())
         text = "".join(f"Question: {ex.question}\nAnswer: {ex.answer}\n\n" for ex in _shots(examples, shots, 8))
-        return _text_plan(tok, text + f"Question: {problem.question}\nAnswer:", ("Question:", "\n\n"))
+        return _text_plan(tok, text + f"Question: {problem.question}\nAnswer:", FEWSHOT_STOPS["gsm8k"])
     if task == "math500":
         examples = math_fewshot_examples(problem.fields["fewshot_context"])
         if style == "chat":
@@ -106,9 +110,7 @@ def build_prompt(problem: Problem, model, style: str, shots: int | None = None) 
             messages.append({"role": "user", "content": f"{problem.question}\n\n{MATH_INSTRUCTION}"})
             return _chat_plan(model, messages, ())
         text = "".join(f"Problem:\n{ex.question}\n\nSolution: {ex.answer}\n\n" for ex in _shots(examples, shots, 4))
-        return _text_plan(
-            tok, text + f"Problem:\n{problem.question}\n\nSolution:", ("\nProblem:", "I hope it is correct.")
-        )
+        return _text_plan(tok, text + f"Problem:\n{problem.question}\n\nSolution:", FEWSHOT_STOPS["math500"])
     if task == "humaneval":
         prompt = problem.fields["prompt"]
         if style == "chat":
@@ -199,6 +201,24 @@ def grade_tool_plan(problem: Problem, text: str) -> Grade:
         **scores,
     }
     return Grade(scores["exact_match"], None, detail, fields)
+
+
+def regrade_rows(rows: list[dict]) -> int:
+    """Grade answer-task rows (gsm8k, math500) again from their stored text and reference with today's graders,
+    in place; returns how many changed verdict. Only the returned text is graded: a vote's tally and best-of-n's
+    ``candidates_correct`` stay as sampled (the other outputs are not stored). Code tasks would need their programs
+    run again and TaskBench rows hold their metrics, so those are refused."""
+    graders = {"gsm8k": grade_gsm8k, "math500": grade_math}
+    changed = 0
+    for row in rows:
+        task = row.get("task")
+        if task not in graders or row.get("reference") is None:
+            raise ConfigError(f"regrading covers gsm8k and math500 rows; {row.get('problem_id')} is a {task} row")
+        stops = FEWSHOT_STOPS[task] if row.get("style") == "fewshot" else ()
+        grade = graders[task](row["reference"], truncate_at_stops(row["text"], stops))
+        changed += bool(grade.correct) != bool(row["correct"])
+        row.update(correct=grade.correct, extracted=grade.extracted, grade_detail=grade.detail, **grade.fields)
+    return changed
 
 
 def grade_completion(problem: Problem, text: str, plan: PromptPlan, limits: ExecLimits = ExecLimits()) -> Grade:
