@@ -104,6 +104,26 @@ def test_metrics_on_a_hand_checked_example_with_the_gold_datas_quirks():
     assert indel_ratio([], []) == 1.0 and indel_ratio([1, 2], []) == 0.0
 
 
+def test_a_breakdown_group_without_any_links_has_no_edge_f1_rather_than_zero():
+    from powersampling.eval.report import markdown_summary, summarize
+
+    def row(problem_id, kind, gold_nodes, gold_links, nodes, links):
+        scores = record_scores(gold_nodes, gold_links, nodes, links, TOOL_NAMES)
+        common = dict(tokens_generated=10, final_tokens=10, wall_s=1.0, metadata={}, quality_score=0.5, valid=True)
+        return dict(problem_id=problem_id, method="sample", type=kind, gold_nodes=len(gold_nodes),
+                    correct=scores["exact_match"], **scores, **common)  # fmt: skip
+
+    alarm = [_node("set_alarm", time="07:30 AM")]
+    chain = [_node("get_weather", location="Paris"), _node("send_email", content="Forecast")]
+    link = [{"source": "get_weather", "target": "send_email"}]
+    rows = [row("1", "single", alarm, [], alarm, []), row("2", "chain", chain, link, chain, [])]
+    by_type = summarize(rows, n_boot=50)["methods"]["sample"]["by_type"]
+    # the single-tool plan is right and has no links to score; the chain plan missed its one link
+    assert by_type["single"] == {"records": 1, "node_f1": 1.0, "edge_f1": None}
+    assert by_type["chain"]["edge_f1"] == 0.0
+    assert "1.00 / n/a (1)" in markdown_summary(summarize(rows, n_boot=50), None, None, n_boot=50)
+
+
 def test_the_tool_grammar_refuses_an_unlisted_tool_or_parameter(tmp_path):
     from powersampling.backends.constraints import JsonSchemaConstraint
     from powersampling.planner.schema import task_list_schema

@@ -138,10 +138,7 @@ def _add_plan_metrics(summary: dict, by_method: dict[str, dict[str, dict]], *, n
             groups: dict[str, list[dict]] = {}
             for r in rows:
                 groups.setdefault(group(r), []).append(r)
-            entry[key] = {
-                name: {"records": len(g), **{m: v for m, v in pooled_metrics(g).items() if m in ("node_f1", "edge_f1")}}
-                for name, g in sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))
-            }
+            entry[key] = {name: _group_f1(g) for name, g in sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))}
     for comparison in summary["comparisons"]:
         a, b = by_method[comparison["a"]], by_method[comparison["b"]]
         common = sorted(set(a) & set(b))
@@ -165,6 +162,18 @@ def _add_plan_metrics(summary: dict, by_method: dict[str, dict[str, dict]], *, n
             "node_f1": float(spearmanr(quality, [record_f1(r["node_counts"]) for r in plans]).statistic),
             "edge_f1": float(spearmanr(quality, [record_f1(r["edge_counts"]) for r in plans]).statistic),
         }
+
+
+def _group_f1(rows: list[dict]) -> dict:
+    """Node and edge F1 of one breakdown group; None where neither the gold nor the plans have any (single-tool
+    records have no links: an F1 of 0 there would read as every plan wrong)."""
+    from .taskbench import f1
+
+    out: dict = {"records": len(rows)}
+    for metric, key in (("node_f1", "node_counts"), ("edge_f1", "edge_counts")):
+        counts = np.sum([r[key] for r in rows], axis=0)
+        out[metric] = f1(counts) if counts.any() else None
+    return out
 
 
 def _mean(values) -> float | None:
@@ -263,7 +272,7 @@ def _plan_tables(summary: dict) -> list[str]:
         groups = list(dict.fromkeys(g for e in summary["methods"].values() for g in e.get(key, {})))
         lines += [
             "",
-            f"Node F1 / edge F1 by {title} (records):",
+            f"Node F1 / edge F1 by {title} (records; n/a: no gold or predicted links in that group):",
             "",
             "| method | " + " | ".join(groups) + " |",
             "|---|" + "---|" * len(groups),
@@ -272,7 +281,11 @@ def _plan_tables(summary: dict) -> list[str]:
             cells = []
             for g in groups:
                 v = e.get(key, {}).get(g)
-                cells.append(f"{v['node_f1']:.2f} / {v['edge_f1']:.2f} ({v['records']})" if v else "-")
+                cells.append(
+                    f"{_fmt(v['node_f1'], '.2f', 'n/a')} / {_fmt(v['edge_f1'], '.2f', 'n/a')} ({v['records']})"
+                    if v
+                    else "-"
+                )
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     rho = summary.get("quality_score_spearman")
     if rho:
