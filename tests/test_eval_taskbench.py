@@ -104,6 +104,16 @@ def test_metrics_on_a_hand_checked_example_with_the_gold_datas_quirks():
     assert indel_ratio([], []) == 1.0 and indel_ratio([1, 2], []) == 0.0
 
 
+def test_quality_selection_needs_a_task_with_a_quality_score():
+    from powersampling.errors import ConfigError
+    from powersampling.eval.runner import check_arguments
+
+    with pytest.raises(ConfigError, match=r"'\+quality' needs a task with a quality score"):
+        check_arguments("gsm8k", ["sample", "power+quality"], 2)
+    with pytest.raises(ConfigError, match="unknown method"):
+        check_arguments("taskbench", ["power+best"], 2)
+
+
 def test_a_breakdown_group_without_any_links_has_no_edge_f1_rather_than_zero():
     from powersampling.eval.report import markdown_summary, summarize
 
@@ -230,7 +240,7 @@ def test_end_to_end_on_two_records_with_the_embedded_model(tmp_path):
     out = tmp_path / "run"
     summary = run_eval(
         "taskbench",
-        ["sample", "power"],
+        ["sample", "power", "power+quality"],
         None,
         model,
         out,
@@ -243,7 +253,12 @@ def test_end_to_end_on_two_records_with_the_embedded_model(tmp_path):
         progress=False,
     )
     rows = read_rows(out / "results.jsonl")
-    assert len(rows) == 4
+    assert len(rows) == 6
+    picked = [r for r in rows if r["method"] == "power+quality" and r["valid"]]
+    assert picked  # +quality: the task's own quality score (request and plan only) picked among MH's states
+    for r in picked:
+        assert r["metadata"]["selected_by"] == "evaluator"
+        assert r["metadata"]["quality_score"] == pytest.approx(r["quality_score"])
     for r in rows:
         assert r["valid"] == bool(r["pred_nodes"]) and set(r) >= {"node_counts", "edge_counts", "quality_score"}
         assert all(n["task"] in TOOL_NAMES for n in r["pred_nodes"])

@@ -21,7 +21,9 @@ def eval_command(
         "one records *.jsonl, optionally *_user_requests.jsonl)",
     ),
     methods: str = typer.Option(
-        DEFAULT_METHODS, help="comma-separated decoding methods (also: greedy, smc when available)"
+        DEFAULT_METHODS,
+        help="comma-separated methods of the sampler registry (generate --help lists them); METHOD+vote: a "
+        "majority vote over its outputs; METHOD+quality: the output the task's quality score rates highest (taskbench)",
     ),
     limit: int | None = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),

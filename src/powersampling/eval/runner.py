@@ -45,11 +45,21 @@ from ..errors import ConfigError
 from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
 from .datasets import TASKS, Problem, load_problems
 from .results import RESULTS_FILE, SETTINGS_FILE, append_row, prepare_run_dir, read_rows, repair_torn_tail, write_rows
-from .tasks import DEFAULT_MAX_NEW_TOKENS, ExecLimits, answer_extractor, build_prompt, grade_completion, resolve_style
+from .tasks import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ExecLimits,
+    answer_extractor,
+    build_prompt,
+    grade_completion,
+    quality_evaluator,
+    resolve_style,
+)
 
 # power (and smc) run before best-of-n and the votes on each problem so their matched n can use this problem's cost
 _METHOD_ORDER = {"sample": 0, "greedy": 1, "low-temp": 2, "power": 3, "smc": 4, "scalable-power": 5, "best-of-n": 9}
 VOTE = "+vote"  # method suffix: a majority vote over the method's outputs (see _run_one)
+QUALITY = "+quality"  # method suffix: the output the task's quality score rates highest (see _run_one)
+SELECTIONS = {VOTE: "a majority vote over its outputs", QUALITY: "its output the task's quality score rates highest"}
 BEST_OF_N_RANGE = (2, 64)
 
 
@@ -76,6 +86,14 @@ class RunSettings:
     ) -> list[str]:
         mine, theirs = asdict(self), asdict(other)
         return [f"{k}: {theirs[k]!r} {other_label}, {mine[k]!r} {mine_label}" for k in mine if mine[k] != theirs[k]]
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """``"low-temp+vote"`` -> ``("low-temp", "+vote")``; a method without a selection suffix -> ``(method, None)``."""
+    for suffix in SELECTIONS:
+        if method.endswith(suffix):
+            return method.removesuffix(suffix), suffix
+    return method, None
 
 
 def method_seed(run_seed: int, problem_index: int, method: str) -> int:
@@ -183,14 +201,16 @@ def _validate(task: str, methods: list[str], limit: int | None) -> None:
         raise ConfigError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     if not methods:
         raise ConfigError("no methods given")
-    unknown = [m for m in methods if m.removesuffix(VOTE) not in available_methods()]
+    unknown = [m for m in methods if split_method(m)[0] not in available_methods()]
     if unknown:
         raise ConfigError(
-            f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available_methods())}, "
-            f"each also with '{VOTE}' (a majority vote over its outputs)"
+            f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available_methods())}, each also "
+            + " or ".join(f"with '{suffix}' ({what})" for suffix, what in SELECTIONS.items())
         )
     if any(m.endswith(VOTE) for m in methods) and task in ("humaneval", "mbpp"):
         raise ConfigError(f"'{VOTE}' needs answers to compare; {task} grades programs")
+    if any(m.endswith(QUALITY) for m in methods) and task != "taskbench":
+        raise ConfigError(f"'{QUALITY}' needs a task with a quality score (taskbench); {task} has none")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"methods repeat: {', '.join(methods)}")
     if limit is not None and limit < 1:
@@ -235,9 +255,9 @@ def check_arguments(
     for method in methods:
         own = {k.rpartition(".")[2]: v for k, v in extra_params.items() if k.rpartition(".")[0] == method}
         if own:  # a parameter scoped to a method must be one of its own
-            validate_params(method.removesuffix(VOTE), strict=True, **own)
+            validate_params(split_method(method)[0], strict=True, **own)
         validate_params(
-            method.removesuffix(VOTE),
+            split_method(method)[0],
             **base,
             **method_params(extra_params, method),
             **({"n": 2} if method == "best-of-n" else {}),
@@ -315,7 +335,7 @@ def run_eval(
     out = Path(out_dir)
     settings, rows = _open_run(out, settings, progress)
     results_path = out / RESULTS_FILE
-    ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 8 if m.endswith(VOTE) else 6))
+    ordered = sorted(methods, key=lambda m: _METHOD_ORDER.get(m, 8 if split_method(m)[1] else 6))
     done = {(r["problem_id"], r["method"]) for r in rows}
     jobs = [(p, [m for m in ordered if (p.problem_id, m) not in done]) for p in problems]
     jobs = [(p, todo) for p, todo in jobs if todo]
@@ -546,19 +566,24 @@ def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
 def _run_one(problem, method, plan, model, settings, base, extra_params, rows, limits, bar) -> dict:
     """One (problem, method) row. A method ``m+vote`` returns the answer most of m's outputs agree on: SMC's
     particles (weighted), MH's chains (``n_chains``), and for single-sample methods (sample, low-temp) n samples
-    at that method's temperature, n matched to power sampling's cost like best-of-n's."""
+    at that method's temperature, n matched to power sampling's cost like best-of-n's. ``m+quality`` returns the
+    output the task's quality score (which sees the request and the output, never the gold answer) rates highest:
+    every complete state MH visits, SMC's complete particles, or n samples as for a vote."""
     from ..samplers import build_sampler
     from ..samplers.config import LowTemperatureConfig
 
     seed = method_seed(settings.seed, problem.index, method)
-    base_method = method.removesuffix(VOTE)
+    base_method, selection = split_method(method)
     params = {**base, **method_params(extra_params, method), "seed": seed}
-    n_rule = None
+    n_rule, evaluator = None, None
     if base_method == "sample":
         params["temperature"] = 1.0
     unit = "sample"  # the single-sample method whose cost one best-of-n candidate has
-    if method.endswith(VOTE):
-        params.update(select="majority", answer_extractor=answer_extractor(problem))
+    if selection is not None:
+        if selection == VOTE:
+            params.update(select="majority", answer_extractor=answer_extractor(problem))
+        else:
+            evaluator = quality_evaluator(problem)
         if base_method in ("sample", "low-temp"):  # n samples at the method's own temperature
             params["temperature"] = (
                 LowTemperatureConfig(alpha=base["alpha"]).temperature if base_method == "low-temp" else 1.0
@@ -570,7 +595,7 @@ def _run_one(problem, method, plan, model, settings, base, extra_params, rows, l
             params["n"], n_rule = settings.best_of_n, "fixed"
         else:
             params["n"], n_rule = matched_best_of_n(rows, unit)
-    sampler = build_sampler(base_method, model, **params)
+    sampler = build_sampler(base_method, model, evaluator=evaluator, **params)
     constraint = plan.constraint or (StopStringConstraint(model.tokenizer, plan.stops) if plan.stops else None)
     start = time.perf_counter()
     result = sampler.sample(plan.ids, constraint=constraint, progress=bar.sampler_event)

@@ -177,6 +177,16 @@ def answer_extractor(problem: Problem):
     return None
 
 
+def quality_evaluator(problem: Problem):
+    """The task's own quality score, text -> float in [0, 1], for ``METHOD+quality``: the planner's default tool-plan
+    evaluator, which sees the request, the tools and the plan, never the gold graph (TaskBench only)."""
+    if problem.task != "taskbench":
+        raise ValueError(f"{problem.task} has no quality score")
+    from ..planner.quality import PlanQualityEvaluator
+
+    return PlanQualityEvaluator(problem.question, tools=problem.fields["data"].tools)
+
+
 def grade_tool_plan(problem: Problem, text: str) -> Grade:
     """A TaskBench record: the plan's nodes and links, TaskBench's per-record counts, and the plan's quality
     score (the planner's default evaluator, which sees only the request, the tools and the plan)."""
