@@ -283,3 +283,45 @@ def test_end_to_end_on_two_records_with_the_embedded_model(tmp_path):
     assert summary["methods"]["power"]["token_cost_vs_sample"] > 1
     assert "node_f1_difference_b_minus_a" in summary["comparisons"][0]
     assert (out / "summary.md").read_text().count("node F1") >= 1 and (out / "accuracy_vs_cost.png").is_file()
+
+
+def test_regrade_scores_taskbench_rows_again_from_their_text(tmp_path, monkeypatch, capsys):
+    from powersampling.cli import main
+    from powersampling.eval.results import read_rows, write_rows
+    from powersampling.eval.runner import run_eval
+    from test_planner_helpers import ScriptedLM
+
+    alarm_plan = (
+        '{"count": 1, "tasks": [{"id": 1, "description": "Set the alarm", "call": {"tool": "set_alarm", '
+        '"arguments": {"time": "07:30 AM"}}, "dependencies": []}]}'
+    )
+    data, out = _data_dir(tmp_path), tmp_path / "run"
+    model = ScriptedLM(lambda prompt: alarm_plan)
+    run_eval("taskbench", ["sample"], None, model, out, data=data, max_new_tokens=128, seed=0, progress=False)
+    rows = read_rows(out / "results.jsonl")
+    alarm = next(r for r in rows if r["problem_id"] == "00000002")
+    assert alarm["correct"] and alarm["node_counts"] == [1, 0, 0]
+    for r in rows:  # as if scored by an older grader
+        r.update(correct=False, node_counts=[0, 0, 0], quality_score=0.0)
+    write_rows(out / "results.jsonl", rows)
+    argv = ["powersampling", "eval", "--task", "taskbench", "--out", str(out), "--report-only", "--regrade"]
+    monkeypatch.setattr(sys, "argv", argv)  # TaskBench rows need the records they were run on
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "needs --data" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(sys, "argv", argv + ["--data", str(data)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0 and "1 changed verdict" in capsys.readouterr().err
+    regraded = {r["problem_id"]: r for r in read_rows(out / "results.jsonl")}
+    assert regraded["00000002"]["correct"] and regraded["00000002"]["node_counts"] == [1, 0, 0]
+    assert regraded["00000002"]["quality_score"] > 0.5
+    other = tmp_path / "other"  # other data than the run's: refused
+    other.mkdir()
+    (other / "tools.json").write_text(json.dumps(TOOLS))
+    (other / "dev.jsonl").write_text(json.dumps(RECORDS[1]) + "\n")
+    monkeypatch.setattr(sys, "argv", argv + ["--data", str(other)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and "is not the data" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -67,7 +68,8 @@ def eval_command(
     regrade: bool = typer.Option(
         False,
         "--regrade",
-        help="with --report-only: grade gsm8k / math500 rows again from their text with the current graders",
+        help="with --report-only: grade gsm8k / math500 / taskbench rows again from their text with the current "
+        "graders (taskbench: give --data, the folder the run used)",
     ),
     merge: list[Path] = typer.Option(
         [],
@@ -96,7 +98,7 @@ def eval_command(
     if regrade and not report_only:
         fail("--regrade goes with --report-only")
     if merge or report_only:
-        _report(out, merge, regrade)
+        _report(out, merge, regrade, data)
         return
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     shared = dict(
@@ -141,7 +143,7 @@ def eval_command(
     typer.echo((out / SUMMARY_MD).read_text())
 
 
-def _report(out: Path, merge: list[Path], regrade: bool = False) -> None:
+def _report(out: Path, merge: list[Path], regrade: bool = False, data: Path | None = None) -> None:
     """--merge (gather the folders into OUT) or --report-only (after --regrade, if given): write OUT's report and
     print it."""
     from ..eval.report import SUMMARY_MD, write_report
@@ -164,7 +166,7 @@ def _report(out: Path, merge: list[Path], regrade: bool = False) -> None:
             fail(f"{out / RESULTS_FILE} does not exist; run the evaluation first")
         try:
             if regrade:
-                _regrade(out / RESULTS_FILE)
+                _regrade(out, data)
             write_report(out)
         except (PowerSamplingError, KeyError, ValueError) as exc:
             fail(f"could not build the report from {out / RESULTS_FILE}: {exc}")
@@ -213,12 +215,21 @@ def _check_sandbox(unsafe_exec: bool) -> None:
         )
 
 
-def _regrade(results: Path) -> None:
-    from ..eval.results import read_rows, write_rows
+def _regrade(out: Path, data: Path | None) -> None:
+    from ..eval.results import RESULTS_FILE, SETTINGS_FILE, read_rows, write_rows
     from ..eval.tasks import regrade_rows
-    from .common import stderr
+    from .common import fail, stderr
 
+    results = out / RESULTS_FILE
     rows = read_rows(results)
-    changed = regrade_rows(rows)
+    problems = []
+    if data is not None:
+        from ..eval.datasets import load_problems
+
+        problems = load_problems("taskbench", None, 0, data=data)
+        ran_on = json.loads((out / SETTINGS_FILE).read_text()).get("settings", {}).get("data")
+        if ran_on is not None and ran_on != problems[0].fields["data"].fingerprint:
+            fail(f"--data {data} is not the data {out} was run on (fingerprint {ran_on})")
+    changed = regrade_rows(rows, problems)
     write_rows(results, rows)
     stderr.print(f"regraded {len(rows)} rows of {results}: {changed} changed verdict", highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ over completions that end at the first stop string (the part that gets graded).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,19 +214,33 @@ def grade_tool_plan(problem: Problem, text: str) -> Grade:
     return Grade(scores["exact_match"], None, detail, fields)
 
 
-def regrade_rows(rows: list[dict]) -> int:
-    """Grade answer-task rows (gsm8k, math500) again from their stored text and reference with today's graders,
-    in place; returns how many changed verdict. Only the returned text is graded: a vote's tally and best-of-n's
-    ``candidates_correct`` stay as sampled (the other outputs are not stored). Code tasks would need their programs
-    run again and TaskBench rows hold their metrics, so those are refused."""
+def regrade_rows(rows: list[dict], taskbench_problems: Sequence[Problem] = ()) -> int:
+    """Grade rows again from their stored text with today's graders, in place; returns how many changed verdict.
+    GSM8K and MATH500 rows are graded against their stored reference. TaskBench rows are parsed and scored again
+    against the records of ``taskbench_problems`` (the data folder they were run on): the graph metrics and the
+    quality score. Only the returned text is graded: a vote's tally and best-of-n's ``candidates_correct`` stay as
+    sampled (the other outputs are not stored). Code tasks would need their programs run again, so they are
+    refused."""
     graders = {"gsm8k": grade_gsm8k, "math500": grade_math}
+    records = {p.problem_id: p for p in taskbench_problems}
     changed = 0
     for row in rows:
         task = row.get("task")
-        if task not in graders or row.get("reference") is None:
-            raise ConfigError(f"regrading covers gsm8k and math500 rows; {row.get('problem_id')} is a {task} row")
-        stops = FEWSHOT_STOPS[task] if row.get("style") == "fewshot" else ()
-        grade = graders[task](row["reference"], truncate_at_stops(row["text"], stops))
+        if task == "taskbench":
+            problem = records.get(row.get("problem_id"))
+            if problem is None:
+                raise ConfigError(
+                    f"TaskBench row {row.get('problem_id')} has no record in the data given"
+                    + ("" if records else " (regrading TaskBench rows needs --data, the folder they were run on)")
+                )
+            grade = grade_tool_plan(problem, row["text"])
+        elif task in graders and row.get("reference") is not None:
+            stops = FEWSHOT_STOPS[task] if row.get("style") == "fewshot" else ()
+            grade = graders[task](row["reference"], truncate_at_stops(row["text"], stops))
+        else:
+            raise ConfigError(
+                f"regrading covers gsm8k, math500 and taskbench rows; {row.get('problem_id')} is a {task} row"
+            )
         changed += bool(grade.correct) != bool(row["correct"])
         row.update(correct=grade.correct, extracted=grade.extracted, grade_detail=grade.detail, **grade.fields)
     return changed
