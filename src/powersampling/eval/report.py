@@ -352,7 +352,8 @@ def markdown_summary(summary: dict, settings: dict | None, plot_name: str | None
                 cells = []
                 for metric in ("node_f1", "edge_f1"):
                     d = c[f"{metric}_difference_b_minus_a"]
-                    cells.append(f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}, p {d['p']:.3g})")
+                    lo, hi = d["ci95"]
+                    cells.append(f"{d['difference']:+.3f} ({lo:+.3f} .. {hi:+.3f}, p {_p_value(d['p'], n_boot)})")
                 lines.append(f"| {c['a']} | {c['b']} | " + " | ".join(cells) + " |")
     if plot_name:
         lines += ["", f"![accuracy against cost]({plot_name})"]
