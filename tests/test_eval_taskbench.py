@@ -325,3 +325,27 @@ def test_regrade_scores_taskbench_rows_again_from_their_text(tmp_path, monkeypat
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2 and "is not the data" in capsys.readouterr().err
+
+
+def test_the_report_says_how_often_the_higher_quality_plan_of_a_record_is_the_better_one():
+    from powersampling.eval.report import summarize
+
+    alarm, weather = [_node("set_alarm", time="07:30 AM")], [_node("get_weather", location="Paris")]
+
+    def row(problem_id, method, predicted, quality):
+        scores = record_scores(alarm, [], predicted, [], TOOL_NAMES)
+        common = dict(tokens_generated=10, final_tokens=10, wall_s=1.0, metadata={}, valid=True, type="single")
+        return dict(problem_id=problem_id, method=method, quality_score=quality, gold_nodes=1,
+                    correct=scores["exact_match"], **scores, **common)  # fmt: skip
+
+    rows = [
+        row("1", "sample", alarm, 0.9),  # right and rated higher
+        row("1", "low-temp", weather, 0.2),
+        row("2", "sample", alarm, 0.3),  # right but rated lower
+        row("2", "low-temp", weather, 0.8),
+        row("3", "sample", alarm, 0.5),  # same score: no evidence either way
+        row("3", "low-temp", weather, 0.5),
+    ]
+    within = summarize(rows, n_boot=50)["quality_score_within_record"]
+    assert within["node_f1"] == {"pairs": 2, "agreement": 0.5}
+    assert summarize(rows, n_boot=50)["quality_score_spearman"]["edge_f1"] is None  # no plan has links: constant

@@ -157,11 +157,39 @@ def _add_plan_metrics(summary: dict, by_method: dict[str, dict[str, dict]], *, n
 
     if len(plans) >= 3:
         quality = [r["quality_score"] for r in plans]
+
+        def rho(key: str) -> float | None:  # undefined (None) when either side is constant
+            truth = [record_f1(r[key]) for r in plans]
+            if len(set(quality)) < 2 or len(set(truth)) < 2:
+                return None
+            return float(spearmanr(quality, truth).statistic)
+
         summary["quality_score_spearman"] = {
             "plans": len(plans),
-            "node_f1": float(spearmanr(quality, [record_f1(r["node_counts"]) for r in plans]).statistic),
-            "edge_f1": float(spearmanr(quality, [record_f1(r["edge_counts"]) for r in plans]).statistic),
+            "node_f1": rho("node_counts"),
+            "edge_f1": rho("edge_counts"),
         }
+        summary["quality_score_within_record"] = _within_record_agreement(plans, record_f1)
+
+
+def _within_record_agreement(plans: list[dict], record_f1) -> dict:
+    """What selecting by the quality score relies on: among two plans for the same record that differ in both
+    quality score and F1, how often the higher-scored one has the higher F1 (0.5 is chance)."""
+    by_record: dict[str, list[dict]] = {}
+    for r in plans:
+        by_record.setdefault(r["problem_id"], []).append(r)
+    out = {}
+    for metric, key in (("node_f1", "node_counts"), ("edge_f1", "edge_counts")):
+        agree = pairs = 0
+        for rows in by_record.values():
+            for i, a in enumerate(rows):
+                for b in rows[i + 1 :]:
+                    dq, df = a["quality_score"] - b["quality_score"], record_f1(a[key]) - record_f1(b[key])
+                    if dq and df:
+                        pairs += 1
+                        agree += (dq > 0) == (df > 0)
+        out[metric] = {"pairs": pairs, "agreement": agree / pairs if pairs else None}
+    return out
 
 
 def _group_f1(rows: list[dict]) -> dict:
@@ -292,7 +320,19 @@ def _plan_tables(summary: dict) -> list[str]:
         lines += [
             "",
             f"Quality score against the truth, over {rho['plans']} valid plans: Spearman rho "
-            f"{rho['node_f1']:+.2f} with the plan's node F1, {rho['edge_f1']:+.2f} with its edge F1.",
+            f"{_fmt(rho['node_f1'], '+.2f', 'n/a')} with the plan's node F1, "
+            f"{_fmt(rho['edge_f1'], '+.2f', 'n/a')} with its edge F1.",
+        ]
+    within = summary.get("quality_score_within_record")
+    if within:
+        cells = [
+            f"{name} F1 {_fmt(within[m]['agreement'], '.0%')} of {within[m]['pairs']} pairs"
+            for m, name in (("node_f1", "node"), ("edge_f1", "edge"))
+        ]
+        lines += [
+            "",
+            "Two plans for the same record that differ in quality score and in F1: the higher-scored plan has the "
+            f"higher {' and '.join(cells)} (50% is chance).",
         ]
     return lines
 
