@@ -256,29 +256,11 @@ def synchronize(device) -> None:
 
 
 def tiny_llama(device, dtype):
-    """The test-suite's ``tiny_hf``: built in float32 on the CPU from seed 0 (the same weights as the fixture),
-    then moved, so both dtypes hold the same model up to rounding."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The test-suite's ``tiny_hf`` (``exactness.tiny_random_llama``): built in float32 on the CPU from seed 0, then
+    moved, so both dtypes hold the same model up to rounding."""
+    from powersampling.exactness import tiny_random_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=6,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=0,
-        bos_token_id=1,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # larger weights than the init so the distribution is far from uniform
-        for p in model.parameters():
-            p.mul_(8.0)
-    return model.to(device=device, dtype=dtype).eval()
+    return tiny_random_llama().to(device=device, dtype=dtype).eval()
 
 
 class AloneReference:

@@ -34,24 +34,6 @@ def toy_lm() -> FunctionLM:
 @pytest.fixture(scope="session")
 def tiny_hf():
     """A 2-layer random Llama with a 6-token vocabulary: real transformers code paths, small enough to enumerate."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from powersampling.exactness import tiny_random_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=6,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=0,
-        bos_token_id=1,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # larger weights than the init so the distribution is far from uniform
-        for p in model.parameters():
-            p.mul_(8.0)
-    return model.eval()
+    return tiny_random_llama()

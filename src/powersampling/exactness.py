@@ -101,6 +101,33 @@ def random_table_model(vocab: int = 4, eos: int = 0, max_len: int = 5, scale: fl
     return FunctionLM(vocab, eos, next_token_logprobs, name="random-table")
 
 
+def tiny_random_llama():
+    """A 2-layer random Llama with a 6-token vocabulary (token 0 is EOS), built in float32 on the CPU from seed 0:
+    the real transformers code paths on a model small enough to enumerate. Weights are scaled up from the init so
+    the distribution is far from uniform. Needs torch and transformers."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=6,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=0,
+        bos_token_id=1,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0)
+    return model.eval()
+
+
 def sampler_tv(
     method: str,
     model,
