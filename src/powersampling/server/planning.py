@@ -47,32 +47,19 @@ class PlanService:
         if body.seed is not None:
             changes["seed"] = body.seed
         if ps is not None:
-            for src, dst in (
-                ("alpha", "alpha"),
-                ("n_mcmc", "n_mcmc"),
-                ("block_size", "block_size"),
-                ("n", "best_of_n"),
-                ("chains", "n_particles"),
-                ("seed", "seed"),
-            ):
+            mapped = {
+                "alpha": "alpha",
+                "n_mcmc": "n_mcmc",
+                "block_size": "block_size",
+                "n": "best_of_n",
+                "chains": "n_particles",
+                "seed": "seed",
+            }
+            for src, dst in mapped.items():
                 if getattr(ps, src) is not None:
                     changes[dst] = getattr(ps, src)
-            unused = [
-                f
-                for f in (
-                    "deadline_s",
-                    "proposal_temperature",
-                    "scan",
-                    "top_k",
-                    "rollouts",
-                    "horizon",
-                    "jackknife",
-                    "entropy_threshold",
-                    "select",
-                    "answer_regex",
-                )
-                if getattr(ps, f) is not None
-            ]
+            # every other power_sampling field is refused, so a field added to the schema cannot be silently dropped
+            unused = [f for f in type(ps).model_fields if f not in mapped and getattr(ps, f) is not None]
             if unused:
                 raise APIError(
                     400,
