@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import needs_module
 from powersampling.backends.hosted import HostedChatModel, hosted_model, require_power_sampling
 from powersampling.errors import CapabilityError, ConfigError
 
@@ -143,7 +144,7 @@ def test_missing_configuration_names_the_variable(monkeypatch):
 
 @pytest.mark.slow
 def test_openai_compatible_against_llama_cpp_server():
-    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
+    needs_module("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
     from powersampling.backends.embedded import embedded_gguf_path
     from test_remote_backend import free_port, start_server, stop_server, wait_for
 

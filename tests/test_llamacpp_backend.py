@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import needs_module
 from powersampling.backends.base import ContinuationRequest
 
 # measured: see test_log_p_agrees_with_transformers
@@ -28,7 +29,7 @@ from powersampling.backends.decoding import log_softmax
 
 
 def _needs_llama_cpp():
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'powersampling[llama]')")
+    needs_module("llama_cpp", reason="llama-cpp-python is not installed (pip install 'powersampling[llama]')")
 
 
 @pytest.fixture(scope="module")

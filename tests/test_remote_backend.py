@@ -39,6 +39,8 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from conftest import needs_module
+
 STOP = 0
 # Started with POWERSAMPLING_STANDIN_ASCII=1 the server's model has a printable-ASCII vocabulary (the planner's JSON
 # needs every letter); otherwise 40 tokens: three special, then the characters below.
@@ -569,7 +571,7 @@ def test_other_masking_constraints_are_drawn_token_by_token_in_full_mode(vllm_li
 
 @pytest.mark.slow
 def test_llama_cpp_server_is_refused_for_text_only_prompts():
-    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
+    needs_module("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
     from powersampling.backends.embedded import embedded_gguf_path
     from powersampling.backends.remote import RemoteLM
     from powersampling.errors import CapabilityError

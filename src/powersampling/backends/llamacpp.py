@@ -269,6 +269,8 @@ class LlamaCppLM:
             for i, (_, _, _, row) in enumerate(part):
                 if row >= 0:
                     pointer = self._lib.llama_get_logits_ith(self._ctx, i)
+                    if not pointer:  # reading through a NULL pointer would kill the process, not raise
+                        raise RuntimeError(f"llama.cpp returned no logits for output {i} of a {len(part)}-token batch")
                     logits[row] = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy()
             start += len(part)
         for token, _, slot, _ in entries:
@@ -387,7 +389,7 @@ def load_llamacpp(
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelLoadError(f"GGUF file {path!r} does not exist")
-    threads = n_threads or max(1, len(os.sched_getaffinity(0)) // 2)
+    threads = n_threads or default_threads()
     try:
         # this Llama object provides the weights, vocabulary and metadata; decoding uses the backend's own context
         llama = Llama(
@@ -403,6 +405,12 @@ def load_llamacpp(
     except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError with little detail
         raise ModelLoadError(f"llama.cpp could not load {p}: {exc}") from exc
     return LlamaCppLM(llama, name=name or p.stem, gguf_path=str(p), n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=threads)
+
+
+def default_threads() -> int:
+    """Half the CPUs this process may run on (1 on a 2-core machine): ggml's worker threads spin while they wait,
+    so on a machine where another process is busy, more threads than idle cores is several times slower."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def _close_if_alive(ref: weakref.ref) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError
 from .embedded import EMBEDDED_MODEL_NAME, cache_root, convert_gguf, embedded_gguf_path, embedded_model_dir
+from .selftest import SelfTestOutcome, self_test
 
 log = logging.getLogger("powersampling.backends")
 
@@ -31,7 +33,8 @@ def load_model(
     """Load a model for sampling.
 
     ``path`` is a local transformers folder or a GGUF file; None means the embedded SmolLM2-135M-Instruct.
-    ``backend="auto"`` picks llama.cpp for GGUF files when llama-cpp-python is installed, transformers otherwise;
+    ``backend="auto"`` picks llama.cpp for GGUF files when llama-cpp-python is installed and its self-test on the
+    file passes (``choose_gguf_engine``), transformers otherwise;
     ``backend="vllm"`` runs a transformers folder on the vLLM engine (``pip install 'powersampling[vllm]'``).
 
     ``path`` may also be a server URL (``http://`` or ``https://``): ``backend="remote"`` (which ``"auto"`` picks
@@ -73,7 +76,7 @@ def load_model(
         return load_vllm(str(folder), name=EMBEDDED_MODEL_NAME if path is None else None, **kwargs)
     if path is None:
         gguf = embedded_gguf_path()
-        if backend == "llama.cpp" or (backend == "auto" and llama_cpp_available() and device == "cpu"):
+        if _gguf_runs_on_llamacpp(gguf, backend, device, threads):
             return _load_llamacpp(threads, gguf, name=EMBEDDED_MODEL_NAME, **kwargs)
         return _load_transformers(threads, embedded_model_dir(), device=device, name=EMBEDDED_MODEL_NAME, **kwargs)
     p = Path(path).expanduser()
@@ -82,7 +85,7 @@ def load_model(
     if p.is_file():
         if p.suffix != ".gguf":
             raise ModelLoadError(f"{path!r} is a file but not a .gguf model; pass a GGUF file or a model folder")
-        if backend == "llama.cpp" or (backend == "auto" and llama_cpp_available() and device == "cpu"):
+        if _gguf_runs_on_llamacpp(p, backend, device, threads):
             return _load_llamacpp(threads, p, **kwargs)
         converted = cache_root() / "models" / f"{p.stem}-{p.stat().st_size}"
         folder = converted if (converted / "config.json").is_file() else convert_gguf(p, converted)
@@ -92,6 +95,52 @@ def load_model(
     if not (p / "config.json").is_file():
         raise ModelLoadError(f"{path!r} is not a transformers model folder (no config.json)")
     return _load_transformers(threads, p, device=device, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineChoice:
+    """Which engine runs a local GGUF model and why; ``fallback`` is set when a preferred engine was passed over
+    because its self-test did not pass (``load_model`` logs it as one warning line)."""
+
+    engine: str
+    reason: str
+    self_test: SelfTestOutcome | None = None
+    fallback: str | None = None
+
+
+def choose_gguf_engine(
+    gguf: Path, *, backend: str = "auto", device: str = "cpu", threads: int | None = None
+) -> EngineChoice:
+    """The engine for a GGUF file: llama.cpp when named, or, for ``auto`` on the CPU, when llama-cpp-python is
+    installed and its self-test on this file passed (run once per build, model and thread count in a child
+    process, see ``selftest``); transformers otherwise. A named llama.cpp whose self-test did not pass is a
+    ``ModelLoadError`` that says what happened."""
+    if backend == "transformers":
+        return EngineChoice("transformers", "named with --backend transformers")
+    if backend == "auto" and device != "cpu":
+        return EngineChoice("transformers", f"device {device!r}: the llama.cpp backend runs on the CPU")
+    if not llama_cpp_available():
+        if backend == "llama.cpp":
+            raise ModelLoadError("the llama.cpp backend needs llama-cpp-python: pip install 'powersampling[llama]'")
+        return EngineChoice("transformers", "llama-cpp-python is not installed (pip install 'powersampling[llama]')")
+    from .llamacpp import default_threads
+
+    outcome = self_test("llama.cpp", str(gguf), threads or default_threads())
+    if outcome.ok:
+        how = "named with --backend llama.cpp" if backend == "llama.cpp" else "llama-cpp-python is installed"
+        return EngineChoice("llama.cpp", f"{how}, and its self-test on this model passed", outcome)
+    if backend == "llama.cpp":
+        raise ModelLoadError(outcome.message)
+    return EngineChoice(
+        "transformers", f"the llama.cpp self-test did not pass ({outcome.status})", outcome, fallback=outcome.message
+    )
+
+
+def _gguf_runs_on_llamacpp(gguf: Path, backend: str, device: str, threads: int | None) -> bool:
+    choice = choose_gguf_engine(gguf, backend=backend, device=device, threads=threads)
+    if choice.fallback:
+        log.warning("%s; using transformers instead", choice.fallback)
+    return choice.engine == "llama.cpp"
 
 
 def _load_transformers(

@@ -1,4 +1,4 @@
-"""Command line: ``powersampling generate|plan|serve|eval``. A thin adapter over the Python API; each subcommand
+"""Command line: ``powersampling generate|plan|serve|eval|doctor``. A thin adapter over the Python API; each subcommand
 lives in its own module and shares helpers through ``cli.common``."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ COMMANDS = {
     "plan": ("plan", "plan_command"),
     "serve": ("serve", "serve_command"),
     "eval": ("eval", "eval_command"),
+    "doctor": ("doctor", "doctor_command"),
 }
 
 
