@@ -11,17 +11,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..backends.loading import BACKENDS
 from ..errors import PowerSamplingError
 
 stderr = Console(stderr=True)
 
 
-class Backend(str, Enum):
-    auto = "auto"
-    transformers = "transformers"
-    llama_cpp = "llama.cpp"
-    vllm = "vllm"
-    remote = "remote"
+# the engine choices, from the one list load_model checks
+Backend = Enum("Backend", {name.replace(".", "_"): name for name in BACKENDS}, type=str)
+BACKEND_HELP = f"engine for the model: {', '.join(BACKENDS)}"
 
 
 def route_choices(name: str = "PlanRoute") -> type[Enum]:

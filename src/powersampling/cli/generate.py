@@ -11,6 +11,7 @@ from ..backends.base import check_context_length
 from ..errors import ContextLengthError, PowerSamplingError
 from ..samplers.config import BestOfNConfig, PowerSamplingConfig, SMCConfig
 from .common import (
+    BACKEND_HELP,
     MODEL_HELP,
     PARAM_HELP,
     THREADS_HELP,
@@ -34,7 +35,7 @@ def _defaults(field: str, config: type = PowerSamplingConfig):
 def generate(
     prompt: str = typer.Argument(..., help="the prompt text"),
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    backend: Backend = typer.Option(Backend.auto, help="engine for the model"),
+    backend: Backend = typer.Option(Backend.auto, help=BACKEND_HELP),
     tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
     threads: int | None = typer.Option(None, help=THREADS_HELP),

@@ -8,14 +8,14 @@ import socket
 import typer
 
 from ..errors import PowerSamplingError
-from .common import MODEL_HELP, TOKENIZER_HELP, fail
+from .common import BACKEND_HELP, MODEL_HELP, TOKENIZER_HELP, fail
 
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes the server to the network)"),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port"),
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp, vllm, remote"),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
     tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend"),
     api_key: str | None = typer.Option(

@@ -1,7 +1,7 @@
 """Prometheus metrics: one module-level registry, every metric object created exactly once at import.
 
 Planners, servers and samplers all record into the same objects, so creating any number of them in one process
-never registers a metric twice (the seed system built metrics per instance and crashed on the second one).
+never registers a metric twice (metrics built per instance would fail on the second instance's registration).
 Names follow vLLM's ``/metrics`` style: counters end in ``_total``, latencies are histograms in seconds, every
 series carries ``model_name``.
 

@@ -73,7 +73,7 @@ class SGLangApi:
         timeout: float | None = None,
         grammar: Grammar | None = None,
     ) -> Draw:
-        # the seed is not sent, as before the protocols were split: SGLang draws with its own randomness
+        # no seed is sent (older releases refuse sampling_seed): SGLang draws with its own randomness
         top = self._vocab_size if top_logprobs == WHOLE_VOCABULARY else top_logprobs
         status, meta = self._generate(
             prefix,
