@@ -115,7 +115,9 @@ def _llama_cpp_build() -> dict | None:
     if proc.returncode != 0:
         return {"error": f"importing llama_cpp failed (exit status {proc.returncode})"}
     info = proc.stdout.strip()
-    features = sorted({part.split("=")[0].strip() for part in info.split("|") if part.strip().endswith("= 1")})
+    # "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | ...": a backend's name prefixes its first feature
+    parts = [part.rpartition(":")[2].strip() for part in info.split("|")]
+    features = sorted({part.split("=")[0].strip() for part in parts if part.endswith("= 1")})
     return {"system_info": info, "cpu_features": features, "native_avx512": "AVX512" in features}
 
 
