@@ -529,7 +529,9 @@ def test_a_stop_string_constraint_cuts_the_draw_locally(vllm_like_server):
             _constrained(StopStringConstraint(lm.tokenizer, [stop]), n=1, max_new=12), 1.0, np.random.default_rng(3)
         )  # the same seeds: the server draws the same tokens
         assert cut.token_ids == free.token_ids[: first + 1] and cut.stopped and cut.exact
-        np.testing.assert_allclose(cut.logp, free.logp[: first + 1])
+        # log p comes from a scoring request over prefix + drawn tokens: a shorter request is a float32 forward
+        # pass of another shape, which rounds differently in the last bits
+        np.testing.assert_allclose(cut.logp, free.logp[: first + 1], rtol=1e-5)
         np.testing.assert_allclose(cut.logq, free.logq[: first + 1])
     finally:
         lm.close()
