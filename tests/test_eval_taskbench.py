@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from powersampling.eval.taskbench import f1, indel_ratio, load_data, pooled_metrics, record_scores
+from powersampling.eval.benchmarks.taskbench import f1, indel_ratio, load_data, pooled_metrics, record_scores
 
 TOOLS = {
     "nodes": [
@@ -115,11 +115,20 @@ def test_quality_selection_needs_a_task_with_a_quality_score():
 
 
 def test_a_breakdown_group_without_any_links_has_no_edge_f1_rather_than_zero():
+    from powersampling.eval.benchmarks import get_benchmark
     from powersampling.eval.report import markdown_summary, summarize
 
     def row(problem_id, kind, gold_nodes, gold_links, nodes, links):
         scores = record_scores(gold_nodes, gold_links, nodes, links, TOOL_NAMES)
-        common = dict(tokens_generated=10, final_tokens=10, wall_s=1.0, metadata={}, quality_score=0.5, valid=True)
+        common = dict(
+            task="taskbench",
+            tokens_generated=10,
+            final_tokens=10,
+            wall_s=1.0,
+            metadata={},
+            quality_score=0.5,
+            valid=True,
+        )
         return dict(problem_id=problem_id, method="sample", type=kind, gold_nodes=len(gold_nodes),
                     correct=scores["exact_match"], **scores, **common)  # fmt: skip
 
@@ -131,7 +140,8 @@ def test_a_breakdown_group_without_any_links_has_no_edge_f1_rather_than_zero():
     # the single-tool plan is right and has no links to score; the chain plan missed its one link
     assert by_type["single"] == {"records": 1, "node_f1": 1.0, "edge_f1": None}
     assert by_type["chain"]["edge_f1"] == 0.0
-    assert "1.00 / n/a (1)" in markdown_summary(summarize(rows, n_boot=50), None, None, n_boot=50)
+    summary = summarize(rows, n_boot=50)
+    assert "1.00 / n/a (1)" in markdown_summary(summary, None, None, n_boot=50, benchmark=get_benchmark("taskbench"))
 
 
 def test_the_tool_grammar_refuses_an_unlisted_tool_or_parameter(tmp_path):
@@ -334,7 +344,9 @@ def test_the_report_says_how_often_the_higher_quality_plan_of_a_record_is_the_be
 
     def row(problem_id, method, predicted, quality):
         scores = record_scores(alarm, [], predicted, [], TOOL_NAMES)
-        common = dict(tokens_generated=10, final_tokens=10, wall_s=1.0, metadata={}, valid=True, type="single")
+        common = dict(
+            task="taskbench", tokens_generated=10, final_tokens=10, wall_s=1.0, metadata={}, valid=True, type="single"
+        )
         return dict(problem_id=problem_id, method=method, quality_score=quality, gold_nodes=1,
                     correct=scores["exact_match"], **scores, **common)  # fmt: skip
 
