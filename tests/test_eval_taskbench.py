@@ -114,7 +114,10 @@ def test_quality_selection_needs_a_task_with_a_quality_score():
         check_arguments("taskbench", ["power+best"], 2)
 
 
-def test_a_breakdown_group_without_any_links_has_no_edge_f1_rather_than_zero():
+def test_empty_counts_score_one_everywhere_a_group_without_any_links_included():
+    """One convention: no gold and no predicted items is a perfect answer (F1 1.0), for a record, a breakdown group
+    and a pooled method alike; a spurious link where none is due scores 0."""
+    assert f1([0, 0, 0]) == 1.0 and f1([0, 1, 0]) == 0.0 and f1([0, 0, 1]) == 0.0
     from powersampling.eval.benchmarks import get_benchmark
     from powersampling.eval.report import markdown_summary, summarize
 
@@ -138,10 +141,11 @@ def test_a_breakdown_group_without_any_links_has_no_edge_f1_rather_than_zero():
     rows = [row("1", "single", alarm, [], alarm, []), row("2", "chain", chain, link, chain, [])]
     by_type = summarize(rows, n_boot=50)["methods"]["sample"]["by_type"]
     # the single-tool plan is right and has no links to score; the chain plan missed its one link
-    assert by_type["single"] == {"records": 1, "node_f1": 1.0, "edge_f1": None}
+    assert by_type["single"] == {"records": 1, "node_f1": 1.0, "edge_f1": 1.0}
     assert by_type["chain"]["edge_f1"] == 0.0
+    assert summarize(rows[:1], n_boot=50)["methods"]["sample"]["edge_f1"] == 1.0  # pooled over link-free records
     summary = summarize(rows, n_boot=50)
-    assert "1.00 / n/a (1)" in markdown_summary(summary, None, None, n_boot=50, benchmark=get_benchmark("taskbench"))
+    assert "1.00 / 1.00 (1)" in markdown_summary(summary, None, None, n_boot=50, benchmark=get_benchmark("taskbench"))
 
 
 def test_the_tool_grammar_refuses_an_unlisted_tool_or_parameter(tmp_path):

@@ -17,6 +17,11 @@ edge F1 over per-record sets of (source, target) pairs, t-F1 over sets of ``tool
 of ``tool-argname-value`` strings, and the normalized edit distance 1 - mean Levenshtein ratio of the tool-id
 sequences (ratio = 2 * LCS / total length, the indel similarity ``Levenshtein.ratio`` computes; unknown names are
 id 0). A record's ``correct`` is an exact match of its node set and link set.
+
+Empty counts: where neither the gold nor the plans hold any item (a single-tool record has no links), F1 is 1.0,
+as the indel ratio of two empty sequences is: nothing to find and nothing claimed is a perfect answer. The same
+rule holds for a record, a breakdown group and a whole method (scikit-learn's F1, which TaskBench's script calls,
+would give 0 with a warning in that last case).
 """
 
 from __future__ import annotations
@@ -215,7 +220,10 @@ def record_scores(
 
 
 def f1(counts: Sequence[int]) -> float:
+    """F1 of [tp, fp, fn]; 1.0 for all-zero counts (see the module's note on empty counts)."""
     tp, fp, fn = counts
+    if not (tp or fp or fn):
+        return 1.0
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -452,14 +460,11 @@ def add_plan_metrics(summary: dict, by_method: dict[str, dict[str, dict]], *, n_
         )
     plans = [r for rows_by_id in by_method.values() for r in rows_by_id.values() if r.get("valid")]
 
-    def record_f1(counts) -> float:
-        return 1.0 if not any(counts) else f1(counts)
-
     if len(plans) >= 3:
         quality = [r["quality_score"] for r in plans]
 
         def rho(key: str) -> float | None:  # undefined (None) when either side is constant
-            truth = [record_f1(r[key]) for r in plans]
+            truth = [f1(r[key]) for r in plans]
             if len(set(quality)) < 2 or len(set(truth)) < 2:
                 return None
             return float(spearmanr(quality, truth).statistic)
@@ -467,10 +472,10 @@ def add_plan_metrics(summary: dict, by_method: dict[str, dict[str, dict]], *, n_
         summary["quality_score_spearman"] = {"plans": len(plans)} | {
             metric: rho(COUNT_METRICS[metric]) for metric in GRAPH_METRICS
         }
-        summary["quality_score_within_record"] = _within_record_agreement(plans, record_f1)
+        summary["quality_score_within_record"] = _within_record_agreement(plans)
 
 
-def _within_record_agreement(plans: list[dict], record_f1) -> dict:
+def _within_record_agreement(plans: list[dict]) -> dict:
     """What selecting by the quality score relies on: among two plans for the same record that differ in both
     quality score and F1, how often the higher-scored one has the higher F1 (0.5 is chance)."""
     by_record: dict[str, list[dict]] = {}
@@ -483,7 +488,7 @@ def _within_record_agreement(plans: list[dict], record_f1) -> dict:
         for rows in by_record.values():
             for i, a in enumerate(rows):
                 for b in rows[i + 1 :]:
-                    dq, df = a["quality_score"] - b["quality_score"], record_f1(a[key]) - record_f1(b[key])
+                    dq, df = a["quality_score"] - b["quality_score"], f1(a[key]) - f1(b[key])
                     if dq and df:
                         pairs += 1
                         agree += (dq > 0) == (df > 0)
@@ -492,12 +497,11 @@ def _within_record_agreement(plans: list[dict], record_f1) -> dict:
 
 
 def _group_f1(rows: list[dict]) -> dict:
-    """Node and edge F1 of one breakdown group; None where neither the gold nor the plans have any (single-tool
-    records have no links: an F1 of 0 there would read as every plan wrong)."""
+    """Node and edge F1 of one breakdown group."""
     out: dict = {"records": len(rows)}
     for metric in GRAPH_METRICS:
         counts = np.sum([r[COUNT_METRICS[metric]] for r in rows], axis=0)
-        out[metric] = f1(counts) if counts.any() else None
+        out[metric] = f1(counts)
     return out
 
 
@@ -527,7 +531,7 @@ def plan_tables(summary: dict) -> list[str]:
         groups = list(dict.fromkeys(g for e in summary["methods"].values() for g in e.get(key, {})))
         lines += [
             "",
-            f"Node F1 / edge F1 by {title} (records; n/a: no gold or predicted links in that group):",
+            f"Node F1 / edge F1 by {title} (records; 1.00 where the group has no gold and no predicted links):",
             "",
             "| method | " + " | ".join(groups) + " |",
             "|---|" + "---|" * len(groups),
