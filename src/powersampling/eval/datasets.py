@@ -12,7 +12,7 @@ import gzip
 import importlib.util
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,18 @@ class Problem:
 class FewShotExample:
     question: str
     answer: str
+
+
+def worked_examples(blocks: Iterable[str], answer_marker: str) -> list[FewShotExample]:
+    """(question, answer) pairs from few-shot blocks written ``QUESTION{answer_marker}ANSWER``; a block without a
+    marker or an answer is skipped."""
+    examples = []
+    for block in blocks:
+        if answer_marker in block:
+            question, answer = block.split(answer_marker, 1)
+            if answer.strip():
+                examples.append(FewShotExample(question.strip(), answer.strip()))
+    return examples
 
 
 def package_dir(module: str, hint: str) -> Path:

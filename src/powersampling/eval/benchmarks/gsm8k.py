@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..datasets import FewShotExample, Problem, olmo_requests_path, read_jsonl_gz
+from ..datasets import FewShotExample, Problem, olmo_requests_path, read_jsonl_gz, worked_examples
 from ..grading import Grade, grade_gsm8k, gsm8k_vote_answer
 from . import register_benchmark
 from .base import AnswerBenchmark
@@ -39,14 +39,9 @@ class GSM8K(AnswerBenchmark):
         return problems
 
     def examples(self, problem: Problem) -> list[FewShotExample]:
-        """The worked examples of the 8-shot context, as (question, answer) pairs."""
-        examples = []
-        for block in problem.fields["fewshot_context"].split("\n\n"):
-            if block.startswith("Question:") and "\nAnswer:" in block:
-                q, a = block[len("Question:") :].split("\nAnswer:", 1)
-                if a.strip():
-                    examples.append(FewShotExample(q.strip(), a.strip()))
-        return examples
+        """The worked examples of the 8-shot context."""
+        blocks = problem.fields["fewshot_context"].split("\n\n")
+        return worked_examples((b[len("Question:") :] for b in blocks if b.startswith("Question:")), "\nAnswer:")
 
     def chat_turn(self, question: str) -> str:
         return f"{question}\n{self.instruction}"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import ConfigError
-from ..datasets import FewShotExample, Problem, last_boxed, olmo_requests_path, read_jsonl_gz
+from ..datasets import FewShotExample, Problem, last_boxed, olmo_requests_path, read_jsonl_gz, worked_examples
 from ..grading import Grade, grade_math, math_vote_answer
 from . import register_benchmark
 from .base import AnswerBenchmark
@@ -49,15 +49,7 @@ class MATH500(AnswerBenchmark):
 
     def examples(self, problem: Problem) -> list[FewShotExample]:
         """The Minerva worked examples of the context."""
-        examples = []
-        for block in problem.fields["fewshot_context"].split("Problem:\n")[1:]:
-            if "\n\nSolution:" not in block:
-                continue
-            q, a = block.split("\n\nSolution:", 1)
-            a = a.strip()
-            if a:
-                examples.append(FewShotExample(q.strip(), a))
-        return examples
+        return worked_examples(problem.fields["fewshot_context"].split("Problem:\n")[1:], "\n\nSolution:")
 
     def chat_turn(self, question: str) -> str:
         return f"{question}\n\n{self.instruction}"
