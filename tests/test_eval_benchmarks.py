@@ -189,3 +189,30 @@ def test_no_benchmark_is_named_outside_its_own_module_and_no_method_in_the_harne
     harness = [c for c in _string_constants(src / "eval", "eval/benchmarks/") if c[2].split("+")[0] in methods]
     harness += [c for c in _string_constants(src / "cli", "") if c[0] == "eval.py" and c[2].split("+")[0] in methods]
     assert harness == []
+
+
+def test_a_benchmark_in_another_installed_package_is_found_through_its_entry_point(tmp_path):
+    """An installed distribution (here a minimal one on the path) declares ``powersampling.benchmarks``; a fresh
+    process finds its benchmark without importing anything by hand."""
+    import os
+    import subprocess
+
+    (tmp_path / "wordbench.py").write_text(
+        "from powersampling.eval.benchmarks import Benchmark\n\n"
+        "class Words(Benchmark):\n    name = 'entry-point-words'\n"
+    )
+    dist = tmp_path / "wordbench-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wordbench\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[powersampling.benchmarks]\nwords = wordbench:Words\n")
+    src = Path(__import__("powersampling").__file__).parent.parent
+    code = "from powersampling.eval.benchmarks import get_benchmark; print(type(get_benchmark('entry-point-words')))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{src}"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "wordbench.Words" in proc.stdout
