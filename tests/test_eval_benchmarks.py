@@ -216,3 +216,18 @@ def test_a_benchmark_in_another_installed_package_is_found_through_its_entry_poi
     )
     assert proc.returncode == 0, proc.stderr
     assert "wordbench.Words" in proc.stdout
+
+
+def test_regrading_asks_each_rows_benchmark_and_refuses_what_it_cannot_regrade():
+    from powersampling.eval.results import regrade_rows
+
+    row = {"task": "gsm8k", "problem_id": "7", "text": "So the answer is 12.", "reference": "12", "correct": False}
+    assert regrade_rows([row]) == 1 and row["correct"] and row["extracted"] == "12"
+    with pytest.raises(ConfigError, match="humaneval rows cannot be graded again from their text"):
+        regrade_rows([{"task": "humaneval", "problem_id": "HumanEval/0", "text": "pass", "correct": False}])
+    with pytest.raises(ConfigError, match="gsm8k rows cannot be graded again"):  # no stored reference
+        regrade_rows([{"task": "gsm8k", "problem_id": "1", "text": "12", "reference": None, "correct": False}])
+    with pytest.raises(ConfigError, match="regrading TaskBench rows needs --data"):
+        regrade_rows([{"task": "taskbench", "problem_id": "1", "text": "{}", "correct": False}])
+    with pytest.raises(ConfigError, match="unknown task 'gsm9k'"):
+        regrade_rows([{"task": "gsm9k", "problem_id": "1", "text": "", "correct": False}])
