@@ -412,3 +412,19 @@ def test_vote_methods_are_checked_before_a_model_loads():
         check_arguments("gsm8k", ["power+vote"], 1)
     with pytest.raises(ConfigError, match="unknown method"):
         check_arguments("gsm8k", ["nope+vote"], 1)
+
+
+def test_a_vote_over_a_one_sample_method_draws_candidates_at_that_methods_temperature(problems, tmp_path):
+    from powersampling.samplers.registry import one_sample_temperature
+
+    assert one_sample_temperature("sample") == 1.0 and one_sample_temperature("low-temp", alpha=4.0) == 0.25
+    assert all(one_sample_temperature(m) is None for m in ("greedy", "best-of-n", "power", "smc"))
+    rows = []
+    methods = ["low-temp+vote", "power", "low-temp"]
+    run_eval("gsm8k", methods, 2, toy_model(problems), tmp_path, on_row=rows.append, **SMALL)
+    votes = [r for r in rows if r["method"] == "low-temp+vote"]
+    # the vote's n is matched to this problem's power cost too: it runs after the methods it is measured against
+    assert len(votes) == 2 and [r["method"] for r in rows[:3]] == ["low-temp", "power", "low-temp+vote"]
+    for r in votes:
+        assert r["params"]["temperature"] == 0.25 and r["n"] >= 2 and r["n_rule"].startswith("power/low-temp")
+        assert r["metadata"]["selected_by"] == "majority"
