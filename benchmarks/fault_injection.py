@@ -482,8 +482,8 @@ def run_eval_kill(args, work: Path) -> dict:
 
 
 def run_sandbox() -> dict:
-    from powersampling.eval.sandbox import isolation_backend
-    from powersampling.eval.sandbox_probes import run_escape_probes
+    from powersampling.sandbox import isolation_backend
+    from powersampling.sandbox.probes import run_escape_probes
 
     backend = isolation_backend()
     if backend is None:

@@ -16,19 +16,11 @@ import pytest
 from powersampling import FunctionLM
 from powersampling.backends.constraints import StopStringConstraint
 from powersampling.errors import ConfigError
+from powersampling.eval.benchmarks import get_benchmark
 from powersampling.eval.datasets import load_problems
 from powersampling.eval.report import write_report
-from powersampling.eval.runner import (
-    RESULTS_FILE,
-    check_arguments,
-    matched_best_of_n,
-    merge_runs,
-    method_seed,
-    prefill_prompt,
-    read_rows,
-    run_eval,
-)
-from powersampling.eval.tasks import build_prompt
+from powersampling.eval.results import RESULTS_FILE, merge_runs, read_rows
+from powersampling.eval.runner import check_arguments, matched_best_of_n, method_seed, prefill_prompt, run_eval
 
 EOS = 256
 METHODS = ["sample", "low-temp", "power", "best-of-n"]
@@ -358,7 +350,7 @@ def test_method_seeds_are_distinct_and_stable():
 def test_stop_strings_end_a_fewshot_completion(problems, tmp_path):
     """A base-model prompt: the toy keeps writing the next 'Question:' forever unless the stop string ends it."""
     lm = toy_model(problems, chat=False)
-    plan = build_prompt(problems[0], lm, "fewshot")
+    plan = get_benchmark("gsm8k").prompt(problems[0], lm, "fewshot", None)
     assert plan.stops == ("Question:", "\n\n") and plan.text.endswith("\nAnswer:")
     rows = []
     run_eval("gsm8k", ["low-temp"], 2, lm, tmp_path, on_row=rows.append, write_report=False, **SMALL)
@@ -414,9 +406,25 @@ def vote_answer(text):
 
 
 def test_vote_methods_are_checked_before_a_model_loads():
-    with pytest.raises(ConfigError, match="grades programs"):
+    with pytest.raises(ConfigError, match="needs answers to compare; humaneval has none"):
         check_arguments("humaneval", ["sample+vote"], 1)
     with pytest.raises(ConfigError, match="n_chains"):
         check_arguments("gsm8k", ["power+vote"], 1)
     with pytest.raises(ConfigError, match="unknown method"):
         check_arguments("gsm8k", ["nope+vote"], 1)
+
+
+def test_a_vote_over_a_one_sample_method_draws_candidates_at_that_methods_temperature(problems, tmp_path):
+    from powersampling.samplers.registry import one_sample_temperature
+
+    assert one_sample_temperature("sample") == 1.0 and one_sample_temperature("low-temp", alpha=4.0) == 0.25
+    assert all(one_sample_temperature(m) is None for m in ("greedy", "best-of-n", "power", "smc"))
+    rows = []
+    methods = ["low-temp+vote", "power", "low-temp"]
+    run_eval("gsm8k", methods, 2, toy_model(problems), tmp_path, on_row=rows.append, **SMALL)
+    votes = [r for r in rows if r["method"] == "low-temp+vote"]
+    # the vote's n is matched to this problem's power cost too: it runs after the methods it is measured against
+    assert len(votes) == 2 and [r["method"] for r in rows[:3]] == ["low-temp", "power", "low-temp+vote"]
+    for r in votes:
+        assert r["params"]["temperature"] == 0.25 and r["n"] >= 2 and r["n_rule"].startswith("power/low-temp")
+        assert r["metadata"]["selected_by"] == "majority"

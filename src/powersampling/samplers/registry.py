@@ -20,6 +20,14 @@ from .config import DecodeConfig
 
 BUILTIN_MODULES = ("baselines", "mh", "smc", "scalable")
 
+# Roles methods play outside their own modules (the evaluation harness and its reports look them up here): plain
+# sampling at T=1 is the baseline route and the unit of cost; best-of-n draws n independent candidates and keeps
+# one, which is also how a vote over a one-sample method runs; power sampling is the method whose decoded tokens
+# best-of-n at matched cost spends.
+PLAIN_METHOD = "sample"
+CANDIDATES_METHOD = "best-of-n"
+MATCHED_COST_METHOD = "power"
+
 _lock = threading.Lock()
 _methods: dict[str, MethodSpec] = {}
 _extra: dict[str, MethodSpec] = {}
@@ -67,7 +75,7 @@ def route_of(method: str) -> str:
 def planner_routes() -> dict[str, str]:
     """Planner route -> the method that serves it: ``baseline`` is plain sampling, every other route is the
     method of the same name."""
-    routes = {"baseline": "sample"}
+    routes = {"baseline": PLAIN_METHOD}
     routes.update({spec.route: spec.name for spec in _registry().values() if spec.route != "baseline"})
     return routes
 
@@ -104,3 +112,14 @@ def build_sampler(
     """A sampler for ``method`` (see ``validate_params`` for how parameters are read)."""
     config = validate_params(method, strict=strict, **params)
     return method_spec(method).build(model, config, evaluator)
+
+
+def one_sample_temperature(method: str, **params: Any) -> float | None:
+    """The temperature of a method that returns one sample per call (several of them, for a vote or a selection,
+    are best-of-n candidates at this temperature); None for a method that draws several outputs itself or none at
+    random (greedy)."""
+    config = validate_params(method, **params)
+    if "n" in type(config).model_fields or getattr(config, "n", None) != 1:
+        return None
+    temperature = float(getattr(config, "temperature", 0.0))
+    return temperature if temperature > 0 else None

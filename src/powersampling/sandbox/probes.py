@@ -1,6 +1,6 @@
 """Hostile programs that try to escape the code sandbox, each judged by an observation made outside it.
 
-``run_escape_probes()`` runs them all through :func:`powersampling.eval.sandbox.run_python` and returns one
+``run_escape_probes()`` runs them all through :func:`powersampling.sandbox.run_python` and returns one
 ``ProbeResult(name, blocked, detail)`` per probe, so a benchmark or a user can report "N of M escapes blocked" on
 their own machine. The test suite runs every probe for every backend that works here.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sandbox import ExecResult, run_python
+from .isolation import ExecResult, run_python
 
 _SYSCTL = "/proc/sys/kernel/printk_ratelimit"  # global, harmless to change for a moment, restored by the check
 
@@ -538,7 +538,7 @@ def run_escape_probes(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m powersampling.eval.sandbox_probes [bwrap|unshare|none]``: print each probe's verdict."""
+    """``python -m powersampling.sandbox.probes [bwrap|unshare|none]``: print each probe's verdict."""
     args = sys.argv[1:] if argv is None else argv
     backend = args[0] if args else None
     results = run_escape_probes(backend=backend)
