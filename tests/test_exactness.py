@@ -45,6 +45,13 @@ def _mh_tv(lm, alpha, **cfg):
         (2.0, dict(n_mcmc=8, block_size=2, scan="sorted")),  # one batched call per block
         (4.0, dict(n_mcmc=12, block_size=1, scan="sorted")),
         (3.0, dict(n_mcmc=40, block_size=2, scan="sorted", proposal_temperature=1.0)),
+        (2.0, dict(n_mcmc=8, block_size=2, scan="entropy")),  # cuts weighted by next-token entropy
+        (4.0, dict(n_mcmc=12, block_size=1, scan="entropy", entropy_floor=0.1)),  # forced EOS: H = 0, floor only
+        (0.5, dict(n_mcmc=8, block_size=4, scan="entropy", entropy_floor=0.5)),
+        (3.0, dict(n_mcmc=12, block_size=2, scan="entropy", proposal_temperature=1.0)),
+        (2.0, dict(n_mcmc=8, block_size=2, scan="entropy", proposal_batch=1)),
+        (4.0, dict(n_mcmc=12, block_size=1, defensive_weight=0.2)),  # mixture proposal, exact log q
+        (2.0, dict(n_mcmc=8, block_size=2, scan="entropy", defensive_weight=0.3, defensive_temperature=2.0)),
     ],
 )
 def test_mh_matches_exact_power_distribution(alpha, cfg):
@@ -91,3 +98,120 @@ def test_mh_on_a_real_transformers_model_matches_exact(tiny_hf):
     low_temp = tokenwise_tempered_distribution(reference, prompt, max_new, alpha)
     assert total_variation(low_temp, target) > 2 * bound
     assert np.isclose(sum(target.values()), 1.0)
+
+
+# The exact one-step kernel of an MH move, built from the sampler's own kernel (accept_step) and cut law over every
+# state and every proposal, must leave p^alpha invariant to rounding: a check of the ratio itself, free of noise.
+
+
+def _suffixes(lm, prefix, generated, limit, temperature, mixture):
+    """Every continuation the backend can draw after ``generated`` (up to ``limit`` tokens or a stop), as a
+    Continuation with log p, log q (the proposal, a defensive mixture when given) and entropies, and its q."""
+    import numpy as np
+
+    from powersampling.backends.base import Continuation
+    from powersampling.backends.decoding import log_softmax, next_token_entropy, temperature_logprobs
+
+    out = []
+
+    def walk(tokens, lp, lq, ent):
+        if (tokens and tokens[-1] in lm.stop_token_ids) or len(generated) + len(tokens) == limit:
+            cont = Continuation(
+                list(tokens), np.array(lp), np.array(lq), bool(tokens) and tokens[-1] in lm.stop_token_ids
+            )
+            cont.entropy = np.array(ent)
+            out.append((cont, float(np.exp(sum(lq)))))
+            return
+        logits = lm.logits(list(prefix) + list(generated) + list(tokens))
+        logp, logq = temperature_logprobs(logits, temperature)
+        if mixture is not None:
+            weight, flat = mixture
+            logq = np.logaddexp(np.log1p(-weight) + logq, np.log(weight) + log_softmax(logits / flat))
+        h = next_token_entropy(logits[None, :])[0]
+        for tok in np.flatnonzero(np.isfinite(logp)):
+            walk(tokens + (int(tok),), lp + [logp[tok]], lq + [logq[tok]], ent + [h])
+
+    walk((), [], [], [])
+    return out
+
+
+def _one_step_kernel(lm, alpha, temperature, cuts, *, reverse_cuts="same", mixture=None):
+    import math
+
+    import numpy as np
+
+    from powersampling.samplers.mh import ChainState, accept_step
+
+    starts = _suffixes(lm, PROMPT, (), MAX_NEW, temperature, mixture)
+    states = [ChainState().with_suffix(0, cont) for cont, _ in starts]
+    index = {s.tokens: i for i, s in enumerate(states)}
+    kernel = np.zeros((len(states), len(states)))
+    for i, state in enumerate(states):
+        probs = cuts.probs(state)
+        for cut in range(len(state)):
+            for cont, q in _suffixes(lm, PROMPT, state.tokens[:cut], MAX_NEW, temperature, mixture):
+                ratio_cuts = cuts if reverse_cuts == "same" else reverse_cuts
+                _, info = accept_step(state, cut, cont, alpha, 0.0, cuts=ratio_cuts)
+                accept = math.exp(min(info.log_accept, 0.0))
+                j = index[state.tokens[:cut] + tuple(cont.token_ids)]
+                kernel[i, j] += probs[cut] * q * accept
+                kernel[i, i] += probs[cut] * q * (1.0 - accept)
+    return states, kernel
+
+
+@pytest.mark.parametrize("floor, mixture", [(0.25, None), (0.05, None), (0.25, (0.3, 1.0))])
+def test_entropy_cut_kernel_leaves_p_alpha_invariant_exactly(floor, mixture):
+    import numpy as np
+
+    from powersampling.samplers.mh import EntropyCuts
+
+    lm = random_table_lm()
+    alpha = 1.5
+    logp = enumerate_completions(lm, PROMPT, MAX_NEW)
+    target = power_distribution(logp, alpha)
+    states, kernel = _one_step_kernel(lm, alpha, 1 / alpha, EntropyCuts(floor), mixture=mixture)
+    assert len({len(s) for s in states}) > 1, "the check needs states of different lengths (EOS)"
+    pi = np.array([target[s.tokens] for s in states])
+    np.testing.assert_allclose(kernel.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(pi @ kernel, pi, atol=1e-12)
+
+
+def test_entropy_cuts_without_the_reverse_cut_term_are_biased():
+    """The same kernel with the uniform cut's ratio (log n - log n') instead of the entropy law's: p^alpha is no
+    longer invariant, so the exact check above can tell the right reverse term from a near miss."""
+    import numpy as np
+
+    from powersampling.samplers.mh import EntropyCuts, UniformCuts
+
+    lm = random_table_lm()
+    alpha = 1.5
+    target = power_distribution(enumerate_completions(lm, PROMPT, MAX_NEW), alpha)
+    states, kernel = _one_step_kernel(lm, alpha, 1 / alpha, EntropyCuts(0.05), reverse_cuts=UniformCuts())
+    pi = np.array([target[s.tokens] for s in states])
+    assert np.abs(pi @ kernel - pi).sum() > 1e-3
+
+
+def test_the_entropy_scan_with_a_full_floor_is_the_random_scan():
+    """floor 1 makes the cut uniform: the same seed gives the same chain, draw for draw, as scan=random."""
+    lm = random_table_lm()
+    runs = []
+    for scan, extra in (("random", {}), ("entropy", {"entropy_floor": 1.0})):
+        config = PowerSamplingConfig(
+            alpha=2.0, max_new_tokens=MAX_NEW, n_mcmc=6, block_size=2, n_chains=20, seed=3, scan=scan, **extra
+        )
+        runs.append([c.token_ids for c in PowerSampler(lm, config).sample(PROMPT).samples])
+    assert runs[0] == runs[1]
+
+
+def test_entropy_scan_is_refused_by_a_backend_without_entropies():
+    from powersampling.errors import CapabilityError
+
+    class NoEntropies:  # a backend outside the local decode core: it has no next_token_logprobs
+        name, vocab_size, stop_token_ids, tokenizer = "remote-like", 4, frozenset([0]), None
+
+        def sample(self, requests, temperature, rng, *, deadline=None):
+            raise AssertionError("never called")
+
+    for params in (dict(scan="entropy"), dict(defensive_weight=0.1)):
+        with pytest.raises(CapabilityError, match="local backend"):
+            PowerSampler(NoEntropies(), PowerSamplingConfig(**params)).sample([1])
