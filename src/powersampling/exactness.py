@@ -105,10 +105,11 @@ def mode_hiding_model(seed: int = 0, vocab: int = 4, eos: int = 0, max_len: int 
     """A small enumerable ``FunctionLM`` whose p^alpha mode the per-token low-temperature proposal hides.
 
     The first generated token is a favourite (p about 0.55-0.7) or, less likely (p about 0.15-0.2), an immediate
-    EOS; after any other first token the model is nearly flat (logits ~ N(0, ``later_scale``), EOS 1 lower), so every longer
-    completion has small p. Raised to alpha = 4, the one-token completion [EOS] holds most of p^alpha, while the
-    proposal at temperature 1/alpha starts it with probability about (0.18 / 0.64)^4, well under 1%: a sampler must
-    revisit the first token many times, or propose it from a flatter distribution, to find the mode.
+    EOS; after any other first token the model is nearly flat (logits ~ N(0, ``later_scale``), EOS 1 lower), so
+    every longer completion has small p. Raised to alpha = 4, the one-token completion [EOS] holds most of p^alpha
+    (0.64-0.95 for seeds 0-5), while the proposal at temperature 1/alpha starts it with probability about
+    (0.18 / 0.64)^4, under 1.2%: a sampler must revisit the first token many times, or propose it from a flatter
+    distribution, to find the mode.
 
     Logits are fixed per prefix by ``seed`` and the prefix (independent of query order); EOS is forced once the
     prefix (prompt included) reaches ``max_len`` tokens. The prompt is assumed to be one token, as in [1].

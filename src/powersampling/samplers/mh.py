@@ -67,6 +67,7 @@ class ChainState:
     logq: np.ndarray = field(default_factory=lambda: _EMPTY, repr=False)
     stopped: bool = False
     entropy: np.ndarray | None = field(default=None, repr=False)
+    cut_probs: dict = field(default_factory=dict, repr=False, compare=False)  # a cut law's probabilities, by law
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -108,6 +109,12 @@ class EntropyCuts:
     floor: float
 
     def probs(self, state: ChainState) -> np.ndarray:
+        cached = state.cut_probs.get(self)
+        if cached is None:
+            cached = state.cut_probs[self] = self._probs(state)
+        return cached
+
+    def _probs(self, state: ChainState) -> np.ndarray:
         n = len(state)
         if state.entropy is None or len(state.entropy) != n:
             raise ValueError("the entropy scan needs every token's next-token entropy in the chain state")
