@@ -50,6 +50,9 @@ def _mh_tv(lm, alpha, **cfg):
         (0.5, dict(n_mcmc=8, block_size=4, scan="entropy", entropy_floor=0.5)),
         (3.0, dict(n_mcmc=12, block_size=2, scan="entropy", proposal_temperature=1.0)),
         (2.0, dict(n_mcmc=8, block_size=2, scan="entropy", proposal_batch=1)),
+        (2.0, dict(n_mcmc=8, block_size=2, scan="sorted-entropy")),  # cut counts follow each position's entropy
+        (4.0, dict(n_mcmc=16, block_size=1, scan="sorted-entropy", entropy_floor=0.1)),
+        (0.5, dict(n_mcmc=8, block_size=4, scan="sorted-entropy", proposal_temperature=1.0)),
         (4.0, dict(n_mcmc=12, block_size=1, defensive_weight=0.2)),  # mixture proposal, exact log q
         (2.0, dict(n_mcmc=8, block_size=2, scan="entropy", defensive_weight=0.3, defensive_temperature=2.0)),
     ],
@@ -88,13 +91,13 @@ def test_mh_on_a_real_transformers_model_matches_exact(tiny_hf):
     prompt, max_new, alpha, chains = [1, 3], 3, 2.0, 1500
     target = power_distribution(enumerate_completions(reference, prompt, max_new), alpha)
     bound = exact_sampler_tv_quantile(target, chains, quantile=0.999)
-    for scan in ("random", "sorted"):
+    for scan, extra in (("random", {}), ("sorted", {}), ("entropy", {}), ("sorted", {"defensive_weight": 0.3})):
         config = PowerSamplingConfig(
-            alpha=alpha, max_new_tokens=max_new, n_mcmc=8, block_size=1, n_chains=chains, seed=5, scan=scan
+            alpha=alpha, max_new_tokens=max_new, n_mcmc=8, block_size=1, n_chains=chains, seed=5, scan=scan, **extra
         )
         result = PowerSampler(lm, config).sample(prompt)
         tv = total_variation(empirical(c.token_ids for c in result.samples), target)
-        assert tv <= bound, f"{scan}: TV {tv:.4f} above {bound:.4f}"
+        assert tv <= bound, f"{scan} {extra}: TV {tv:.4f} above {bound:.4f}"
     low_temp = tokenwise_tempered_distribution(reference, prompt, max_new, alpha)
     assert total_variation(low_temp, target) > 2 * bound
     assert np.isclose(sum(target.values()), 1.0)

@@ -231,3 +231,18 @@ def test_stop_after_rejections_ends_blocks_early_and_says_so():
         assert short["early_stops"] > 0
         assert short["total_iterations"] + short["steps_skipped"] == full["total_iterations"]
         assert short["tokens_generated"] < full["tokens_generated"]
+
+
+def test_sorted_entropy_scan_spends_fewer_proposals_where_the_model_is_sure():
+    """Position m's share of the cuts scales with its next-token entropy over log(vocab): a nearly deterministic
+    model gets a fraction of the sorted scan's proposals, a flat one about as many."""
+
+    def model(scale):
+        return FunctionLM(6, 0, lambda prefix: np.array([-3.0, scale, 0.0, 0.0, 0.0, 0.0]))
+
+    base = dict(alpha=2.0, n_mcmc=16, block_size=4, max_new_tokens=8, seed=0, n_chains=8)
+    for scale, low, high in ((12.0, 0.2, 0.45), (0.0, 0.8, 1.05)):
+        sorted_ = PowerSampler(model(scale), PowerSamplingConfig(scan="sorted", **base)).sample([1]).metadata
+        adaptive = PowerSampler(model(scale), PowerSamplingConfig(scan="sorted-entropy", **base)).sample([1])
+        ratio = adaptive.metadata["total_iterations"] / sorted_["total_iterations"]
+        assert low < ratio < high, (scale, ratio)

@@ -71,8 +71,8 @@ def require_decode_core(model: LanguageModel, config) -> None:
     which only the local decode core (the backends with ``next_token_logprobs``) gives; others would ignore the
     request fields and leave log q wrong, so they are refused up front."""
     wants = []
-    if getattr(config, "scan", None) == "entropy":
-        wants.append("scan=entropy")
+    if getattr(config, "scan", None) in ("entropy", "sorted-entropy"):
+        wants.append(f"scan={config.scan}")
     if getattr(config, "defensive_weight", 0.0) > 0:
         wants.append("defensive_weight > 0")
     if wants and not hasattr(model, "next_token_logprobs"):

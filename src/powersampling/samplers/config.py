@@ -147,17 +147,24 @@ class PowerSamplingConfig(DefensiveProposalConfig):
     proposal_batch: int | None = Field(
         None, ge=1, description="MH proposals drawn per chain in one batched call (default: n_mcmc)"
     )
-    scan: Literal["random", "sorted", "entropy"] = Field(
+    scan: Literal["random", "sorted", "entropy", "sorted-entropy"] = Field(
         "sorted",
         description="sorted (default; mixes as well per step and better per decoded token, benchmarks/"
         "bias_vs_cost.py): the block's n_mcmc cuts spread evenly over the block's positions (stratified) and applied "
         "from the last position backwards, all drawn in one batched call; random: the paper's cut, uniform over "
         "the current tokens, one step at a time (proposals for upcoming steps prefetched in batches); entropy: "
         "like random, but the cut drawn with probability entropy_floor / n + (1 - entropy_floor) H_m / sum H "
-        "(H_m the next-token entropy at position m), the reverse cut's probability in the ratio (local backends)",
+        "(H_m the next-token entropy at position m), the reverse cut's probability in the ratio (local backends); "
+        "sorted-entropy: the sorted scan with position m's share of the n_mcmc cuts scaled by entropy_floor + "
+        "(1 - entropy_floor) H_m / log(vocabulary size), so confident completions get fewer proposals (exact; local "
+        "backends)",
     )
     entropy_floor: float = Field(
-        0.25, gt=0, le=1, description="entropy scan: share of the uniform cut in the cut distribution (1: random)"
+        0.25,
+        gt=0,
+        le=1,
+        description="entropy scans: share of the uniform cut in the cut law (entropy: 1 is the random scan; "
+        "sorted-entropy: the cut rate of a position whose next-token entropy is 0, relative to the sorted scan's)",
     )
     stop_after_rejections: int | None = Field(
         None,
@@ -170,7 +177,7 @@ class PowerSamplingConfig(DefensiveProposalConfig):
 
     @model_validator(mode="after")
     def _early_stop_needs_sequential_steps(self):
-        if self.stop_after_rejections is not None and self.scan == "sorted":
+        if self.stop_after_rejections is not None and self.scan in ("sorted", "sorted-entropy"):
             raise ValueError(
                 "stop_after_rejections needs scan=random or scan=entropy (the sorted scan draws a block's proposals "
                 "in one call, so stopping early saves nothing)"

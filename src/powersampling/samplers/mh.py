@@ -180,6 +180,29 @@ def stratified_cuts(steps: int, limit: int, u: float) -> list[int]:
     return [int((k + u) * limit / steps) for k in range(steps)]
 
 
+def entropy_allocated_cuts(
+    entropy: np.ndarray, steps: int, limit: int, floor: float, scale: float, u: float
+) -> list[int]:
+    """The sorted-entropy scan's cuts for one block: position m gets cuts at the rate
+    steps * (floor + (1 - floor) * H_m / scale) / limit, rounded systematically from one uniform ``u`` (the count at
+    m is floor(R_m + u) - floor(R_(m-1) + u) with R the running sum of the rates). H_m = 0 past the state's end.
+
+    Why this is exact: the count at m depends on H_0..H_m, which depend only on the tokens before m, and on u. The
+    cuts are applied from the last position back, and a move at a cut above m never changes the tokens before m,
+    so when position m's moves run, its count is a function of the part of the state those moves keep. A kernel
+    that keeps x_<m and leaves p^alpha invariant, repeated a number of times that depends on x_<m only, still
+    leaves p^alpha invariant (it does so on every slice of states sharing x_<m). ``scale`` is fixed (log of the
+    vocabulary size, the largest entropy), never the state's own total, which would depend on tokens after m.
+    """
+    h = np.zeros(limit)
+    n = min(len(entropy), limit)
+    h[:n] = np.clip(entropy[:n], 0.0, scale)
+    rates = steps * (floor + (1.0 - floor) * h / scale) / limit
+    running = np.floor(np.cumsum(rates) + u)
+    counts = np.diff(np.concatenate([[math.floor(u)], running])).astype(int)
+    return [m for m in range(limit) for _ in range(counts[m])]
+
+
 @dataclass
 class _Proposal:
     base_length: int
@@ -257,7 +280,7 @@ class _Run:
 
     def execute(self) -> SampleResult:
         cfg = self.cfg
-        scheduler = self._sorted_scan if cfg.scan == "sorted" else self._random_scan
+        scheduler = self._sorted_scan if cfg.scan in ("sorted", "sorted-entropy") else self._random_scan
         for block in range(self.blocks_total):
             if self.deadline.expired():
                 self.hit_deadline = True
@@ -314,7 +337,15 @@ class _Run:
         """The block's cuts drawn up front, proposals for all of them in one call, applied from the last cut back."""
         requests, owners = [], []
         for chain in chains:
-            cuts = sorted(stratified_cuts(chain.steps_left, chain.limit, self.rng.random()), reverse=True)
+            if self.cfg.scan == "sorted-entropy":
+                entropy = chain.state.entropy if chain.state.entropy is not None else _EMPTY
+                scale = math.log(self.model.vocab_size)
+                cuts = entropy_allocated_cuts(
+                    entropy, chain.steps_left, chain.limit, self.cfg.entropy_floor, scale, self.rng.random()
+                )
+            else:
+                cuts = stratified_cuts(chain.steps_left, chain.limit, self.rng.random())
+            cuts.sort(reverse=True)
             chain.steps_left = 0
             for cut in cuts:
                 if cut >= len(chain.state):  # nothing after the cut to redraw: the move changes nothing
@@ -415,7 +446,7 @@ class _Run:
             max_new_tokens=max_new,
             generated_start=len(self.prompt),
             constraint=self.constraint,
-            entropy=self.cfg.scan == "entropy",
+            entropy=self.cfg.scan in ("entropy", "sorted-entropy"),
             defensive_weight=self.cfg.defensive_weight,
             defensive_temperature=self.cfg.defensive_temperature,
         )
