@@ -218,3 +218,79 @@ def test_entropy_scan_is_refused_by_a_backend_without_entropies():
     for params in (dict(scan="entropy"), dict(defensive_weight=0.1)):
         with pytest.raises(CapabilityError, match="local backend"):
             PowerSampler(NoEntropies(), PowerSamplingConfig(**params)).sample([1])
+
+
+def _fixed_cut_kernels(lm, alpha, temperature):
+    """Per cut m, the exact matrix of the fixed-cut MH move (the sorted scan's, no cut term) over every state."""
+    import math
+
+    import numpy as np
+
+    from powersampling.samplers.mh import ChainState, accept_step
+
+    states = [ChainState().with_suffix(0, cont) for cont, _ in _suffixes(lm, PROMPT, (), MAX_NEW, temperature, None)]
+    index = {s.tokens: i for i, s in enumerate(states)}
+    kernels = []
+    for cut in range(MAX_NEW):
+        kernel = np.zeros((len(states), len(states)))
+        for i, state in enumerate(states):
+            if cut >= len(state):
+                kernel[i, i] = 1.0
+                continue
+            for cont, q in _suffixes(lm, PROMPT, state.tokens[:cut], MAX_NEW, temperature, None):
+                _, info = accept_step(state, cut, cont, alpha, 0.0, cuts=None)
+                accept = math.exp(min(info.log_accept, 0.0))
+                kernel[i, index[state.tokens[:cut] + tuple(cont.token_ids)]] += q * accept
+                kernel[i, i] += q * (1.0 - accept)
+        kernels.append(kernel)
+    return states, kernels
+
+
+def _block_kernel(states, kernels, counts_of):
+    """The sorted scan's block: cuts applied from the last position back, position m's move repeated counts_of(state)
+    [m] times, the count read from the state as it is when position m's turn comes."""
+    import numpy as np
+
+    total = np.eye(len(states))
+    for m in reversed(range(len(kernels))):
+        step = np.zeros_like(total)
+        for i, state in enumerate(states):
+            step[i] = np.linalg.matrix_power(kernels[m], counts_of(state)[m])[i]
+        total = total @ step
+    return total
+
+
+def test_sorted_entropy_block_leaves_p_alpha_invariant_exactly():
+    """The sorted-entropy scan's whole block, exactly, for several uniforms: p^alpha is invariant to rounding. The
+    near miss, cut counts from entropies normalized by the state's own total (which depends on tokens after the
+    cut), is not invariant."""
+    import math
+
+    import numpy as np
+
+    from powersampling.samplers.mh import entropy_allocated_cuts
+
+    lm = random_table_lm()
+    alpha, steps, floor = 1.5, 4, 0.2
+    target = power_distribution(enumerate_completions(lm, PROMPT, MAX_NEW), alpha)
+    states, kernels = _fixed_cut_kernels(lm, alpha, 1 / alpha)
+    pi = np.array([target[s.tokens] for s in states])
+    scale = math.log(lm.vocab_size)
+
+    def counts(cuts):
+        return np.bincount(cuts, minlength=MAX_NEW)
+
+    for u in (0.05, 0.5, 0.93):
+        block = _block_kernel(
+            states, kernels, lambda s, u=u: counts(entropy_allocated_cuts(s.entropy, steps, MAX_NEW, floor, scale, u))
+        )
+        np.testing.assert_allclose(pi @ block, pi, atol=1e-12)
+
+    def normalized_by_the_state(s):
+        h = np.zeros(MAX_NEW)
+        h[: len(s)] = s.entropy
+        rates = steps * (floor / MAX_NEW + (1 - floor) * h / h.sum())
+        return np.diff(np.concatenate([[0.0], np.floor(np.cumsum(rates) + 0.5)])).astype(int)
+
+    block = _block_kernel(states, kernels, normalized_by_the_state)
+    assert np.abs(pi @ block - pi).sum() > 1e-3
