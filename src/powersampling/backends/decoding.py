@@ -11,7 +11,10 @@ each continuing row its newest token. Everything that decides *what* is sampled 
   leaves the rest disallowed);
 * ``draw``: one token per row from softmax(logits / T) over the whole vocabulary (no top-k/top-p/min-p), with
   log p (temperature 1) and log q (temperature T) of the drawn token from the same float64 logits. Because both
-  come from one forward pass, a Metropolis-Hastings or SMC ratio built from them is exact.
+  come from one forward pass, a Metropolis-Hastings or SMC ratio built from them is exact;
+* on request, per row: each drawn token's next-token entropy (``next_token_entropy``, the MH entropy scans' cut
+  weights), and a defensive mixture proposal (1 - w) softmax(logits / T) + w softmax(logits / T_d), its log q the
+  mixture's.
 
 ``log_softmax`` and ``temperature_logprobs`` are the numpy forms used where logits are not torch tensors (remote
 servers, the exactness enumerator).
