@@ -52,7 +52,7 @@ def _mh_tv(lm, alpha, **cfg):
         (2.0, dict(n_mcmc=8, block_size=2, scan="entropy", proposal_batch=1)),
         (2.0, dict(n_mcmc=8, block_size=2, scan="sorted-entropy")),  # cut counts follow each position's entropy
         (4.0, dict(n_mcmc=16, block_size=1, scan="sorted-entropy", entropy_floor=0.1)),
-        (0.5, dict(n_mcmc=8, block_size=4, scan="sorted-entropy", proposal_temperature=1.0)),
+        (0.5, dict(n_mcmc=24, block_size=4, scan="sorted-entropy")),
         (4.0, dict(n_mcmc=12, block_size=1, defensive_weight=0.2)),  # mixture proposal, exact log q
         (2.0, dict(n_mcmc=8, block_size=2, scan="entropy", defensive_weight=0.3, defensive_temperature=2.0)),
     ],
