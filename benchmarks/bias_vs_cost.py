@@ -15,8 +15,14 @@ Two scenarios:
 For every method the script reports the decoded tokens per sample at the smallest budget from which the TV
 stays within the exact sampler's noise (``tokens_to_noise``; None when no budget gets there).
 
-Usage: python benchmarks/bias_vs_cost.py [--samples 4000] [--mode-hiding-samples 2000] [--out benchmarks/results]
-Writes bias_vs_cost.json, bias_vs_cost.png and bias_vs_cost_mode_hiding.png. One core, a few minutes.
+* ``mixed_confidence`` (``--scenarios mixed_confidence --name bias_vs_cost_mixed_confidence``):
+  ``exactness.mixed_confidence_model(0)``, 5 new tokens, alpha 2: 60% of positions nearly deterministic, the rest
+  flat, as in a language model; the MH scans only, to see whether cuts that follow entropy pay off there.
+
+Usage: python benchmarks/bias_vs_cost.py [--samples 4000] [--mode-hiding-samples 2000] [--scenarios ordinary,
+mode_hiding] [--name bias_vs_cost] [--out benchmarks/results]
+Writes NAME.json, NAME.png and NAME_mode_hiding.png (one plot per scenario). One core; about 10 minutes for the
+default scenarios on an idle core.
 """
 
 from __future__ import annotations
@@ -30,12 +36,11 @@ from pathlib import Path
 from powersampling.exactness import (
     enumerate_completions,
     hidden_mode,
+    mixed_confidence_model,
     mode_hiding_model,
     power_distribution,
     random_table_model,
     sampler_tv,
-    tokenwise_tempered_distribution,
-    total_variation,
 )
 
 STEPS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
@@ -107,6 +112,18 @@ MODE_HIDING = {
 }
 
 
+MIXED_CONFIDENCE = {
+    "MH, random scan": ("power", [dict(n_mcmc=k, block_size=5, scan="random") for k in STEPS]),
+    "MH, sorted scan": ("power", [dict(n_mcmc=k, block_size=5, scan="sorted") for k in STEPS]),
+    "MH, entropy scan": ("power", [dict(n_mcmc=k, block_size=5, scan="entropy") for k in STEPS]),
+    "MH, sorted-entropy scan": ("power", [dict(n_mcmc=k, block_size=5, scan="sorted-entropy") for k in STEPS]),
+    "MH, sorted-entropy scan, floor 0.1": (
+        "power",
+        [dict(n_mcmc=k, block_size=5, scan="sorted-entropy", entropy_floor=0.1) for k in STEPS],
+    ),
+}
+
+
 def run_grid(grid: dict, model, prompt, max_new: int, alpha: float, samples: int, seed: int, scenario: str):
     rows = []
     for label, (method, budgets) in grid.items():
@@ -138,57 +155,63 @@ def tokens_to_noise(rows: list[dict]) -> dict[str, float | None]:
     return out
 
 
+# scenario -> (model expression, grid, new tokens, alpha, the flag giving its sample count)
+SCENARIOS = {
+    "ordinary": ("random_table_model(vocab=4, max_len=6, scale=0.6)", ORDINARY, 5, 2.0, "samples"),
+    "mode_hiding": ("mode_hiding_model(0)", MODE_HIDING, 4, 4.0, "mode_hiding_samples"),
+    "mixed_confidence": ("mixed_confidence_model(0)", MIXED_CONFIDENCE, 5, 2.0, "samples"),
+}
+MODELS = {
+    "random_table_model(vocab=4, max_len=6, scale=0.6)": lambda: random_table_model(vocab=4, max_len=6, scale=0.6),
+    "mode_hiding_model(0)": lambda: mode_hiding_model(0),
+    "mixed_confidence_model(0)": lambda: mixed_confidence_model(0),
+}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--mode-hiding-samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--scenarios", default="ordinary,mode_hiding", help=f"comma-separated, from {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument("--name", default="bias_vs_cost", help="result files NAME.json and NAME[_scenario].png")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
 
-    model, prompt, max_new, alpha = random_table_model(vocab=4, max_len=6, scale=0.6), [1], 5, 2.0
-    target = power_distribution(enumerate_completions(model, prompt, max_new), alpha)
-    ordinary = {
-        "model": "random_table_model(vocab=4, max_len=6, scale=0.6)",
-        "prompt": prompt,
-        "max_new_tokens": max_new,
-        "alpha": alpha,
-        "samples": args.samples,
-        "completions": len(target),
-        "low_temperature_tv": total_variation(tokenwise_tempered_distribution(model, prompt, max_new, alpha), target),
-    }
-    rows = run_grid(ORDINARY, model, prompt, max_new, alpha, args.samples, args.seed, "ordinary")
+    prompt, settings, rows = [1], {"seed": args.seed}, {}
+    for scenario in chosen:
+        expression, grid, max_new, alpha, samples_flag = SCENARIOS[scenario]
+        model, samples = MODELS[expression](), getattr(args, samples_flag)
+        target = power_distribution(enumerate_completions(model, prompt, max_new), alpha)
+        settings[scenario] = {
+            "model": expression,
+            "prompt": prompt,
+            "max_new_tokens": max_new,
+            "alpha": alpha,
+            "samples": samples,
+            "completions": len(target),
+            **hidden_mode(model, prompt, max_new, alpha),
+        }
+        rows[scenario] = run_grid(grid, model, prompt, max_new, alpha, samples, args.seed, scenario)
 
-    hiding, h_max_new, h_alpha = mode_hiding_model(0), 4, 4.0
-    h_target = power_distribution(enumerate_completions(hiding, prompt, h_max_new), h_alpha)
-    mode_hiding = {
-        "model": "mode_hiding_model(0)",
-        "prompt": prompt,
-        "max_new_tokens": h_max_new,
-        "alpha": h_alpha,
-        "samples": args.mode_hiding_samples,
-        "completions": len(h_target),
-        **hidden_mode(hiding, prompt, h_max_new, h_alpha),
-    }
-    h_rows = run_grid(
-        MODE_HIDING, hiding, prompt, h_max_new, h_alpha, args.mode_hiding_samples, args.seed, "mode_hiding"
-    )
-
-    summary = {"ordinary": tokens_to_noise(rows), "mode_hiding": tokens_to_noise(h_rows)}
+    summary = {scenario: tokens_to_noise(these) for scenario, these in rows.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bias_vs_cost.json").write_text(
+    (args.out / f"{args.name}.json").write_text(
         json.dumps(
-            {
-                "settings": {"seed": args.seed, "ordinary": ordinary, "mode_hiding": mode_hiding},
-                "tokens_to_noise": summary,
-                "rows": rows + h_rows,
-            },
+            {"settings": settings, "tokens_to_noise": summary, "rows": [r for these in rows.values() for r in these]},
             indent=2,
         )
     )
     print(json.dumps(summary, indent=2), file=sys.stderr)
-    _plot(rows, ORDINARY, ordinary, args.out / "bias_vs_cost.png")
-    _plot(h_rows, MODE_HIDING, mode_hiding, args.out / "bias_vs_cost_mode_hiding.png")
+    for scenario, these in rows.items():
+        suffix = "" if scenario == "ordinary" else f"_{scenario}"
+        _plot(these, SCENARIOS[scenario][1], settings[scenario], args.out / f"{args.name}{suffix}.png")
     return 0
 
 

@@ -143,6 +143,32 @@ def mode_hiding_model(seed: int = 0, vocab: int = 4, eos: int = 0, max_len: int 
     return FunctionLM(vocab, eos, next_token_logprobs, name=f"mode-hiding-{seed}")
 
 
+def mixed_confidence_model(
+    seed: int = 0, vocab: int = 4, eos: int = 0, max_len: int = 6, sure: float = 0.6, sure_scale: float = 4.0
+):
+    """A small enumerable ``FunctionLM`` whose positions differ in confidence, as a language model's do: after each
+    prefix, with probability ``sure`` the next-token logits are ~ N(0, ``sure_scale``) (nearly deterministic, low
+    entropy), otherwise ~ N(0, 0.6) (flat, entropy near log ``vocab``). Fixed per prefix by ``seed`` and the prefix;
+    EOS is forced once the prefix (prompt included) reaches ``max_len`` tokens. The model on which cut laws that
+    follow entropy can differ from uniform ones."""
+    from .backends.function import FunctionLM
+
+    table: dict[tuple[int, ...], np.ndarray] = {}
+
+    def next_token_logprobs(prefix):
+        if prefix not in table:
+            rng = np.random.default_rng([seed, len(prefix), *prefix])
+            if len(prefix) >= max_len:
+                logits = np.full(vocab, -np.inf)
+                logits[eos] = 0.0
+            else:
+                logits = rng.normal(size=vocab) * (sure_scale if rng.random() < sure else 0.6)
+            table[prefix] = logits
+        return table[prefix]
+
+    return FunctionLM(vocab, eos, next_token_logprobs, name=f"mixed-confidence-{seed}")
+
+
 def hidden_mode(model, prompt: Sequence[int], max_new_tokens: int, alpha: float) -> dict:
     """p^alpha's mode, its target mass, and the probability the per-token proposal at 1/alpha draws it."""
     target = power_distribution(enumerate_completions(model, prompt, max_new_tokens), alpha)
