@@ -21,8 +21,8 @@ stays within the exact sampler's noise (``tokens_to_noise``; None when no budget
 
 Usage: python benchmarks/bias_vs_cost.py [--samples 4000] [--mode-hiding-samples 2000] [--scenarios ordinary,
 mode_hiding] [--name bias_vs_cost] [--out benchmarks/results]
-Writes NAME.json, NAME.png and NAME_mode_hiding.png (one plot per scenario). One core; about 10 minutes for the
-default scenarios on an idle core.
+Writes NAME.json and one plot per scenario: NAME.png for ordinary (or for a lone scenario), NAME_SCENARIO.png for
+the others. One core; about 10 minutes for the default scenarios on an idle core.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     )
     print(json.dumps(summary, indent=2), file=sys.stderr)
     for scenario, these in rows.items():
-        suffix = "" if scenario == "ordinary" else f"_{scenario}"
+        suffix = "" if scenario == "ordinary" or len(rows) == 1 else f"_{scenario}"
         _plot(these, SCENARIOS[scenario][1], settings[scenario], args.out / f"{args.name}{suffix}.png")
     return 0
 
