@@ -11,7 +11,8 @@ where n' is the proposal's length. Suffixes are compared over their full lengths
 the reverse/forward ratio of the uniform cut choice when a stop token makes the lengths differ.
 
 The kernel is pure: ``accept_step(state, cut, continuation, alpha, log_u) -> (state, info)`` on a frozen
-``ChainState``. Two schedulers decide which proposals to draw and in which order to apply them; both are exact:
+``ChainState``. Two schedulers, with a variant each, decide which proposals to draw and in which order to apply
+them; all four are exact:
 
 * ``scan="random"`` (the paper's): proposals for several upcoming steps are drawn from the current state in one
   batched backend call. Step t's proposal stays valid after an earlier step changed the state as long as the state
@@ -24,6 +25,14 @@ The kernel is pure: ``accept_step(state, cut, continuation, alpha, log_u) -> (st
   one uniform offset), independently of the chain, and applied in descending order: a step at cut m only changes
   tokens from m on, so every later step's prefix is still the one its proposal was drawn from, and all proposals of
   a block come from one batched call.
+* ``scan="entropy"``: the random scan with the cut drawn from ``EntropyCuts`` (weights follow each position's
+  next-token entropy); the cut law depends on the state, so the ratio's last term is log c(m | x') - log c(m | x).
+* ``scan="sorted-entropy"``: the sorted scan with each position's number of cuts set by its own entropy
+  (``entropy_allocated_cuts``): exact with no extra term, because that number depends only on tokens the moves at
+  larger cuts never change.
+
+``stop_after_rejections`` (random and entropy scans) ends a block's steps after k rejections in a row; the number of
+steps then depends on the chain, so that option is not exact.
 
 Counters in the metadata are reductions over the per-step ``StepInfo`` and the per-call token counts.
 """
