@@ -294,3 +294,16 @@ def test_sorted_entropy_block_leaves_p_alpha_invariant_exactly():
 
     block = _block_kernel(states, kernels, normalized_by_the_state)
     assert np.abs(pi @ block - pi).sum() > 1e-3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mode_hiding_models_hide_a_heavy_mode(seed):
+    """The generator's contract: p^4's mode is the immediate EOS, it holds most of the target, and the per-token
+    low-temperature proposal almost never starts it."""
+    from powersampling.exactness import hidden_mode, mode_hiding_model
+
+    hidden = hidden_mode(mode_hiding_model(seed), PROMPT, 4, 4.0)
+    assert hidden["mode"] == [0]
+    assert hidden["target_mass"] > 0.6
+    assert hidden["proposal_probability"] < 0.012
+    assert hidden["low_temperature_tv"] > 0.5
