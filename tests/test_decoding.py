@@ -188,3 +188,20 @@ def test_decode_reports_next_token_entropies_when_asked():
     for token, h in zip(asked.token_ids, asked.entropy):
         assert h == pytest.approx(entropy(lm.logits(list(prefix))), abs=1e-12)
         prefix += (token,)
+
+
+def test_the_accelerator_draw_matches_the_numpy_draw_for_a_mixture():
+    """The torch arithmetic (used for logits on an accelerator) gives the numpy draw's tokens and log q; run here on
+    CPU tensors, where ``draw`` itself would take the numpy path."""
+    from powersampling.backends.decoding import _draw_numpy, _draw_torch, next_token_entropy
+
+    logits = np.random.default_rng(3).normal(size=(64, 50)) * 3
+    logits[:, 7] = -np.inf
+    uniforms = np.random.default_rng(4).random(64)
+    for mixture in (None, (0.3, 1.0), (1.0, 2.0)):
+        expected = _draw_numpy(logits, 0.25, uniforms, mixture)
+        got = _draw_torch(torch.tensor(logits), 0.25, uniforms, mixture)
+        assert got[0] == expected[0]
+        np.testing.assert_allclose(got[1], expected[1], atol=1e-12)
+        np.testing.assert_allclose(got[2], expected[2], atol=1e-12)
+    np.testing.assert_allclose(next_token_entropy(torch.tensor(logits)), next_token_entropy(logits), atol=1e-12)
