@@ -146,3 +146,62 @@ def test_a_mask_shorter_than_the_vocabulary_disallows_the_rest():
     assert {t for c in conts for t in c.token_ids} == {1, 2}
     # renormalized over the allowed tokens: two equal choices
     assert all(np.allclose(c.logp, np.log(0.5)) for c in conts)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_draw_from_a_defensive_mixture_reports_the_mixture_log_q(as_tensor):
+    logits = np.array([3.0, 1.0, 0.0, -np.inf, -2.0])
+    temperature, weight, flat = 0.25, 0.3, 1.0
+    mixture = (1 - weight) * np.exp(log_softmax(logits / temperature)) + weight * np.exp(log_softmax(logits / flat))
+    draws = 20000
+    batch = np.repeat(logits[None, :], draws, axis=0)
+    tokens, logp, logq = draw(
+        torch.tensor(batch) if as_tensor else batch,
+        temperature,
+        np.random.default_rng(0).random(draws),
+        mixture=(weight, flat),
+    )
+    counts = np.bincount(tokens, minlength=len(logits))
+    assert counts[3] == 0
+    np.testing.assert_allclose(counts / draws, mixture, atol=0.015)
+    for token, lp, lq in zip(tokens[:100], logp, logq):
+        assert lq == pytest.approx(np.log(mixture[token]), abs=1e-12)
+        assert lp == pytest.approx(log_softmax(logits)[token], abs=1e-12)
+    with pytest.raises(ValueError, match="temperature above 0"):
+        draw(batch[:1], 0.0, np.zeros(1), mixture=(weight, flat))
+
+
+def test_decode_reports_next_token_entropies_when_asked():
+    table = {(1,): np.array([0.0, 2.0, 1.0]), (1, 1): np.array([5.0, -np.inf, 0.0]), (1, 2): np.array([0.0, 0, 0])}
+    lm = FunctionLM(3, 0, lambda prefix: table.get(prefix, np.array([0.0, -np.inf, -np.inf])))
+
+    def entropy(logits):
+        lp = log_softmax(logits)
+        ok = np.isfinite(lp)
+        return float(-(np.exp(lp[ok]) * lp[ok]).sum())
+
+    rng = np.random.default_rng(0)
+    asked, plain = lm.sample([ContinuationRequest([1], 3, entropy=True), ContinuationRequest([1], 3)], 1.0, rng)
+    assert plain.entropy is None
+    assert len(asked.entropy) == len(asked)
+    prefix = (1,)
+    for token, h in zip(asked.token_ids, asked.entropy):
+        assert h == pytest.approx(entropy(lm.logits(list(prefix))), abs=1e-12)
+        prefix += (token,)
+
+
+def test_the_accelerator_draw_matches_the_numpy_draw_for_a_mixture():
+    """The torch arithmetic (used for logits on an accelerator) gives the numpy draw's tokens and log q; run here on
+    CPU tensors, where ``draw`` itself would take the numpy path."""
+    from powersampling.backends.decoding import _draw_numpy, _draw_torch, next_token_entropy
+
+    logits = np.random.default_rng(3).normal(size=(64, 50)) * 3
+    logits[:, 7] = -np.inf
+    uniforms = np.random.default_rng(4).random(64)
+    for mixture in (None, (0.3, 1.0), (1.0, 2.0)):
+        expected = _draw_numpy(logits, 0.25, uniforms, mixture)
+        got = _draw_torch(torch.tensor(logits), 0.25, uniforms, mixture)
+        assert got[0] == expected[0]
+        np.testing.assert_allclose(got[1], expected[1], atol=1e-12)
+        np.testing.assert_allclose(got[2], expected[2], atol=1e-12)
+    np.testing.assert_allclose(next_token_entropy(torch.tensor(logits)), next_token_entropy(logits), atol=1e-12)

@@ -74,7 +74,7 @@ def test_evaluator_picks_best_complete_sample_and_errors_are_counted():
     assert r.token_ids[-1] == toy_lm.eos_token_id or len(r.token_ids) == 8  # only complete samples are scored
 
 
-@pytest.mark.parametrize("scan", ["random", "sorted"])
+@pytest.mark.parametrize("scan", ["random", "sorted", "entropy"])
 def test_deadline_returns_best_so_far_and_says_so(scan):
     def slow(prefix):  # never stops on its own: only the deadline can end the run early
         time.sleep(0.01)
@@ -137,6 +137,12 @@ def test_best_of_n_by_mean_logprob(toy_lm):
         (dict(proposal_temperature=0), "proposal_temperature"),
         (dict(seed=-1), "seed"),
         (dict(bogus=1), "bogus"),
+        (dict(scan="entropic"), "scan"),
+        (dict(scan="entropy", entropy_floor=0), "entropy_floor"),
+        (dict(defensive_weight=1.5), "defensive_weight"),
+        (dict(defensive_temperature=0), "defensive_temperature"),
+        (dict(stop_after_rejections=0), "stop_after_rejections"),
+        (dict(stop_after_rejections=3, scan="sorted"), "scan=random or scan=entropy"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, fragment):
@@ -200,3 +206,43 @@ def test_select_majority_through_the_registry(toy_lm):
     vote = result.metadata["vote"]
     assert result.metadata["selected_by"] == "majority"
     assert result.text.split()[0] == vote["winner"] and vote["votes"][vote["winner"]] == max(vote["votes"].values())
+
+
+def test_entropy_scan_and_defensive_mixture_through_the_registry(toy_lm):
+    """The CLI's --param and the server's power_sampling fields reach the sampler by these names."""
+    from powersampling.samplers import validate_params
+
+    params = dict(scan="entropy", entropy_floor=0.5, defensive_weight=0.2, defensive_temperature=2.0)
+    validate_params("power", strict=True, **params)
+    result = build_sampler("power", toy_lm, alpha=2.0, n_mcmc=4, block_size=2, max_new_tokens=4, seed=1, **params)
+    metadata = result.sample([1]).metadata
+    assert metadata["scan"] == "entropy" and metadata["defensive_weight"] == 0.2
+    assert metadata["total_iterations"] > 0
+
+
+def test_stop_after_rejections_ends_blocks_early_and_says_so():
+    lm = random_table_lm(vocab=5, max_len=9)
+    base = dict(alpha=4, n_mcmc=30, block_size=4, max_new_tokens=8, seed=2, n_chains=20, proposal_batch=1)
+    base.update(proposal_temperature=1.0)  # proposals far from the target: rejections come in runs
+    full = PowerSampler(lm, PowerSamplingConfig(scan="random", **base)).sample([1]).metadata
+    assert full["early_stops"] == 0 and full["steps_skipped"] == 0
+    for scan in ("random", "entropy"):
+        short = PowerSampler(lm, PowerSamplingConfig(scan=scan, stop_after_rejections=3, **base)).sample([1]).metadata
+        assert short["early_stops"] > 0
+        assert short["total_iterations"] + short["steps_skipped"] == full["total_iterations"]
+        assert short["tokens_generated"] < full["tokens_generated"]
+
+
+def test_sorted_entropy_scan_spends_fewer_proposals_where_the_model_is_sure():
+    """Position m's share of the cuts scales with its next-token entropy over log(vocab): a nearly deterministic
+    model gets a fraction of the sorted scan's proposals, a flat one about as many."""
+
+    def model(scale):
+        return FunctionLM(6, 0, lambda prefix: np.array([-3.0, scale, 0.0, 0.0, 0.0, 0.0]))
+
+    base = dict(alpha=2.0, n_mcmc=16, block_size=4, max_new_tokens=8, seed=0, n_chains=8)
+    for scale, low, high in ((12.0, 0.2, 0.45), (0.0, 0.8, 1.05)):
+        sorted_ = PowerSampler(model(scale), PowerSamplingConfig(scan="sorted", **base)).sample([1]).metadata
+        adaptive = PowerSampler(model(scale), PowerSamplingConfig(scan="sorted-entropy", **base)).sample([1])
+        ratio = adaptive.metadata["total_iterations"] / sorted_["total_iterations"]
+        assert low < ratio < high, (scale, ratio)

@@ -75,7 +75,12 @@ def schedule_logq(lm, prompt, tokens, cfg: SMCConfig) -> float:
             k = cfg.anneal_tokens
             alpha_t = cfg.alpha if k == 0 or end >= k else 1 + (cfg.alpha - 1) * end / k
             temperature = 1 / alpha_t
-        _, logq = temperature_logprobs(lm.logits(list(prompt) + list(tokens[:i])), temperature)
+        logits = lm.logits(list(prompt) + list(tokens[:i]))
+        _, logq = temperature_logprobs(logits, temperature)
+        if cfg.defensive_weight > 0:  # the defensive mixture's own log q
+            w = cfg.defensive_weight
+            _, flat = temperature_logprobs(logits, cfg.defensive_temperature)
+            logq = np.logaddexp(np.log1p(-w) + logq, np.log(w) + flat)
         total += float(logq[tok])
     return total
 
@@ -88,6 +93,8 @@ def schedule_logq(lm, prompt, tokens, cfg: SMCConfig) -> float:
         dict(alpha=3.0, resample_every=1, anneal_tokens=3, proposal_temperature=1.0),  # finished particles re-weighted
         dict(alpha=3.0, resample_every=1, anneal_tokens=2),  # annealed proposal temperatures
         dict(alpha=0.5, resample_every=3, anneal_tokens=5),  # annealing longer than the run: final jump to alpha
+        dict(alpha=4.0, resample_every=1, defensive_weight=0.3),  # defensive mixture with p itself
+        dict(alpha=3.0, resample_every=2, anneal_tokens=2, defensive_weight=0.1, defensive_temperature=2.0),
     ],
 )
 def test_without_resampling_the_weights_are_exactly_p_alpha_over_q(cfg):
@@ -141,6 +148,7 @@ def test_log_marginal_estimate_is_unbiased(ess_threshold):
         (2.0, dict(resample_every=1, anneal_tokens=2)),
         (3.0, dict(resample_every=2, proposal_temperature=1.0)),  # proposal far from 1/alpha
         (0.5, dict(resample_every=1)),  # alpha < 1 flattens
+        (4.0, dict(resample_every=1, defensive_weight=0.3)),  # defensive mixture proposal
     ],
 )
 def test_output_law_approaches_p_alpha_as_particles_grow(alpha, cfg):
@@ -372,3 +380,26 @@ def test_cli_generate_with_smc_on_the_embedded_model():
     assert out["method"] == "smc" and md["n_particles"] == 4 and out["text"].strip()
     assert 0 < md["final_tokens"] <= 12 and md["tokens_generated"] >= md["final_tokens"]
     assert len(md["ess_trace"]) == md["backend_calls"] - 1
+
+
+def test_defensive_mixture_finds_the_mode_the_proposal_hides():
+    """On a mode-hiding model (p^4's mode, an immediate EOS, has proposal probability 0.6%), 32 particles from the
+    low-temperature proposal leave most of the mode's mass unfound; the defensive mixture with p itself at the same
+    particle count lands much closer to p^4."""
+    from powersampling.exactness import hidden_mode, mode_hiding_model
+
+    lm = mode_hiding_model(0)
+    alpha, max_new, runs = 4.0, 4, 60
+    hidden = hidden_mode(lm, PROMPT, max_new, alpha)
+    assert hidden["mode"] == [0] and hidden["target_mass"] > 0.6 and hidden["proposal_probability"] < 0.01
+    target = power_distribution(enumerate_completions(lm, PROMPT, max_new), alpha)
+    tv = {
+        w: total_variation(
+            averaged_particle_measure(
+                lm, runs, alpha=alpha, n_particles=32, resample_every=1, max_new_tokens=max_new, defensive_weight=w
+            ),
+            target,
+        )
+        for w in (0.0, 0.3)
+    }
+    assert tv[0.0] > 0.3 and tv[0.3] < tv[0.0] / 2, tv

@@ -101,6 +101,87 @@ def random_table_model(vocab: int = 4, eos: int = 0, max_len: int = 5, scale: fl
     return FunctionLM(vocab, eos, next_token_logprobs, name="random-table")
 
 
+def mode_hiding_model(seed: int = 0, vocab: int = 4, eos: int = 0, max_len: int = 5, later_scale: float = 0.8):
+    """A small enumerable ``FunctionLM`` whose p^alpha mode the per-token low-temperature proposal hides.
+
+    The first generated token is a favourite (p about 0.55-0.7) or, less likely (p about 0.15-0.2), an immediate
+    EOS; after any other first token the model is nearly flat (logits ~ N(0, ``later_scale``), EOS 1 lower), so
+    every longer completion has small p. Raised to alpha = 4, the one-token completion [EOS] holds most of p^alpha
+    (0.64-0.95 for seeds 0-5), while the proposal at temperature 1/alpha starts it with probability about
+    (0.18 / 0.64)^4, under 1.2%: a sampler must revisit the first token many times, or propose it from a flatter
+    distribution, to find the mode.
+
+    Logits are fixed per prefix by ``seed`` and the prefix (independent of query order); EOS is forced once the
+    prefix (prompt included) reaches ``max_len`` tokens. The prompt is assumed to be one token, as in [1].
+    """
+    from .backends.function import FunctionLM
+
+    if vocab < 3:
+        raise ValueError("mode_hiding_model needs a vocabulary of at least 3 tokens (EOS, a favourite, another)")
+    table: dict[tuple[int, ...], np.ndarray] = {}
+
+    def next_token_logprobs(prefix):
+        if prefix not in table:
+            rng = np.random.default_rng([seed, len(prefix), *prefix])
+            if len(prefix) >= max_len:
+                logits = np.full(vocab, -np.inf)
+                logits[eos] = 0.0
+            elif len(prefix) == 1:  # the first generated token
+                favourite = 1 + int(rng.integers(vocab - 1))
+                probs = np.empty(vocab)
+                probs[favourite] = rng.uniform(0.55, 0.7)
+                probs[eos] = rng.uniform(0.15, 0.2)
+                others = [t for t in range(vocab) if t not in (favourite, eos)]
+                probs[others] = rng.dirichlet(np.ones(len(others))) * (1.0 - probs[favourite] - probs[eos])
+                logits = np.log(probs)
+            else:  # nearly flat, EOS a little less likely, so no short completion competes with [EOS]
+                logits = rng.normal(size=vocab) * later_scale
+                logits[eos] -= 1.0
+            table[prefix] = logits
+        return table[prefix]
+
+    return FunctionLM(vocab, eos, next_token_logprobs, name=f"mode-hiding-{seed}")
+
+
+def mixed_confidence_model(
+    seed: int = 0, vocab: int = 4, eos: int = 0, max_len: int = 6, sure: float = 0.6, sure_scale: float = 4.0
+):
+    """A small enumerable ``FunctionLM`` whose positions differ in confidence, as a language model's do: after each
+    prefix, with probability ``sure`` the next-token logits are ~ N(0, ``sure_scale``) (nearly deterministic, low
+    entropy), otherwise ~ N(0, 0.6) (flat, entropy near log ``vocab``). Fixed per prefix by ``seed`` and the prefix;
+    EOS is forced once the prefix (prompt included) reaches ``max_len`` tokens. The model on which cut laws that
+    follow entropy can differ from uniform ones."""
+    from .backends.function import FunctionLM
+
+    table: dict[tuple[int, ...], np.ndarray] = {}
+
+    def next_token_logprobs(prefix):
+        if prefix not in table:
+            rng = np.random.default_rng([seed, len(prefix), *prefix])
+            if len(prefix) >= max_len:
+                logits = np.full(vocab, -np.inf)
+                logits[eos] = 0.0
+            else:
+                logits = rng.normal(size=vocab) * (sure_scale if rng.random() < sure else 0.6)
+            table[prefix] = logits
+        return table[prefix]
+
+    return FunctionLM(vocab, eos, next_token_logprobs, name=f"mixed-confidence-{seed}")
+
+
+def hidden_mode(model, prompt: Sequence[int], max_new_tokens: int, alpha: float) -> dict:
+    """p^alpha's mode, its target mass, and the probability the per-token proposal at 1/alpha draws it."""
+    target = power_distribution(enumerate_completions(model, prompt, max_new_tokens), alpha)
+    proposal = tokenwise_tempered_distribution(model, prompt, max_new_tokens, alpha)
+    mode = max(target, key=target.get)
+    return {
+        "mode": list(mode),
+        "target_mass": target[mode],
+        "proposal_probability": proposal.get(mode, 0.0),
+        "low_temperature_tv": total_variation(proposal, target),
+    }
+
+
 def tiny_random_llama():
     """A 2-layer random Llama with a 6-token vocabulary (token 0 is EOS), built in float32 on the CPU from seed 0:
     the real transformers code paths on a model small enough to enumerate. Weights are scaled up from the init so

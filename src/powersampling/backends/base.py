@@ -31,7 +31,9 @@ class Continuation:
     decode short. ``exact`` is False when the row ran under a constraint whose mask the backend could not apply to
     ``logp`` and ``logq`` (a server that applies the grammar itself but returns only unmasked log-probabilities):
     the tokens follow the constraint, the log-probabilities are the unmasked model's, and samplers that need the
-    target's values (power sampling, SMC) must not use them.
+    target's values (power sampling, SMC) must not use them. ``entropy[i]`` is the entropy (nats) of p's next-token
+    distribution that ``token_ids[i]`` was drawn after, from the same forward pass; only when the request asked for
+    it (``ContinuationRequest.entropy``) and the backend runs the local decode core, else None.
     """
 
     token_ids: list[int]
@@ -40,6 +42,7 @@ class Continuation:
     stopped: bool = False
     interrupted: bool = False
     exact: bool = True
+    entropy: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -126,7 +129,10 @@ class ContinuationRequest:
     """One row to decode: the full prefix (prompt and generated tokens), and how many new tokens at most.
 
     ``generated_start`` is where the prompt ends inside ``prefix``; a constraint is started on
-    ``prefix[generated_start:]``.
+    ``prefix[generated_start:]``. The last three fields are honoured by the local decode core only (backends with
+    ``next_token_logprobs``; samplers check for it): ``entropy`` asks for each drawn token's next-token entropy,
+    and ``defensive_weight`` w > 0 draws every token from the mixture (1 - w) softmax(l / T) + w softmax(l /
+    ``defensive_temperature``) instead of softmax(l / T), with log q the mixture's.
     """
 
     prefix: Sequence[int]
@@ -134,6 +140,9 @@ class ContinuationRequest:
     generated_start: int = 0
     constraint: TokenConstraint | None = None
     tags: dict = field(default_factory=dict)
+    entropy: bool = False
+    defensive_weight: float = 0.0
+    defensive_temperature: float = 1.0
 
 
 def check_context_length(model: LanguageModel, prompt_tokens: int, max_new_tokens: int) -> None:

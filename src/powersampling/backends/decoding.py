@@ -11,7 +11,10 @@ each continuing row its newest token. Everything that decides *what* is sampled 
   leaves the rest disallowed);
 * ``draw``: one token per row from softmax(logits / T) over the whole vocabulary (no top-k/top-p/min-p), with
   log p (temperature 1) and log q (temperature T) of the drawn token from the same float64 logits. Because both
-  come from one forward pass, a Metropolis-Hastings or SMC ratio built from them is exact.
+  come from one forward pass, a Metropolis-Hastings or SMC ratio built from them is exact;
+* on request, per row: each drawn token's next-token entropy (``next_token_entropy``, the MH entropy scans' cut
+  weights), and a defensive mixture proposal (1 - w) softmax(logits / T) + w softmax(logits / T_d), its log q the
+  mixture's.
 
 ``log_softmax`` and ``temperature_logprobs`` are the numpy forms used where logits are not torch tensors (remote
 servers, the exactness enumerator).
@@ -19,6 +22,7 @@ servers, the exactness enumerator).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, Union
@@ -69,10 +73,12 @@ class Row:
 
     __slots__ = (
         "done",
+        "entropy",
         "interrupted",
         "logp",
         "logq",
         "max_new",
+        "mixture",
         "prefix",
         "state",
         "stop_ids",
@@ -91,6 +97,12 @@ class Row:
         self.tokens: list[int] = []
         self.logp: list[float] = []
         self.logq: list[float] = []
+        self.entropy: list[float] | None = [] if request.entropy else None
+        self.mixture = (
+            (float(request.defensive_weight), float(request.defensive_temperature))
+            if request.defensive_weight > 0
+            else None
+        )
         self.stopped = self.interrupted = False
         self.done = self.max_new <= 0
 
@@ -102,11 +114,13 @@ class Row:
     def allowed_tokens(self) -> np.ndarray | None:
         return self.state.allowed_tokens() if self.state is not None else None
 
-    def push(self, token: int, logp: float, logq: float) -> bool:
+    def push(self, token: int, logp: float, logq: float, entropy: float | None = None) -> bool:
         """Record a drawn token; True when the row is done."""
         self.tokens.append(token)
         self.logp.append(logp)
         self.logq.append(logq)
+        if self.entropy is not None:
+            self.entropy.append(entropy)
         if self.state is not None:
             self.state.advance(token)
         if token in self.stop_ids or (self.state is not None and self.state.is_finished()):
@@ -121,6 +135,7 @@ class Row:
             np.asarray(self.logq, dtype=np.float64),
             self.stopped,
             self.interrupted,
+            entropy=None if self.entropy is None else np.asarray(self.entropy, dtype=np.float64),
         )
 
 
@@ -159,11 +174,13 @@ def decode(
         return [row.continuation() for row in rows]
     logits = stepper.start(live)
     while True:
-        tokens, logp, logq = draw(apply_masks(logits, live), temperature, rng.random(len(live)))
+        masked = apply_masks(logits, live)
+        tokens, logp, logq = draw(masked, temperature, rng.random(len(live)), mixture=_shared_mixture(live))
+        entropy = next_token_entropy(masked) if any(row.entropy is not None for row in live) else None
         out_of_time = deadline is not None and time.monotonic() > deadline
         keep = []
         for j, row in enumerate(live):
-            if row.push(tokens[j], logp[j], logq[j]):
+            if row.push(tokens[j], logp[j], logq[j], None if entropy is None else entropy[j]):
                 continue
             if out_of_time:
                 row.interrupted = True
@@ -189,6 +206,32 @@ def next_token_logprobs(
     return log_softmax(logits)
 
 
+def _shared_mixture(rows: Sequence[Row]) -> tuple[float, float] | None:
+    mixtures = {row.mixture for row in rows}
+    if len(mixtures) > 1:
+        raise ValueError("the rows of one call must share their defensive mixture (weight and temperature)")
+    return mixtures.pop()
+
+
+def next_token_entropy(logits: Logits) -> list[float]:
+    """The entropy (nats) of softmax(logits) per row, in float64; ``-inf`` logits are impossible tokens."""
+    if not isinstance(logits, np.ndarray):
+        import torch
+
+        x = logits.to(torch.float64)
+        shifted = x - x.amax(dim=-1, keepdim=True)
+        weights = torch.exp(shifted)
+        total = weights.sum(dim=-1)
+        spread = (weights * torch.where(weights > 0, shifted, torch.zeros_like(shifted))).sum(dim=-1)
+        return (torch.log(total) - spread / total).tolist()
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - np.max(x, axis=-1, keepdims=True)
+    weights = np.exp(shifted)
+    total = weights.sum(axis=-1)
+    spread = (weights * np.where(weights > 0, shifted, 0.0)).sum(axis=-1)
+    return (np.log(total) - spread / total).tolist()
+
+
 def apply_masks(logits: Logits, rows: Sequence[Row]) -> Logits:
     """``logits`` with each row's disallowed tokens at ``-inf``; unchanged (no copy) when no row has a mask."""
     masks = [row.allowed_tokens() for row in rows]
@@ -208,7 +251,9 @@ def apply_masks(logits: Logits, rows: Sequence[Row]) -> Logits:
     return logits.masked_fill(~torch.from_numpy(allowed).to(logits.device), float("-inf"))
 
 
-def draw(logits: Logits, temperature: float, uniforms: np.ndarray) -> tuple[list[int], list[float], list[float]]:
+def draw(
+    logits: Logits, temperature: float, uniforms: np.ndarray, *, mixture: tuple[float, float] | None = None
+) -> tuple[list[int], list[float], list[float]]:
     """One token per row from softmax(logits / temperature) over the full vocabulary (no truncation), by inverse
     CDF with the given uniforms in [0, 1).
 
@@ -216,15 +261,20 @@ def draw(logits: Logits, temperature: float, uniforms: np.ndarray) -> tuple[list
     the same logits; at temperature 0 the token is the argmax and log q is 0. ``-inf`` logits are impossible.
     Logits on the CPU (numpy, or torch tensors, viewed as numpy) are drawn in numpy: no thread pool for a few
     vector passes, which matter per token. Tensors on an accelerator are drawn there, with the same arithmetic.
+
+    ``mixture = (w, T_d)``: the token comes from (1 - w) softmax(logits / temperature) + w softmax(logits / T_d)
+    (a defensive proposal that keeps every token p allows within reach), and log q is that mixture's.
     """
+    if mixture is not None and temperature == 0:
+        raise ValueError("a defensive mixture needs a proposal temperature above 0")
     if isinstance(logits, np.ndarray) or logits.device.type == "cpu":
         if not isinstance(logits, np.ndarray):
             logits = logits.numpy()
-        return _draw_numpy(np.asarray(logits, dtype=np.float64), temperature, np.asarray(uniforms))
-    return _draw_torch(logits, temperature, uniforms)
+        return _draw_numpy(np.asarray(logits, dtype=np.float64), temperature, np.asarray(uniforms), mixture)
+    return _draw_torch(logits, temperature, uniforms, mixture)
 
 
-def _draw_numpy(logits: np.ndarray, temperature: float, uniforms: np.ndarray):
+def _draw_numpy(logits: np.ndarray, temperature: float, uniforms: np.ndarray, mixture=None):
     peak = np.max(logits, axis=-1, keepdims=True)
     if not np.all(np.isfinite(peak)):
         raise ValueError("every token is disallowed at this step (the constraint allows nothing the model can emit)")
@@ -236,6 +286,12 @@ def _draw_numpy(logits: np.ndarray, temperature: float, uniforms: np.ndarray):
         logq = np.zeros(len(logits))
     else:
         scaled = shifted if temperature == 1.0 else shifted / temperature
+        if mixture is not None:  # log of the mixture's probabilities: still normalized, so log(total) is ~0
+            weight, flat = mixture
+            with np.errstate(divide="ignore"):
+                scaled = np.logaddexp(
+                    np.log1p(-weight) + log_softmax(scaled), np.log(weight) + log_softmax(shifted / flat)
+                )
         cdf = np.cumsum(np.exp(scaled), axis=-1)
         total = cdf[:, -1]
         # the first index whose cumulative weight exceeds u owns [cdf[i-1], cdf[i]), a positive weight; u rounded
@@ -248,7 +304,7 @@ def _draw_numpy(logits: np.ndarray, temperature: float, uniforms: np.ndarray):
     return tokens.tolist(), (shifted[rows, tokens] - log_z).tolist(), logq.tolist()
 
 
-def _draw_torch(logits, temperature: float, uniforms: np.ndarray):
+def _draw_torch(logits, temperature: float, uniforms: np.ndarray, mixture=None):
     import torch
 
     logits = logits.to(torch.float64)
@@ -262,6 +318,14 @@ def _draw_torch(logits, temperature: float, uniforms: np.ndarray):
         logq = torch.zeros_like(log_z)
     else:
         scaled = shifted if temperature == 1.0 else shifted / temperature
+        if mixture is not None:
+            weight, flat = mixture
+            scaled = torch.logaddexp(
+                math.log1p(-weight) + torch.log_softmax(scaled, dim=-1)
+                if weight < 1
+                else torch.full_like(scaled, -math.inf),
+                math.log(weight) + torch.log_softmax(shifted / flat, dim=-1),
+            )
         cdf = torch.cumsum(torch.exp(scaled), dim=-1)
         total = cdf[:, -1:].contiguous()
         u = torch.as_tensor(uniforms, dtype=cdf.dtype, device=cdf.device)[:, None] * total

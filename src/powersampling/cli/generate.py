@@ -57,8 +57,9 @@ def generate(
     ),
     scan: str | None = typer.Option(
         None,
-        help="MH cut order: sorted (default; stratified cuts, one batched call per block) or random (the "
-        "paper's uniform cut over the current tokens); both exact",
+        help="MH cut order: sorted (default; stratified cuts, one batched call per block), random (the "
+        "paper's uniform cut over the current tokens) or entropy (cuts weighted by next-token entropy; local "
+        "backends); all exact",
     ),
     temperature: float | None = typer.Option(
         None,

@@ -66,6 +66,22 @@ def require_exact(model: LanguageModel, conts: Sequence[Continuation]) -> None:
     )
 
 
+def require_decode_core(model: LanguageModel, config) -> None:
+    """The entropy scan and the defensive mixture ask the backend for per-token entropies and a mixture proposal,
+    which only the local decode core (the backends with ``next_token_logprobs``) gives; others would ignore the
+    request fields and leave log q wrong, so they are refused up front."""
+    wants = []
+    if getattr(config, "scan", None) in ("entropy", "sorted-entropy"):
+        wants.append(f"scan={config.scan}")
+    if getattr(config, "defensive_weight", 0.0) > 0:
+        wants.append("defensive_weight > 0")
+    if wants and not hasattr(model, "next_token_logprobs"):
+        raise CapabilityError(
+            f"{' and '.join(wants)} need a local backend (transformers, llama.cpp, FunctionLM); {model.name} "
+            "does not report next-token entropies or draw from a mixture proposal"
+        )
+
+
 class Sampler:
     """Base class: subclasses implement ``sample(prompt_ids, constraint=None, progress=None)``."""
 

@@ -120,7 +120,20 @@ class BestOfNConfig(_TemperatureConfig):
         return self
 
 
-class PowerSamplingConfig(PowerTargetConfig):
+class DefensiveProposalConfig(PowerTargetConfig):
+    """A proposal that cannot hide a mode: every token from (1 - w) q_T + w q_flat, where q_T is the model at the
+    proposal temperature and q_flat at ``defensive_temperature`` (default 1: p itself). log q is the mixture's, so
+    MH ratios and SMC weights stay exact; any token p allows keeps proposal probability >= w p_flat."""
+
+    defensive_weight: float = Field(
+        0.0, ge=0, le=1, description="share of the flat component in each token's proposal (0: off)"
+    )
+    defensive_temperature: float = Field(
+        1.0, gt=0, le=100, description="temperature of the flat component (1: the model itself)"
+    )
+
+
+class PowerSamplingConfig(DefensiveProposalConfig):
     """Metropolis-Hastings power sampling (Karan & Du, arXiv 2510.14901), block-wise annealed.
 
     The target is p(x)^alpha over whole completions. Proposals are drawn at ``proposal_temperature`` (default
@@ -134,14 +147,42 @@ class PowerSamplingConfig(PowerTargetConfig):
     proposal_batch: int | None = Field(
         None, ge=1, description="MH proposals drawn per chain in one batched call (default: n_mcmc)"
     )
-    scan: Literal["random", "sorted"] = Field(
+    scan: Literal["random", "sorted", "entropy", "sorted-entropy"] = Field(
         "sorted",
         description="sorted (default; mixes as well per step and better per decoded token, benchmarks/"
         "bias_vs_cost.py): the block's n_mcmc cuts spread evenly over the block's positions (stratified) and applied "
         "from the last position backwards, all drawn in one batched call; random: the paper's cut, uniform over "
-        "the current tokens, one step at a time (proposals for upcoming steps prefetched in batches)",
+        "the current tokens, one step at a time (proposals for upcoming steps prefetched in batches); entropy: "
+        "like random, but the cut drawn with probability entropy_floor / n + (1 - entropy_floor) H_m / sum H "
+        "(H_m the next-token entropy at position m), the reverse cut's probability in the ratio (local backends); "
+        "sorted-entropy: the sorted scan with position m's share of the n_mcmc cuts scaled by entropy_floor + "
+        "(1 - entropy_floor) H_m / log(vocabulary size), so confident completions get fewer proposals (exact; local "
+        "backends)",
+    )
+    entropy_floor: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="entropy scans: share of the uniform cut in the cut law (entropy: 1 is the random scan; "
+        "sorted-entropy: the cut rate of a position whose next-token entropy is 0, relative to the sorted scan's)",
+    )
+    stop_after_rejections: int | None = Field(
+        None,
+        ge=1,
+        description="random and entropy scans: end a block's MH steps once this many proposals in a row were "
+        "rejected (saves the proposals not yet drawn; NOT exactly p^alpha: the number of steps then depends on the "
+        "chain; bias measured in benchmarks/bias_vs_cost.py). None: every block runs n_mcmc steps",
     )
     step_timeout_s: float | None = Field(None, gt=0, description="limit per batched proposal call")
+
+    @model_validator(mode="after")
+    def _early_stop_needs_sequential_steps(self):
+        if self.stop_after_rejections is not None and self.scan in ("sorted", "sorted-entropy"):
+            raise ValueError(
+                "stop_after_rejections needs scan=random or scan=entropy (the sorted scan draws a block's proposals "
+                "in one call, so stopping early saves nothing)"
+            )
+        return self
 
     @property
     def effective_proposal_temperature(self) -> float:
@@ -152,7 +193,7 @@ class PowerSamplingConfig(PowerTargetConfig):
         return self.proposal_batch if self.proposal_batch is not None else self.n_mcmc
 
 
-class SMCConfig(PowerTargetConfig):
+class SMCConfig(DefensiveProposalConfig):
     """Power-SMC: N particles, proposal temperature (default 1/alpha), adaptive systematic resampling."""
 
     n_particles: int = Field(8, ge=1, le=4096, description="particles, decoded as the rows of one batch")

@@ -11,7 +11,8 @@ where n' is the proposal's length. Suffixes are compared over their full lengths
 the reverse/forward ratio of the uniform cut choice when a stop token makes the lengths differ.
 
 The kernel is pure: ``accept_step(state, cut, continuation, alpha, log_u) -> (state, info)`` on a frozen
-``ChainState``. Two schedulers decide which proposals to draw and in which order to apply them; both are exact:
+``ChainState``. Two schedulers, with a variant each, decide which proposals to draw and in which order to apply
+them; all four are exact:
 
 * ``scan="random"`` (the paper's): proposals for several upcoming steps are drawn from the current state in one
   batched backend call. Step t's proposal stays valid after an earlier step changed the state as long as the state
@@ -24,6 +25,14 @@ The kernel is pure: ``accept_step(state, cut, continuation, alpha, log_u) -> (st
   one uniform offset), independently of the chain, and applied in descending order: a step at cut m only changes
   tokens from m on, so every later step's prefix is still the one its proposal was drawn from, and all proposals of
   a block come from one batched call.
+* ``scan="entropy"``: the random scan with the cut drawn from ``EntropyCuts`` (weights follow each position's
+  next-token entropy); the cut law depends on the state, so the ratio's last term is log c(m | x') - log c(m | x).
+* ``scan="sorted-entropy"``: the sorted scan with each position's number of cuts set by its own entropy
+  (``entropy_allocated_cuts``): exact with no extra term, because that number depends only on tokens the moves at
+  larger cuts never change.
+
+``stop_after_rejections`` (random and entropy scans) ends a block's steps after k rejections in a row; the number of
+steps then depends on the chain, so that option is not exact.
 
 Counters in the metadata are reductions over the per-step ``StepInfo`` and the per-call token counts.
 """
@@ -46,6 +55,7 @@ from .base import (
     Sampler,
     common_metadata,
     majority_vote,
+    require_decode_core,
     require_exact,
     resolve_seed,
 )
@@ -58,24 +68,77 @@ _EMPTY.flags.writeable = False  # shared by every empty state
 
 @dataclass(frozen=True)
 class ChainState:
-    """One chain's completion so far, with each token's log p (temperature 1) and log q (its proposal)."""
+    """One chain's completion so far, with each token's log p (temperature 1) and log q (its proposal), and, for
+    the entropy scan, the entropy of p's next-token distribution each token was drawn from."""
 
     tokens: tuple[int, ...] = ()
     logp: np.ndarray = field(default_factory=lambda: _EMPTY, repr=False)
     logq: np.ndarray = field(default_factory=lambda: _EMPTY, repr=False)
     stopped: bool = False
+    entropy: np.ndarray | None = field(default=None, repr=False)
+    cut_probs: dict = field(default_factory=dict, repr=False, compare=False)  # a cut law's probabilities, by law
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def with_suffix(self, cut: int, cont: Continuation) -> ChainState:
         """The state with everything from ``cut`` on replaced by ``cont`` (``cut = len(self)`` extends it)."""
+        entropy = None
+        if cont.entropy is not None and (self.entropy is not None or cut == 0):
+            entropy = np.concatenate([_EMPTY if self.entropy is None else self.entropy[:cut], cont.entropy])
         return ChainState(
             self.tokens[:cut] + tuple(cont.token_ids),
             np.concatenate([self.logp[:cut], cont.logp]),
             np.concatenate([self.logq[:cut], cont.logq]),
             cont.stopped,
+            entropy,
         )
+
+
+class UniformCuts:
+    """The paper's cut: uniform over the state's n tokens, log c(m | x) = -log n."""
+
+    def draw(self, state: ChainState, u: float) -> int:
+        return int(u * len(state))
+
+    def log_prob(self, state: ChainState, cut: int) -> float:
+        return -math.log(len(state))
+
+
+@dataclass(frozen=True)
+class EntropyCuts:
+    """Cuts where the model was unsure: c(m | x) = floor / n + (1 - floor) H_m / sum_j H_j over the state's n
+    tokens, H_m the entropy of p's next-token distribution at position m (uniform when every H_m is 0).
+
+    H_m depends only on the tokens before m, so a proposal at cut m keeps H_0..H_m; the normalizer sum_j H_j and n
+    belong to the whole state and differ between x and the proposed x', which is why the acceptance ratio carries
+    log c(m | x') - log c(m | x). The floor keeps every position reachable.
+    """
+
+    floor: float
+
+    def probs(self, state: ChainState) -> np.ndarray:
+        cached = state.cut_probs.get(self)
+        if cached is None:
+            cached = state.cut_probs[self] = self._probs(state)
+        return cached
+
+    def _probs(self, state: ChainState) -> np.ndarray:
+        n = len(state)
+        if state.entropy is None or len(state.entropy) != n:
+            raise ValueError("the entropy scan needs every token's next-token entropy in the chain state")
+        h = np.maximum(state.entropy, 0.0)  # rounding can give -1e-17 for a one-token distribution
+        total = float(h.sum())
+        if total <= 0:
+            return np.full(n, 1.0 / n)
+        return self.floor / n + (1.0 - self.floor) * h / total
+
+    def draw(self, state: ChainState, u: float) -> int:
+        cdf = np.cumsum(self.probs(state))
+        return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(state) - 1)
+
+    def log_prob(self, state: ChainState, cut: int) -> float:
+        return math.log(float(self.probs(state)[cut]))
 
 
 @dataclass(frozen=True)
@@ -91,22 +154,29 @@ class StepInfo:
 
 
 def accept_step(
-    state: ChainState, cut: int, proposal: Continuation, alpha: float, log_u: float, *, cut_ratio: bool = True
+    state: ChainState,
+    cut: int,
+    proposal: Continuation,
+    alpha: float,
+    log_u: float,
+    *,
+    cuts: UniformCuts | EntropyCuts | None = UniformCuts(),
 ) -> tuple[ChainState, StepInfo]:
     """The MH accept/reject of ``proposal`` (a suffix drawn after ``state.tokens[:cut]``) with ``log_u = log U``,
-    U uniform on [0, 1). ``cut_ratio``: include log n - log n' (the random scan's uniform cut), not for a fixed cut."""
+    U uniform on [0, 1). ``cuts``: the state-dependent law the cut was drawn from, whose reverse/forward ratio
+    log c(cut | x') - log c(cut | x) joins the ratio (log n - log n' for uniform cuts); None for a fixed cut."""
     if proposal.interrupted:  # a deadline cut the proposal short: it is no proposal from q
         return state, StepInfo(cut, len(proposal), timed_out=True)
-    n_old, n_new = len(state), cut + len(proposal)
+    proposed = state.with_suffix(cut, proposal)
     log_accept = (
         alpha * (float(proposal.logp.sum()) - float(state.logp[cut:].sum()))
         + float(state.logq[cut:].sum())
         - float(proposal.logq.sum())
-        + ((math.log(n_old) - math.log(n_new)) if cut_ratio else 0.0)
+        + ((cuts.log_prob(proposed, cut) - cuts.log_prob(state, cut)) if cuts is not None else 0.0)
     )
     accepted = log_u < log_accept
     info = StepInfo(cut, len(proposal), log_accept, accepted)
-    return (state.with_suffix(cut, proposal) if accepted else state), info
+    return (proposed if accepted else state), info
 
 
 def stratified_cuts(steps: int, limit: int, u: float) -> list[int]:
@@ -117,6 +187,29 @@ def stratified_cuts(steps: int, limit: int, u: float) -> list[int]:
     step. The cuts depend on nothing in the chain, so every fixed-cut move still leaves p^alpha invariant.
     """
     return [int((k + u) * limit / steps) for k in range(steps)]
+
+
+def entropy_allocated_cuts(
+    entropy: np.ndarray, steps: int, limit: int, floor: float, scale: float, u: float
+) -> list[int]:
+    """The sorted-entropy scan's cuts for one block: position m gets cuts at the rate
+    steps * (floor + (1 - floor) * H_m / scale) / limit, rounded systematically from one uniform ``u`` (the count at
+    m is floor(R_m + u) - floor(R_(m-1) + u) with R the running sum of the rates). H_m = 0 past the state's end.
+
+    Why this is exact: the count at m depends on H_0..H_m, which depend only on the tokens before m, and on u. The
+    cuts are applied from the last position back, and a move at a cut above m never changes the tokens before m,
+    so when position m's moves run, its count is a function of the part of the state those moves keep. A kernel
+    that keeps x_<m and leaves p^alpha invariant, repeated a number of times that depends on x_<m only, still
+    leaves p^alpha invariant (it does so on every slice of states sharing x_<m). ``scale`` is fixed (log of the
+    vocabulary size, the largest entropy), never the state's own total, which would depend on tokens after m.
+    """
+    h = np.zeros(limit)
+    n = min(len(entropy), limit)
+    h[:n] = np.clip(entropy[:n], 0.0, scale)
+    rates = steps * (floor + (1.0 - floor) * h / scale) / limit
+    running = np.floor(np.cumsum(rates) + u)
+    counts = np.diff(np.concatenate([[math.floor(u)], running])).astype(int)
+    return [m for m in range(limit) for _ in range(counts[m])]
 
 
 @dataclass
@@ -136,6 +229,7 @@ class _Chain:
     steps_left: int = 0
     step_index: int = 0
     final_phase: bool = False
+    rejections_in_a_row: int = 0
     uniforms: dict[int, float] = field(default_factory=dict)
     pending: dict[int, _Proposal] = field(default_factory=dict)
 
@@ -153,6 +247,7 @@ class PowerSampler(Sampler):
         constraint: TokenConstraint | None = None,
         progress: ProgressCallback | None = None,
     ) -> SampleResult:
+        require_decode_core(self.model, self.config)
         run = _Run(self, list(prompt_ids), constraint, progress)
         with span(
             "power_sampling mh",
@@ -176,6 +271,7 @@ class _Run:
         self.seed = resolve_seed(cfg.seed)
         self.rng = np.random.default_rng(self.seed)
         self.temperature = cfg.effective_proposal_temperature
+        self.cuts = EntropyCuts(cfg.entropy_floor) if cfg.scan == "entropy" else UniformCuts()
         self.deadline = Deadline(cfg.deadline_s, cfg.step_timeout_s)
         self.tracker = EvaluatorTracker(sampler.evaluator)
         self.chains = [_Chain() for _ in range(cfg.n_chains)]
@@ -186,12 +282,14 @@ class _Run:
         self.proposal_calls: list[tuple[int, int]] = []  # (rows, tokens) per proposal call
         self._tally = (0, 0, 0)  # steps seen, accepted, proposed: for progress events
         self.hit_deadline = False
+        self.early_stops = 0  # blocks whose MH steps stopped early (stop_after_rejections)
+        self.steps_skipped = 0
 
     # the loop
 
     def execute(self) -> SampleResult:
         cfg = self.cfg
-        scheduler = self._sorted_scan if cfg.scan == "sorted" else self._random_scan
+        scheduler = self._sorted_scan if cfg.scan in ("sorted", "sorted-entropy") else self._random_scan
         for block in range(self.blocks_total):
             if self.deadline.expired():
                 self.hit_deadline = True
@@ -210,6 +308,7 @@ class _Run:
                     chain.final_phase = chain.state.stopped or limit == cfg.max_new_tokens
                     chain.limit = cfg.max_new_tokens if chain.final_phase else limit
                     chain.steps_left = cfg.n_mcmc if chain.state.tokens else 0
+                    chain.rejections_in_a_row = 0
                     chain.pending.clear()
                 scheduler(active, block)
                 self._notify("block", block + 1, self.blocks_total)
@@ -247,7 +346,15 @@ class _Run:
         """The block's cuts drawn up front, proposals for all of them in one call, applied from the last cut back."""
         requests, owners = [], []
         for chain in chains:
-            cuts = sorted(stratified_cuts(chain.steps_left, chain.limit, self.rng.random()), reverse=True)
+            if self.cfg.scan == "sorted-entropy":
+                entropy = chain.state.entropy if chain.state.entropy is not None else _EMPTY
+                scale = math.log(self.model.vocab_size)
+                cuts = entropy_allocated_cuts(
+                    entropy, chain.steps_left, chain.limit, self.cfg.entropy_floor, scale, self.rng.random()
+                )
+            else:
+                cuts = stratified_cuts(chain.steps_left, chain.limit, self.rng.random())
+            cuts.sort(reverse=True)
             chain.steps_left = 0
             for cut in cuts:
                 if cut >= len(chain.state):  # nothing after the cut to redraw: the move changes nothing
@@ -259,7 +366,7 @@ class _Run:
             return
         conts = self._propose(requests)
         for step, ((chain, cut), cont) in enumerate(zip(owners, conts), start=1):
-            self._apply(chain, cut, cont, cut_ratio=False)
+            self._apply(chain, cut, cont, cuts=None)
             self._notify("mh_step", block + 1, self.blocks_total, step, len(owners))
 
     def _prefetch(self, chains: list[_Chain]) -> None:
@@ -283,18 +390,26 @@ class _Run:
             proposal = chain.pending.pop(t, None)
             if proposal is None or not self._is_valid(chain, proposal, t):
                 return  # drawn again by the next prefetch
-            self._apply(chain, proposal.cut, proposal.continuation, cut_ratio=True)
+            info = self._apply(chain, proposal.cut, proposal.continuation, cuts=self.cuts)
             if self.hit_deadline:
                 return
             chain.step_index += 1
             chain.steps_left -= 1
+            chain.rejections_in_a_row = 0 if info.accepted else chain.rejections_in_a_row + 1
+            if (
+                self.cfg.stop_after_rejections is not None
+                and chain.rejections_in_a_row >= self.cfg.stop_after_rejections
+            ):
+                self.early_stops += 1
+                self.steps_skipped += chain.steps_left
+                chain.steps_left = 0
             self._notify("mh_step", block + 1, self.blocks_total, self.cfg.n_mcmc - chain.steps_left, self.cfg.n_mcmc)
         chain.pending.clear()  # proposals drawn for steps beyond this block's budget are never used
 
     def _cut(self, chain: _Chain, t: int) -> int:
         if t not in chain.uniforms:
             chain.uniforms[t] = float(self.rng.random())
-        return int(chain.uniforms[t] * len(chain.state))
+        return self.cuts.draw(chain.state, chain.uniforms[t])
 
     def _is_valid(self, chain: _Chain, proposal: _Proposal, t: int) -> bool:
         state = chain.state
@@ -306,9 +421,11 @@ class _Run:
 
     # one step, one call
 
-    def _apply(self, chain: _Chain, cut: int, proposal: Continuation, *, cut_ratio: bool) -> None:
+    def _apply(
+        self, chain: _Chain, cut: int, proposal: Continuation, *, cuts: UniformCuts | EntropyCuts | None
+    ) -> StepInfo:
         chain.state, info = accept_step(
-            chain.state, cut, proposal, self.cfg.alpha, math.log1p(-self.rng.random()), cut_ratio=cut_ratio
+            chain.state, cut, proposal, self.cfg.alpha, math.log1p(-self.rng.random()), cuts=cuts
         )
         self.steps.append(info)
         with span(
@@ -324,6 +441,7 @@ class _Run:
                 self._offer(chain.state)
         if info.timed_out and self.deadline.expired():
             self.hit_deadline = True
+        return info
 
     def _propose(self, requests: list[ContinuationRequest]) -> list[Continuation]:
         with span("power_sampling proposals", {"power_sampling.rows": len(requests)}):
@@ -337,6 +455,9 @@ class _Run:
             max_new_tokens=max_new,
             generated_start=len(self.prompt),
             constraint=self.constraint,
+            entropy=self.cfg.scan in ("entropy", "sorted-entropy"),
+            defensive_weight=self.cfg.defensive_weight,
+            defensive_temperature=self.cfg.defensive_temperature,
         )
 
     def _call(self, requests: list[ContinuationRequest], deadline: float | None) -> list[Continuation]:
@@ -431,6 +552,8 @@ class _Run:
                 "proposals_discarded": sum(rows for rows, _ in self.proposal_calls) - proposed,
                 "identity_steps": len(self.steps) - proposed,
                 "step_timeouts": sum(s.timed_out for s in mh),
+                "early_stops": self.early_stops,
+                "steps_skipped": self.steps_skipped,
             }
         )
         if vote is not None:

@@ -50,6 +50,7 @@ from .base import (
     Sampler,
     common_metadata,
     majority_vote,
+    require_decode_core,
     require_exact,
     resolve_seed,
 )
@@ -120,6 +121,7 @@ class SMCSampler(Sampler):
         constraint: TokenConstraint | None = None,
         progress: ProgressCallback | None = None,
     ) -> SampleResult:
+        require_decode_core(self.model, self.config)
         prompt = list(prompt_ids)
         if not prompt:
             raise ValueError("the prompt is empty: SMC needs at least one prompt token to condition on")
@@ -216,6 +218,8 @@ class _Run:
                 max_new_tokens=n,
                 generated_start=len(self.prompt),
                 constraint=self.constraint,
+                defensive_weight=self.cfg.defensive_weight,
+                defensive_temperature=self.cfg.defensive_temperature,
             )
             for p, n in zip(particles, wanted)
         ]

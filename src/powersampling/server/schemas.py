@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from ..samplers import method_names, planner_routes
+from ..samplers.config import PowerSamplingConfig
+
+ScanName = PowerSamplingConfig.model_fields["scan"].annotation  # the MH scans, named once in the config
 
 
 class _Strict(BaseModel):
@@ -46,7 +49,19 @@ class PowerSamplingParams(_Strict):
         description="the client's time budget: when it runs out the best state so far is returned with status 200",
     )
     proposal_temperature: float | None = Field(None, gt=0, le=100)
-    scan: Literal["random", "sorted"] | None = None
+    scan: ScanName | None = None  # type: ignore[valid-type]
+    entropy_floor: float | None = Field(None, gt=0, le=1, description="power, scan=entropy: uniform share of cuts")
+    stop_after_rejections: int | None = Field(
+        None,
+        ge=1,
+        description="power, random/entropy scan: end a block after this many rejections in a row (not exact)",
+    )
+    defensive_weight: float | None = Field(
+        None, ge=0, le=1, description="power, smc: share of the flat component in each token's proposal (exact)"
+    )
+    defensive_temperature: float | None = Field(
+        None, gt=0, le=100, description="power, smc: temperature of the defensive component (default 1)"
+    )
     top_k: int | None = Field(None, ge=1, le=64, description="scalable-power: candidate tokens per position")
     rollouts: int | None = Field(None, ge=1, le=64, description="scalable-power: rollouts per candidate")
     horizon: int | None = Field(None, ge=1, description="scalable-power: tokens per rollout at most")
