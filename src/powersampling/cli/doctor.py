@@ -122,7 +122,7 @@ def _llama_cpp_build() -> dict | None:
 
 
 def _sandbox() -> dict:
-    from ..eval import sandbox
+    from ..sandbox import isolation as sandbox
 
     chosen = sandbox.isolation_backend()
     return {
