@@ -9,7 +9,7 @@ import typer
 
 from ..errors import PowerSamplingError
 from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
-from .common import MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, parse_params
+from .common import BACKEND_HELP, MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, parse_params
 
 DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
 
@@ -30,7 +30,7 @@ def eval_command(
     limit: int | None = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    backend: str = typer.Option("auto", help="engine for the model: auto, transformers, llama.cpp, vllm, remote"),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
     tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda)"),
     out: Path = typer.Option(
