@@ -193,3 +193,29 @@ def test_a_stop_string_ends_the_run_and_is_reported_as_a_stop(lm):
         assert result.metadata["stopped_by"] == "eos" and result.metadata["complete"], method
         text, found = constraint.truncate(result.text)
         assert found and not any(s in text for s in STOPS) and result.text.startswith(text), method
+
+
+def test_a_stop_string_across_real_tokens_finishes_at_the_token_that_completes_it():
+    """The SmolLM2 tokenizer: "\\n\\nQuestion:" spans several tokens, and the state finishes exactly at the token
+    whose text completes it, whatever token boundaries the text has; the text before it is what is returned."""
+    from powersampling.backends.tokenizers import HFTokenizer
+    from test_planner_helpers import smol_tokenizer
+
+    tok = HFTokenizer(smol_tokenizer())
+    text = "The answer is 42. Thé café\n\nQuestion: what next?"
+    ids = tok.encode(text)
+    constraint = StopStringConstraint(tok, ["\n\nQuestion:", "never"])
+    state = constraint.start([])
+    finished_at = None
+    for i, token in enumerate(ids):
+        state.advance(token)
+        if state.is_finished():
+            finished_at = i
+            break
+    assert finished_at is not None
+    assert "\n\nQuestion:" in tok.decode(ids[: finished_at + 1])
+    assert "\n\nQuestion:" not in tok.decode(ids[:finished_at])
+    assert constraint.truncate(tok.decode(ids[: finished_at + 1])) == ("The answer is 42. Thé café", True)
+    # restarted from any cut, the rule is the same
+    assert not constraint.start(ids[:finished_at]).is_finished()
+    assert constraint.start(ids[: finished_at + 1]).is_finished()

@@ -257,7 +257,9 @@ async def _stream(
         record_sample(result, name, kind, prompt_tokens=len(call.prompt_ids), count_request=False)
         if server_cut:
             raise scope.deadline_error(completion_body(kind, name, call, result, job))
-        yield _sse(chunk(kind, name, call, [final_choice(kind, result)], power_sampling=run_metadata(result, job)))
+        yield _sse(
+            chunk(kind, name, call, [final_choice(kind, call, result)], power_sampling=run_metadata(result, job))
+        )
         if include_usage:
             yield _sse(chunk(kind, name, call, [], usage=usage(call, result)))
         yield _sse("[DONE]")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import LanguageModel, check_context_length
+from ..backends.constraints import StopStringConstraint
 from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
 from ..samplers import build_sampler, validate_params
@@ -48,6 +49,7 @@ class SamplingCall:
     params: dict[str, Any]
     prompt_ids: list[int]
     client_budget_s: float | None
+    stop: StopStringConstraint | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -105,7 +107,22 @@ def resolve_call(
         validate_params(method, strict=True, **params)
     except (PowerSamplingError, ValueError) as exc:
         raise APIError(400, str(exc), param="power_sampling", code="invalid_value") from None
-    return SamplingCall(method, params, prompt_ids, ps.deadline_s if ps is not None else None)
+    return SamplingCall(
+        method, params, prompt_ids, ps.deadline_s if ps is not None else None, stop_strings(body, model)
+    )
+
+
+def stop_strings(body: _SamplingFields, model: LanguageModel) -> StopStringConstraint | None:
+    """The request's ``stop`` as a constraint every method honours: a completion ends at the first stop string,
+    as at a stop token, so the target is p^alpha over completions ending there."""
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if not stops:
+        return None
+    if model.tokenizer is None:
+        raise APIError(
+            400, f"model {model.name!r} has no tokenizer to read stop strings with", param="stop", code="unsupported"
+        )
+    return StopStringConstraint(model.tokenizer, stops)
 
 
 def regex_extractor(pattern: str) -> Callable[[str], str | None]:
@@ -215,12 +232,21 @@ def run_call(
         timer(event)
 
     job.check_cancelled()
-    result = sampler.sample(call.prompt_ids, progress=progress)
+    result = sampler.sample(call.prompt_ids, constraint=call.stop, progress=progress)
     return result, server_cut and result.metadata.get("stopped_by") == "deadline"
 
 
 def finish_reason(result: SampleResult) -> str:
+    """``stop`` for a stop token or a stop string, ``length`` for the cap (and for a deadline)."""
     return "stop" if result.metadata.get("stopped_by") == "eos" else "length"
+
+
+def returned_text(call: SamplingCall, result: SampleResult) -> str:
+    """The completion's text as OpenAI returns it: without the stop string that ended it (or anything the last
+    token carried past it)."""
+    if call.stop is None:
+        return result.text
+    return call.stop.truncate(result.text)[0]
 
 
 def usage(call: SamplingCall, result: SampleResult) -> dict[str, int]:
@@ -243,10 +269,10 @@ def completion_body(kind: str, model_name: str, call: SamplingCall, result: Samp
     """The non-streamed response: ``kind`` is 'completions' or 'chat'."""
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason(result), "logprobs": None}
     if kind == "chat":
-        choice["message"] = {"role": "assistant", "content": result.text}
+        choice["message"] = {"role": "assistant", "content": returned_text(call, result)}
         prefix, obj = "chatcmpl", "chat.completion"
     else:
-        choice["text"] = result.text
+        choice["text"] = returned_text(call, result)
         prefix, obj = "cmpl", "text_completion"
     return {
         "id": f"{prefix}-{call.request_id}",
@@ -273,10 +299,11 @@ def chunk(
     }
 
 
-def final_choice(kind: str, result: SampleResult) -> dict[str, Any]:
+def final_choice(kind: str, call: SamplingCall, result: SampleResult) -> dict[str, Any]:
+    text = returned_text(call, result)
     if kind == "chat":
-        return {"index": 0, "delta": {"content": result.text}, "finish_reason": finish_reason(result), "logprobs": None}
-    return {"index": 0, "text": result.text, "finish_reason": finish_reason(result), "logprobs": None}
+        return {"index": 0, "delta": {"content": text}, "finish_reason": finish_reason(result), "logprobs": None}
+    return {"index": 0, "text": text, "finish_reason": finish_reason(result), "logprobs": None}
 
 
 def progress_payload(event: ProgressEvent) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from pydantic_core import PydanticCustomError
 
 from ..samplers import method_names, planner_routes
 
+MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_STOP_LENGTH = 256
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -80,13 +83,27 @@ class _SamplingFields(_Strict):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(
+        None,
+        description="up to 4 stop strings: the completion ends at the first one, as at a stop token (every method "
+        "samples its target over completions that end there); the returned text excludes it",
+    )
     logprobs: bool | int | None = None
     user: str | None = Field(None, max_length=256)
     method: Annotated[str, Field(json_schema_extra=_method_enum)] | None = Field(
         None, max_length=64, description="decoding method (default: the server's)"
     )
     power_sampling: PowerSamplingParams | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_STRINGS:
+            raise PydanticCustomError("too_many", "at most {n} stop strings", {"n": MAX_STOP_STRINGS})
+        if any(not 1 <= len(s) <= MAX_STOP_LENGTH for s in stops):
+            raise PydanticCustomError("stop_length", "a stop string has 1 to {n} characters", {"n": MAX_STOP_LENGTH})
+        return stop
 
     @field_validator("method")
     @classmethod
@@ -104,8 +121,6 @@ class _SamplingFields(_Strict):
             return "top_p", "top_p other than 1 is not supported (it would change the target distribution)"
         if self.n not in (None, 1):
             return "n", "n > 1 is not supported; use power_sampling.chains or method best-of-n"
-        if self.stop:
-            return "stop", "stop sequences are not supported (truncation would change the sampled distribution)"
         if self.logprobs:
             return "logprobs", "logprobs are not supported yet"
         if self.stream_options is not None and not self.stream:
