@@ -34,7 +34,7 @@ from .sampling import (
     chat_prompt_ids,
     chunk,
     completion_body,
-    completion_prompt_ids,
+    completion_prompts,
     final_choice,
     progress_payload,
     resolve_call,
@@ -121,14 +121,14 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
     @app.post("/v1/completions", responses=_ERRORS)
     async def completions(body: CompletionRequest, request: Request):
         _check_model(state, body.model)
-        ids = completion_prompt_ids(body, state.model, settings)
-        return await _serve_sampling(state, request, "completions", body, ids)
+        prompts, texts = completion_prompts(body, state.model, settings)
+        return await _serve_sampling(state, request, "completions", body, prompts, texts)
 
     @app.post("/v1/chat/completions", responses=_ERRORS)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         _check_model(state, body.model)
         ids = chat_prompt_ids(body, state.model, settings)
-        return await _serve_sampling(state, request, "chat", body, ids)
+        return await _serve_sampling(state, request, "chat", body, [ids], [None])
 
     @app.post("/v1/plan", responses={**_ERRORS, 422: {"model": ErrorResponse, "description": "no plan produced"}})
     async def plan(body: PlanRequest, request: Request):
@@ -149,9 +149,21 @@ def _check_model(state: ServerState, name: str) -> None:
         )
 
 
-async def _serve_sampling(state: ServerState, request: Request, kind: str, body: Any, ids: list[int]):
+async def _serve_sampling(
+    state: ServerState, request: Request, kind: str, body: Any, prompts: list[list[int]], texts: list[str | None]
+):
     scope = RequestScope(state, request, kind, "chat" if kind == "chat" else "text_completion")
+    ids = max(prompts, key=len)  # the longest is checked against the context
     call = resolve_call(body, ids, state.settings, state.model)
+    call.prompt_ids, call.prompts, call.prompt_texts = prompts[0], prompts, texts
+    if body.stream and (len(prompts) > 1 or call.n > 1 or call.echo or call.logprobs is not None):
+        param = "n" if call.n > 1 else "prompt" if len(prompts) > 1 else "echo" if call.echo else "logprobs"
+        raise APIError(
+            400,
+            f"stream is for one choice without echo or logprobs; drop stream or {param}",
+            param=param,
+            code="invalid_value",
+        )
     scope.begin(call.method, route_of(call.method), call=call, model=body.model)
     if state.settings.log_prompts:
         log.info(
@@ -166,10 +178,18 @@ async def _serve_sampling(state: ServerState, request: Request, kind: str, body:
         )
     with scope.recording():
         scope.submit(lambda job: run_call(state.model, state.model_name, call, job))
-        result, server_cut = await scope.wait()
-        scope.result = result
-        record_sample(result, state.model_name, kind, prompt_tokens=len(ids), count_request=False)
-        payload = completion_body(kind, state.model_name, call, result, scope.job)
+        runs, server_cut = await scope.wait()
+        scope.result = runs[0].result
+        for run in runs:
+            if run.result is not None:
+                record_sample(
+                    run.result,
+                    state.model_name,
+                    kind,
+                    prompt_tokens=len(call.prompts[run.prompt_index]),
+                    count_request=False,
+                )
+        payload = completion_body(kind, state.model, state.model_name, call, runs, scope.job)
         if server_cut:
             raise scope.deadline_error(payload)
         return JSONResponse(payload)
@@ -252,16 +272,14 @@ async def _stream(
                 raise APIError(504, "the request overran its deadline", code="deadline_exceeded")
         while not events.empty():  # the last events arrive together with the result
             yield _sse(chunk(kind, name, call, [], power_sampling=events.get_nowait()))
-        result, server_cut = job_result(future)
-        scope.result = result
+        runs, server_cut = job_result(future)
+        result = scope.result = runs[0].result
         record_sample(result, name, kind, prompt_tokens=len(call.prompt_ids), count_request=False)
         if server_cut:
-            raise scope.deadline_error(completion_body(kind, name, call, result, job))
-        yield _sse(
-            chunk(kind, name, call, [final_choice(kind, call, result)], power_sampling=run_metadata(result, job))
-        )
+            raise scope.deadline_error(completion_body(kind, scope.state.model, name, call, runs, job))
+        yield _sse(chunk(kind, name, call, [final_choice(kind, runs[0])], power_sampling=run_metadata(result, job)))
         if include_usage:
-            yield _sse(chunk(kind, name, call, [], usage=usage(call, result)))
+            yield _sse(chunk(kind, name, call, [], usage=usage(call, runs)))
         yield _sse("[DONE]")
         status = "ok"
     except APIError as exc:

@@ -20,6 +20,7 @@ from ..samplers import method_names, planner_routes
 
 MAX_STOP_STRINGS = 4  # as OpenAI
 MAX_STOP_LENGTH = 256
+MAX_TOP_LOGPROBS = 20
 
 
 class _Strict(BaseModel):
@@ -79,7 +80,7 @@ class _SamplingFields(_Strict):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, description="for method sample and best-of-n")
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=128)
+    n: int | None = Field(None, ge=1, le=128, description="independent samples of the method, one choice each")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
@@ -88,7 +89,6 @@ class _SamplingFields(_Strict):
         description="up to 4 stop strings: the completion ends at the first one, as at a stop token (every method "
         "samples its target over completions that end there); the returned text excludes it",
     )
-    logprobs: bool | int | None = None
     user: str | None = Field(None, max_length=256)
     method: Annotated[str, Field(json_schema_extra=_method_enum)] | None = Field(
         None, max_length=64, description="decoding method (default: the server's)"
@@ -119,23 +119,23 @@ class _SamplingFields(_Strict):
         """(field, reason) for the first field the server cannot honour exactly, or None."""
         if self.top_p is not None and self.top_p != 1:
             return "top_p", "top_p other than 1 is not supported (it would change the target distribution)"
-        if self.n not in (None, 1):
-            return "n", "n > 1 is not supported; use power_sampling.chains or method best-of-n"
-        if self.logprobs:
-            return "logprobs", "logprobs are not supported yet"
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed with stream: true"
         return None
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] = Field(..., description="text, a one-element list of text, or token ids")
-    echo: bool | None = None
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="text, token ids, or a batch of either (one choice per prompt and sample)"
+    )
+    max_tokens: int | None = Field(None, ge=0, description="0 with echo: score the prompt only")
+    echo: bool | None = Field(None, description="return the prompt before the completion (with its log-probabilities)")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="the base model's log p of each token and this many alternatives"
+    )
     suffix: str | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
-        if self.echo:
-            return "echo", "echo is not supported"
         if self.suffix:
             return "suffix", "suffix (insertion) is not supported"
         return super().unsupported()
@@ -160,6 +160,8 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = Field(None, description="the base model's log p of each returned token")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token")
 
     @field_validator("messages")
     @classmethod
