@@ -76,3 +76,148 @@ def test_bad_stop_values_are_400_naming_stop(live, stop):
     response = post(live, "/v1/completions", {"model": "toy-openai", "prompt": "1", "stop": stop})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "stop"
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """A random 2-layer Llama over the real SmolLM2 tokenizer, served: real transformers code (batched rows, the
+    prefix cache pool), real text, fast."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from powersampling.backends.hf import TransformersLM
+    from test_planner_helpers import smol_tokenizer
+
+    tok = smol_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=2,
+        bos_token_id=1,
+        pad_token_id=2,
+    )
+    model = TransformersLM(LlamaForCausalLM(config).eval(), tok, name="tiny-smol")
+    with serve(model, api_key=KEY) as server:
+        server.model = model
+        yield server
+
+
+def _chat(server, content: str, **fields):
+    body = {"model": "tiny-smol", "messages": [{"role": "user", "content": content}], "max_tokens": 12, **fields}
+    response = post(server, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_seeded_request_gives_the_same_text_whatever_was_served_before(smol):
+    """Interleaved: the same seeded request between unrelated ones (other prompts, batched rows of SMC and n > 1,
+    unseeded runs) returns the same tokens with bitwise the same log-probabilities (the decode's own, which carry
+    the numerics of the batch layout they were computed in)."""
+    a = {"seed": 0, "logprobs": True, "method": "power", "power_sampling": {"n_mcmc": 3, "block_size": 4}}
+
+    def key(out):
+        return [(c["token"], c["logprob"]) for c in out["choices"][0]["logprobs"]["content"]]
+
+    first = _chat(smol, "What is 12*7?", **a)
+    others = [
+        lambda: _chat(smol, "Tell me a story about a cat and a dog.", method="smc", power_sampling={"chains": 6}),
+        lambda: _chat(smol, "What is 12*7? Think first.", n=3, method="sample"),
+        lambda: _chat(smol, "What is 12*7?", method="power", max_tokens=20, power_sampling={"chains": 4}),
+    ]
+    for other in others:
+        other()
+        again = _chat(smol, "What is 12*7?", **a)
+        assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+        assert key(again) == key(first)
+
+
+def test_n_choices_are_independent_samples_with_usage_summed(smol):
+    one = _chat(smol, "Name a color.", seed=4, method="sample")
+    three = _chat(smol, "Name a color.", seed=4, method="sample", n=3)
+    texts = [c["message"]["content"] for c in three["choices"]]
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    assert texts[0] == one["choices"][0]["message"]["content"]  # choice 0 carries the request's seed
+    assert len(set(texts)) == 3
+    per_choice = three["power_sampling"]["choices"]
+    assert three["usage"]["completion_tokens"] == sum(c["final_tokens"] for c in per_choice)
+    assert three["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+
+
+def test_echo_returns_the_prompt_log_probabilities_of_the_model(smol):
+    """vLLM's layout, for a batch of a string and token ids, max_tokens 0: every prompt token's log p under the
+    model (None for the first), the top alternatives, offsets into the echoed text; equal to the in-process
+    next-token distributions."""
+    from powersampling.backends.base import ContinuationRequest
+
+    model = smol.model
+    text = "The capital of France is Paris."
+    ids = model.tokenizer.encode(text)
+    body = {"model": "tiny-smol", "prompt": [text, ids[:4]], "echo": True, "logprobs": 2, "max_tokens": 0}
+    response = post(smol, "/v1/completions", body)
+    assert response.status_code == 200, response.text
+    choices = response.json()["choices"]
+    assert len(choices) == 2 and choices[0]["text"] == text
+    lp = choices[0]["logprobs"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert len(lp["tokens"]) == len(ids) and "".join(lp["tokens"]) == text
+    assert lp["text_offset"] == [len("".join(lp["tokens"][:i])) for i in range(len(ids))]
+    rows = model.next_token_logprobs([ContinuationRequest(ids[:i], 1) for i in range(1, len(ids))])
+    expected = [float(rows[i - 1][ids[i]]) for i in range(1, len(ids))]
+    assert lp["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
+    for i in range(1, len(ids)):
+        top = lp["top_logprobs"][i]
+        assert len(top) <= 2 and max(top.values()) == pytest.approx(float(rows[i - 1].max()), abs=1e-4)
+    assert choices[1]["logprobs"]["token_logprobs"][1:] == pytest.approx(expected[:3], abs=1e-4)
+    assert choices[1]["finish_reason"] == "length"
+
+
+def test_chat_logprobs_are_the_model_log_p_of_the_returned_tokens(smol):
+    from powersampling.backends.base import ContinuationRequest
+
+    out = _chat(smol, "Say hi.", seed=1, method="power", logprobs=True, top_logprobs=3, stop=["\n"])
+    content = out["choices"][0]["logprobs"]["content"]
+    ids = smol.model.tokenizer.chat_prompt([{"role": "user", "content": "Say hi."}])
+    tokens = [smol.model.tokenizer.encode(c["token"]) for c in content]
+    assert all(len(c["top_logprobs"]) == 3 for c in content)
+    assert "".join(c["token"] for c in content).startswith(out["choices"][0]["message"]["content"])
+    if content and len(tokens[0]) == 1:
+        row = smol.model.next_token_logprobs([ContinuationRequest(ids, 1)])[0]
+        assert content[0]["logprob"] == pytest.approx(float(row[tokens[0][0]]), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"method": "greedy", "temperature": 0.7}, "temperature"),
+        ({"method": "power", "temperature": 0}, "temperature"),
+        ({"method": "low-temp", "temperature": 0.5}, "temperature"),
+        ({"method": "power", "temperature": 0.5, "power_sampling": {"proposal_temperature": 0.3}}, "temperature"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"messages": [{"role": "user", "content": "1", "name": "bob"}]}, "messages.0.name"),
+        ({"messages": [{"role": "user", "content": "1", "tool_calls": []}]}, "messages.0.tool_calls"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"n": 2, "stream": True}, "n"),
+        ({"logprobs": True, "stream": True}, "logprobs"),
+    ],
+)
+def test_fields_without_a_meaning_are_refused_by_name(live, fields, param):
+    body = {"model": "toy-openai", "messages": [{"role": "user", "content": "1 2"}], "max_tokens": 4, **fields}
+    response = post(live, "/v1/chat/completions", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_temperature_is_the_proposal_temperature_under_power_and_zero_means_greedy(live):
+    out = post(live, "/v1/completions", {"model": "toy-openai", "prompt": "1 2", "max_tokens": 4, "temperature": 0.5})
+    assert out.json()["power_sampling"]["method"] == "power"
+    assert out.json()["power_sampling"]["proposal_temperature"] == 0.5
+    out = post(live, "/v1/completions", {"model": "toy-openai", "prompt": "1 2", "max_tokens": 4, "temperature": 0})
+    assert out.json()["power_sampling"]["method"] == "greedy"
+    local = build_sampler("greedy", toy_lm("x"), max_new_tokens=4).sample([1, 2])
+    assert out.json()["choices"][0]["text"] == local.text

@@ -107,8 +107,7 @@ def resolve_call(
     seed = ps.seed if ps is not None and ps.seed is not None else body.seed
     if seed is not None:
         params["seed"] = seed
-    if method in ("sample", "best-of-n") and body.temperature is not None:
-        params["temperature"] = body.temperature
+    method = apply_temperature(body, method, params)
     if ps is not None:
         given = ps.model_dump(exclude_none=True)
         for name in _SAME_NAME:
@@ -149,6 +148,44 @@ def resolve_call(
         logprobs=requested_logprobs(body),
         generate=max_tokens > 0,
     )
+
+
+_PROPOSAL_METHODS = ("power", "smc", "scalable-power")
+
+
+def apply_temperature(body: _SamplingFields, method: str, params: dict[str, Any]) -> str:
+    """What ``temperature`` means for each method, or a 400 naming it where it has no meaning; returns the method.
+
+    * no ``method`` and temperature 0: greedy (what lm-eval and most frameworks mean by it);
+    * sample and best-of-n: the sampling temperature;
+    * power, smc, scalable-power: the proposal temperature (the target stays p^alpha: any proposal gives the exact
+      ratio); 0 has no meaning there;
+    * greedy: only 0; low-temp: none (its temperature is 1/alpha).
+    """
+    temperature = body.temperature
+    if temperature is None:
+        return method
+    if body.method is None and temperature == 0:
+        return "greedy"
+    if method in ("sample", "best-of-n"):
+        params["temperature"] = temperature
+        return method
+    problem = None
+    if method == "greedy":
+        problem = None if temperature == 0 else "method greedy takes no temperature other than 0"
+    elif method in _PROPOSAL_METHODS:
+        given = body.power_sampling.proposal_temperature if body.power_sampling is not None else None
+        if temperature == 0:
+            problem = f"temperature is {method}'s proposal temperature, which must be > 0 (use method greedy)"
+        elif given is not None and given != temperature:
+            problem = "temperature and power_sampling.proposal_temperature disagree; send one"
+        else:
+            params["proposal_temperature"] = temperature
+    else:
+        problem = f"method {method!r} has no temperature (low-temp samples at 1/alpha: set power_sampling.alpha)"
+    if problem:
+        raise APIError(400, problem, param="temperature", code="invalid_value")
+    return method
 
 
 def requested_logprobs(body: _SamplingFields) -> int | None:
@@ -336,7 +373,11 @@ def _sample(model, model_name, call: SamplingCall, job: Job, prompt: list[int], 
 def _finish_run(model: LanguageModel, call: SamplingCall, index: int, prompt: list[int], result) -> Run:
     tokens, text = ([], "") if result is None else returned(call, model, result)
     scored = None
-    if call.logprobs is not None:
+    if call.logprobs == 0 and not call.echo and result is not None and getattr(call.stop, "within", None) is None:
+        # no mask was applied while decoding: the decode's own log p are the base model's, no second pass needed
+        none = np.zeros((len(tokens), 0))
+        scored = Scored(np.asarray(result.logprobs[: len(tokens)], dtype=np.float64), none.astype(np.int64), none)
+    elif call.logprobs is not None:
         start = 1 if call.echo else len(prompt)
         scored = score(model, prompt + tokens, start, call.logprobs)
     return Run(index, result, tokens, text, scored)

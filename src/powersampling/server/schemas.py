@@ -78,7 +78,13 @@ class StreamOptions(_Strict):
 class _SamplingFields(_Strict):
     model: str = Field(..., min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2, description="for method sample and best-of-n")
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="sample, best-of-n: the sampling temperature; power, smc, scalable-power: the proposal "
+        "temperature; greedy: 0 only; without method, 0 means greedy",
+    )
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=128, description="independent samples of the method, one choice each")
     stream: bool | None = False
@@ -125,7 +131,7 @@ class _SamplingFields(_Strict):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: str | list[int] | list[str | list[int]] = Field(
         ..., description="text, token ids, or a batch of either (one choice per prompt and sample)"
     )
     max_tokens: int | None = Field(None, ge=0, description="0 with echo: score the prompt only")
@@ -146,12 +152,10 @@ class TextPart(_Strict):
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
+class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
-    name: str | None = Field(None, max_length=256)
+    name: str | None = Field(None, max_length=256, description="refused: chat templates have no place for it")
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -162,6 +166,12 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = Field(None, description="the base model's log p of each returned token")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token")
+
+    def unsupported(self) -> tuple[str, str] | None:
+        for i, message in enumerate(self.messages):
+            if message.name is not None:
+                return f"messages.{i}.name", "message names are not supported (the chat template has no place for them)"
+        return super().unsupported()
 
     @field_validator("messages")
     @classmethod
