@@ -78,10 +78,9 @@ def test_bad_stop_values_are_400_naming_stop(live, stop):
     assert response.json()["error"]["param"] == "stop"
 
 
-@pytest.fixture(scope="module")
-def smol():
-    """A random 2-layer Llama over the real SmolLM2 tokenizer, served: real transformers code (batched rows, the
-    prefix cache pool), real text, fast."""
+def tiny_smol_model():
+    """A random 2-layer Llama over the real SmolLM2 tokenizer: real transformers code (batched rows, the prefix
+    cache pool), real text, fast."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -102,7 +101,12 @@ def smol():
         bos_token_id=1,
         pad_token_id=2,
     )
-    model = TransformersLM(LlamaForCausalLM(config).eval(), tok, name="tiny-smol")
+    return TransformersLM(LlamaForCausalLM(config).eval(), tok, name="tiny-smol")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    model = tiny_smol_model()
     with serve(model, api_key=KEY) as server:
         server.model = model
         yield server
