@@ -225,3 +225,12 @@ def test_temperature_is_the_proposal_temperature_under_power_and_zero_means_gree
     assert out.json()["power_sampling"]["method"] == "greedy"
     local = build_sampler("greedy", toy_lm("x"), max_new_tokens=4).sample([1, 2])
     assert out.json()["choices"][0]["text"] == local.text
+
+
+def test_the_openapi_schema_has_integer_bounds_and_the_served_model(live):
+    schema = httpx.get(live.url + "/openapi.json").json()
+    seed = schema["components"]["schemas"]["CompletionRequest"]["properties"]["seed"]["anyOf"][0]
+    assert seed["exclusiveMaximum"] == 2**63 and isinstance(seed["exclusiveMaximum"], int)
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        assert schema["components"]["schemas"][name]["properties"]["model"]["enum"] == ["toy-openai"]
+    assert '"exclusiveMaximum":9.2' not in httpx.get(live.url + "/openapi.json").text.replace(" ", "")

@@ -97,6 +97,7 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         app, model_name=state.model_name, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes
     )
 
+    _truthful_openapi(app, state.model_name)
     if settings.docs:
         install_docs(app)
 
@@ -137,6 +138,39 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         return await _serve_plan(state, request, body)
 
     return app
+
+
+def _truthful_openapi(app: FastAPI, model_name: str) -> None:
+    """The published schema as the server checks requests: integer bounds as integers (pydantic writes 2**63 as a
+    float), and ``model`` as the one served id."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            _walk(schema, model_name)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _walk(node: Any, model_name: str) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                if isinstance(node.get(key), float) and node[key].is_integer():
+                    node[key] = int(node[key])
+        properties = node.get("properties")
+        if isinstance(properties, dict) and ("messages" in properties or "prompt" in properties):
+            model = properties.get("model")
+            if isinstance(model, dict) and model.get("type") == "string":
+                model["enum"] = [model_name]
+        for value in node.values():
+            _walk(value, model_name)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, model_name)
 
 
 def _check_model(state: ServerState, name: str) -> None:

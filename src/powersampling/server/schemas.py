@@ -1,9 +1,9 @@
 """OpenAI wire format for requests and responses, plus the power-sampling extensions.
 
 Extensions travel in extra body fields so the official clients can send them (``extra_body=``): ``method`` picks
-the decoding method and ``power_sampling`` holds its parameters. Fields the server cannot honour exactly (stop
-sequences, top_p, n > 1, logprobs, echo) are refused with a 400 instead of being silently ignored: truncating or
-filtering a power sample would change the distribution it was drawn from.
+the decoding method and ``power_sampling`` holds its parameters. Every field is honoured (docs/server.md says what
+each does per method) or refused with a 400 naming it: top_p other than 1 and suffix are refused, since truncating
+or filtering a power sample would change the distribution it was drawn from.
 
 Fields are strictly typed (``"5"`` is not an integer, ``"yes"`` and ``1`` are not booleans; an integer is a valid
 float): a value the client did not mean to send is refused instead of reinterpreted.
