@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import LanguageModel, check_context_length
-from ..backends.constraints import StopStringConstraint
+from ..backends.base import LanguageModel, TokenConstraint, check_context_length
+from ..backends.constraints import JsonSchemaConstraint, StopStringConstraint
 from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
 from ..samplers import build_sampler, validate_params
@@ -51,6 +51,7 @@ class SamplingCall:
     prompt_ids: list[int]
     client_budget_s: float | None
     stop: StopStringConstraint | None = None
+    grammar: JsonSchemaConstraint | None = None  # response_format's JSON schema
     prompts: list[list[int]] = field(default_factory=list)  # every prompt of a batch; [prompt_ids] by default
     prompt_texts: list[str | None] = field(default_factory=list)  # as sent, for echo (None: token ids)
     n: int = 1
@@ -65,6 +66,13 @@ class SamplingCall:
             self.prompts = [self.prompt_ids]
         if not self.prompt_texts:
             self.prompt_texts = [None] * len(self.prompts)
+
+    @property
+    def constraint(self) -> TokenConstraint | None:
+        """What the sampler runs under: the grammar, ended early by a stop string when both are asked for."""
+        if self.stop is not None and self.grammar is not None:
+            return StopStringConstraint(self.stop.tokenizer, self.stop.stops, within=self.grammar)
+        return self.stop or self.grammar
 
     def run_seed(self, sample_index: int) -> int | None:
         """Sample j of every prompt: the request's seed for j = 0 (so n=1 and n>1 agree on the first choice), a
@@ -143,6 +151,7 @@ def resolve_call(
         prompt_ids,
         ps.deadline_s if ps is not None else None,
         stop_strings(body, model),
+        grammar=response_grammar(body, model),
         n=n,
         echo=echo,
         logprobs=requested_logprobs(body),
@@ -196,6 +205,29 @@ def requested_logprobs(body: _SamplingFields) -> int | None:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
         return (body.top_logprobs or 0) if body.logprobs else None
     return body.logprobs
+
+
+def response_grammar(body: _SamplingFields, model: LanguageModel) -> JsonSchemaConstraint | None:
+    """``response_format`` as a JSON-schema grammar (xgrammar, as the planner uses): every method samples under its
+    mask (see docs/server.md for the distribution each then draws from)."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        schema: dict[str, Any] = {"type": "object"}
+    else:
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise APIError(
+                400,
+                "response_format json_schema needs json_schema.schema",
+                param="response_format",
+                code="invalid_value",
+            )
+        schema = fmt.json_schema.schema_
+    try:
+        return JsonSchemaConstraint.for_model(model, schema)
+    except (PowerSamplingError, ValueError) as exc:
+        raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
 
 
 def stop_strings(body: _SamplingFields, model: LanguageModel) -> StopStringConstraint | None:
@@ -366,14 +398,14 @@ def _sample(model, model_name, call: SamplingCall, job: Job, prompt: list[int], 
         timer(event)
 
     job.check_cancelled()
-    result = sampler.sample(prompt, constraint=call.stop, progress=progress)
+    result = sampler.sample(prompt, constraint=call.constraint, progress=progress)
     return result, server_cut and result.metadata.get("stopped_by") == "deadline"
 
 
 def _finish_run(model: LanguageModel, call: SamplingCall, index: int, prompt: list[int], result) -> Run:
     tokens, text = ([], "") if result is None else returned(call, model, result)
     scored = None
-    if call.logprobs == 0 and not call.echo and result is not None and getattr(call.stop, "within", None) is None:
+    if call.logprobs == 0 and not call.echo and result is not None and call.grammar is None:
         # no mask was applied while decoding: the decode's own log p are the base model's, no second pass needed
         none = np.zeros((len(tokens), 0))
         scored = Scored(np.asarray(result.logprobs[: len(tokens)], dtype=np.float64), none.astype(np.int64), none)

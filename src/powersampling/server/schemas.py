@@ -71,6 +71,20 @@ class PowerSamplingParams(_Strict):
     )
 
 
+class JsonSchemaFormat(_Strict):
+    name: str = Field(..., min_length=1, max_length=64)
+    description: str | None = Field(None, max_length=2000)
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="a JSON Schema")
+    strict: bool | None = Field(None, description="always strict: the grammar admits nothing else")
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
 
@@ -96,6 +110,9 @@ class _SamplingFields(_Strict):
         "samples its target over completions that end there); the returned text excludes it",
     )
     user: str | None = Field(None, max_length=256)
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: every method samples under the schema's grammar"
+    )
     method: Annotated[str, Field(json_schema_extra=_method_enum)] | None = Field(
         None, max_length=64, description="decoding method (default: the server's)"
     )
