@@ -23,7 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 SCHEMA = {
     "type": "object",
-    "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]}, "n": {"type": "integer"}},
+    "properties": {
+        "ok": {"type": "boolean"},
+        "color": {"enum": ["red", "green", "blue"]},
+        "n": {"type": "integer", "minimum": 0, "maximum": 99},
+    },
     "required": ["ok", "color", "n"],
     "additionalProperties": False,
 }
@@ -64,15 +68,17 @@ def main() -> None:
             return out, time.perf_counter() - start
 
         for method in ("greedy", "low-temp", "power"):
-            valid = 0
+            valid = finished = 0
             for seed in range(args.requests):
                 out, _ = chat(seed, method, response_format=fmt, power_sampling=power if method == "power" else None)
+                finished += out["choices"][0]["finish_reason"] == "stop"
                 try:
                     jsonschema.validate(json.loads(out["choices"][0]["message"]["content"]), SCHEMA)
                     valid += 1
                 except (ValueError, jsonschema.ValidationError):
                     pass
-            print(f"{method}: {valid}/{args.requests} valid")
+            # a completion the length cap cut is a prefix of a valid one, not a violation of the grammar
+            print(f"{method}: {valid}/{args.requests} valid, {finished} finished before max_tokens")
         constrained, free = [], []
         for seed in range(5):
             out, seconds = chat(seed, "power", response_format=fmt, power_sampling=power)

@@ -287,3 +287,16 @@ def test_response_format_json_object_and_refusals(smol, live):
         },
     )
     assert no_tokenizer.status_code == 400 and no_tokenizer.json()["error"]["param"] == "response_format"
+
+
+def test_responses_match_the_published_response_models(smol):
+    from powersampling.server.schemas import ChatCompletionResponse, CompletionResponse
+
+    chat = _chat(smol, "Hi.", seed=0, method="sample", n=2, logprobs=True, top_logprobs=2)
+    ChatCompletionResponse.model_validate(chat)
+    body = {"model": "tiny-smol", "prompt": ["Hi", "Yo"], "echo": True, "logprobs": 1, "max_tokens": 2, "seed": 0}
+    CompletionResponse.model_validate(post(smol, "/v1/completions", body).json())
+    schema = httpx.get(smol.url + "/openapi.json").json()
+    content = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+    assert set(content) == {"application/json", "text/event-stream"}
+    assert "text/plain" in schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from .. import __version__
 from ..backends.base import LanguageModel
@@ -42,7 +42,14 @@ from .sampling import (
     run_metadata,
     usage,
 )
-from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, PlanRequest
+from .schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    PlanRequest,
+)
 from .scope import DEADLINE_GRACE_S, RequestScope, job_result, status_for
 from .settings import ServerSettings
 
@@ -60,6 +67,14 @@ _ERRORS = {
         (504, "deadline reached; 'partial' holds what was reached"),
     )
 }
+
+
+def _ok(model: type) -> dict[str, Any]:
+    return {
+        "model": model,
+        "description": "the completion; with stream: true, Server-Sent Events of chunks ending in data: [DONE]",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
 
 
 class ServerState:
@@ -105,7 +120,7 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": state.model_name, "queue": state.executor.stats()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text format"}})
     async def metrics() -> Response:
         body, content_type = exposition()
         return Response(body, media_type=content_type)
@@ -119,13 +134,13 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
             ],
         }
 
-    @app.post("/v1/completions", responses=_ERRORS)
+    @app.post("/v1/completions", responses={200: _ok(CompletionResponse), **_ERRORS})
     async def completions(body: CompletionRequest, request: Request):
         _check_model(state, body.model)
         prompts, texts = completion_prompts(body, state.model, settings)
         return await _serve_sampling(state, request, "completions", body, prompts, texts)
 
-    @app.post("/v1/chat/completions", responses=_ERRORS)
+    @app.post("/v1/chat/completions", responses={200: _ok(ChatCompletionResponse), **_ERRORS})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         _check_model(state, body.model)
         ids = chat_prompt_ids(body, state.model, settings)

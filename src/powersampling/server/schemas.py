@@ -248,3 +248,76 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorBody
     partial: dict[str, Any] | None = None
+
+
+# Response bodies, for the OpenAPI document (the handlers build plain dicts in these shapes).
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Usage(_Open):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(_Open):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(_Open):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: CompletionLogprobs | None = None
+
+
+class CompletionResponse(_Open):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    power_sampling: dict[str, Any] = Field(..., description="the run's measured metadata")
+
+
+class TopLogprob(_Open):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Open):
+    content: list[TokenLogprob]
+
+
+class AssistantMessage(_Open):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(_Open):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: ChatLogprobs | None = None
+
+
+class ChatCompletionResponse(_Open):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    power_sampling: dict[str, Any] = Field(..., description="the run's measured metadata")
