@@ -300,3 +300,29 @@ def test_responses_match_the_published_response_models(smol):
     content = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert set(content) == {"application/json", "text/event-stream"}
     assert "text/plain" in schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+def test_power_n_is_chains_of_one_run_as_batched_rows(live):
+    """n > 1 under power sampling: n chains of one run (batched rows), choice i the final state of chain i, each
+    ending by its own rule; the library's run with n_chains = n and the same seed gives the same states."""
+    stops = ["5 1"]
+    out = client(live).completions.create(
+        model="toy-openai",
+        prompt=[1, 2, 3],
+        max_tokens=8,
+        n=3,
+        seed=5,
+        stop=stops,
+        extra_body={"method": "power", "power_sampling": {"n_mcmc": 2, "block_size": 4}},
+    )
+    constraint = StopStringConstraint(live.model.tokenizer, stops)
+    local = build_sampler("power", toy_lm("x"), max_new_tokens=8, seed=5, n_chains=3, n_mcmc=2, block_size=4).sample(
+        [1, 2, 3], constraint=constraint
+    )
+    assert [c.text for c in out.choices] == [constraint.truncate(s.text)[0] for s in local.samples]
+    assert out.usage.completion_tokens == sum(len(s.token_ids) for s in local.samples)
+    per_choice = out.model_extra["power_sampling"]["choices"]
+    assert all(c["n_chains"] == 3 for c in per_choice)
+    for choice, sample in zip(out.choices, local.samples):
+        ended = sample.token_ids[-1] == 0 or constraint.start(sample.token_ids).is_finished()
+        assert choice.finish_reason == ("stop" if ended else "length")

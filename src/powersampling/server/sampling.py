@@ -363,10 +363,21 @@ def run_call(
     job: Job,
     forward: Callable[[ProgressEvent], None] | None = None,
 ) -> tuple[list[Run], bool]:
-    """Runs in a worker thread: every prompt's n samples, one after another. Returns the runs and whether the
-    server's deadline (not the client's own budget) cut one short."""
+    """Runs in a worker thread: every prompt's n samples. Returns the runs and whether the server's deadline (not
+    the client's own budget) cut one short.
+
+    Power sampling's n samples are n chains of one run, decoded as batched rows (choice i is chain i's final
+    state), unless the request already asks for chains or a selection among them; other methods run n times, one
+    after another."""
     runs, server_cut = [], False
+    batched = call.generate and call.n > 1 and call.method == "power"
+    batched = batched and "n_chains" not in call.params and call.params.get("select") in (None, "default")
     for index, prompt in enumerate(call.prompts):
+        if batched:
+            result, cut = _sample(model, model_name, call, job, prompt, call.run_seed(0), forward, n_chains=call.n)
+            server_cut = server_cut or cut
+            runs.extend(_finish_run(model, call, index, prompt, one) for one in chain_results(model, call, result))
+            continue
         for j in range(call.n if call.generate else 1):
             result = None
             if call.generate:
@@ -376,12 +387,38 @@ def run_call(
     return runs, server_cut
 
 
-def _sample(model, model_name, call: SamplingCall, job: Job, prompt: list[int], seed: int | None, forward):
+def chain_results(model: LanguageModel, call: SamplingCall, result: SampleResult) -> list[SampleResult]:
+    """One result per chain of a power run: the chain's final state with the run's metadata (its own length and
+    ending); per-token log p are not kept per chain, so log-probabilities are scored again."""
+    out = []
+    constraint = call.constraint
+    for completion in result.samples:
+        tokens = list(completion.token_ids)
+        stopped = bool(tokens) and (
+            tokens[-1] in model.stop_token_ids or (constraint is not None and constraint.start(tokens).is_finished())
+        )
+        metadata = dict(result.metadata, final_tokens=len(tokens), complete=completion.complete)
+        if metadata.get("stopped_by") != "deadline":
+            metadata["stopped_by"] = "eos" if stopped else "length"
+        out.append(SampleResult(tokens, completion.text, np.zeros(0), result.method, metadata, [completion]))
+    return out
+
+
+def _sample(
+    model,
+    model_name,
+    call: SamplingCall,
+    job: Job,
+    prompt: list[int],
+    seed: int | None,
+    forward,
+    **extra: Any,
+):
     remaining = job.remaining_s()
     budget = call.client_budget_s
     deadline_s = min(remaining, budget) if budget is not None else remaining
     server_cut = budget is None or remaining < budget
-    params = dict(call.params)
+    params = {**call.params, **extra}
     if seed is not None:
         params["seed"] = seed
         # A seeded run starts from empty caches: a prefix cached by an earlier request was computed in another batch
@@ -405,7 +442,8 @@ def _sample(model, model_name, call: SamplingCall, job: Job, prompt: list[int], 
 def _finish_run(model: LanguageModel, call: SamplingCall, index: int, prompt: list[int], result) -> Run:
     tokens, text = ([], "") if result is None else returned(call, model, result)
     scored = None
-    if call.logprobs == 0 and not call.echo and result is not None and call.grammar is None:
+    decoded_logp = result is not None and len(result.logprobs) >= len(tokens)
+    if call.logprobs == 0 and not call.echo and decoded_logp and call.grammar is None:
         # no mask was applied while decoding: the decode's own log p are the base model's, no second pass needed
         none = np.zeros((len(tokens), 0))
         scored = Scored(np.asarray(result.logprobs[: len(tokens)], dtype=np.float64), none.astype(np.int64), none)
