@@ -162,8 +162,9 @@ def test_streaming_completion(live):
         ({"extra_body": {"power_sampling": {"alpah": 2}}}, "power_sampling.alpah"),
         ({"max_tokens": 100_000}, "max_tokens"),
         ({"top_p": 0.5}, "top_p"),
-        ({"n": 2}, "n"),
-        ({"stop": ["\n"]}, "stop"),
+        ({"n": 0}, "n"),
+        ({"stop": ["1", "2", "3", "4", "5"]}, "stop"),
+        ({"stop": [""]}, "stop"),
         ({"temperature": 5}, "temperature"),
     ],
 )

@@ -1,8 +1,8 @@
 """Token constraints: JSON-schema grammars (xgrammar) and stop strings.
 
-``StopStringConstraint`` masks nothing (its state allows every token, ``None``) and only declares a completion
-finished once its text contains a stop string: the sampled distribution stays the model's own, and power sampling
-targets p^alpha over completions that end at the first stop string.
+``StopStringConstraint`` masks nothing of its own (its state allows every token, ``None``, unless it wraps a grammar)
+and only declares a completion finished once its text contains a stop string: the sampled distribution stays the
+model's own, and power sampling targets p^alpha over completions that end at the first stop string.
 
 ``JsonSchemaConstraint``: JSON-schema constrained decoding with xgrammar.
 
@@ -154,38 +154,68 @@ class GrammarState:
 
 
 class StopStringConstraint:
-    """Finishes a completion when its decoded text contains a stop string; allows every token."""
+    """Finishes a completion at the first token after which its decoded text contains a stop string, the way a
+    stop token does; masks nothing of its own.
 
-    def __init__(self, tokenizer, stops: Sequence[str]) -> None:
+    ``within`` is an optional constraint the completion must also follow (a JSON-schema grammar): its mask is
+    used, and the completion finishes when either one finishes.
+
+    Which completions count as finished is a function of the token prefix alone (the decoded text of its last
+    ``window`` tokens), checked after every token, so a sampler that restarts from any cut (``start(generated)``)
+    sees the same rule as one that decoded straight through: the target of power sampling is p^alpha over
+    completions that end at the first stop string (or a stop token, or the length cap), and the exactness
+    enumerator can apply the same rule.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str], *, within=None) -> None:
+        stops = tuple(stops)
         if not stops:
             raise ValueError("StopStringConstraint needs at least one stop string")
+        if not all(isinstance(s, str) and s for s in stops):
+            raise ValueError("stop strings must be non-empty strings")
+        if tokenizer is None:
+            raise CapabilityError("stop strings need the model's tokenizer (to read the text of the tokens)")
         self.tokenizer = tokenizer
-        self.stops = tuple(stops)
-        # a stop string spans at most one token per character; a few more cover partial byte tokens at the edge
-        self.window = max(len(s) for s in self.stops) + 4
+        self.stops = stops
+        self.within = within
+        # a stop string spans at most one token per UTF-8 byte; a few more tokens before it keep the decoded window
+        # from starting inside it (partial characters, a tokenizer's dropped leading space)
+        self.window = max(len(s.encode("utf-8")) for s in stops) + 4
 
     def start(self, generated: Sequence[int]) -> StopStringState:
         return StopStringState(self, list(generated))
+
+    def find(self, text: str) -> int | None:
+        """Where the first stop string in ``text`` begins, or None."""
+        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        return min(found) if found else None
+
+    def truncate(self, text: str) -> tuple[str, bool]:
+        """``text`` up to (not including) its first stop string, and whether it had one (OpenAI's ``stop``)."""
+        at = self.find(text)
+        return (text, False) if at is None else (text[:at], True)
 
 
 class StopStringState:
     def __init__(self, owner: StopStringConstraint, tokens: list[int]) -> None:
         self.owner = owner
         self.tokens = tokens
-        self.finished = self._tail_has_stop()
+        self.inner = owner.within.start(tokens) if owner.within is not None else None
+        self.hit_stop = self._tail_has_stop()
 
-    def allowed_tokens(self) -> None:
-        return None  # every token: the protocol's "no mask"
+    def allowed_tokens(self) -> np.ndarray | None:
+        return self.inner.allowed_tokens() if self.inner is not None else None
 
     def advance(self, token_id: int) -> None:
         self.tokens.append(int(token_id))
-        self.finished = self.finished or self._tail_has_stop()
+        if self.inner is not None:
+            self.inner.advance(token_id)
+        self.hit_stop = self.hit_stop or self._tail_has_stop()
 
     def is_finished(self) -> bool:
-        return self.finished
+        return self.hit_stop or (self.inner is not None and self.inner.is_finished())
 
     def _tail_has_stop(self) -> bool:
         if not self.tokens:
             return False
-        tail = self.owner.tokenizer.decode(self.tokens[-self.owner.window :])
-        return any(stop in tail for stop in self.owner.stops)
+        return self.owner.find(self.owner.tokenizer.decode(self.tokens[-self.owner.window :])) is not None

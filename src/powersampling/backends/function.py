@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .base import Continuation, ContinuationRequest
-from .decoding import Row, decode, next_token_logprobs
+from .decoding import Row, decode, log_softmax, next_token_logprobs
 
 
 class _IdTokenizer:
@@ -73,6 +73,18 @@ class FunctionLM:
 
     def next_token_logprobs(self, requests: Sequence[ContinuationRequest]) -> np.ndarray:
         return next_token_logprobs(_FunctionStepper(self), requests, self.stop_token_ids)
+
+    def score_tokens(self, ids: Sequence[int], start: int, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """log p(ids[i] | ids[:i]) for i in [start, len(ids)), and the ``top`` most likely tokens there."""
+        ids = [int(t) for t in ids]
+        if start >= len(ids):
+            return np.zeros(0), np.zeros((0, top), dtype=np.int64), np.zeros((0, top))
+        rows = log_softmax(
+            np.stack([self.logits(ids[:i]) for i in range(start, len(ids))]).reshape(-1, self.vocab_size)
+        )
+        chosen = rows[np.arange(len(rows)), ids[start:]] if len(rows) else np.zeros(0)
+        order = np.argsort(-rows, axis=-1, kind="stable")[:, :top]
+        return chosen, order, np.take_along_axis(rows, order, axis=-1)
 
 
 class _FunctionStepper:

@@ -158,6 +158,18 @@ class TransformersLM:
     def next_token_logprobs(self, requests: Sequence[ContinuationRequest]) -> np.ndarray:
         return next_token_logprobs(_CachedBatch(self), requests, self.stop_token_ids)
 
+    @torch.inference_mode()
+    def score_tokens(self, ids: Sequence[int], start: int, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """log p(ids[i] | ids[:i]) at temperature 1 for i in [start, len(ids)), and the ``top`` most likely tokens
+        and their log p at each of those positions: one forward pass over ``ids``, outside the prefix cache."""
+        x = torch.tensor([[int(t) for t in ids]], device=self.device)
+        logits = self.hf_model(input_ids=x, use_cache=False).logits[0, start - 1 : -1]
+        self.forward_passes += 1
+        logp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+        chosen = logp.gather(-1, x[0, start:, None]).squeeze(-1)
+        top_logp, top_ids = logp.topk(top, dim=-1) if top else (logp[:, :0], logp[:, :0].long())
+        return chosen.cpu().numpy(), top_ids.cpu().numpy(), top_logp.cpu().numpy()
+
     def clear_cache(self) -> None:
         self._pool.clear()
         self._held = None

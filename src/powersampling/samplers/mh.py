@@ -524,7 +524,7 @@ class _Run:
         else:
             chosen, selected_by = states[0], "chain_0"
         tokens = list(chosen.tokens)
-        last_stopped = bool(tokens) and tokens[-1] in self.model.stop_token_ids
+        last_stopped = chosen.stopped  # a stop token, or a constraint (a stop string) that finished it
         mh = [s for s in self.steps if not s.identity]
         proposed, accepted = len(mh), sum(s.accepted for s in mh)
         metadata = common_metadata(

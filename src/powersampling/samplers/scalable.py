@@ -202,12 +202,11 @@ class ScalablePowerSampler(Sampler):
         return log_weights
 
     def _result(self, tokens, logps, stopped: bool, seed: int, tally: _Tally, deadline, constraint) -> SampleResult:
-        cfg, model = self.config, self.model
+        cfg = self.config
         text = self._decode(tokens)
         tracker = EvaluatorTracker(self.evaluator)
         complete = stopped or len(tokens) >= cfg.max_new_tokens
         score = tracker.score(tuple(tokens), text) if complete else None
-        ended_by_stop = bool(tokens) and tokens[-1] in model.stop_token_ids
         metadata = common_metadata(
             "scalable-power",
             cfg,
@@ -216,7 +215,7 @@ class ScalablePowerSampler(Sampler):
             final_tokens=len(tokens),
             backend_calls=tally.calls,
             latency_ms=deadline.elapsed_ms(),
-            stopped_by="deadline" if tally.hit_deadline else ("eos" if ended_by_stop else "length"),
+            stopped_by="deadline" if tally.hit_deadline else ("eos" if stopped else "length"),
             complete=complete and not tally.hit_deadline,
             selected_by="only",
             quality_score=score,

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from .. import __version__
 from ..backends.base import LanguageModel
@@ -34,7 +34,7 @@ from .sampling import (
     chat_prompt_ids,
     chunk,
     completion_body,
-    completion_prompt_ids,
+    completion_prompts,
     final_choice,
     progress_payload,
     resolve_call,
@@ -42,7 +42,14 @@ from .sampling import (
     run_metadata,
     usage,
 )
-from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, PlanRequest
+from .schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    PlanRequest,
+)
 from .scope import DEADLINE_GRACE_S, RequestScope, job_result, status_for
 from .settings import ServerSettings
 
@@ -60,6 +67,14 @@ _ERRORS = {
         (504, "deadline reached; 'partial' holds what was reached"),
     )
 }
+
+
+def _ok(model: type) -> dict[str, Any]:
+    return {
+        "model": model,
+        "description": "the completion; with stream: true, Server-Sent Events of chunks ending in data: [DONE]",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
 
 
 class ServerState:
@@ -97,6 +112,7 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         app, model_name=state.model_name, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes
     )
 
+    _truthful_openapi(app, state.model_name)
     if settings.docs:
         install_docs(app)
 
@@ -104,7 +120,7 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": state.model_name, "queue": state.executor.stats()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text format"}})
     async def metrics() -> Response:
         body, content_type = exposition()
         return Response(body, media_type=content_type)
@@ -118,17 +134,17 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
             ],
         }
 
-    @app.post("/v1/completions", responses=_ERRORS)
+    @app.post("/v1/completions", responses={200: _ok(CompletionResponse), **_ERRORS})
     async def completions(body: CompletionRequest, request: Request):
         _check_model(state, body.model)
-        ids = completion_prompt_ids(body, state.model, settings)
-        return await _serve_sampling(state, request, "completions", body, ids)
+        prompts, texts = completion_prompts(body, state.model, settings)
+        return await _serve_sampling(state, request, "completions", body, prompts, texts)
 
-    @app.post("/v1/chat/completions", responses=_ERRORS)
+    @app.post("/v1/chat/completions", responses={200: _ok(ChatCompletionResponse), **_ERRORS})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         _check_model(state, body.model)
         ids = chat_prompt_ids(body, state.model, settings)
-        return await _serve_sampling(state, request, "chat", body, ids)
+        return await _serve_sampling(state, request, "chat", body, [ids], [None])
 
     @app.post("/v1/plan", responses={**_ERRORS, 422: {"model": ErrorResponse, "description": "no plan produced"}})
     async def plan(body: PlanRequest, request: Request):
@@ -137,6 +153,39 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         return await _serve_plan(state, request, body)
 
     return app
+
+
+def _truthful_openapi(app: FastAPI, model_name: str) -> None:
+    """The published schema as the server checks requests: integer bounds as integers (pydantic writes 2**63 as a
+    float), and ``model`` as the one served id."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            _walk(schema, model_name)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _walk(node: Any, model_name: str) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                if isinstance(node.get(key), float) and node[key].is_integer():
+                    node[key] = int(node[key])
+        properties = node.get("properties")
+        if isinstance(properties, dict) and ("messages" in properties or "prompt" in properties):
+            model = properties.get("model")
+            if isinstance(model, dict) and model.get("type") == "string":
+                model["enum"] = [model_name]
+        for value in node.values():
+            _walk(value, model_name)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, model_name)
 
 
 def _check_model(state: ServerState, name: str) -> None:
@@ -149,9 +198,21 @@ def _check_model(state: ServerState, name: str) -> None:
         )
 
 
-async def _serve_sampling(state: ServerState, request: Request, kind: str, body: Any, ids: list[int]):
+async def _serve_sampling(
+    state: ServerState, request: Request, kind: str, body: Any, prompts: list[list[int]], texts: list[str | None]
+):
     scope = RequestScope(state, request, kind, "chat" if kind == "chat" else "text_completion")
+    ids = max(prompts, key=len)  # the longest is checked against the context
     call = resolve_call(body, ids, state.settings, state.model)
+    call.prompt_ids, call.prompts, call.prompt_texts = prompts[0], prompts, texts
+    if body.stream and (len(prompts) > 1 or call.n > 1 or call.echo or call.logprobs is not None):
+        param = "n" if call.n > 1 else "prompt" if len(prompts) > 1 else "echo" if call.echo else "logprobs"
+        raise APIError(
+            400,
+            f"stream is for one choice without echo or logprobs; drop stream or {param}",
+            param=param,
+            code="invalid_value",
+        )
     scope.begin(call.method, route_of(call.method), call=call, model=body.model)
     if state.settings.log_prompts:
         log.info(
@@ -166,10 +227,18 @@ async def _serve_sampling(state: ServerState, request: Request, kind: str, body:
         )
     with scope.recording():
         scope.submit(lambda job: run_call(state.model, state.model_name, call, job))
-        result, server_cut = await scope.wait()
-        scope.result = result
-        record_sample(result, state.model_name, kind, prompt_tokens=len(ids), count_request=False)
-        payload = completion_body(kind, state.model_name, call, result, scope.job)
+        runs, server_cut = await scope.wait()
+        scope.result = runs[0].result
+        for run in runs:
+            if run.result is not None:
+                record_sample(
+                    run.result,
+                    state.model_name,
+                    kind,
+                    prompt_tokens=len(call.prompts[run.prompt_index]),
+                    count_request=False,
+                )
+        payload = completion_body(kind, state.model, state.model_name, call, runs, scope.job)
         if server_cut:
             raise scope.deadline_error(payload)
         return JSONResponse(payload)
@@ -252,14 +321,14 @@ async def _stream(
                 raise APIError(504, "the request overran its deadline", code="deadline_exceeded")
         while not events.empty():  # the last events arrive together with the result
             yield _sse(chunk(kind, name, call, [], power_sampling=events.get_nowait()))
-        result, server_cut = job_result(future)
-        scope.result = result
+        runs, server_cut = job_result(future)
+        result = scope.result = runs[0].result
         record_sample(result, name, kind, prompt_tokens=len(call.prompt_ids), count_request=False)
         if server_cut:
-            raise scope.deadline_error(completion_body(kind, name, call, result, job))
-        yield _sse(chunk(kind, name, call, [final_choice(kind, result)], power_sampling=run_metadata(result, job)))
+            raise scope.deadline_error(completion_body(kind, scope.state.model, name, call, runs, job))
+        yield _sse(chunk(kind, name, call, [final_choice(kind, runs[0])], power_sampling=run_metadata(result, job)))
         if include_usage:
-            yield _sse(chunk(kind, name, call, [], usage=usage(call, result)))
+            yield _sse(chunk(kind, name, call, [], usage=usage(call, runs)))
         yield _sse("[DONE]")
         status = "ok"
     except APIError as exc:

@@ -62,12 +62,21 @@ def error_object(status: int, message: str, *, param: str | None = None, code: s
     }
 
 
+_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
+def _union_tag(part: Any) -> bool:
+    """Pydantic names the member of a union it tried (``str``, ``list[int]``, ``constrained-str``) in an error's
+    location; the client's parameter is the field, not the member."""
+    return isinstance(part, str) and (part in _SCALAR_TAGS or "[" in part or "-" in part)
+
+
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     """One readable line and the offending parameter for pydantic/FastAPI validation errors."""
     if not errors:
         return "invalid request", None
     err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _union_tag(p)]
     param = ".".join(loc) or None
     kind = err.get("type", "")
     if kind == "extra_forbidden":

@@ -13,13 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import LanguageModel, check_context_length
+from ..backends.base import LanguageModel, TokenConstraint, check_context_length
+from ..backends.constraints import JsonSchemaConstraint, StopStringConstraint
 from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
 from ..samplers import build_sampler, validate_params
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError
 from .executor import Job
+from .logprobs import Scored, chat_logprobs, completion_logprobs, score, top_dict
 from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from .scope import check_limits
 from .settings import ServerSettings
@@ -52,8 +54,37 @@ class SamplingCall:
     params: dict[str, Any]
     prompt_ids: list[int]
     client_budget_s: float | None
+    stop: StopStringConstraint | None = None
+    grammar: JsonSchemaConstraint | None = None  # response_format's JSON schema
+    prompts: list[list[int]] = field(default_factory=list)  # every prompt of a batch; [prompt_ids] by default
+    prompt_texts: list[str | None] = field(default_factory=list)  # as sent, for echo (None: token ids)
+    n: int = 1
+    echo: bool = False
+    logprobs: int | None = None  # None: no log-probabilities; k: each token's log p and the k most likely
+    generate: bool = True  # False for max_tokens 0 (echo scoring only)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            self.prompts = [self.prompt_ids]
+        if not self.prompt_texts:
+            self.prompt_texts = [None] * len(self.prompts)
+
+    @property
+    def constraint(self) -> TokenConstraint | None:
+        """What the sampler runs under: the grammar, ended early by a stop string when both are asked for."""
+        if self.stop is not None and self.grammar is not None:
+            return StopStringConstraint(self.stop.tokenizer, self.stop.stops, within=self.grammar)
+        return self.stop or self.grammar
+
+    def run_seed(self, sample_index: int) -> int | None:
+        """Sample j of every prompt: the request's seed for j = 0 (so n=1 and n>1 agree on the first choice), a
+        seed derived from it for the others."""
+        seed = self.params.get("seed")
+        if seed is None or sample_index == 0:
+            return seed
+        return int(np.random.SeedSequence([int(seed), sample_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def resolve_call(
@@ -65,7 +96,17 @@ def resolve_call(
         raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
     method = body.method if body.method is not None else settings.default_method
     ps = body.power_sampling
-    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or settings.default_max_tokens
+    max_tokens = getattr(body, "max_completion_tokens", None)
+    if max_tokens is None:
+        max_tokens = body.max_tokens if body.max_tokens is not None else settings.default_max_tokens
+    echo = bool(getattr(body, "echo", False))
+    if max_tokens == 0 and not echo:
+        raise APIError(
+            400, "max_tokens 0 needs echo: true (scoring the prompt)", param="max_tokens", code="invalid_value"
+        )
+    n = body.n or 1
+    if n > settings.max_chains:
+        raise APIError(400, f"n is at most {settings.max_chains} on this server", param="n", code="invalid_value")
     check_limits(ps, settings, max_tokens=max_tokens)
     param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     try:
@@ -74,12 +115,11 @@ def resolve_call(
         raise APIError(
             400, f"{exc}; shorten the {param} or lower max_tokens", param=param, code="context_length_exceeded"
         ) from None
-    params: dict[str, Any] = {"max_new_tokens": max_tokens}
+    params: dict[str, Any] = {"max_new_tokens": max(max_tokens, 1)}
     seed = ps.seed if ps is not None and ps.seed is not None else body.seed
     if seed is not None:
         params["seed"] = seed
-    if method in ("sample", "best-of-n") and body.temperature is not None:
-        params["temperature"] = body.temperature
+    method = apply_temperature(body, method, params)
     if ps is not None:
         given = ps.model_dump(exclude_none=True)
         for name in _SAME_NAME:
@@ -109,7 +149,102 @@ def resolve_call(
         validate_params(method, strict=True, **params)
     except (PowerSamplingError, ValueError) as exc:
         raise APIError(400, str(exc), param="power_sampling", code="invalid_value") from None
-    return SamplingCall(method, params, prompt_ids, ps.deadline_s if ps is not None else None)
+    return SamplingCall(
+        method,
+        params,
+        prompt_ids,
+        ps.deadline_s if ps is not None else None,
+        stop_strings(body, model),
+        grammar=response_grammar(body, model),
+        n=n,
+        echo=echo,
+        logprobs=requested_logprobs(body),
+        generate=max_tokens > 0,
+    )
+
+
+_PROPOSAL_METHODS = ("power", "smc", "scalable-power")
+
+
+def apply_temperature(body: _SamplingFields, method: str, params: dict[str, Any]) -> str:
+    """What ``temperature`` means for each method, or a 400 naming it where it has no meaning; returns the method.
+
+    * no ``method`` and temperature 0: greedy (what lm-eval and most frameworks mean by it);
+    * sample and best-of-n: the sampling temperature;
+    * power, smc, scalable-power: the proposal temperature (the target stays p^alpha: any proposal gives the exact
+      ratio); 0 has no meaning there;
+    * greedy: only 0; low-temp: none (its temperature is 1/alpha).
+    """
+    temperature = body.temperature
+    if temperature is None:
+        return method
+    if body.method is None and temperature == 0:
+        return "greedy"
+    if method in ("sample", "best-of-n"):
+        params["temperature"] = temperature
+        return method
+    problem = None
+    if method == "greedy":
+        problem = None if temperature == 0 else "method greedy takes no temperature other than 0"
+    elif method in _PROPOSAL_METHODS:
+        given = body.power_sampling.proposal_temperature if body.power_sampling is not None else None
+        if temperature == 0:
+            problem = f"temperature is {method}'s proposal temperature, which must be > 0 (use method greedy)"
+        elif given is not None and given != temperature:
+            problem = "temperature and power_sampling.proposal_temperature disagree; send one"
+        else:
+            params["proposal_temperature"] = temperature
+    else:
+        problem = f"method {method!r} has no temperature (low-temp samples at 1/alpha: set power_sampling.alpha)"
+    if problem:
+        raise APIError(400, problem, param="temperature", code="invalid_value")
+    return method
+
+
+def requested_logprobs(body: _SamplingFields) -> int | None:
+    """How many alternatives per token the client wants, or None for no log-probabilities (chat: ``logprobs``
+    true and ``top_logprobs``; completions: the integer ``logprobs``)."""
+    if isinstance(body, ChatCompletionRequest):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+        return (body.top_logprobs or 0) if body.logprobs else None
+    return body.logprobs
+
+
+def response_grammar(body: _SamplingFields, model: LanguageModel) -> JsonSchemaConstraint | None:
+    """``response_format`` as a JSON-schema grammar (xgrammar, as the planner uses): every method samples under its
+    mask (see docs/server.md for the distribution each then draws from)."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        schema: dict[str, Any] = {"type": "object"}
+    else:
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise APIError(
+                400,
+                "response_format json_schema needs json_schema.schema",
+                param="response_format",
+                code="invalid_value",
+            )
+        schema = fmt.json_schema.schema_
+    try:
+        return JsonSchemaConstraint.for_model(model, schema)
+    except (PowerSamplingError, ValueError) as exc:
+        raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
+
+
+def stop_strings(body: _SamplingFields, model: LanguageModel) -> StopStringConstraint | None:
+    """The request's ``stop`` as a constraint every method honours: a completion ends at the first stop string,
+    as at a stop token, so the target is p^alpha over completions ending there."""
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if not stops:
+        return None
+    if model.tokenizer is None:
+        raise APIError(
+            400, f"model {model.name!r} has no tokenizer to read stop strings with", param="stop", code="unsupported"
+        )
+    return StopStringConstraint(model.tokenizer, stops)
 
 
 def regex_extractor(pattern: str) -> Callable[[str], str | None]:
@@ -134,10 +269,36 @@ def regex_extractor(pattern: str) -> Callable[[str], str | None]:
     return extract
 
 
-def completion_prompt_ids(body: CompletionRequest, model: LanguageModel, settings: ServerSettings) -> list[int]:
+MAX_BATCH_PROMPTS = 64
+
+
+def completion_prompts(
+    body: CompletionRequest, model: LanguageModel, settings: ServerSettings
+) -> tuple[list[list[int]], list[str | None]]:
+    """The prompts of a completions request (a string, token ids, or a batch of either) as token ids, and their
+    texts as sent (None for token ids)."""
     prompt = body.prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-        bad = [t for t in prompt if not 0 <= t < model.vocab_size]
+    if isinstance(prompt, str) or (prompt and all(isinstance(p, int) for p in prompt)):
+        batch = [prompt]
+    else:
+        batch = list(prompt)
+    if not batch:
+        raise APIError(400, "the prompt is empty", param="prompt", code="invalid_value")
+    if len(batch) > MAX_BATCH_PROMPTS:
+        raise APIError(400, f"at most {MAX_BATCH_PROMPTS} prompts in one request", param="prompt", code="invalid_value")
+    ids, texts = [], []
+    for one in batch:
+        if isinstance(one, str):
+            if not one.strip():
+                raise APIError(400, "the prompt is empty", param="prompt", code="invalid_value")
+            ids.append(
+                _check_length(_encode(model, lambda tok, text=one: tok.encode(text), "prompt"), settings, "prompt")
+            )
+            texts.append(one)
+            continue
+        if not one:
+            raise APIError(400, "the prompt is empty", param="prompt", code="invalid_value")
+        bad = [t for t in one if not 0 <= t < model.vocab_size]
         if bad:
             raise APIError(
                 400,
@@ -145,21 +306,9 @@ def completion_prompt_ids(body: CompletionRequest, model: LanguageModel, setting
                 param="prompt",
                 code="invalid_value",
             )
-        ids = list(prompt)
-    else:
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise APIError(
-                    400,
-                    "batched prompts are not supported: send one prompt per request",
-                    param="prompt",
-                    code="invalid_value",
-                )
-            prompt = prompt[0]
-        if not prompt.strip():
-            raise APIError(400, "the prompt is empty", param="prompt", code="invalid_value")
-        ids = _encode(model, lambda tok: tok.encode(prompt), "prompt")
-    return _check_length(ids, settings, "prompt")
+        ids.append(_check_length(list(one), settings, "prompt"))
+        texts.append(None)
+    return ids, texts
 
 
 def chat_prompt_ids(body: ChatCompletionRequest, model: LanguageModel, settings: ServerSettings) -> list[int]:
@@ -198,20 +347,91 @@ def _check_length(ids: list[int], settings: ServerSettings, param: str) -> list[
     return ids
 
 
+@dataclass
+class Run:
+    """One choice: which prompt it continues, the sampler's result (None when nothing was generated: max_tokens
+    0), the returned tokens (the stop token and the tokens past the text's end left out) and, when asked for, their
+    scores (the echoed prompt's first)."""
+
+    prompt_index: int
+    result: SampleResult | None
+    tokens: list[int]
+    text: str
+    scored: Scored | None = None
+
+
 def run_call(
     model: LanguageModel,
     model_name: str,
     call: SamplingCall,
     job: Job,
     forward: Callable[[ProgressEvent], None] | None = None,
-) -> tuple[SampleResult, bool]:
-    """Runs in a worker thread. Returns the result and whether the server's deadline (not the client's own
-    budget) cut it short."""
+) -> tuple[list[Run], bool]:
+    """Runs in a worker thread: every prompt's n samples. Returns the runs and whether the server's deadline (not
+    the client's own budget) cut one short.
+
+    Power sampling's n samples are n chains of one run, decoded as batched rows (choice i is chain i's final
+    state), unless the request already asks for chains or a selection among them; other methods run n times, one
+    after another."""
+    runs, server_cut = [], False
+    batched = call.generate and call.n > 1 and call.method == "power"
+    batched = batched and "n_chains" not in call.params and call.params.get("select") in (None, "default")
+    for index, prompt in enumerate(call.prompts):
+        if batched:
+            result, cut = _sample(model, model_name, call, job, prompt, call.run_seed(0), forward, n_chains=call.n)
+            server_cut = server_cut or cut
+            runs.extend(_finish_run(model, call, index, prompt, one) for one in chain_results(model, call, result))
+            continue
+        for j in range(call.n if call.generate else 1):
+            result = None
+            if call.generate:
+                result, cut = _sample(model, model_name, call, job, prompt, call.run_seed(j), forward)
+                server_cut = server_cut or cut
+            runs.append(_finish_run(model, call, index, prompt, result))
+    return runs, server_cut
+
+
+def chain_results(model: LanguageModel, call: SamplingCall, result: SampleResult) -> list[SampleResult]:
+    """One result per chain of a power run: the chain's final state with the run's metadata (its own length and
+    ending); per-token log p are not kept per chain, so log-probabilities are scored again."""
+    out = []
+    constraint = call.constraint
+    for completion in result.samples:
+        tokens = list(completion.token_ids)
+        stopped = bool(tokens) and (
+            tokens[-1] in model.stop_token_ids or (constraint is not None and constraint.start(tokens).is_finished())
+        )
+        metadata = dict(result.metadata, final_tokens=len(tokens), complete=completion.complete)
+        if metadata.get("stopped_by") != "deadline":
+            metadata["stopped_by"] = "eos" if stopped else "length"
+        out.append(SampleResult(tokens, completion.text, np.zeros(0), result.method, metadata, [completion]))
+    return out
+
+
+def _sample(
+    model,
+    model_name,
+    call: SamplingCall,
+    job: Job,
+    prompt: list[int],
+    seed: int | None,
+    forward,
+    **extra: Any,
+):
     remaining = job.remaining_s()
     budget = call.client_budget_s
     deadline_s = min(remaining, budget) if budget is not None else remaining
     server_cut = budget is None or remaining < budget
-    sampler = build_sampler(call.method, model, strict=True, **call.params, deadline_s=max(deadline_s, 1e-3))
+    params = {**call.params, **extra}
+    if seed is not None:
+        params["seed"] = seed
+        # A seeded run starts from empty caches: a prefix cached by an earlier request was computed in another batch
+        # layout (other rows, other padding), whose logits differ in the last bits, and one flipped draw changes
+        # the whole text. From empty caches the run is a function of the request and the seed alone.
+        reset = getattr(model, "clear_cache", None)
+        if reset is not None:
+            reset()
+    sampler = build_sampler(call.method, model, strict=True, **params, deadline_s=max(deadline_s, 1e-3))
     timer = StepTimer(model_name, call.method, forward)
 
     def progress(event: ProgressEvent) -> None:
@@ -219,48 +439,99 @@ def run_call(
         timer(event)
 
     job.check_cancelled()
-    result = sampler.sample(call.prompt_ids, progress=progress)
+    result = sampler.sample(prompt, constraint=call.constraint, progress=progress)
     return result, server_cut and result.metadata.get("stopped_by") == "deadline"
 
 
-def finish_reason(result: SampleResult) -> str:
-    return "stop" if result.metadata.get("stopped_by") == "eos" else "length"
+def _finish_run(model: LanguageModel, call: SamplingCall, index: int, prompt: list[int], result) -> Run:
+    tokens, text = ([], "") if result is None else returned(call, model, result)
+    scored = None
+    decoded_logp = result is not None and len(result.logprobs) >= len(tokens)
+    if call.logprobs == 0 and not call.echo and decoded_logp and call.grammar is None:
+        # no mask was applied while decoding: the decode's own log p are the base model's, no second pass needed
+        none = np.zeros((len(tokens), 0))
+        scored = Scored(np.asarray(result.logprobs[: len(tokens)], dtype=np.float64), none.astype(np.int64), none)
+    elif call.logprobs is not None:
+        start = 1 if call.echo else len(prompt)
+        scored = score(model, prompt + tokens, start, call.logprobs)
+    return Run(index, result, tokens, text, scored)
 
 
-def usage(call: SamplingCall, result: SampleResult) -> dict[str, int]:
-    completion = len(result.token_ids)
-    return {
-        "prompt_tokens": len(call.prompt_ids),
-        "completion_tokens": completion,
-        "total_tokens": len(call.prompt_ids) + completion,
-    }
+def returned(call: SamplingCall, model: LanguageModel, result: SampleResult) -> tuple[list[int], str]:
+    """The tokens and text OpenAI returns: no stop token, and under ``stop`` the text before the stop string (the
+    tokens that start before it)."""
+    tokens = list(result.token_ids)
+    if tokens and tokens[-1] in model.stop_token_ids:
+        tokens = tokens[:-1]
+    if call.stop is None:
+        return tokens, result.text
+    text, found = call.stop.truncate(result.text)
+    if found and model.tokenizer is not None:
+        while tokens and len(model.tokenizer.decode(tokens[:-1])) >= len(text):
+            tokens.pop()
+    return tokens, text
 
 
-def run_metadata(result: SampleResult, job: Job) -> dict[str, Any]:
-    out = {k: _json_safe(v) for k, v in result.metadata.items()}
+def finish_reason(result: SampleResult | None) -> str:
+    """``stop`` for a stop token or a stop string, ``length`` for the cap (and for a deadline)."""
+    return "stop" if result is not None and result.metadata.get("stopped_by") == "eos" else "length"
+
+
+def usage(call: SamplingCall, runs: Sequence[Run]) -> dict[str, int]:
+    prompt = sum(len(p) for p in call.prompts)
+    completion = sum(len(r.result.token_ids) for r in runs if r.result is not None)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def run_metadata(result: SampleResult | None, job: Job) -> dict[str, Any]:
+    out = {k: _json_safe(v) for k, v in result.metadata.items()} if result is not None else {"method": None}
     if job.started_at is not None:
         out["queue_ms"] = round((job.started_at - job.submitted_at) * 1000.0, 3)
     return out
 
 
-def completion_body(kind: str, model_name: str, call: SamplingCall, result: SampleResult, job: Job) -> dict[str, Any]:
-    """The non-streamed response: ``kind`` is 'completions' or 'chat'."""
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason(result), "logprobs": None}
+def _choice(kind: str, model: LanguageModel, call: SamplingCall, i: int, run: Run) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": i, "finish_reason": finish_reason(run.result), "logprobs": None}
     if kind == "chat":
-        choice["message"] = {"role": "assistant", "content": result.text}
-        prefix, obj = "chatcmpl", "chat.completion"
-    else:
-        choice["text"] = result.text
-        prefix, obj = "cmpl", "text_completion"
-    return {
+        choice["message"] = {"role": "assistant", "content": run.text}
+        if run.scored is not None:
+            choice["logprobs"] = chat_logprobs(model, run.tokens, run.scored)
+        return choice
+    prompt = call.prompts[run.prompt_index]
+    prefix = ""
+    if call.echo:
+        sent = call.prompt_texts[run.prompt_index]
+        prefix = sent if sent is not None else (model.tokenizer.decode(prompt) if model.tokenizer else "")
+    choice["text"] = prefix + run.text
+    if run.scored is not None:
+        shown = (prompt if call.echo else []) + run.tokens
+        values: list[float | None] = [None] if call.echo else []
+        tops: list[dict | None] = [None] if call.echo else []
+        for j in range(len(run.scored.logp)):
+            values.append(float(run.scored.logp[j]))
+            tops.append(top_dict(model, run.scored.top_ids[j], run.scored.top_logp[j]))
+        choice["logprobs"] = completion_logprobs(model, shown, values, tops)
+    return choice
+
+
+def completion_body(
+    kind: str, model: LanguageModel, model_name: str, call: SamplingCall, runs: Sequence[Run], job: Job
+) -> dict[str, Any]:
+    """The non-streamed response: ``kind`` is 'completions' or 'chat'. ``power_sampling`` holds the first
+    choice's run metadata; with several choices, ``power_sampling.choices`` holds each one's."""
+    prefix, obj = ("chatcmpl", "chat.completion") if kind == "chat" else ("cmpl", "text_completion")
+    body = {
         "id": f"{prefix}-{call.request_id}",
         "object": obj,
         "created": call.created,
         "model": model_name,
-        "choices": [choice],
-        "usage": usage(call, result),
-        "power_sampling": run_metadata(result, job),
+        "choices": [_choice(kind, model, call, i, run) for i, run in enumerate(runs)],
+        "usage": usage(call, runs),
+        "power_sampling": run_metadata(runs[0].result, job),
     }
+    if len(runs) > 1:
+        body["power_sampling"]["choices"] = [run_metadata(run.result, job) for run in runs]
+    return body
 
 
 def chunk(
@@ -277,10 +548,15 @@ def chunk(
     }
 
 
-def final_choice(kind: str, result: SampleResult) -> dict[str, Any]:
+def final_choice(kind: str, run: Run) -> dict[str, Any]:
     if kind == "chat":
-        return {"index": 0, "delta": {"content": result.text}, "finish_reason": finish_reason(result), "logprobs": None}
-    return {"index": 0, "text": result.text, "finish_reason": finish_reason(result), "logprobs": None}
+        return {
+            "index": 0,
+            "delta": {"content": run.text},
+            "finish_reason": finish_reason(run.result),
+            "logprobs": None,
+        }
+    return {"index": 0, "text": run.text, "finish_reason": finish_reason(run.result), "logprobs": None}
 
 
 def progress_payload(event: ProgressEvent) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """OpenAI wire format for requests and responses, plus the power-sampling extensions.
 
 Extensions travel in extra body fields so the official clients can send them (``extra_body=``): ``method`` picks
-the decoding method and ``power_sampling`` holds its parameters. Fields the server cannot honour exactly (stop
-sequences, top_p, n > 1, logprobs, echo) are refused with a 400 instead of being silently ignored: truncating or
-filtering a power sample would change the distribution it was drawn from.
+the decoding method and ``power_sampling`` holds its parameters. Every field is honoured (docs/server.md says what
+each does per method) or refused with a 400 naming it: top_p other than 1 and suffix are refused, since truncating
+or filtering a power sample would change the distribution it was drawn from.
 
 Fields are strictly typed (``"5"`` is not an integer, ``"yes"`` and ``1`` are not booleans; an integer is a valid
 float): a value the client did not mean to send is refused instead of reinterpreted.
@@ -20,6 +20,10 @@ from ..samplers import method_names, planner_routes
 from ..samplers.config import PowerSamplingConfig
 
 ScanName = PowerSamplingConfig.model_fields["scan"].annotation  # the MH scans, named once in the config
+
+MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_STOP_LENGTH = 256
+MAX_TOP_LOGPROBS = 20
 
 
 class _Strict(BaseModel):
@@ -82,6 +86,20 @@ class PowerSamplingParams(_Strict):
     )
 
 
+class JsonSchemaFormat(_Strict):
+    name: str = Field(..., min_length=1, max_length=64)
+    description: str | None = Field(None, max_length=2000)
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="a JSON Schema")
+    strict: bool | None = Field(None, description="always strict: the grammar admits nothing else")
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
 
@@ -89,19 +107,41 @@ class StreamOptions(_Strict):
 class _SamplingFields(_Strict):
     model: str = Field(..., min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2, description="for method sample and best-of-n")
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="sample, best-of-n: the sampling temperature; power, smc, scalable-power: the proposal "
+        "temperature; greedy: 0 only; without method, 0 means greedy",
+    )
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=128)
+    n: int | None = Field(None, ge=1, le=128, description="independent samples of the method, one choice each")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
-    stop: str | list[str] | None = None
-    logprobs: bool | int | None = None
+    stop: str | list[str] | None = Field(
+        None,
+        description="up to 4 stop strings: the completion ends at the first one, as at a stop token (every method "
+        "samples its target over completions that end there); the returned text excludes it",
+    )
     user: str | None = Field(None, max_length=256)
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: every method samples under the schema's grammar"
+    )
     method: Annotated[str, Field(json_schema_extra=_method_enum)] | None = Field(
         None, max_length=64, description="decoding method (default: the server's)"
     )
     power_sampling: PowerSamplingParams | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_STRINGS:
+            raise PydanticCustomError("too_many", "at most {n} stop strings", {"n": MAX_STOP_STRINGS})
+        if any(not 1 <= len(s) <= MAX_STOP_LENGTH for s in stops):
+            raise PydanticCustomError("stop_length", "a stop string has 1 to {n} characters", {"n": MAX_STOP_LENGTH})
+        return stop
 
     @field_validator("method")
     @classmethod
@@ -117,25 +157,23 @@ class _SamplingFields(_Strict):
         """(field, reason) for the first field the server cannot honour exactly, or None."""
         if self.top_p is not None and self.top_p != 1:
             return "top_p", "top_p other than 1 is not supported (it would change the target distribution)"
-        if self.n not in (None, 1):
-            return "n", "n > 1 is not supported; use power_sampling.chains or method best-of-n"
-        if self.stop:
-            return "stop", "stop sequences are not supported (truncation would change the sampled distribution)"
-        if self.logprobs:
-            return "logprobs", "logprobs are not supported yet"
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed with stream: true"
         return None
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] = Field(..., description="text, a one-element list of text, or token ids")
-    echo: bool | None = None
+    prompt: str | list[int] | list[str | list[int]] = Field(
+        ..., description="text, token ids, or a batch of either (one choice per prompt and sample)"
+    )
+    max_tokens: int | None = Field(None, ge=0, description="0 with echo: score the prompt only")
+    echo: bool | None = Field(None, description="return the prompt before the completion (with its log-probabilities)")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="the base model's log p of each token and this many alternatives"
+    )
     suffix: str | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
-        if self.echo:
-            return "echo", "echo is not supported"
         if self.suffix:
             return "suffix", "suffix (insertion) is not supported"
         return super().unsupported()
@@ -146,12 +184,10 @@ class TextPart(_Strict):
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
+class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
-    name: str | None = Field(None, max_length=256)
+    name: str | None = Field(None, max_length=256, description="refused: chat templates have no place for it")
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -160,6 +196,14 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = Field(None, description="the base model's log p of each returned token")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token")
+
+    def unsupported(self) -> tuple[str, str] | None:
+        for i, message in enumerate(self.messages):
+            if message.name is not None:
+                return f"messages.{i}.name", "message names are not supported (the chat template has no place for them)"
+        return super().unsupported()
 
     @field_validator("messages")
     @classmethod
@@ -219,3 +263,76 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorBody
     partial: dict[str, Any] | None = None
+
+
+# Response bodies, for the OpenAPI document (the handlers build plain dicts in these shapes).
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Usage(_Open):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(_Open):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(_Open):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: CompletionLogprobs | None = None
+
+
+class CompletionResponse(_Open):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    power_sampling: dict[str, Any] = Field(..., description="the run's measured metadata")
+
+
+class TopLogprob(_Open):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Open):
+    content: list[TokenLogprob]
+
+
+class AssistantMessage(_Open):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(_Open):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: ChatLogprobs | None = None
+
+
+class ChatCompletionResponse(_Open):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    power_sampling: dict[str, Any] = Field(..., description="the run's measured metadata")
