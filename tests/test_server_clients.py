@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_module
 from powersampling import build_sampler
 from powersampling.backends.base import ContinuationRequest
 from powersampling.backends.constraints import StopStringConstraint
 from test_server import serve
 
-pytest.importorskip("lm_eval")
+needs_module("lm_eval", reason="lm-eval is not installed (pip install 'powersampling[clients]')")
 
 MC = [
     {"question": "The sky is", "choices": [" blue", " green", " made of cheese"], "label": 0},

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
+from conftest import needs_module
+
+schemathesis = needs_module("schemathesis", reason="schemathesis is not installed (test extra)")
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
