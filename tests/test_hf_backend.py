@@ -139,3 +139,22 @@ def test_the_context_length_is_the_models_position_limit(tiny_hf):
     check_context_length(lm, 60, 4)
     with pytest.raises(ContextLengthError, match="context length of tiny"):
         check_context_length(lm, 60, 5)
+
+
+def test_a_long_prompt_is_fed_in_parts_that_match_one_pass_and_stop_at_the_deadline(lm, tiny_hf):
+    from powersampling.backends.hf import PREFILL_CHUNK
+
+    rng = np.random.default_rng(0)
+    prompt = [1] + [int(t) for t in rng.integers(1, 6, size=2 * PREFILL_CHUNK + 100)]
+    before = lm.forward_passes
+    (cont,) = lm.sample([ContinuationRequest(prompt, 3)], 1.0, np.random.default_rng(1))
+    assert lm.forward_passes - before == 3 + 2  # three parts of the prompt, then one pass per further token
+    logp, _ = _reference(tiny_hf, prompt, cont.token_ids, 1.0)
+    np.testing.assert_allclose(cont.logp, logp, atol=1e-4)
+
+    lm.clear_cache()
+    before = lm.forward_passes
+    (cut,) = lm.sample([ContinuationRequest(prompt, 3)], 1.0, np.random.default_rng(1), deadline=0.0)
+    assert cut.interrupted and len(cut) == 0
+    assert lm.forward_passes - before == 1  # the deadline is seen after the first part
+    assert lm.sample([ContinuationRequest(prompt, 3)], 1.0, np.random.default_rng(1))[0].token_ids == cont.token_ids

@@ -235,7 +235,8 @@ def test_constraint_mask_renormalizes_log_p_and_log_q(lm, prompt):
 @pytest.mark.slow
 def test_deadline_interrupts_and_context_overflow_is_refused(lm, prompt):
     (cont,) = lm.sample([ContinuationRequest(prompt, 50)], 1.0, np.random.default_rng(0), deadline=time.monotonic() - 1)
-    assert cont.interrupted and len(cont) == 1
+    # at most the one token whose logits the prefill gave; none when the prompt's uncached part took several calls
+    assert cont.interrupted and len(cont) <= 1
     with pytest.raises(ValueError, match="n_ctx"):
         lm.sample([ContinuationRequest(prompt, 5000)], 1.0, np.random.default_rng(0))
     assert lm.context_length == lm.n_ctx == 1024
@@ -273,3 +274,17 @@ def test_a_constraint_without_a_mask_runs_on_llama_cpp(lm, prompt):
         if cont.stopped and cont.token_ids[-1] not in lm.stop_token_ids:  # ended by the stop string, at once
             assert "\n" in lm.tokenizer.decode(cont.token_ids)
             assert "\n" not in lm.tokenizer.decode(cont.token_ids[:-1])
+
+
+def test_the_deadline_reaches_the_prefill_and_the_cache_stays_consistent(lm, prompt):
+    long_prompt = prompt + [int(t) for t in np.random.default_rng(0).integers(100, 5000, size=6 * lm.eval_batch)]
+    calls = lm.decode_calls
+    (cut,) = lm.sample([ContinuationRequest(long_prompt, 4)], 1.0, np.random.default_rng(2), deadline=0.0)
+    assert cut.interrupted and len(cut) == 0
+    assert lm.decode_calls - calls == 1  # the deadline is seen after the first llama_decode call
+    # what was fed before the deadline is reused, and the result equals a run from an emptied cache
+    (resumed,) = lm.sample([ContinuationRequest(long_prompt, 4)], 1.0, np.random.default_rng(2))
+    lm.clear_cache()
+    (fresh,) = lm.sample([ContinuationRequest(long_prompt, 4)], 1.0, np.random.default_rng(2))
+    assert resumed.token_ids == fresh.token_ids
+    np.testing.assert_array_equal(resumed.logp, fresh.logp)

@@ -142,14 +142,16 @@ class Row:
 class Stepper(Protocol):
     """What a backend gives the decode loop.
 
-    ``start(rows)`` returns next-token logits, one row per given row (a (rows, vocab) numpy array, or a torch
-    tensor on the backend's device), for rows whose prefix may share cached work with earlier calls.
+    ``start(rows, deadline)`` returns next-token logits, one row per given row (a (rows, vocab) numpy array, or a
+    torch tensor on the backend's device), for rows whose prefix may share cached work with earlier calls; a backend
+    that feeds a long prefix in parts may return None when ``deadline`` passes between two parts (a prompt of
+    thousands of tokens takes seconds to feed on a CPU, and a request past its deadline must free its worker).
     ``step(keep)`` continues the rows at positions ``keep`` of the current batch (the batch becomes those rows, in
     that order), feeding each its newest token, and returns their logits; the other rows are finished (a backend
     may keep their cache). ``step([])`` finishes all and returns None.
     """
 
-    def start(self, rows: list[Row]) -> Logits: ...
+    def start(self, rows: list[Row], deadline: float | None = None) -> Logits | None: ...
 
     def step(self, keep: list[int]) -> Logits | None: ...
 
@@ -172,7 +174,11 @@ def decode(
     live = [row for row in rows if not row.done]
     if not live:
         return [row.continuation() for row in rows]
-    logits = stepper.start(live)
+    logits = stepper.start(live, deadline)
+    if logits is None:  # the deadline passed while the prefixes were being fed
+        for row in live:
+            row.interrupted = True
+        return [row.continuation() for row in rows]
     while True:
         masked = apply_masks(logits, live)
         tokens, logp, logq = draw(masked, temperature, rng.random(len(live)), mixture=_shared_mixture(live))

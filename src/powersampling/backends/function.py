@@ -94,7 +94,7 @@ class _FunctionStepper:
         self.model = model
         self.rows: list[Row] = []
 
-    def start(self, rows: list[Row]) -> np.ndarray:
+    def start(self, rows: list[Row], deadline: float | None = None) -> np.ndarray:
         self.rows = list(rows)
         return self._logits()
 

@@ -9,6 +9,7 @@ m. Rows that finish leave the batch, and their caches go back to the pool.
 from __future__ import annotations
 
 import inspect
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -20,6 +21,8 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from .base import Continuation, ContinuationRequest
 from .decoding import Row, common_prefix_length, decode, next_token_logprobs
 from .tokenizers import HFTokenizer, stop_tokens_of
+
+PREFILL_CHUNK = 512  # positions per forward pass when a long prompt is fed: the deadline is checked in between
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -197,7 +200,7 @@ class _CachedBatch:
         self.device = lm.device
         self.rows: list[Row] = []
 
-    def start(self, rows: list[Row]) -> torch.Tensor:
+    def start(self, rows: list[Row], deadline: float | None = None) -> torch.Tensor | None:
         self.rows = list(rows)
         held, self.lm._held = self.lm._held, None
         if held is not None:
@@ -207,6 +210,16 @@ class _CachedBatch:
             _pool_rows(self.lm, held.rows, held.cache, held.mask, range(len(held.rows)))
         self.cache, self.mask, positions, inputs = self._prefill_inputs(self.rows)
         self.positions = positions
+        # a long uncached part is fed PREFILL_CHUNK positions at a time, with the deadline checked in between;
+        # shorter ones (every prompt up to that length) go in one pass, as they always did
+        fed = self.mask.shape[1] - inputs.shape[1]
+        while inputs.shape[1] > PREFILL_CHUNK:
+            fed += PREFILL_CHUNK
+            part = slice(0, PREFILL_CHUNK)
+            _, self.cache = self.lm.forward(inputs[:, part], self.mask[:, :fed], positions[:, part], self.cache)
+            inputs, positions = inputs[:, PREFILL_CHUNK:], positions[:, PREFILL_CHUNK:]
+            if deadline is not None and time.monotonic() > deadline:
+                return None  # the partial cache is dropped: it is neither pooled nor held
         logits, self.cache = self.lm.forward(inputs, self.mask, positions, self.cache)
         return logits
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -248,18 +249,24 @@ class LlamaCppLM:
 
     # internals: evaluation
 
-    def _prefill(self, slots: list[int], prefixes: list[list[int]]) -> list[np.ndarray]:
-        """Feed each prefix's uncached tail into its slot; the logits after each prefix's last token."""
+    def _prefill(
+        self, slots: list[int], prefixes: list[list[int]], deadline: float | None = None
+    ) -> list[np.ndarray] | None:
+        """Feed each prefix's uncached tail into its slot; the logits after each prefix's last token (None when
+        ``deadline`` passed between two ``llama_decode`` calls)."""
         entries = []
         for row, (slot, prefix) in enumerate(zip(slots, prefixes)):
             start = len(self._slots[slot])
             self.prefill_tokens += len(prefix) - start
             for position in range(start, len(prefix)):
                 entries.append((prefix[position], position, slot, row if position == len(prefix) - 1 else -1))
-        return self._evaluate(entries, len(prefixes))
+        return self._evaluate(entries, len(prefixes), deadline)
 
-    def _evaluate(self, entries: list[tuple[int, int, int, int]], n_rows: int) -> list[np.ndarray]:
-        """Decode (token, position, slot, row or -1) entries in order; logits of the entries that name a row."""
+    def _evaluate(
+        self, entries: list[tuple[int, int, int, int]], n_rows: int, deadline: float | None = None
+    ) -> list[np.ndarray] | None:
+        """Decode (token, position, slot, row or -1) entries in order; logits of the entries that name a row, or
+        None when ``deadline`` passed between two calls (the slots then record what was fed)."""
         logits: list[np.ndarray | None] = [None] * n_rows
         chunk = self.eval_batch
         start = 0
@@ -273,6 +280,10 @@ class LlamaCppLM:
                         raise RuntimeError(f"llama.cpp returned no logits for output {i} of a {len(part)}-token batch")
                     logits[row] = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy()
             start += len(part)
+            if deadline is not None and start < len(entries) and time.monotonic() > deadline:
+                entries = entries[:start]
+                logits = None
+                break
         for token, _, slot, _ in entries:
             self._slots[slot].append(token)
         return logits  # type: ignore[return-value]
@@ -343,11 +354,12 @@ class _SlotBatch:
         self.rows: list[Row] = []
         self.slots: list[int] = []
 
-    def start(self, rows: list[Row]):
+    def start(self, rows: list[Row], deadline: float | None = None):
         self.rows = list(rows)
         prefixes = [row.prefix for row in rows]
         self.slots = self.lm._place(prefixes)
-        return np.stack(self.lm._prefill(self.slots, prefixes))
+        logits = self.lm._prefill(self.slots, prefixes, deadline)
+        return None if logits is None else np.stack(logits)
 
     def step(self, keep: list[int]):
         self.rows = [self.rows[j] for j in keep]
