@@ -22,7 +22,7 @@ from .base import Continuation, ContinuationRequest
 from .decoding import Row, common_prefix_length, decode, next_token_logprobs
 from .tokenizers import HFTokenizer, stop_tokens_of
 
-PREFILL_CHUNK = 512  # positions per forward pass when a long prompt is fed: the deadline is checked in between
+PREFILL_CHUNK = 128  # positions per forward pass when a long prompt is fed: the deadline is checked in between
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
