@@ -32,7 +32,14 @@ from .prompts import system_prompt, task_prompt
 from .quality import PlanQualityEvaluator
 from .routing import RoutingConfig
 from .safety import InputLimits, PlanInputError, neutralize_control_tokens, screen_input, screen_mapping_values
-from .schema import TaskListSpec, max_output_tokens, parse_task_list, task_list_schema
+from .schema import (
+    REFERENCE_KEY,
+    TaskListSpec,
+    max_output_tokens,
+    parse_task_list,
+    reference_of,
+    task_list_schema,
+)
 from .tools import ToolsFileError, ToolSpec, as_tool_specs
 
 log = logging.getLogger("powersampling.planner")
@@ -54,7 +61,8 @@ class PlannerConfig:
     max_model_calls: int = 8
     description_max_chars: int = 80
     task_types: tuple[str, ...] | None = None
-    tools: tuple[ToolSpec, ...] | None = None  # also accepted: names, or dicts in the tools.json format
+    tools: tuple[ToolSpec, ...] | None = None  # also accepted: callables, names, OpenAI/MCP/TaskBench dicts
+    argument_references: bool = False  # a tool call's argument may be an earlier task's output ({"from_task": j})
     agents: tuple[str, ...] | None = None
     route: str | None = None
     fallback_to_baseline: bool = True
@@ -395,6 +403,7 @@ class _PlanRun:
             agents=cfg.agents,
             ask_atomic=level < cfg.max_depth,
             count_first=cfg.tools is not None,
+            references=cfg.argument_references and cfg.tools is not None,
         )
         user_prompt = task_prompt(
             self.request_text,
@@ -420,7 +429,7 @@ class _PlanRun:
                 dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]),
                 agent=item.get("agent"),
                 tool=item.get("tool"),
-                arguments=item.get("arguments"),
+                arguments=_with_task_ids(item.get("arguments"), prefix),
                 atomic=bool(item.get("atomic", True)),
                 metadata={"generated_by": route, "level": level},
             )
@@ -487,6 +496,16 @@ class _PlanRun:
             )
         self.routes_used.append(route)
         return items
+
+
+def _with_task_ids(arguments: Mapping[str, Any] | None, prefix: str) -> dict[str, Any] | None:
+    """Arguments with each ``{"from_task": j}`` (a position in the model's list) naming the task id instead."""
+    if arguments is None:
+        return None
+    return {
+        k: {REFERENCE_KEY: f"{prefix}{reference_of(v)}"} if reference_of(v) is not None else v
+        for k, v in arguments.items()
+    }
 
 
 def _subtasks_from_dicts(parent_id: str, items: Iterable[Mapping[str, Any]], dag: TaskDAG) -> list[Task]:
