@@ -262,6 +262,7 @@ class _Run:
                                 error=f"waits for {', '.join(sorted(blocked))}, which did not finish",
                             )
                         )
+                        self._event("end", self.calls[-1])
                     changed = True
 
     def _composite_statuses(self) -> list[Task]:

@@ -209,7 +209,7 @@ def call_text(task) -> str:
     """``tool(name=value, ...)`` for a task that names a tool."""
     if not task.arguments:
         return str(task.tool)
-    return f"{task.tool}(" + ", ".join(f"{k}={json.dumps(v)}" for k, v in task.arguments.items()) + ")"
+    return f"{task.tool}(" + ", ".join(f"{k}={json.dumps(v, default=repr)}" for k, v in task.arguments.items()) + ")"
 
 
 def to_tree(dag: TaskDAG) -> str:
