@@ -277,3 +277,95 @@ def test_tools_module_gives_its_public_functions_or_its_tools_list(tmp_path):
     with pytest.raises(ToolsFileError, match="does not exist"):
         load_tools_module(tmp_path / "missing.py")
     assert isinstance(tools[0], ToolSpec)
+
+
+# streaming: calls start while the plan is still being decoded
+
+
+class _PausingConstraint:
+    """Passes everything to the planner's constraint; once task 1 is decoded, holds the decode until ``resume`` is
+    set (by the first tool call) or 20 s pass."""
+
+    def __init__(self, constraint, decode, resume: threading.Event, log: list[str]) -> None:
+        self.constraint, self.decode, self.resume, self.log = constraint, decode, resume, log
+
+    def start(self, generated):
+        outer = self
+        state = self.constraint.start(generated)
+        tokens = list(generated)
+
+        class State:
+            def allowed_tokens(self):
+                return state.allowed_tokens()
+
+            def is_finished(self):
+                return state.is_finished()
+
+            def advance(self, token_id):
+                state.advance(token_id)
+                tokens.append(int(token_id))
+                if "resumed" not in outer.log and '"id": 2' in outer.decode(tokens):
+                    outer.log.append("resumed" if outer.resume.wait(20) else "timed out")
+
+        return State()
+
+
+class PausingLM(ScriptedLM):
+    def __init__(self, answer_for, resume: threading.Event, log: list[str]) -> None:
+        super().__init__(answer_for)
+        self.resume, self.log = resume, log
+
+    def sample(self, requests, temperature, rng, *, deadline=None):
+        import dataclasses
+
+        wrapped = [
+            dataclasses.replace(
+                r, constraint=_PausingConstraint(r.constraint, self.hf_tokenizer.decode, self.resume, self.log)
+            )
+            for r in requests
+        ]
+        return super().sample(wrapped, temperature, rng, deadline=deadline)
+
+
+def test_the_first_call_starts_before_the_plan_is_decoded():
+    resume, log = threading.Event(), []
+
+    def lookup_backup(city: str) -> str:
+        """Look up a city's population in the backup index."""
+        log.append("first call")
+        resume.set()
+        return f"{city}: 2.1 million"
+
+    script = answer(
+        ("Look up the population of Paris", [], {"tool": "lookup_backup", "arguments": {"city": "Paris"}}),
+        ("Report the population found", [1], {"tool": "report", "arguments": {"text": {"from_task": 1}}}),
+    )
+    config = PlannerConfig(
+        route="baseline",
+        max_depth=1,
+        tools=[lookup_backup, report],
+        argument_references=True,
+        settings=RouteSettings(seed=0),
+    )
+    planner = Planner(PausingLM(lambda prompt: script, resume, log), config, routing=RoutingConfig())
+    result = asyncio.run(Executor([lookup_backup, report]).run_plan(planner, "How many people live in Paris?"))
+    # the decode of task 2 waited for the first call, and the call came while it waited
+    assert log == ["first call", "resumed"]
+    assert result.ok and result.outputs["t2"] == "REPORT Paris: 2.1 million"
+    assert result.dag.metadata["route"] == "baseline"  # the finished plan replaced the streamed tasks
+    assert result.first_call_started_s < result.elapsed_s
+
+
+def test_routes_that_resample_do_not_stream_and_still_run():
+    script = answer(
+        ("Look up the population of Paris", [], {"tool": "lookup_backup", "arguments": {"city": "Paris"}}),
+    )
+    seen = []
+    config = PlannerConfig(
+        route="power", max_depth=1, tools=TOOLS, min_children=1, settings=RouteSettings(seed=0, n_mcmc=1, block_size=64)
+    )
+    planner = Planner(ScriptedLM(lambda prompt: script), config, routing=RoutingConfig())
+    dag = planner.decompose("Paris population", on_task=seen.append)
+    assert seen == [] and [t.tool for t in dag.tasks] == ["lookup_backup"]
+    result = asyncio.run(Executor(TOOLS).run_plan(planner, "Paris population"))
+    assert result.ok and result.outputs == {"t1": "Paris: 2.1 million"}

@@ -140,16 +140,45 @@ class Executor:
 
     async def run(self, dag: TaskDAG) -> ExecutionResult:
         self._check_functions(dag)
-        if self.max_replans:  # room for the subtasks replanning adds below a failed task
-            limits = dag.limits
-            dag = TaskDAG(
-                dag.request,
-                dag.tasks,
-                dag.metadata,
-                DAGLimits(limits.max_tasks * 2, limits.max_depth + self.max_replans, limits.max_children),
-            )
-        run = _Run(self, dag)
+        run = _Run(self, self._with_room(dag))
         return await run.execute()
+
+    def _with_room(self, dag: TaskDAG) -> TaskDAG:
+        """``dag`` with room in its limits for the subtasks replanning adds below failed tasks."""
+        if not self.max_replans:
+            return dag
+        limits = dag.limits
+        room = DAGLimits(limits.max_tasks * 2, limits.max_depth + self.max_replans, limits.max_children)
+        return TaskDAG(dag.request, dag.tasks, dag.metadata, room)
+
+    async def run_plan(self, planner: Any, request: str, context: Any = None) -> ExecutionResult:
+        """Plan ``request`` with ``planner`` and run the calls, each as soon as it is decoded and what it waits for
+        has finished: on the baseline route with ``max_depth`` 1 the first call starts while the rest of the plan is
+        still being decoded; on other routes the calls start once the plan is complete. Call times
+        (``started_s``, ``first_call_started_s``) count from the start of planning. Planning errors propagate
+        after the calls already started have finished."""
+        loop = asyncio.get_running_loop()
+        arrivals: asyncio.Queue = asyncio.Queue()
+
+        def on_task(task: Task) -> None:
+            loop.call_soon_threadsafe(arrivals.put_nowait, ("task", task))
+
+        async def plan() -> None:
+            try:
+                dag = await asyncio.to_thread(planner.decompose, request, context, on_task=on_task)
+            except BaseException as exc:  # handed to the run, which re-raises it once its calls are done
+                arrivals.put_nowait(("error", exc))
+            else:
+                arrivals.put_nowait(("plan", dag))
+
+        if self.planner is None:
+            self.planner = planner
+        run = _Run(self, None, arrivals, request)
+        planning = asyncio.create_task(plan())
+        try:
+            return await run.execute()
+        finally:
+            await planning
 
     def _check_functions(self, dag: TaskDAG) -> None:
         missing = sorted({t.tool for t in dag.leaves() if t.tool is not None and t.tool not in self.functions})
@@ -176,9 +205,16 @@ class Executor:
 class _Run:
     """The state of one execution: which leaves are done, running, failed or skipped."""
 
-    def __init__(self, executor: Executor, dag: TaskDAG) -> None:
+    def __init__(
+        self, executor: Executor, dag: TaskDAG | None, arrivals: asyncio.Queue | None = None, request: str = ""
+    ) -> None:
         self.executor = executor
-        self.dag = dag
+        self.dag = dag  # None until the first streamed task arrives
+        self.request = request
+        self.deferred: list[CallResult] = []  # failed while the plan was still streaming
+        self.arrivals = arrivals  # streamed tasks, then the finished plan (or its error)
+        self.planning_error: BaseException | None = None
+        self.streamed: list[Task] = []
         self.started = time.monotonic()
         self.outputs: dict[str, Any] = {}
         self.calls: list[CallResult] = []
@@ -189,21 +225,31 @@ class _Run:
 
     async def execute(self) -> ExecutionResult:
         running: dict[asyncio.Task, str] = {}
+        arrival = asyncio.create_task(self.arrivals.get()) if self.arrivals is not None else None
         while True:
             for task_id in self._ready(set(running.values())):
                 running[asyncio.create_task(self._call(self.dag[task_id]))] = task_id
-            if not running:
+            if not running and arrival is None:
                 break
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            waiting = set(running) | ({arrival} if arrival is not None else set())
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if arrival in done:
+                arrival = await self._arrived(arrival.result())
             for finished in done:
+                if finished not in running:
+                    continue
                 task_id = running.pop(finished)
                 result = finished.result()
                 if result.status == "ok":
                     self.status[task_id] = TaskStatus.done
                     self.outputs[task_id] = result.output
+                elif arrival is not None and self.executor.max_replans:
+                    self.deferred.append(result)  # replanned once the plan it belongs to is complete
                 elif not await self._replan(result):
                     self.status[task_id] = TaskStatus.failed
             self._skip_blocked(set(running.values()))
+        if self.planning_error is not None:
+            raise self.planning_error
         final = self.dag.with_tasks(self._composite_statuses())
         return ExecutionResult(
             final,
@@ -213,6 +259,27 @@ class _Run:
             time.monotonic() - self.started,
             self.replan_errors,
         )
+
+    async def _arrived(self, message: tuple[str, Any]) -> asyncio.Task | None:
+        """Take in a streamed task or the finished plan; the next wait for an arrival, or None after the plan."""
+        kind, value = message
+        if kind == "task":
+            self.streamed.append(value)
+            self.dag = TaskDAG(self.request, self.streamed)
+            return asyncio.create_task(self.arrivals.get())
+        if kind == "error":
+            self.planning_error = value
+            if self.dag is None:
+                raise value
+        else:
+            dag = self.executor._with_room(value)
+            self.executor._check_functions(dag)
+            self.dag = dag
+        deferred, self.deferred = self.deferred, []
+        for result in deferred:
+            if kind == "error" or not await self._replan(result):
+                self.status[result.task_id] = TaskStatus.failed
+        return None
 
     # scheduling
 
@@ -231,9 +298,12 @@ class _Run:
         return [t for t in self.dag.descendants(task_id) if self.dag.is_leaf(t)]
 
     def _ready(self, running: set[str]) -> list[str]:
+        if self.dag is None:
+            return []
         ready = []
+        held = {r.task_id for r in self.deferred}
         for task in self.dag.leaves():
-            if task.id in self.status or task.id in running:
+            if task.id in self.status or task.id in running or task.id in held:
                 continue
             if all(self.status.get(d) is TaskStatus.done for d in self._waits_for(task)):
                 ready.append(task.id)
@@ -241,6 +311,8 @@ class _Run:
 
     def _skip_blocked(self, running: set[str]) -> None:
         """Leaves that wait (transitively) on a failed one can never run."""
+        if self.dag is None:
+            return
         changed = True
         while changed:
             changed = False

@@ -36,10 +36,12 @@ from .schema import (
     REFERENCE_KEY,
     TaskListSpec,
     max_output_tokens,
+    parse_task,
     parse_task_list,
     reference_of,
     task_list_schema,
 )
+from .streaming import TaskStream
 from .tools import ToolsFileError, ToolSpec, as_tool_specs
 
 log = logging.getLogger("powersampling.planner")
@@ -206,8 +208,20 @@ class Planner:
 
     # public API
 
-    def decompose(self, request: str, context: Any = None, *, request_key: str | None = None) -> TaskDAG:
-        """Plan ``request``. ``request_key`` (default: the request text) decides the rollout bucket."""
+    def decompose(
+        self,
+        request: str,
+        context: Any = None,
+        *,
+        request_key: str | None = None,
+        on_task: Callable[[Task], None] | None = None,
+    ) -> TaskDAG:
+        """Plan ``request``. ``request_key`` (default: the request text) decides the rollout bucket.
+
+        ``on_task`` receives each top-level task as soon as the model has decoded it, while the rest of the plan is
+        still being decoded (LLMCompiler's streaming): only on the baseline route, whose one sample never takes a
+        token back, and only with ``max_depth`` 1, where every top-level task is final. Otherwise it hears
+        nothing and the tasks come with the plan."""
         screened = screen_input(request, context, self.config.input_limits)
         budget = _Budget(self.config)
         if self.config.route is not None:
@@ -216,6 +230,7 @@ class Planner:
             decision = self.routing.decide(request_key if request_key is not None else request)
             route, reason = decision.route, decision.reason
         run = _PlanRun(self, screened.prompt_request, screened.prompt_context, route, budget)
+        run.on_task = on_task if self.config.max_depth == 1 else None
         self._stage(f"planning top-level tasks ({route} route)")
         top = run.generate_children(parent=None, plan_so_far=[], note=None, level=1)
         if top is None:
@@ -349,6 +364,8 @@ class _PlanRun:
         self.tokens_generated = 0
         self.budget_stop: str | None = None
         self.expansion_errors: list[dict[str, str]] = []
+        self.on_task: Callable[[Task], None] | None = None
+        self.streaming: tuple[TaskListSpec, str, int] | None = None
 
     def route_used(self) -> str:
         """The route that produced the plan: the requested one unless any call fell back ("baseline" if all did)."""
@@ -417,24 +434,14 @@ class _PlanRun:
             parent=(parent.id, parent.description, parent.dependencies) if parent is not None else None,
             plan_so_far=[(t.id, t.description) for t in plan_so_far] if parent is not None else (),
         )
-        items, route = self._call_with_fallback(spec, user_prompt, parent)
         prefix = f"{parent.id}." if parent is not None else "t"
         parent_id = parent.id if parent is not None else None
-        return [
-            Task(
-                id=f"{prefix}{item['id']}",
-                description=" ".join(item["description"].split()),
-                task_type=item.get("task_type") or ("tool_call" if item.get("tool") else "generic"),
-                parent=parent_id,
-                dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]),
-                agent=item.get("agent"),
-                tool=item.get("tool"),
-                arguments=_with_task_ids(item.get("arguments"), prefix),
-                atomic=bool(item.get("atomic", True)),
-                metadata={"generated_by": route, "level": level},
-            )
-            for item in items
-        ]
+        self.streaming = (spec, prefix, level) if parent is None and self.on_task is not None else None
+        try:
+            items, route = self._call_with_fallback(spec, user_prompt, parent)
+        finally:
+            self.streaming = None
+        return [_task_from_item(item, prefix, parent_id, route, level) for item in items]
 
     def _call_with_fallback(self, spec: TaskListSpec, user_prompt: str, parent: Task | None):
         schema = task_list_schema(spec)
@@ -457,6 +464,23 @@ class _PlanRun:
                 ) from exc
             return self._call("baseline", schema, spec, max_tokens, user_prompt), "baseline"
 
+    def _stream_wrapper(self) -> Callable[[Any], Any] | None:
+        """A constraint wrapper handing each top-level task to ``on_task`` as soon as it is decoded (the baseline
+        route decodes once, in order; nothing streams on routes that resample)."""
+        if self.streaming is None or self.on_task is None:
+            return None
+        spec, prefix, level = self.streaming
+        on_task, tokenizer = self.on_task, self.planner.model.tokenizer
+
+        def on_item(position: int, data: Any) -> None:
+            try:
+                item = parse_task(data, position, spec)
+            except ValueError:  # the finished answer is checked again and reports it
+                return
+            on_task(_task_from_item(item, prefix, None, "baseline", level))
+
+        return lambda constraint: TaskStream(constraint, tokenizer.decode, on_item)
+
     def _call(self, route: str, schema: dict, spec: TaskListSpec, max_tokens: int, user_prompt: str):
         self.budget.calls += 1
         evaluator = None
@@ -478,6 +502,7 @@ class _PlanRun:
                 deadline_s=max(remaining, 0.001) if remaining is not None else None,
                 progress=self.planner.progress,
                 label=route,
+                wrap_constraint=self._stream_wrapper() if route == "baseline" else None,
             )
             items = parse_task_list(outcome.text, spec)
         finally:
@@ -496,6 +521,21 @@ class _PlanRun:
             )
         self.routes_used.append(route)
         return items
+
+
+def _task_from_item(item: Mapping[str, Any], prefix: str, parent_id: str | None, route: str, level: int) -> Task:
+    return Task(
+        id=f"{prefix}{item['id']}",
+        description=" ".join(item["description"].split()),
+        task_type=item.get("task_type") or ("tool_call" if item.get("tool") else "generic"),
+        parent=parent_id,
+        dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]),
+        agent=item.get("agent"),
+        tool=item.get("tool"),
+        arguments=_with_task_ids(item.get("arguments"), prefix),
+        atomic=bool(item.get("atomic", True)),
+        metadata={"generated_by": route, "level": level},
+    )
 
 
 def _with_task_ids(arguments: Mapping[str, Any] | None, prefix: str) -> dict[str, Any] | None:

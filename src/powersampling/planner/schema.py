@@ -315,33 +315,35 @@ def parse_task_list(text: str, spec: TaskListSpec) -> list[dict[str, Any]]:
     tasks = data.get("tasks") if isinstance(data, dict) else None
     if not isinstance(tasks, list) or not spec.min_tasks <= len(tasks) <= spec.max_tasks:
         raise ValueError(f"expected {spec.min_tasks}-{spec.max_tasks} tasks")
+    return [parse_task(task, k, spec) for k, task in enumerate(tasks, start=1)]
+
+
+def parse_task(task: Any, k: int, spec: TaskListSpec) -> dict[str, Any]:
+    """Task ``k`` (1-based position) of an answer, checked against the spec; ``ValueError`` with the reason."""
+    if not isinstance(task, dict) or task.get("id") != k or not isinstance(task.get("description"), str):
+        raise ValueError(f"task {k} is malformed")
+    deps = task.get("dependencies") or []
+    if any(not isinstance(d, int) or not 1 <= d < k for d in deps):
+        raise ValueError(f"task {k} depends on a task that is not earlier in the list")
+    # a repeated dependency is the same edge; keep the first occurrence
+    item = {**task, "dependencies": list(dict.fromkeys(deps))}
     tools = {t.name: t for t in spec.tools or ()}
-    out = []
-    for k, task in enumerate(tasks, start=1):
-        if not isinstance(task, dict) or task.get("id") != k or not isinstance(task.get("description"), str):
-            raise ValueError(f"task {k} is malformed")
-        deps = task.get("dependencies") or []
-        if any(not isinstance(d, int) or not 1 <= d < k for d in deps):
-            raise ValueError(f"task {k} depends on a task that is not earlier in the list")
-        # a repeated dependency is the same edge; keep the first occurrence
-        item = {**task, "dependencies": list(dict.fromkeys(deps))}
-        if tools:
-            call = item.pop("call", None)
-            tool = tools.get(call.get("tool")) if isinstance(call, dict) else None
-            arguments = call.get("arguments") if tool is not None else None
-            if (
-                tool is None
-                or not isinstance(arguments, dict)
-                or not set(tool.required) <= set(arguments) <= set(tool.properties)
-            ):
-                raise ValueError(f"task {k} does not call a listed tool with its parameters")
-            referenced = [r for r in map(reference_of, arguments.values()) if r is not None]
-            if any(not isinstance(r, int) or not 1 <= r < k for r in referenced):
-                raise ValueError(f"task {k} takes the output of a task that is not earlier in the list")
-            # a task that takes another's output waits for it
-            item.update(tool=tool.name, arguments=arguments, dependencies=list(dict.fromkeys(deps + referenced)))
-        out.append(item)
-    return out
+    if tools:
+        call = item.pop("call", None)
+        tool = tools.get(call.get("tool")) if isinstance(call, dict) else None
+        arguments = call.get("arguments") if tool is not None else None
+        if (
+            tool is None
+            or not isinstance(arguments, dict)
+            or not set(tool.required) <= set(arguments) <= set(tool.properties)
+        ):
+            raise ValueError(f"task {k} does not call a listed tool with its parameters")
+        referenced = [r for r in map(reference_of, arguments.values()) if r is not None]
+        if any(not isinstance(r, int) or not 1 <= r < k for r in referenced):
+            raise ValueError(f"task {k} takes the output of a task that is not earlier in the list")
+        # a task that takes another's output waits for it
+        item.update(tool=tool.name, arguments=arguments, dependencies=list(dict.fromkeys(deps + referenced)))
+    return item
 
 
 def reference_of(value: Any) -> Any:
