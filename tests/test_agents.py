@@ -304,7 +304,7 @@ class _PausingConstraint:
             def advance(self, token_id):
                 state.advance(token_id)
                 tokens.append(int(token_id))
-                if "resumed" not in outer.log and '"id": 2' in outer.decode(tokens):
+                if not {"resumed", "timed out"} & set(outer.log) and '"id": 2' in outer.decode(tokens):
                     outer.log.append("resumed" if outer.resume.wait(20) else "timed out")
 
         return State()
