@@ -191,4 +191,5 @@ def _print_call(kind: str, call) -> None:
         + (f"  [+{call.started_s:.2f} s, {call.duration_s * 1000:.0f} ms]" if call.started_s is not None else ""),
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )
