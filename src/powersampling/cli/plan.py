@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -132,12 +133,13 @@ def plan_command(
                 progress=progress,
                 on_stage=lambda msg: stderr.print(f"[dim]{msg}[/dim]", highlight=False),
             )
-            dag = planner.decompose(request, context)
             execution = None
-            if executor is not None:
+            if executor is None:
+                dag = planner.decompose(request, context)
+            else:  # calls start as their tasks are decoded (baseline route) or once the plan is complete
                 executor.planner, executor.model_name = planner, getattr(lm, "name", "none")
                 executor.on_event = _print_call
-                execution = executor.run_sync(dag)
+                execution = asyncio.run(executor.run_plan(planner, request, context))
                 dag = execution.dag
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
@@ -167,9 +169,14 @@ def plan_command(
         stderr.print(
             f"[dim]executed: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}, "
             f"{execution.replans} replans, {execution.elapsed_s:.2f} s; first tool call "
-            + (f"{md['latency_ms'] / 1000 + first:.2f} s after planning started" if first is not None else "never")
+            + (
+                f"{first:.2f} s after planning started (plan {md['latency_ms'] / 1000:.2f} s)"
+                if first is not None
+                else "never"
+            )
             + "[/dim]",
             highlight=False,
+            soft_wrap=True,
         )
         if not execution.ok:
             raise typer.Exit(1)
