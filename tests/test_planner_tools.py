@@ -346,3 +346,34 @@ def test_cheaper_build_keeps_the_language():
                 assert result == accepts(original, answer_text), answer_text
                 seen.add(result)
     assert seen == {True, False}
+
+
+def test_task_stream_reports_each_task_once_complete_even_with_braces_in_values():
+    from powersampling.planner.streaming import TaskStream
+
+    tok = smol_tokenizer()
+    lookup = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        },
+    }
+    spec = TaskListSpec(min_tasks=1, max_tasks=3, tools=(lookup,), ask_atomic=False, count_first=True)
+    constraint = JsonSchemaConstraint(
+        tok, task_list_schema(spec), vocab_size=len(tok), stop_token_ids=[tok.eos_token_id]
+    )
+    text = plan_text(
+        {"tool": "lookup", "arguments": {"q": "a}b{c ]["}},
+        {"tool": "lookup", "arguments": {"q": "{}"}},
+        deps=((), (1,)),
+    )
+    seen = []
+    stream = TaskStream(constraint, tok.decode, lambda k, task: seen.append((k, task, len(state.tokens))))
+    state = stream.start([])
+    ids = tok.encode(text)
+    for token in ids:
+        state.advance(token)
+    assert [(k, task["call"]["arguments"]["q"]) for k, task, _ in seen] == [(1, "a}b{c ]["), (2, "{}")]
+    assert seen[0][2] < len(ids)  # task 1 was reported before the answer was complete
+    assert state.is_finished() is False and constraint.accepts(ids)
