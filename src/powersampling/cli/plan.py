@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import typer
 
 from ..planner.generation import RouteSettings
-from .common import MODEL_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, route_choices
+from .common import BACKEND_HELP, MODEL_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, route_choices
 
 PlanRoute = route_choices()
 
@@ -31,7 +31,7 @@ def plan_command(
     ),
     max_depth: int = typer.Option(1, "--max-depth", help="levels of subtasks (1: top-level tasks only)"),
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    backend: Backend = typer.Option(Backend.auto, help="engine for the model"),
+    backend: Backend = typer.Option(Backend.auto, help=BACKEND_HELP),
     tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
     threads: int | None = typer.Option(None, help=THREADS_HELP),
