@@ -36,6 +36,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subpro
         (["plan", "x"], {"POWER_SAMPLING_HTDAG_ENABLED": "sometimes"}, "POWER_SAMPLING_HTDAG_ENABLED"),
         (["plan", "x"], {"POWER_SAMPLING_ROLLOUT_PERCENT": "101"}, "POWER_SAMPLING_ROLLOUT_PERCENT"),
         (["plan", "x" * 5000, "--method", "baseline", "--model", "/no/such"], None, "does not exist"),
+        (["plan", "x", "--execute"], None, "--execute needs --tools-module"),
+        (["plan", "x", "--tools-module", "/no/such/tools.py"], None, "does not exist"),
+        (["plan", "x", "--tools", "a", "--tools-file", "t.json"], None, "give one of"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, env, message):
@@ -71,3 +74,48 @@ def test_plan_on_the_embedded_model_is_a_valid_dag():
     md = dag.metadata
     assert md["route"] == "baseline" and md["fallback"] is False and md["model_calls"] == 1
     assert "baseline route" in proc.stderr  # progress and summary go to stderr, the plan alone to stdout
+
+
+TOOLS_MODULE = '''from typing import Literal
+
+
+def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> str:
+    """Current weather in a city."""
+    return f"sunny in {city}"
+
+
+def send_email(to: str, body: str) -> str:
+    """Send an email to someone."""
+    return f"sent to {to}"
+'''
+
+
+@pytest.mark.slow
+def test_plan_and_execute_on_the_embedded_model(tmp_path):
+    """The user's path: typed functions in a file, a plan on the embedded model, the calls run and reported."""
+    module = tmp_path / "mytools.py"
+    module.write_text(TOOLS_MODULE)
+    proc = run_cli(
+        "plan",
+        "Check the weather in Paris and email it to ann@example.com",
+        "--tools-module",
+        str(module),
+        "--execute",
+        "--method",
+        "baseline",
+        "--max-tasks-per-level",
+        "3",
+        "--seed",
+        "0",
+        "--json",
+        "--threads",
+        "1",
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a call failed, which a 135M model's plan may do
+    out = json.loads(proc.stdout)
+    calls = out["execution"]["calls"]
+    assert calls and {c["tool"] for c in calls} <= {"get_weather", "send_email"}
+    assert all(c["status"] in ("ok", "error", "skipped") for c in calls)
+    assert all(c["output"].startswith(("sunny in", "sent to")) for c in calls if c["status"] == "ok")
+    assert "first tool call" in proc.stderr and "Traceback" not in proc.stderr
+    assert dag_from_json(json.dumps(out["plan"])).tasks

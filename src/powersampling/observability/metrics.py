@@ -118,6 +118,20 @@ RUNNING = Gauge(
     registry=REGISTRY,
 )
 
+TOOL_CALLS = Counter(
+    f"{PREFIX}_tool_calls_total",
+    "Tool calls run by the plan executor, by tool and outcome (ok, error, timeout).",
+    ["model_name", "tool", "status"],
+    registry=REGISTRY,
+)
+TOOL_CALL_DURATION = Histogram(
+    f"{PREFIX}_tool_call_duration_seconds",
+    "Wall time of one tool call run by the plan executor, whatever its outcome.",
+    ["model_name", "tool"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+
 
 def status_of_http(code: int) -> str:
     """The ``status`` label for an HTTP status code."""
@@ -263,6 +277,14 @@ class QueueGauges:
 
     def finish(self) -> None:
         self._running.dec()
+
+
+def record_tool_call(*, model_name: str, tool: str, status: str, duration_s: float) -> None:
+    """Count one executed tool call and observe its wall time."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; one of {STATUSES}")
+    TOOL_CALLS.labels(model_name, tool, status).inc()
+    TOOL_CALL_DURATION.labels(model_name, tool).observe(max(duration_s, 0.0))
 
 
 def exposition() -> tuple[bytes, str]:

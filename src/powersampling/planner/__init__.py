@@ -10,6 +10,7 @@ from .export import (
     dag_to_json,
     to_dot,
     to_mermaid,
+    to_tool_calls,
     to_tree,
 )
 from .generation import GenerationError, RouteSettings, generate_json, power_sample
@@ -17,7 +18,15 @@ from .planner import Feedback, PlanBudgetError, Planner, PlannerConfig
 from .quality import PlanQualityEvaluator, QualityReport
 from .routing import RouteDecision, RoutingConfig, rollout_bucket
 from .safety import InputLimits, PlanInputError, screen_input
-from .schema import TaskListSpec, max_output_tokens, task_list_schema
+from .schema import (
+    TaskListSpec,
+    max_output_tokens,
+    task_list_schema,
+    tool_calls_from_turn,
+    tool_turn_max_tokens,
+    tool_turn_schema,
+)
+from .tools import ToolsFileError, ToolSpec, load_tools, parse_tools
 
 __all__ = [
     "DAG_JSON_SCHEMA",
@@ -40,17 +49,25 @@ __all__ = [
     "TaskDAG",
     "TaskListSpec",
     "TaskStatus",
+    "ToolSpec",
+    "ToolsFileError",
     "dag_from_dict",
     "dag_from_json",
     "dag_to_dict",
     "dag_to_json",
     "generate_json",
+    "load_tools",
     "max_output_tokens",
+    "parse_tools",
     "power_sample",
     "rollout_bucket",
     "screen_input",
     "task_list_schema",
     "to_dot",
     "to_mermaid",
+    "to_tool_calls",
     "to_tree",
+    "tool_calls_from_turn",
+    "tool_turn_max_tokens",
+    "tool_turn_schema",
 ]

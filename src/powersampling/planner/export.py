@@ -209,7 +209,7 @@ def call_text(task) -> str:
     """``tool(name=value, ...)`` for a task that names a tool."""
     if not task.arguments:
         return str(task.tool)
-    return f"{task.tool}(" + ", ".join(f"{k}={json.dumps(v)}" for k, v in task.arguments.items()) + ")"
+    return f"{task.tool}(" + ", ".join(f"{k}={json.dumps(v, default=repr)}" for k, v in task.arguments.items()) + ")"
 
 
 def to_tree(dag: TaskDAG) -> str:
@@ -235,3 +235,17 @@ def to_tree(dag: TaskDAG) -> str:
     waves = dag.parallel_waves()
     lines.append("Waves: " + " | ".join(", ".join(w) for w in waves))
     return "\n".join(lines) + "\n"
+
+
+def to_tool_calls(dag: TaskDAG) -> list[dict[str, Any]]:
+    """The plan's calls as OpenAI ``tool_calls`` (``{"id", "type": "function", "function": {"name", "arguments"}}``,
+    arguments as a JSON string), every call after the calls it waits for. The id is ``call_<task id>``; an argument
+    that takes an earlier call's output stays ``{"from_task": "<task id>"}`` (OpenAI has no such reference: an agent
+    loop resolves it, as ``powersampling.agents`` does)."""
+    from .schema import openai_tool_call
+
+    return [
+        openai_tool_call(f"call_{task.id}", task.tool, task.arguments or {})
+        for task in (dag[tid] for tid in dag.topological_order())
+        if task.tool is not None and dag.is_leaf(task.id)
+    ]

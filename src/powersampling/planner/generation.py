@@ -98,11 +98,15 @@ def generate_json(
     deadline_s: float | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     label: str | None = None,
+    wrap_constraint: Callable[[Any], Any] | None = None,
 ) -> GenerationOutcome:
     """One grammar-constrained model call with sampler ``method`` (any registered method, with its ``params``);
-    the parsed JSON or a ``GenerationError``. ``label`` names the call in messages (the planner passes its route)."""
+    the parsed JSON or a ``GenerationError``. ``label`` names the call in messages (the planner passes its route);
+    ``wrap_constraint`` may wrap the grammar constraint (``streaming.TaskStream`` watches the answer grow)."""
     label = label or method
     constraint = JsonSchemaConstraint.for_model(model, response_schema)
+    if wrap_constraint is not None:
+        constraint = wrap_constraint(constraint)
     sampler = build_sampler(
         method,
         model,

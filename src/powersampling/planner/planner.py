@@ -32,7 +32,16 @@ from .prompts import system_prompt, task_prompt
 from .quality import PlanQualityEvaluator
 from .routing import RoutingConfig
 from .safety import InputLimits, PlanInputError, neutralize_control_tokens, screen_input, screen_mapping_values
-from .schema import TaskListSpec, max_output_tokens, parse_task_list, task_list_schema
+from .schema import (
+    REFERENCE_KEY,
+    TaskListSpec,
+    max_output_tokens,
+    parse_task,
+    parse_task_list,
+    reference_of,
+    task_list_schema,
+)
+from .streaming import TaskStream
 from .tools import ToolsFileError, ToolSpec, as_tool_specs
 
 log = logging.getLogger("powersampling.planner")
@@ -54,7 +63,8 @@ class PlannerConfig:
     max_model_calls: int = 8
     description_max_chars: int = 80
     task_types: tuple[str, ...] | None = None
-    tools: tuple[ToolSpec, ...] | None = None  # also accepted: names, or dicts in the tools.json format
+    tools: tuple[ToolSpec, ...] | None = None  # also accepted: callables, names, OpenAI/MCP/TaskBench dicts
+    argument_references: bool = False  # a tool call's argument may be an earlier task's output ({"from_task": j})
     agents: tuple[str, ...] | None = None
     route: str | None = None
     fallback_to_baseline: bool = True
@@ -198,8 +208,20 @@ class Planner:
 
     # public API
 
-    def decompose(self, request: str, context: Any = None, *, request_key: str | None = None) -> TaskDAG:
-        """Plan ``request``. ``request_key`` (default: the request text) decides the rollout bucket."""
+    def decompose(
+        self,
+        request: str,
+        context: Any = None,
+        *,
+        request_key: str | None = None,
+        on_task: Callable[[Task], None] | None = None,
+    ) -> TaskDAG:
+        """Plan ``request``. ``request_key`` (default: the request text) decides the rollout bucket.
+
+        ``on_task`` receives each top-level task as soon as the model has decoded it, while the rest of the plan is
+        still being decoded (LLMCompiler's streaming): only on the baseline route, whose one sample never takes a
+        token back, and only with ``max_depth`` 1, where every top-level task is final. Otherwise it hears
+        nothing and the tasks come with the plan."""
         screened = screen_input(request, context, self.config.input_limits)
         budget = _Budget(self.config)
         if self.config.route is not None:
@@ -208,6 +230,7 @@ class Planner:
             decision = self.routing.decide(request_key if request_key is not None else request)
             route, reason = decision.route, decision.reason
         run = _PlanRun(self, screened.prompt_request, screened.prompt_context, route, budget)
+        run.on_task = on_task if self.config.max_depth == 1 else None
         self._stage(f"planning top-level tasks ({route} route)")
         top = run.generate_children(parent=None, plan_so_far=[], note=None, level=1)
         if top is None:
@@ -341,6 +364,8 @@ class _PlanRun:
         self.tokens_generated = 0
         self.budget_stop: str | None = None
         self.expansion_errors: list[dict[str, str]] = []
+        self.on_task: Callable[[Task], None] | None = None
+        self.streaming: tuple[TaskListSpec, str, int] | None = None
 
     def route_used(self) -> str:
         """The route that produced the plan: the requested one unless any call fell back ("baseline" if all did)."""
@@ -395,6 +420,7 @@ class _PlanRun:
             agents=cfg.agents,
             ask_atomic=level < cfg.max_depth,
             count_first=cfg.tools is not None,
+            references=cfg.argument_references and cfg.tools is not None,
         )
         user_prompt = task_prompt(
             self.request_text,
@@ -408,24 +434,14 @@ class _PlanRun:
             parent=(parent.id, parent.description, parent.dependencies) if parent is not None else None,
             plan_so_far=[(t.id, t.description) for t in plan_so_far] if parent is not None else (),
         )
-        items, route = self._call_with_fallback(spec, user_prompt, parent)
         prefix = f"{parent.id}." if parent is not None else "t"
         parent_id = parent.id if parent is not None else None
-        return [
-            Task(
-                id=f"{prefix}{item['id']}",
-                description=" ".join(item["description"].split()),
-                task_type=item.get("task_type") or ("tool_call" if item.get("tool") else "generic"),
-                parent=parent_id,
-                dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]),
-                agent=item.get("agent"),
-                tool=item.get("tool"),
-                arguments=item.get("arguments"),
-                atomic=bool(item.get("atomic", True)),
-                metadata={"generated_by": route, "level": level},
-            )
-            for item in items
-        ]
+        self.streaming = (spec, prefix, level) if parent is None and self.on_task is not None else None
+        try:
+            items, route = self._call_with_fallback(spec, user_prompt, parent)
+        finally:
+            self.streaming = None
+        return [_task_from_item(item, prefix, parent_id, route, level) for item in items]
 
     def _call_with_fallback(self, spec: TaskListSpec, user_prompt: str, parent: Task | None):
         schema = task_list_schema(spec)
@@ -448,6 +464,23 @@ class _PlanRun:
                 ) from exc
             return self._call("baseline", schema, spec, max_tokens, user_prompt), "baseline"
 
+    def _stream_wrapper(self) -> Callable[[Any], Any] | None:
+        """A constraint wrapper handing each top-level task to ``on_task`` as soon as it is decoded (the baseline
+        route decodes once, in order; nothing streams on routes that resample)."""
+        if self.streaming is None or self.on_task is None:
+            return None
+        spec, prefix, level = self.streaming
+        on_task, tokenizer = self.on_task, self.planner.model.tokenizer
+
+        def on_item(position: int, data: Any) -> None:
+            try:
+                item = parse_task(data, position, spec)
+            except ValueError:  # the finished answer is checked again and reports it
+                return
+            on_task(_task_from_item(item, prefix, None, "baseline", level))
+
+        return lambda constraint: TaskStream(constraint, tokenizer.decode, on_item)
+
     def _call(self, route: str, schema: dict, spec: TaskListSpec, max_tokens: int, user_prompt: str):
         self.budget.calls += 1
         evaluator = None
@@ -469,6 +502,7 @@ class _PlanRun:
                 deadline_s=max(remaining, 0.001) if remaining is not None else None,
                 progress=self.planner.progress,
                 label=route,
+                wrap_constraint=self._stream_wrapper() if route == "baseline" else None,
             )
             items = parse_task_list(outcome.text, spec)
         finally:
@@ -487,6 +521,31 @@ class _PlanRun:
             )
         self.routes_used.append(route)
         return items
+
+
+def _task_from_item(item: Mapping[str, Any], prefix: str, parent_id: str | None, route: str, level: int) -> Task:
+    return Task(
+        id=f"{prefix}{item['id']}",
+        description=" ".join(item["description"].split()),
+        task_type=item.get("task_type") or ("tool_call" if item.get("tool") else "generic"),
+        parent=parent_id,
+        dependencies=tuple(f"{prefix}{d}" for d in item["dependencies"]),
+        agent=item.get("agent"),
+        tool=item.get("tool"),
+        arguments=_with_task_ids(item.get("arguments"), prefix),
+        atomic=bool(item.get("atomic", True)),
+        metadata={"generated_by": route, "level": level},
+    )
+
+
+def _with_task_ids(arguments: Mapping[str, Any] | None, prefix: str) -> dict[str, Any] | None:
+    """Arguments with each ``{"from_task": j}`` (a position in the model's list) naming the task id instead."""
+    if arguments is None:
+        return None
+    return {
+        k: {REFERENCE_KEY: f"{prefix}{reference_of(v)}"} if reference_of(v) is not None else v
+        for k, v in arguments.items()
+    }
 
 
 def _subtasks_from_dicts(parent_id: str, items: Iterable[Mapping[str, Any]], dag: TaskDAG) -> list[Task]:

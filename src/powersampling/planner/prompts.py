@@ -44,8 +44,20 @@ _TOOL_EXAMPLE = (
 )
 
 
+_REFERENCES = (
+    'An argument that needs the result of an earlier task is written {"from_task": <its id>}.\n'
+    'Example with the tools find_recipe(dish) and order_groceries(items, store), for "Find me a lasagna recipe and '
+    'order what I need from FreshMart": {"count": 2, "tasks": [{"id": 1, "description": "Find a lasagna recipe", '
+    '"call": {"tool": "find_recipe", "arguments": {"dish": "lasagna"}}, "dependencies": []}, {"id": 2, "description": '
+    '"Order the ingredients from FreshMart", "call": {"tool": "order_groceries", "arguments": {"items": {"from_task": '
+    '1}, "store": "FreshMart"}}, "dependencies": [1]}]}'
+)
+
+
 def system_prompt(spec: TaskListSpec) -> str:
     """The system prompt for one call in ``spec``'s answer format."""
+    if spec.tools and spec.references:
+        return f"{_TOOL_PLANNER}\n{_REFERENCES}"
     if spec.tools:
         return f"{_TOOL_PLANNER}\n{_TOOL_EXAMPLE}"
     return f"{_PLANNER}\n{_PLANNER_EXAMPLE}"

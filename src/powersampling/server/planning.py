@@ -69,7 +69,14 @@ class PlanService:
                 )
         limits = {k: v for k, v in (("max_tasks", body.max_tasks), ("max_depth", body.max_depth)) if v is not None}
         if body.tools is not None:
-            limits["tools"] = tuple(t if isinstance(t, str) else t.model_dump() for t in body.tools)
+            from ..planner.tools import ToolsFileError, parse_tools
+
+            # any format parse_tools reads (OpenAI, MCP, TaskBench, names), as far as the request schema admits it
+            items = [t.model_dump() if hasattr(t, "model_dump") else t for t in body.tools]
+            try:
+                limits["tools"] = parse_tools(items, source="tools")
+            except ToolsFileError as exc:
+                raise APIError(400, str(exc), param="tools", code="invalid_value") from None
         try:
             config = PlannerConfig(route=route, settings=dataclasses.replace(base, **changes), **limits)
             Planner(self.model, config, routing=self.routing)  # checks the route is available and its settings
