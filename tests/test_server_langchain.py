@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from test_server import KEY, metric, serve
 from test_server_openai import tiny_smol_model
 
+
 class Alarm(BaseModel):
     """An alarm to set."""
 
