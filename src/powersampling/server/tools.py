@@ -96,7 +96,8 @@ def tool_turn(body: ChatCompletionRequest) -> ToolTurn | None:
     turn = ToolTurn(specs, choice, 1 if body.parallel_tool_calls is False else MAX_PARALLEL_CALLS)
     try:
         turn.instructions()
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a schema shape the catalog cannot read
+        turn.schema()
+    except (ToolsFileError, TypeError, ValueError, KeyError, AttributeError) as exc:  # a shape the planner cannot read
         message = f"tools: cannot read a parameters schema: {exc}"
         raise APIError(400, message, param="tools", code="invalid_value") from None
     return turn
