@@ -326,7 +326,8 @@ async def _stream(
         record_sample(result, name, kind, prompt_tokens=len(call.prompt_ids), count_request=False)
         if server_cut:
             raise scope.deadline_error(completion_body(kind, scope.state.model, name, call, runs, job))
-        yield _sse(chunk(kind, name, call, [final_choice(kind, runs[0])], power_sampling=run_metadata(result, job)))
+        final = final_choice(kind, call, runs[0])
+        yield _sse(chunk(kind, name, call, [final], power_sampling=run_metadata(result, job)))
         if include_usage:
             yield _sse(chunk(kind, name, call, [], usage=usage(call, runs)))
         yield _sse("[DONE]")

@@ -25,6 +25,7 @@ from .logprobs import Scored, chat_logprobs, completion_logprobs, score, top_dic
 from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
 from .scope import check_limits
 from .settings import ServerSettings
+from .tools import ToolTurn, chat_messages, read_turn, tool_grammar, tool_turn
 
 # power_sampling fields that map onto sampler parameters under the same name
 _SAME_NAME = (
@@ -55,7 +56,8 @@ class SamplingCall:
     prompt_ids: list[int]
     client_budget_s: float | None
     stop: StopStringConstraint | None = None
-    grammar: JsonSchemaConstraint | None = None  # response_format's JSON schema
+    grammar: JsonSchemaConstraint | None = None  # response_format's JSON schema, or the tools grammar
+    tools: ToolTurn | None = None  # the reply is read back into tool_calls
     prompts: list[list[int]] = field(default_factory=list)  # every prompt of a batch; [prompt_ids] by default
     prompt_texts: list[str | None] = field(default_factory=list)  # as sent, for echo (None: token ids)
     n: int = 1
@@ -149,13 +151,15 @@ def resolve_call(
         validate_params(method, strict=True, **params)
     except (PowerSamplingError, ValueError) as exc:
         raise APIError(400, str(exc), param="power_sampling", code="invalid_value") from None
+    turn = tool_turn(body) if isinstance(body, ChatCompletionRequest) else None
     return SamplingCall(
         method,
         params,
         prompt_ids,
         ps.deadline_s if ps is not None else None,
         stop_strings(body, model),
-        grammar=response_grammar(body, model),
+        grammar=tool_grammar(turn, model) if turn is not None else response_grammar(body, model),
+        tools=turn,
         n=n,
         echo=echo,
         logprobs=requested_logprobs(body),
@@ -312,7 +316,7 @@ def completion_prompts(
 
 
 def chat_prompt_ids(body: ChatCompletionRequest, model: LanguageModel, settings: ServerSettings) -> list[int]:
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    messages = chat_messages(body, tool_turn(body))
     if not any(m["content"].strip() for m in messages):
         raise APIError(400, "all messages are empty", param="messages", code="invalid_value")
     return _check_length(_encode(model, lambda tok: tok.chat_prompt(messages), "messages"), settings, "messages")
@@ -493,7 +497,8 @@ def run_metadata(result: SampleResult | None, job: Job) -> dict[str, Any]:
 def _choice(kind: str, model: LanguageModel, call: SamplingCall, i: int, run: Run) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": i, "finish_reason": finish_reason(run.result), "logprobs": None}
     if kind == "chat":
-        choice["message"] = {"role": "assistant", "content": run.text}
+        choice["message"], reason = assistant_message(call, i, run)
+        choice["finish_reason"] = reason or choice["finish_reason"]
         if run.scored is not None:
             choice["logprobs"] = chat_logprobs(model, run.tokens, run.scored)
         return choice
@@ -512,6 +517,16 @@ def _choice(kind: str, model: LanguageModel, call: SamplingCall, i: int, run: Ru
             tops.append(top_dict(model, run.scored.top_ids[j], run.scored.top_logp[j]))
         choice["logprobs"] = completion_logprobs(model, shown, values, tops)
     return choice
+
+
+def assistant_message(call: SamplingCall, i: int, run: Run) -> tuple[dict[str, Any], str | None]:
+    """Choice i's message, and ``tool_calls`` as its finish reason when it calls tools (None: the run's own)."""
+    if call.tools is None or run.result is None:
+        return {"role": "assistant", "content": run.text}, None
+    content, calls = read_turn(run.text, id_prefix=f"call_{call.request_id[:12]}_{i}_")
+    if calls:
+        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": run.text if content is None else content}, None
 
 
 def completion_body(
@@ -548,14 +563,13 @@ def chunk(
     }
 
 
-def final_choice(kind: str, run: Run) -> dict[str, Any]:
+def final_choice(kind: str, call: SamplingCall, run: Run) -> dict[str, Any]:
     if kind == "chat":
-        return {
-            "index": 0,
-            "delta": {"content": run.text},
-            "finish_reason": finish_reason(run.result),
-            "logprobs": None,
-        }
+        message, reason = assistant_message(call, 0, run)
+        delta: dict[str, Any] = {"content": message["content"]}
+        if "tool_calls" in message:
+            delta["tool_calls"] = [{"index": j, **c} for j, c in enumerate(message["tool_calls"])]
+        return {"index": 0, "delta": delta, "finish_reason": reason or finish_reason(run.result), "logprobs": None}
     return {"index": 0, "text": run.text, "finish_reason": finish_reason(run.result), "logprobs": None}
 
 

@@ -24,6 +24,8 @@ ScanName = PowerSamplingConfig.model_fields["scan"].annotation  # the MH scans, 
 MAX_STOP_STRINGS = 4  # as OpenAI
 MAX_STOP_LENGTH = 256
 MAX_TOP_LOGPROBS = 20
+MAX_TOOLS = 128
+MAX_PARALLEL_CALLS = 4
 
 
 class _Strict(BaseModel):
@@ -184,13 +186,63 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str = Field(..., min_length=1, max_length=64)
+    arguments: str = Field(..., description="the arguments as a JSON object in a string")
+
+
+class MessageToolCall(_Strict):
+    id: str = Field(..., min_length=1, max_length=256)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=256, description="refused: chat templates have no place for it")
+    tool_calls: list[MessageToolCall] | None = Field(
+        None, max_length=64, description="an assistant turn's calls, rendered as the JSON the tools grammar produces"
+    )
+    tool_call_id: str | None = Field(None, max_length=256, description="a tool message: the call it answers")
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(None, max_length=4000)
+    parameters: dict[str, Any] | None = Field(None, description="a JSON Schema of the arguments object")
+    strict: bool | None = Field(None, description="always strict: the grammar admits only valid arguments")
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+        if parameters is None:
+            return None
+        properties, required = parameters.get("properties", {}), parameters.get("required", [])
+        if not isinstance(properties, dict) or not all(isinstance(v, dict) for v in properties.values()):
+            raise PydanticCustomError("bad_schema", "properties must map names to JSON Schemas")
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise PydanticCustomError("bad_schema", "required must be a list of property names")
+        return parameters
+
+
+class ChatTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str = Field(..., min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -198,6 +250,17 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = Field(None, description="the base model's log p of each returned token")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token")
+    tools: list[ChatTool] | None = Field(
+        None, min_length=1, max_length=MAX_TOOLS, description="functions the reply may call (through a grammar)"
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description="auto (default with tools): tool calls or a text answer; required: one or more calls; none: "
+        "text only; a named function: calls of that function only",
+    )
+    parallel_tool_calls: bool | None = Field(
+        None, description=f"true (default): up to {MAX_PARALLEL_CALLS} calls in one turn; false: one"
+    )
 
     def unsupported(self) -> tuple[str, str] | None:
         for i, message in enumerate(self.messages):
@@ -316,15 +379,22 @@ class ChatLogprobs(_Open):
     content: list[TokenLogprob]
 
 
+class ResponseToolCall(_Open):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class AssistantMessage(_Open):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class ChatChoice(_Open):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChatLogprobs | None = None
 
 

@@ -1,0 +1,56 @@
+"""LangChain's ``ChatOpenAI(...).with_structured_output(PydanticModel)`` against a real server started here, in
+json_schema and function-calling modes, under power sampling: the object it returns is valid because the grammar
+admits nothing else. No network: LangChain counts no tokens on this path (no tiktoken download)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import langchain_openai
+import pytest
+from pydantic import BaseModel, Field
+
+from test_server import KEY, metric, serve
+from test_server_openai import tiny_smol_model
+
+
+class Alarm(BaseModel):
+    """An alarm to set."""
+
+    minutes: int = Field(ge=0, le=99, description="minutes from now")
+    label: Literal["wake", "nap", "tea"]
+    loud: bool
+
+
+POWER = {"method": "power", "power_sampling": {"alpha": 4.0, "n_mcmc": 2, "block_size": 16}}
+
+
+@pytest.fixture(scope="module")
+def smol():
+    with serve(tiny_smol_model(), api_key=KEY) as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "function_calling"])
+def test_with_structured_output_returns_a_valid_object_under_power_sampling(smol, mode):
+    llm = langchain_openai.ChatOpenAI(
+        base_url=smol.url + "/v1",
+        api_key=KEY,
+        model="tiny-smol",
+        max_tokens=64,
+        seed=11,
+        max_retries=0,
+        timeout=180,
+        extra_body=POWER,
+    )
+    structured = llm.with_structured_output(Alarm, method=mode, include_raw=True)
+    powered = metric(smol, "powersampling_requests_total", method="power", status="ok")
+    out = structured.invoke("Set an alarm for tea in ten minutes.")
+    assert out["parsing_error"] is None, out
+    alarm = out["parsed"]
+    assert isinstance(alarm, Alarm) and 0 <= alarm.minutes <= 99
+    raw = out["raw"]
+    assert raw.response_metadata["finish_reason"] == ("tool_calls" if mode == "function_calling" else "stop")
+    assert metric(smol, "powersampling_requests_total", method="power", status="ok") == powered + 1
+    if mode == "function_calling":
+        assert [c["name"] for c in raw.tool_calls] == ["Alarm"]
