@@ -51,8 +51,15 @@ from .grading import Grade, truncate_at_stops
 from .results import RESULTS_FILE, RunSettings, append_row, open_run
 
 VOTE = "+vote"  # method suffix: a majority vote over the method's outputs (see _run_one)
+ADAPTIVE_VOTE = "+avote"  # method suffix: a majority vote that stops drawing once its rule says so (see _run_one)
 QUALITY = "+quality"  # method suffix: the output the task's quality score rates highest (see _run_one)
-SELECTIONS = {VOTE: "a majority vote over its outputs", QUALITY: "its output the task's quality score rates highest"}
+SELECTIONS = {
+    VOTE: "a majority vote over its outputs",
+    ADAPTIVE_VOTE: "a majority vote over samples drawn in rounds until the leader is settled",
+    QUALITY: "its output the task's quality score rates highest",
+}
+VOTES = (VOTE, ADAPTIVE_VOTE)
+VOTE_STOP_PARAMS = ("vote_stop", "vote_round", "vote_confidence")  # BestOfNConfig's; read by +avote only
 BEST_OF_N_RANGE = (2, 64)
 
 
@@ -189,8 +196,9 @@ def _validate(task: str, methods: list[str], limit: int | None) -> Benchmark:
 
 
 def _check_selections(benchmark: Benchmark, methods: list[str], problem: Problem) -> None:
-    if any(m.endswith(VOTE) for m in methods) and benchmark.answer_extractor(problem) is None:
-        raise ConfigError(f"'{VOTE}' needs answers to compare; {benchmark.name} has none (it grades programs)")
+    for suffix in VOTES:
+        if any(m.endswith(suffix) for m in methods) and benchmark.answer_extractor(problem) is None:
+            raise ConfigError(f"'{suffix}' needs answers to compare; {benchmark.name} has none (it grades programs)")
     if any(m.endswith(QUALITY) for m in methods) and benchmark.quality_evaluator(problem) is None:
         raise ConfigError(f"'{QUALITY}' needs a task with a quality score; {benchmark.name} has none")
 
@@ -230,6 +238,9 @@ def check_arguments(
         raise ConfigError(f"--param {scoped}.…: {scoped!r} is not one of the methods ({', '.join(methods)})")
     for method in methods:
         own = {k.rpartition(".")[2]: v for k, v in extra_params.items() if k.rpartition(".")[0] == method}
+        if split_method(method)[1] == ADAPTIVE_VOTE:
+            own = {k: v for k, v in own.items() if k not in VOTE_STOP_PARAMS}
+            _check_adaptive_vote(method, base, extra_params)
         if own:  # a parameter scoped to a method must be one of its own
             validate_params(split_method(method)[0], strict=True, **own)
         validate_params(
@@ -242,6 +253,32 @@ def check_arguments(
     if chains_vote in methods and int(method_params(extra_params, chains_vote).get("n_chains", 1)) < 2:
         raise ConfigError(f"{chains_vote} votes over MH chains: give --param n_chains=N with N >= 2")
     return problems, base
+
+
+def _check_adaptive_vote(method: str, base: dict, extra_params: dict) -> None:
+    """An adaptive vote draws a one-sample method's samples in rounds; its stopping rule must be an adaptive one."""
+    from ..samplers import validate_params
+
+    base_method = split_method(method)[0]
+    if one_sample_temperature(base_method, **base, **method_params(extra_params, method)) is None:
+        raise ConfigError(
+            f"{method}: '{ADAPTIVE_VOTE}' draws samples of a one-sample method (sample, low-temp) in rounds; "
+            f"{base_method} draws its outputs together (use '{VOTE}')"
+        )
+    stop = _vote_stop_params(method_params(extra_params, method), ADAPTIVE_VOTE)
+    if stop["vote_stop"] == "fixed":
+        raise ConfigError(f"{method}: vote_stop=fixed is '{VOTE}'; '{ADAPTIVE_VOTE}' takes unbeatable or posterior")
+    validate_params(CANDIDATES_METHOD, strict=True, n=2, select="majority", **stop)
+
+
+def _vote_stop_params(params: dict, selection: str | None) -> dict:
+    """The stopping rule's parameters for a selection: +avote's (vote_stop 'posterior' unless given), none of them
+    for any other (a +vote draws its whole budget whatever --param says)."""
+    if selection != ADAPTIVE_VOTE:
+        return {}
+    stop = {k: params[k] for k in VOTE_STOP_PARAMS if k in params}
+    stop.setdefault("vote_stop", "posterior")
+    return stop
 
 
 def run_eval(
@@ -429,8 +466,11 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         params["temperature"] = 1.0
     unit = PLAIN_METHOD  # the one-sample method whose cost one best-of-n candidate has
     if selection is not None:
-        if selection == VOTE:
+        if selection in VOTES:
             params.update(select="majority", answer_extractor=benchmark.answer_extractor(problem))
+            for k in VOTE_STOP_PARAMS:
+                params.pop(k, None)
+            params.update(_vote_stop_params(method_params(settings.extra_params, method), selection))
         else:
             evaluator = benchmark.quality_evaluator(problem)
         temperature = one_sample_temperature(base_method, **params)
@@ -473,7 +513,8 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         **grade.fields,
     }
     if base_method == CANDIDATES_METHOD:
-        row["n"] = params["n"]
+        row["n"] = params["n"]  # the budget; an adaptive vote may use fewer
+        row["samples_used"] = len(result.samples)
         row["n_rule"] = n_rule
         row["candidates_correct"] = sum(session.grade(problem, c.text, prompt).correct for c in result.samples)
     return row

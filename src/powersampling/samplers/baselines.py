@@ -20,6 +20,7 @@ from .base import (
 )
 from .config import BestOfNConfig, GreedyConfig, LowTemperatureConfig, SamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
+from .votes import leader_posterior, vote_stop_reason
 
 TemperatureConfig = SamplingConfig | GreedyConfig | LowTemperatureConfig | BestOfNConfig
 
@@ -61,14 +62,8 @@ class TemperatureSampler(Sampler):
             f"power_sampling {self.method}",
             {"gen_ai.request.model": self.model.name, "gen_ai.request.temperature": cfg.temperature},
         ):
-            conts = self.model.sample([request] * cfg.n, cfg.temperature, rng, deadline=deadline.end)
-        tracker = EvaluatorTracker(self.evaluator)
-        completions = []
-        for cont in conts:
-            text = self._decode(cont.token_ids)
-            complete = cont.stopped or len(cont) >= cfg.max_new_tokens
-            score = tracker.score(tuple(cont.token_ids), text) if complete else None
-            completions.append(Completion(list(cont.token_ids), text, float(cont.logp.sum()), complete, score))
+            tracker = EvaluatorTracker(self.evaluator)
+            conts, completions, stop = self._draw(request, rng, deadline, tracker)
         vote = None
         if cfg.select == "majority" and len(completions) > 1:
             chosen, vote = majority_vote(completions, cfg.answer_extractor)
@@ -84,7 +79,7 @@ class TemperatureSampler(Sampler):
             seed=seed,
             tokens_generated=tokens_generated,
             final_tokens=len(cont),
-            backend_calls=1,
+            backend_calls=stop["rounds"] if stop is not None else 1,
             latency_ms=deadline.elapsed_ms(),
             stopped_by="deadline" if cont.interrupted else ("eos" if cont.stopped else "length"),
             complete=completions[chosen].complete,
@@ -96,11 +91,56 @@ class TemperatureSampler(Sampler):
         metadata["temperature"] = cfg.temperature
         if vote is not None:
             metadata["vote"] = vote
+        if stop is not None:
+            metadata["adaptive_vote"] = stop
         if progress is not None:
             progress(ProgressEvent("done", tokens_generated=tokens_generated))
         return SampleResult(
             list(cont.token_ids), completions[chosen].text, np.asarray(cont.logp), self.method, metadata, completions
         )
+
+    def _draw(self, request, rng, deadline: Deadline, tracker: EvaluatorTracker):
+        """The continuations and their completions: all n as one batch, or with an adaptive vote (``vote_stop``)
+        in batched rounds of ``vote_round`` until ``votes.vote_stop_reason`` says stop or the budget is spent.
+        Returns them and, for an adaptive vote, how it stopped (None otherwise)."""
+        cfg = self.config
+        adaptive = getattr(cfg, "vote_stop", "fixed") != "fixed" and cfg.select == "majority"
+        conts, completions = [], []
+        rounds, reason = 0, "budget"
+        while len(conts) < cfg.n:
+            size = min(cfg.vote_round, cfg.n - len(conts)) if adaptive else cfg.n
+            drawn = self.model.sample([request] * size, cfg.temperature, rng, deadline=deadline.end)
+            rounds += 1
+            for cont in drawn:
+                text = self._decode(cont.token_ids)
+                complete = cont.stopped or len(cont) >= cfg.max_new_tokens
+                score = tracker.score(tuple(cont.token_ids), text) if complete else None
+                completions.append(Completion(list(cont.token_ids), text, float(cont.logp.sum()), complete, score))
+            conts.extend(drawn)
+            if not adaptive:
+                break
+            if any(c.interrupted for c in drawn):
+                reason = "deadline"
+                break
+            remaining = cfg.n - len(conts)
+            if remaining > 0:
+                votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
+                why = vote_stop_reason(votes, remaining, cfg.vote_stop, cfg.vote_confidence)
+                if why is not None:
+                    reason = why
+                    break
+        if not adaptive:
+            return conts, completions, None
+        votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
+        stop = {
+            "rule": cfg.vote_stop,
+            "stopped_by": reason,
+            "samples_drawn": len(conts),
+            "budget": cfg.n,
+            "rounds": rounds,
+            "leader_posterior": leader_posterior(votes),
+        }
+        return conts, completions, stop
 
     def _select(self, completions: list[Completion], conts) -> tuple[int, str]:
         if len(completions) == 1:
