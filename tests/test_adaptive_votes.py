@@ -71,22 +71,22 @@ def test_a_model_that_always_gives_one_answer_stops_after_the_first_round_that_s
     fixed = vote(lm, 8)
     assert len(fixed.samples) == 8 and "adaptive_vote" not in fixed.metadata
     for round_size in (1, 2, 4):
-        adaptive = vote(lm, 8, vote_stop="posterior", vote_round=round_size)
+        adaptive = vote(lm, 8, vote_stop="posterior", round_size=round_size)
         stop = adaptive.metadata["adaptive_vote"]
         assert len(adaptive.samples) == 4 and stop["samples_drawn"] == 4 and stop["stopped_by"] == "posterior"
         assert stop["rounds"] == 4 // round_size and adaptive.metadata["backend_calls"] == stop["rounds"]
         assert adaptive.text == fixed.text == "2"
         assert adaptive.metadata["tokens_generated"] * 2 == fixed.metadata["tokens_generated"]
     # the leader is unbeatable once its votes exceed every sample left: 4 of 7 after a round of 4
-    unbeatable = vote(lm, 7, vote_stop="unbeatable", vote_round=4)
+    unbeatable = vote(lm, 7, vote_stop="unbeatable", round_size=4)
     assert len(unbeatable.samples) == 4 and unbeatable.metadata["adaptive_vote"]["stopped_by"] == "unbeatable"
-    assert len(vote(lm, 8, vote_stop="unbeatable", vote_round=4).samples) == 8  # 4 vs 4 left could tie
+    assert len(vote(lm, 8, vote_stop="unbeatable", round_size=4).samples) == 8  # 4 vs 4 left could tie
 
 
 def test_many_equally_likely_answers_use_the_whole_budget():
     lm = first_token_model({t: 1 / 40 for t in range(1, 41)}, 41)
     for seed in range(3):
-        result = vote(lm, 8, seed=seed, vote_stop="posterior", vote_round=2)
+        result = vote(lm, 8, seed=seed, vote_stop="posterior", round_size=2)
         assert len(result.samples) == 8 and result.metadata["adaptive_vote"]["stopped_by"] == "budget"
         assert result.metadata["selected_by"] == "majority"
 
@@ -132,7 +132,7 @@ def test_avote_in_the_eval_records_samples_used_and_stops_on_a_settled_answer(tm
         (["power+avote"], [], "draws its outputs together"),
         (["low-temp+avote"], ["vote_stop=fixed"], "vote_stop=fixed is"),
         (["low-temp+avote"], ["low-temp+avote.vote_confidence=2"], "vote_confidence"),
-        (["low-temp+avote"], ["low-temp+avote.vote_round=0"], "vote_round"),
+        (["low-temp+avote"], ["low-temp+avote.round_size=0"], "round_size"),
     ],
 )
 def test_avote_arguments_are_checked_before_a_model_loads(methods, params, message):
@@ -161,7 +161,7 @@ def test_avote_through_the_cli_on_the_embedded_model(tmp_path):
     out = tmp_path / "run"
     args = ["eval", "--task", "gsm8k", "--methods", "low-temp+vote,low-temp+avote", "--limit", "1"]
     args += ["--best-of-n", "4", "--max-new-tokens", "24", "--seed", "1", "--backend", "transformers"]
-    args += ["--param", "low-temp+avote.vote_round=2", "--out", str(out), "--no-progress", "--threads", "1"]
+    args += ["--param", "low-temp+avote.round_size=2", "--out", str(out), "--no-progress", "--threads", "1"]
     proc = subprocess.run(
         [sys.executable, "-m", "powersampling.cli", *args], capture_output=True, text=True, timeout=900
     )
@@ -172,3 +172,68 @@ def test_avote_through_the_cli_on_the_embedded_model(tmp_path):
     assert fixed["samples_used"] == 4 and adaptive["n"] == 4
     stop = adaptive["metadata"]["adaptive_vote"]
     assert adaptive["samples_used"] == stop["samples_drawn"] in (2, 4) and stop["rounds"] == stop["samples_drawn"] // 2
+
+
+def quality_run(lm, evaluator, n: int = 8, seed: int = 0, **params):
+    return build_sampler(
+        "best-of-n", lm, evaluator=evaluator, n=n, max_new_tokens=3, seed=seed, round_size=2, **params
+    ).sample([1])
+
+
+def test_adaptive_quality_stops_after_the_first_round_that_does_not_raise_the_best_score():
+    lm = first_token_model({t: 1 / 40 for t in range(1, 41)}, 41)
+    flat = quality_run(lm, lambda text: 1.0, quality_margin=0.0)
+    stop = flat.metadata["adaptive_quality"]
+    assert len(flat.samples) == 4 and stop["rounds"] == 2 and stop["stopped_by"] == "no_improvement"
+    assert flat.metadata["selected_by"] == "evaluator" and stop["best_quality"] == 1.0
+    fixed = quality_run(lm, lambda text: 1.0)
+    assert len(fixed.samples) == 8 and "adaptive_quality" not in fixed.metadata
+
+
+def test_adaptive_quality_draws_on_while_each_round_improves_by_more_than_the_margin():
+    calls = []
+
+    def rising(step):
+        def evaluator(text):
+            calls.append(text)
+            return step * len(calls)
+
+        return evaluator
+
+    lm = first_token_model({t: 1 / 1000 for t in range(1, 1001)}, 1001)
+    steep = quality_run(lm, rising(1.0), quality_margin=0.5)  # each round raises the best by 2 > 0.5
+    assert len(steep.samples) == 8 and steep.metadata["adaptive_quality"]["stopped_by"] == "budget"
+    calls.clear()
+    shallow = quality_run(lm, rising(0.1), quality_margin=0.5)  # the second round raises it by 0.2 <= 0.5
+    assert len(shallow.samples) == 4 and shallow.metadata["adaptive_quality"]["stopped_by"] == "no_improvement"
+
+
+def test_adaptive_quality_needs_an_evaluator_and_no_vote():
+    lm = first_token_model({2: 1.0}, 3)
+    with pytest.raises(ConfigError, match="give an evaluator"):
+        build_sampler("best-of-n", lm, n=4, quality_margin=0.1)
+    with pytest.raises(ConfigError, match="quality_margin stops a selection"):
+        build_sampler("best-of-n", lm, n=4, quality_margin=0.1, select="majority")
+
+
+def test_aquality_is_checked_before_a_model_loads(tmp_path):
+    from powersampling.eval.runner import check_arguments
+    from test_eval_taskbench import _data_dir
+
+    with pytest.raises(ConfigError, match="needs a task with a quality score"):
+        check_arguments("gsm8k", ["low-temp+aquality"], 1)
+    data = _data_dir(tmp_path)
+    with pytest.raises(ConfigError, match="draws its outputs together"):
+        check_arguments("taskbench", ["power+aquality"], 1, data=data)
+    with pytest.raises(ConfigError, match="quality_margin"):
+        check_arguments("taskbench", ["low-temp+aquality"], 1, data=data, extra_params={"quality_margin": -1})
+    check_arguments("taskbench", ["low-temp+aquality"], 1, data=data, extra_params={"quality_margin": 0.05})
+
+
+def test_stopping_parameters_are_read_by_the_adaptive_selections_only():
+    from powersampling.eval.runner import check_arguments
+
+    # unscoped, they reach the adaptive selection and leave the others as they are
+    check_arguments("gsm8k", ["best-of-n", "low-temp+avote"], 1, best_of_n=4, extra_params={"vote_stop": "posterior"})
+    with pytest.raises(ConfigError, match="read by '\\+avote' and '\\+aquality' only"):
+        check_arguments("gsm8k", ["low-temp+vote"], 1, extra_params={"low-temp+vote.vote_stop": "posterior"})

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..backends.base import ContinuationRequest, LanguageModel, TokenConstraint
+from ..errors import ConfigError
 from ..observability.tracing import span
 from .base import (
     Deadline,
@@ -41,6 +42,8 @@ class TemperatureSampler(Sampler):
         method: str | None = None,
     ) -> None:
         super().__init__(model, config, evaluator=evaluator)
+        if getattr(self.config, "quality_margin", None) is not None and self.evaluator is None:
+            raise ConfigError("quality_margin stops when the best quality score stops improving; give an evaluator")
         self.method = method or (
             "greedy" if self.config.temperature == 0 else "best-of-n" if self.config.n > 1 else "sample"
         )
@@ -92,7 +95,7 @@ class TemperatureSampler(Sampler):
         if vote is not None:
             metadata["vote"] = vote
         if stop is not None:
-            metadata["adaptive_vote"] = stop
+            metadata["adaptive_quality" if stop["rule"] == "quality_margin" else "adaptive_vote"] = stop
         if progress is not None:
             progress(ProgressEvent("done", tokens_generated=tokens_generated))
         return SampleResult(
@@ -100,15 +103,19 @@ class TemperatureSampler(Sampler):
         )
 
     def _draw(self, request, rng, deadline: Deadline, tracker: EvaluatorTracker):
-        """The continuations and their completions: all n as one batch, or with an adaptive vote (``vote_stop``)
-        in batched rounds of ``vote_round`` until ``votes.vote_stop_reason`` says stop or the budget is spent.
-        Returns them and, for an adaptive vote, how it stopped (None otherwise)."""
+        """The continuations and their completions: all n as one batch, or in batched rounds of ``round_size``
+        until the budget is spent or the adaptive rule says stop: for a vote (``vote_stop``), ``votes.
+        vote_stop_reason``; for a quality selection (``quality_margin``), the first round after which the best
+        quality score so far is not above the best before it plus the margin (rounds before any complete,
+        scored output never stop it). Returns them and how an adaptive run stopped (None otherwise)."""
         cfg = self.config
-        adaptive = getattr(cfg, "vote_stop", "fixed") != "fixed" and cfg.select == "majority"
+        adaptive_vote = getattr(cfg, "vote_stop", "fixed") != "fixed" and cfg.select == "majority"
+        adaptive_quality = getattr(cfg, "quality_margin", None) is not None
+        adaptive = adaptive_vote or adaptive_quality
         conts, completions = [], []
-        rounds, reason = 0, "budget"
+        rounds, reason, best = 0, "budget", -np.inf
         while len(conts) < cfg.n:
-            size = min(cfg.vote_round, cfg.n - len(conts)) if adaptive else cfg.n
+            size = min(cfg.round_size, cfg.n - len(conts)) if adaptive else cfg.n
             drawn = self.model.sample([request] * size, cfg.temperature, rng, deadline=deadline.end)
             rounds += 1
             for cont in drawn:
@@ -123,7 +130,13 @@ class TemperatureSampler(Sampler):
                 reason = "deadline"
                 break
             remaining = cfg.n - len(conts)
-            if remaining > 0:
+            if adaptive_quality:
+                previous = best
+                best = max([best] + [c.quality_score for c in completions if c.quality_score is not None])
+                if remaining > 0 and np.isfinite(best) and not best > previous + cfg.quality_margin:
+                    reason = "no_improvement"
+                    break
+            elif remaining > 0:
                 votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
                 why = vote_stop_reason(votes, remaining, cfg.vote_stop, cfg.vote_confidence)
                 if why is not None:
@@ -131,15 +144,12 @@ class TemperatureSampler(Sampler):
                     break
         if not adaptive:
             return conts, completions, None
-        votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
-        stop = {
-            "rule": cfg.vote_stop,
-            "stopped_by": reason,
-            "samples_drawn": len(conts),
-            "budget": cfg.n,
-            "rounds": rounds,
-            "leader_posterior": leader_posterior(votes),
-        }
+        stop = {"stopped_by": reason, "samples_drawn": len(conts), "budget": cfg.n, "rounds": rounds}
+        if adaptive_quality:
+            stop.update(rule="quality_margin", margin=cfg.quality_margin, best_quality=float(best))
+        else:
+            votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
+            stop.update(rule=cfg.vote_stop, leader_posterior=leader_posterior(votes))
         return conts, completions, stop
 
     def _select(self, completions: list[Completion], conts) -> tuple[int, str]:
