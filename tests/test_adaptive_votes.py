@@ -237,3 +237,35 @@ def test_stopping_parameters_are_read_by_the_adaptive_selections_only():
     check_arguments("gsm8k", ["best-of-n", "low-temp+avote"], 1, best_of_n=4, extra_params={"vote_stop": "posterior"})
     with pytest.raises(ConfigError, match="read by '\\+avote' and '\\+aquality' only"):
         check_arguments("gsm8k", ["low-temp+vote"], 1, extra_params={"low-temp+vote.vote_stop": "posterior"})
+
+
+@pytest.mark.slow
+def test_aquality_on_taskbench_with_the_embedded_model(tmp_path):
+    from powersampling import load_model
+    from powersampling.eval.runner import run_eval
+    from test_eval_taskbench import _data_dir
+
+    rows = []
+    run_eval(
+        "taskbench",
+        ["low-temp+quality", "low-temp+aquality"],
+        None,
+        load_model(None),
+        tmp_path / "run",
+        data=_data_dir(tmp_path),
+        best_of_n=6,
+        max_new_tokens=256,
+        seed=0,
+        progress=False,
+        write_report=False,
+        on_row=rows.append,
+    )
+    fixed = [r for r in rows if r["method"] == "low-temp+quality"]
+    adaptive = [r for r in rows if r["method"] == "low-temp+aquality"]
+    assert len(fixed) == len(adaptive) == 2 and all(r["samples_used"] == 6 for r in fixed)
+    for r in adaptive:
+        stop = r["metadata"]["adaptive_quality"]
+        assert r["n"] == 6 and r["samples_used"] == stop["samples_drawn"] in (4, 6) and stop["margin"] == 0.0
+        assert stop["stopped_by"] in ("no_improvement", "budget") and r["params"]["quality_margin"] == 0.0
+        if r["quality_score"] is not None and r["metadata"]["selected_by"] == "evaluator":
+            assert r["quality_score"] == pytest.approx(stop["best_quality"])
