@@ -124,6 +124,11 @@ def test_avote_in_the_eval_records_samples_used_and_stops_on_a_settled_answer(tm
         assert a["n"] == 8 and a["samples_used"] == 4 and a["metadata"]["adaptive_vote"]["stopped_by"] == "posterior"
         assert a["params"]["vote_stop"] == "posterior" and a["correct"] == f["correct"]
         assert a["tokens_generated"] * 2 == f["tokens_generated"]
+    from powersampling.eval.report import write_report
+
+    summary = write_report(tmp_path, methods=["low-temp+vote", "low-temp+avote"])
+    assert summary["methods"]["low-temp+avote"]["mean_samples_used"] == 4.0
+    assert "| low-temp+avote (n=8, 4.00 used) |" in (tmp_path / "summary.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -166,7 +171,7 @@ def test_avote_through_the_cli_on_the_embedded_model(tmp_path):
         [sys.executable, "-m", "powersampling.cli", *args], capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr
-    assert "| low-temp+avote | 1 |" in proc.stdout
+    assert "| low-temp+avote (n=4, " in proc.stdout
     rows = {r["method"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     fixed, adaptive = rows["low-temp+vote"], rows["low-temp+avote"]
     assert fixed["samples_used"] == 4 and adaptive["n"] == 4

@@ -88,6 +88,10 @@ def _method_entry(method: str, mrows: list[dict]) -> dict:
     acc = [r["metadata"].get("acceptance_rate") for r in mrows if "acceptance_rate" in r.get("metadata", {})]
     if acc:
         entry["mean_acceptance_rate"] = float(np.mean(acc))
+    used = [r["samples_used"] for r in mrows if "samples_used" in r]
+    if used and len(used) == n and method != CANDIDATES_METHOD:  # a vote or quality selection over n samples
+        entry["n_values"] = sorted({r.get("n") for r in mrows})
+        entry["mean_samples_used"] = float(np.mean(used))
     if method == CANDIDATES_METHOD and mrows:
         entry["n_values"] = sorted({r.get("n") for r in mrows})
         entry["oracle_pass_at_n"] = sum(r.get("candidates_correct", 0) > 0 for r in mrows) / n
@@ -195,6 +199,8 @@ def accuracy_table(summary: dict) -> list[str]:
         lo, hi = s["ci95"]
         acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
         name = m + (f" (n={','.join(map(str, s['n_values']))})" if s.get("n_values") else "")
+        if s.get("mean_samples_used") is not None:
+            name = name.removesuffix(")") + f", {s['mean_samples_used']:.2f} used)"
         lines.append(
             f"| {name} | {s['problems']} | {s['correct']} | {acc} | {lo:.1%} - {hi:.1%} | "
             f"{fmt(s['mean_tokens_decoded'])} | {fmt(s.get('token_cost_vs_sample'), '.2f')} | "
