@@ -188,6 +188,14 @@ def oracle_note(summary: dict) -> list[str]:
     ]
 
 
+def method_label(method: str, entry: dict) -> str:
+    """A method's name in a report table, with its n values and, for an adaptive selection, the mean samples used."""
+    parts = [f"n={','.join(map(str, entry['n_values']))}"] if entry.get("n_values") else []
+    if entry.get("mean_samples_used") is not None:
+        parts.append(f"{entry['mean_samples_used']:.2f} used")
+    return method + (f" ({', '.join(parts)})" if parts else "")
+
+
 def accuracy_table(summary: dict) -> list[str]:
     lines = []
     lines += [
@@ -198,9 +206,7 @@ def accuracy_table(summary: dict) -> list[str]:
     for m, s in summary["methods"].items():
         lo, hi = s["ci95"]
         acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
-        name = m + (f" (n={','.join(map(str, s['n_values']))})" if s.get("n_values") else "")
-        if s.get("mean_samples_used") is not None:
-            name = name.removesuffix(")") + f", {s['mean_samples_used']:.2f} used)"
+        name = method_label(m, s)
         lines.append(
             f"| {name} | {s['problems']} | {s['correct']} | {acc} | {lo:.1%} - {hi:.1%} | "
             f"{fmt(s['mean_tokens_decoded'])} | {fmt(s.get('token_cost_vs_sample'), '.2f')} | "
