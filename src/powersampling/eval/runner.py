@@ -470,7 +470,10 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
     particles (weighted), MH's chains (``n_chains``), and for one-sample methods (sample, low-temp) n samples at
     that method's temperature, n matched to power sampling's cost like best-of-n's. ``m+quality`` returns the
     output the benchmark's quality score (which sees the request and the output, never the gold answer) rates
-    highest: every complete state MH visits, SMC's complete particles, or n samples as for a vote."""
+    highest: every complete state MH visits, SMC's complete particles, or n samples as for a vote. ``m+avote`` and
+    ``m+aquality`` (one-sample methods) have the same budget n but draw it in rounds that stop early
+    (``samplers.votes`` for the vote's rules, ``quality_margin`` for the quality selection); each candidates row
+    records the budget ``n`` and the ``samples_used``."""
     from ..samplers import build_sampler
 
     settings, benchmark, model = session.settings, session.benchmark, session.model
