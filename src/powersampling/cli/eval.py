@@ -25,7 +25,9 @@ def eval_command(
         DEFAULT_METHODS,
         help="comma-separated methods of the sampler registry (generate --help lists them); METHOD+vote: a "
         "majority vote over its outputs; METHOD+quality: the output the benchmark's quality score rates highest "
-        "(benchmarks that have one: taskbench)",
+        "(benchmarks that have one: taskbench); +avote and +aquality (sample, low-temp): the same, samples drawn "
+        "in rounds that stop early (--param vote_stop, vote_confidence, quality_margin, round_size; "
+        "docs/samplers.md)",
     ),
     limit: int | None = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),

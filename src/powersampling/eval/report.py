@@ -88,6 +88,10 @@ def _method_entry(method: str, mrows: list[dict]) -> dict:
     acc = [r["metadata"].get("acceptance_rate") for r in mrows if "acceptance_rate" in r.get("metadata", {})]
     if acc:
         entry["mean_acceptance_rate"] = float(np.mean(acc))
+    used = [r["samples_used"] for r in mrows if "samples_used" in r]
+    if used and len(used) == n and method != CANDIDATES_METHOD:  # a vote or quality selection over n samples
+        entry["n_values"] = sorted({r.get("n") for r in mrows})
+        entry["mean_samples_used"] = float(np.mean(used))
     if method == CANDIDATES_METHOD and mrows:
         entry["n_values"] = sorted({r.get("n") for r in mrows})
         entry["oracle_pass_at_n"] = sum(r.get("candidates_correct", 0) > 0 for r in mrows) / n
@@ -184,6 +188,14 @@ def oracle_note(summary: dict) -> list[str]:
     ]
 
 
+def method_label(method: str, entry: dict) -> str:
+    """A method's name in a report table, with its n values and, for an adaptive selection, the mean samples used."""
+    parts = [f"n={','.join(map(str, entry['n_values']))}"] if entry.get("n_values") else []
+    if entry.get("mean_samples_used") is not None:
+        parts.append(f"{entry['mean_samples_used']:.2f} used")
+    return method + (f" ({', '.join(parts)})" if parts else "")
+
+
 def accuracy_table(summary: dict) -> list[str]:
     lines = []
     lines += [
@@ -194,7 +206,7 @@ def accuracy_table(summary: dict) -> list[str]:
     for m, s in summary["methods"].items():
         lo, hi = s["ci95"]
         acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
-        name = m + (f" (n={','.join(map(str, s['n_values']))})" if s.get("n_values") else "")
+        name = method_label(m, s)
         lines.append(
             f"| {name} | {s['problems']} | {s['correct']} | {acc} | {lo:.1%} - {hi:.1%} | "
             f"{fmt(s['mean_tokens_decoded'])} | {fmt(s.get('token_cost_vs_sample'), '.2f')} | "

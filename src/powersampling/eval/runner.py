@@ -51,8 +51,21 @@ from .grading import Grade, truncate_at_stops
 from .results import RESULTS_FILE, RunSettings, append_row, open_run
 
 VOTE = "+vote"  # method suffix: a majority vote over the method's outputs (see _run_one)
+ADAPTIVE_VOTE = "+avote"  # method suffix: a majority vote that stops drawing once its rule says so (see _run_one)
 QUALITY = "+quality"  # method suffix: the output the task's quality score rates highest (see _run_one)
-SELECTIONS = {VOTE: "a majority vote over its outputs", QUALITY: "its output the task's quality score rates highest"}
+ADAPTIVE_QUALITY = "+aquality"  # method suffix: +quality over samples drawn until the best score stops improving
+SELECTIONS = {
+    VOTE: "a majority vote over its outputs",
+    ADAPTIVE_VOTE: "a majority vote over samples drawn in rounds until the leader is settled",
+    QUALITY: "its output the task's quality score rates highest",
+    ADAPTIVE_QUALITY: "its output the quality score rates highest, drawn in rounds until the best stops improving",
+}
+QUALITIES = (QUALITY, ADAPTIVE_QUALITY)
+VOTES = (VOTE, ADAPTIVE_VOTE)
+VOTE_STOP_PARAMS = ("vote_stop", "round_size", "vote_confidence")  # BestOfNConfig's; read by +avote only
+QUALITY_STOP_PARAMS = ("quality_margin", "round_size")  # BestOfNConfig's; read by +aquality only
+STOP_PARAMS = tuple(dict.fromkeys(VOTE_STOP_PARAMS + QUALITY_STOP_PARAMS))
+DEFAULT_QUALITY_MARGIN = 0.0  # +aquality stops after the first round that does not raise the best score
 BEST_OF_N_RANGE = (2, 64)
 
 
@@ -189,10 +202,12 @@ def _validate(task: str, methods: list[str], limit: int | None) -> Benchmark:
 
 
 def _check_selections(benchmark: Benchmark, methods: list[str], problem: Problem) -> None:
-    if any(m.endswith(VOTE) for m in methods) and benchmark.answer_extractor(problem) is None:
-        raise ConfigError(f"'{VOTE}' needs answers to compare; {benchmark.name} has none (it grades programs)")
-    if any(m.endswith(QUALITY) for m in methods) and benchmark.quality_evaluator(problem) is None:
-        raise ConfigError(f"'{QUALITY}' needs a task with a quality score; {benchmark.name} has none")
+    for suffix in VOTES:
+        if any(m.endswith(suffix) for m in methods) and benchmark.answer_extractor(problem) is None:
+            raise ConfigError(f"'{suffix}' needs answers to compare; {benchmark.name} has none (it grades programs)")
+    for suffix in QUALITIES:
+        if any(m.endswith(suffix) for m in methods) and benchmark.quality_evaluator(problem) is None:
+            raise ConfigError(f"'{suffix}' needs a task with a quality score; {benchmark.name} has none")
 
 
 def check_arguments(
@@ -230,18 +245,56 @@ def check_arguments(
         raise ConfigError(f"--param {scoped}.…: {scoped!r} is not one of the methods ({', '.join(methods)})")
     for method in methods:
         own = {k.rpartition(".")[2]: v for k, v in extra_params.items() if k.rpartition(".")[0] == method}
+        if split_method(method)[1] in (ADAPTIVE_VOTE, ADAPTIVE_QUALITY):
+            _check_adaptive_selection(method, base, extra_params)
+        elif stray := sorted(set(own) & set(STOP_PARAMS)):
+            raise ConfigError(f"--param {method}.{stray[0]}: read by '{ADAPTIVE_VOTE}' and '{ADAPTIVE_QUALITY}' only")
+        own = {k: v for k, v in own.items() if k not in STOP_PARAMS}
         if own:  # a parameter scoped to a method must be one of its own
             validate_params(split_method(method)[0], strict=True, **own)
         validate_params(
             split_method(method)[0],
             **base,
-            **method_params(extra_params, method),
+            **{k: v for k, v in method_params(extra_params, method).items() if k not in STOP_PARAMS},
             **({"n": 2} if method == CANDIDATES_METHOD else {}),
         )
     chains_vote = MATCHED_COST_METHOD + VOTE
     if chains_vote in methods and int(method_params(extra_params, chains_vote).get("n_chains", 1)) < 2:
         raise ConfigError(f"{chains_vote} votes over MH chains: give --param n_chains=N with N >= 2")
     return problems, base
+
+
+def _check_adaptive_selection(method: str, base: dict, extra_params: dict) -> None:
+    """An adaptive selection draws a one-sample method's samples in rounds; its stopping rule must be adaptive."""
+    from ..samplers import validate_params
+
+    base_method, selection = split_method(method)
+    fixed = VOTE if selection == ADAPTIVE_VOTE else QUALITY
+    if one_sample_temperature(base_method, **base, **method_params(extra_params, method)) is None:
+        raise ConfigError(
+            f"{method}: '{selection}' draws samples of a one-sample method (sample, low-temp) in rounds; "
+            f"{base_method} draws its outputs together (use '{fixed}')"
+        )
+    stop = _stop_params(method_params(extra_params, method), selection)
+    if stop.get("vote_stop") == "fixed":
+        raise ConfigError(f"{method}: vote_stop=fixed is '{VOTE}'; '{ADAPTIVE_VOTE}' takes unbeatable or posterior")
+    select = "majority" if selection == ADAPTIVE_VOTE else "default"
+    validate_params(CANDIDATES_METHOD, strict=True, n=2, select=select, **stop)
+
+
+def _stop_params(params: dict, selection: str | None) -> dict:
+    """The stopping rule's parameters for a selection: +avote's (vote_stop 'posterior' unless given), +aquality's
+    (quality_margin DEFAULT_QUALITY_MARGIN unless given), none for any other (a +vote or +quality draws its whole
+    budget whatever --param says)."""
+    if selection == ADAPTIVE_VOTE:
+        stop = {k: params[k] for k in VOTE_STOP_PARAMS if k in params}
+        stop.setdefault("vote_stop", "posterior")
+        return stop
+    if selection == ADAPTIVE_QUALITY:
+        stop = {k: params[k] for k in QUALITY_STOP_PARAMS if k in params}
+        stop.setdefault("quality_margin", DEFAULT_QUALITY_MARGIN)
+        return stop
+    return {}
 
 
 def run_eval(
@@ -417,7 +470,10 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
     particles (weighted), MH's chains (``n_chains``), and for one-sample methods (sample, low-temp) n samples at
     that method's temperature, n matched to power sampling's cost like best-of-n's. ``m+quality`` returns the
     output the benchmark's quality score (which sees the request and the output, never the gold answer) rates
-    highest: every complete state MH visits, SMC's complete particles, or n samples as for a vote."""
+    highest: every complete state MH visits, SMC's complete particles, or n samples as for a vote. ``m+avote`` and
+    ``m+aquality`` (one-sample methods) have the same budget n but draw it in rounds that stop early
+    (``samplers.votes`` for the vote's rules, ``quality_margin`` for the quality selection); each candidates row
+    records the budget ``n`` and the ``samples_used``."""
     from ..samplers import build_sampler
 
     settings, benchmark, model = session.settings, session.benchmark, session.model
@@ -428,8 +484,11 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
     if base_method == PLAIN_METHOD:
         params["temperature"] = 1.0
     unit = PLAIN_METHOD  # the one-sample method whose cost one best-of-n candidate has
+    for k in STOP_PARAMS:  # read by the adaptive selections only, through _stop_params
+        params.pop(k, None)
+    params.update(_stop_params(method_params(settings.extra_params, method), selection))
     if selection is not None:
-        if selection == VOTE:
+        if selection in VOTES:
             params.update(select="majority", answer_extractor=benchmark.answer_extractor(problem))
         else:
             evaluator = benchmark.quality_evaluator(problem)
@@ -473,7 +532,8 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         **grade.fields,
     }
     if base_method == CANDIDATES_METHOD:
-        row["n"] = params["n"]
+        row["n"] = params["n"]  # the budget; an adaptive vote may use fewer
+        row["samples_used"] = len(result.samples)
         row["n_rule"] = n_rule
         row["candidates_correct"] = sum(session.grade(problem, c.text, prompt).correct for c in result.samples)
     return row

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..backends.base import ContinuationRequest, LanguageModel, TokenConstraint
+from ..errors import ConfigError
 from ..observability.tracing import span
 from .base import (
     Deadline,
@@ -20,6 +21,7 @@ from .base import (
 )
 from .config import BestOfNConfig, GreedyConfig, LowTemperatureConfig, SamplingConfig
 from .result import Completion, ProgressEvent, SampleResult
+from .votes import leader_posterior, vote_stop_reason
 
 TemperatureConfig = SamplingConfig | GreedyConfig | LowTemperatureConfig | BestOfNConfig
 
@@ -40,6 +42,8 @@ class TemperatureSampler(Sampler):
         method: str | None = None,
     ) -> None:
         super().__init__(model, config, evaluator=evaluator)
+        if getattr(self.config, "quality_margin", None) is not None and self.evaluator is None:
+            raise ConfigError("quality_margin stops when the best quality score stops improving; give an evaluator")
         self.method = method or (
             "greedy" if self.config.temperature == 0 else "best-of-n" if self.config.n > 1 else "sample"
         )
@@ -61,14 +65,8 @@ class TemperatureSampler(Sampler):
             f"power_sampling {self.method}",
             {"gen_ai.request.model": self.model.name, "gen_ai.request.temperature": cfg.temperature},
         ):
-            conts = self.model.sample([request] * cfg.n, cfg.temperature, rng, deadline=deadline.end)
-        tracker = EvaluatorTracker(self.evaluator)
-        completions = []
-        for cont in conts:
-            text = self._decode(cont.token_ids)
-            complete = cont.stopped or len(cont) >= cfg.max_new_tokens
-            score = tracker.score(tuple(cont.token_ids), text) if complete else None
-            completions.append(Completion(list(cont.token_ids), text, float(cont.logp.sum()), complete, score))
+            tracker = EvaluatorTracker(self.evaluator)
+            conts, completions, stop = self._draw(request, rng, deadline, tracker)
         vote = None
         if cfg.select == "majority" and len(completions) > 1:
             chosen, vote = majority_vote(completions, cfg.answer_extractor)
@@ -84,7 +82,7 @@ class TemperatureSampler(Sampler):
             seed=seed,
             tokens_generated=tokens_generated,
             final_tokens=len(cont),
-            backend_calls=1,
+            backend_calls=stop["rounds"] if stop is not None else 1,
             latency_ms=deadline.elapsed_ms(),
             stopped_by="deadline" if cont.interrupted else ("eos" if cont.stopped else "length"),
             complete=completions[chosen].complete,
@@ -96,11 +94,63 @@ class TemperatureSampler(Sampler):
         metadata["temperature"] = cfg.temperature
         if vote is not None:
             metadata["vote"] = vote
+        if stop is not None:
+            metadata["adaptive_quality" if stop["rule"] == "quality_margin" else "adaptive_vote"] = stop
         if progress is not None:
             progress(ProgressEvent("done", tokens_generated=tokens_generated))
         return SampleResult(
             list(cont.token_ids), completions[chosen].text, np.asarray(cont.logp), self.method, metadata, completions
         )
+
+    def _draw(self, request, rng, deadline: Deadline, tracker: EvaluatorTracker):
+        """The continuations and their completions: all n as one batch, or in batched rounds of ``round_size``
+        until the budget is spent or the adaptive rule says stop: for a vote (``vote_stop``), ``votes.
+        vote_stop_reason``; for a quality selection (``quality_margin``), the first round after which the best
+        quality score so far is not above the best before it plus the margin (rounds before any complete,
+        scored output never stop it). Returns them and how an adaptive run stopped (None otherwise)."""
+        cfg = self.config
+        adaptive_vote = getattr(cfg, "vote_stop", "fixed") != "fixed" and cfg.select == "majority"
+        adaptive_quality = getattr(cfg, "quality_margin", None) is not None
+        adaptive = adaptive_vote or adaptive_quality
+        conts, completions = [], []
+        rounds, reason, best = 0, "budget", -np.inf
+        while len(conts) < cfg.n:
+            size = min(cfg.round_size, cfg.n - len(conts)) if adaptive else cfg.n
+            drawn = self.model.sample([request] * size, cfg.temperature, rng, deadline=deadline.end)
+            rounds += 1
+            for cont in drawn:
+                text = self._decode(cont.token_ids)
+                complete = cont.stopped or len(cont) >= cfg.max_new_tokens
+                score = tracker.score(tuple(cont.token_ids), text) if complete else None
+                completions.append(Completion(list(cont.token_ids), text, float(cont.logp.sum()), complete, score))
+            conts.extend(drawn)
+            if not adaptive:
+                break
+            if any(c.interrupted for c in drawn):
+                reason = "deadline"
+                break
+            remaining = cfg.n - len(conts)
+            if adaptive_quality:
+                previous = best
+                best = max([best] + [c.quality_score for c in completions if c.quality_score is not None])
+                if remaining > 0 and np.isfinite(best) and not best > previous + cfg.quality_margin:
+                    reason = "no_improvement"
+                    break
+            elif remaining > 0:
+                votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
+                why = vote_stop_reason(votes, remaining, cfg.vote_stop, cfg.vote_confidence)
+                if why is not None:
+                    reason = why
+                    break
+        if not adaptive:
+            return conts, completions, None
+        stop = {"stopped_by": reason, "samples_drawn": len(conts), "budget": cfg.n, "rounds": rounds}
+        if adaptive_quality:
+            stop.update(rule="quality_margin", margin=cfg.quality_margin, best_quality=float(best))
+        else:
+            votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
+            stop.update(rule=cfg.vote_stop, leader_posterior=leader_posterior(votes))
+        return conts, completions, stop
 
     def _select(self, completions: list[Completion], conts) -> tuple[int, str]:
         if len(completions) == 1:

@@ -109,7 +109,26 @@ class LowTemperatureConfig(PowerTargetConfig):
 class BestOfNConfig(_TemperatureConfig):
     """n samples at a temperature, one returned: the best by the evaluator, else by mean log p per token."""
 
-    n: int = Field(4, ge=1, le=4096, description="candidates")
+    n: int = Field(4, ge=1, le=4096, description="candidates (with an adaptive vote: the most drawn)")
+    vote_stop: Literal["fixed", "unbeatable", "posterior"] = Field(
+        "fixed",
+        description="with select='majority': 'fixed' draws all n; 'unbeatable' draws in rounds of round_size and "
+        "stops once the leading answer's votes exceed the runner-up's plus the samples left; 'posterior' also "
+        "stops once P(leader's share > runner-up's) >= vote_confidence under a Beta(leader+1, runner-up+1) "
+        "posterior (see samplers.votes)",
+    )
+    round_size: int = Field(
+        2, ge=1, le=4096, description="samples drawn per round of an adaptive vote or quality selection"
+    )
+    quality_margin: float | None = Field(
+        None,
+        ge=0,
+        description="with a quality evaluator: draw in rounds of round_size and stop once a round fails to raise "
+        "the best quality score by more than this margin (None: draw all n)",
+    )
+    vote_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="posterior probability that the leader leads, for vote_stop='posterior'"
+    )
 
     @model_validator(mode="after")
     def _greedy_has_one_candidate(self):
@@ -117,6 +136,10 @@ class BestOfNConfig(_TemperatureConfig):
             raise ValueError(
                 "best-of-n with temperature 0 would draw n identical greedy candidates; use temperature > 0"
             )
+        if self.quality_margin is not None and self.select == "majority":
+            raise ValueError("quality_margin stops a selection by quality score; a majority vote stops by vote_stop")
+        if self.vote_stop != "fixed" and self.select != "majority":
+            raise ValueError(f"vote_stop={self.vote_stop!r} stops a majority vote early; it needs select='majority'")
         return self
 
 

@@ -507,7 +507,7 @@ def _group_f1(rows: list[dict]) -> dict:
 
 def plan_tables(summary: dict) -> list[str]:
     """TaskBench's graph metrics per method, the breakdowns, and the quality score against the truth."""
-    from ..report import fmt
+    from ..report import fmt, method_label
 
     def ci(entry: dict, metric: str) -> str:
         low, high = entry.get("ci95_f1", {}).get(metric, (None, None))
@@ -519,7 +519,7 @@ def plan_tables(summary: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, e in summary["methods"].items():
-        name = m + (f" (n={','.join(map(str, e['n_values']))})" if e.get("n_values") else "")
+        name = method_label(m, e)
         lines.append(
             f"| {name} | {e['problems']} | {fmt(e.get('valid_rate'), '.0%')} | {ci(e, 'node_f1')} | "
             f"{ci(e, 'edge_f1')} | {e['arg_name_f1']:.3f} | {e['arg_value_f1']:.3f} | {e['edit_distance']:.3f} | "
