@@ -28,26 +28,9 @@ SPEC = TaskListSpec(
 @pytest.fixture(scope="module")
 def tiny_smol():
     """A random 2-layer Llama over the real SmolLM2 tokenizer: real transformers code, arbitrary logits."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from test_server_openai import tiny_smol_model
 
-    from powersampling.backends.hf import TransformersLM
-
-    tok = smol_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=2,
-        bos_token_id=1,
-        pad_token_id=2,
-    )
-    return TransformersLM(LlamaForCausalLM(config).eval(), tok, name="tiny-smol")
+    return tiny_smol_model()
 
 
 def _constraint():

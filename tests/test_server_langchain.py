@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-import langchain_openai
 import pytest
 from pydantic import BaseModel, Field
 
+from conftest import needs_module
 from test_server import KEY, metric, serve
 from test_server_openai import tiny_smol_model
+
+langchain_openai = needs_module(
+    "langchain_openai", reason="langchain-openai is not installed (pip install 'powersampling[clients]')"
+)
 
 
 class Alarm(BaseModel):

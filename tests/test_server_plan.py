@@ -205,3 +205,37 @@ def test_plan_with_a_tool_vocabulary_calls_tools_with_their_arguments():
         assert bad.status_code == 400 and "repeat" in bad.json()["error"]["message"]
         unknown_route = httpx.post(server.url + "/v1/plan", timeout=30, json={"request": "x", "route": "magic"})
         assert unknown_route.status_code == 400 and "route" in unknown_route.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("shape", ["openai", "mcp"])
+def test_plan_takes_openai_and_mcp_tools(shape):
+    schema = {
+        "type": "object",
+        "properties": {"location": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["location"],
+    }
+    tool = (
+        {"type": "function", "function": {"name": "get_forecast", "description": "Weather", "parameters": schema}}
+        if shape == "openai"
+        else {"name": "get_forecast", "description": "Weather", "inputSchema": schema}
+    )
+
+    def script(prompt: str) -> str:
+        assert "get_forecast" in prompt
+        return answer(
+            ("Get the forecast", [], {"tool": "get_forecast", "arguments": {"location": "Oslo", "days": 3}}),
+            ("Get the long forecast", [1], {"tool": "get_forecast", "arguments": {"location": "Oslo"}}),
+        )
+
+    with _serve(ScriptedLM(script), f"plan-{shape}") as server:
+        response = httpx.post(
+            server.url + "/v1/plan",
+            timeout=300,
+            json={"request": "Forecast for Oslo", "route": "baseline", "max_depth": 1, "seed": 0, "tools": [tool]},
+        )
+        assert response.status_code == 200, response.text
+        tasks = response.json()["plan"]["tasks"]
+        assert [(t["tool"], t["arguments"]) for t in tasks] == [
+            ("get_forecast", {"location": "Oslo", "days": 3}),
+            ("get_forecast", {"location": "Oslo"}),  # the optional argument left out
+        ]

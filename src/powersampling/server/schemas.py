@@ -298,12 +298,13 @@ class PlanRequest(_Strict):
     max_tasks: int | None = Field(None, ge=1, le=1000)
     max_depth: int | None = Field(None, ge=1, le=20)
     seed: int | None = Field(None, ge=0, lt=2**63)
-    tools: list[Annotated[str, Field(min_length=1, max_length=64)] | ToolModel] | None = Field(
+    tools: list[Annotated[str, Field(min_length=1, max_length=64)] | ToolModel | dict[str, Any]] | None = Field(
         None,
         min_length=1,
         max_length=200,
-        description="a closed tool vocabulary (names, or tools with descriptions and typed parameters as in "
-        "TaskBench's tools.json): every task then calls one of them with its arguments",
+        description="a closed tool vocabulary: names, TaskBench tools (tools.json), OpenAI function tools "
+        '({"type": "function", "function": {...}}) or MCP tools/list entries (inputSchema); every task then calls '
+        "one of them with its arguments",
     )
 
     @field_validator("route")
