@@ -114,33 +114,23 @@ def mode_hiding_model(seed: int = 0, vocab: int = 4, eos: int = 0, max_len: int 
     Logits are fixed per prefix by ``seed`` and the prefix (independent of query order); EOS is forced once the
     prefix (prompt included) reaches ``max_len`` tokens. The prompt is assumed to be one token, as in [1].
     """
-    from .backends.function import FunctionLM
-
     if vocab < 3:
         raise ValueError("mode_hiding_model needs a vocabulary of at least 3 tokens (EOS, a favourite, another)")
-    table: dict[tuple[int, ...], np.ndarray] = {}
 
-    def next_token_logprobs(prefix):
-        if prefix not in table:
-            rng = np.random.default_rng([seed, len(prefix), *prefix])
-            if len(prefix) >= max_len:
-                logits = np.full(vocab, -np.inf)
-                logits[eos] = 0.0
-            elif len(prefix) == 1:  # the first generated token
-                favourite = 1 + int(rng.integers(vocab - 1))
-                probs = np.empty(vocab)
-                probs[favourite] = rng.uniform(0.55, 0.7)
-                probs[eos] = rng.uniform(0.15, 0.2)
-                others = [t for t in range(vocab) if t not in (favourite, eos)]
-                probs[others] = rng.dirichlet(np.ones(len(others))) * (1.0 - probs[favourite] - probs[eos])
-                logits = np.log(probs)
-            else:  # nearly flat, EOS a little less likely, so no short completion competes with [EOS]
-                logits = rng.normal(size=vocab) * later_scale
-                logits[eos] -= 1.0
-            table[prefix] = logits
-        return table[prefix]
+    def logits(prefix, rng):
+        if len(prefix) == 1:  # the first generated token
+            favourite = 1 + int(rng.integers(vocab - 1))
+            probs = np.empty(vocab)
+            probs[favourite] = rng.uniform(0.55, 0.7)
+            probs[eos] = rng.uniform(0.15, 0.2)
+            others = [t for t in range(vocab) if t not in (favourite, eos)]
+            probs[others] = rng.dirichlet(np.ones(len(others))) * (1.0 - probs[favourite] - probs[eos])
+            return np.log(probs)
+        flat = rng.normal(size=vocab) * later_scale  # EOS a little less likely: no short completion competes
+        flat[eos] -= 1.0
+        return flat
 
-    return FunctionLM(vocab, eos, next_token_logprobs, name=f"mode-hiding-{seed}")
+    return _seeded_table_model(logits, seed, vocab, eos, max_len, f"mode-hiding-{seed}")
 
 
 def mixed_confidence_model(
@@ -151,22 +141,31 @@ def mixed_confidence_model(
     entropy), otherwise ~ N(0, 0.6) (flat, entropy near log ``vocab``). Fixed per prefix by ``seed`` and the prefix;
     EOS is forced once the prefix (prompt included) reaches ``max_len`` tokens. The model on which cut laws that
     follow entropy can differ from uniform ones."""
+
+    def logits(prefix, rng):
+        return rng.normal(size=vocab) * (sure_scale if rng.random() < sure else 0.6)
+
+    return _seeded_table_model(logits, seed, vocab, eos, max_len, f"mixed-confidence-{seed}")
+
+
+def _seeded_table_model(logits, seed: int, vocab: int, eos: int, max_len: int, name: str):
+    """A ``FunctionLM`` whose next-token logits are ``logits(prefix, rng)``, with ``rng`` seeded by ``seed`` and the
+    prefix (so independent of query order) and each prefix's answer kept; EOS is forced once the prefix (prompt
+    included) reaches ``max_len`` tokens."""
     from .backends.function import FunctionLM
 
     table: dict[tuple[int, ...], np.ndarray] = {}
 
     def next_token_logprobs(prefix):
         if prefix not in table:
-            rng = np.random.default_rng([seed, len(prefix), *prefix])
             if len(prefix) >= max_len:
-                logits = np.full(vocab, -np.inf)
-                logits[eos] = 0.0
+                table[prefix] = np.full(vocab, -np.inf)
+                table[prefix][eos] = 0.0
             else:
-                logits = rng.normal(size=vocab) * (sure_scale if rng.random() < sure else 0.6)
-            table[prefix] = logits
+                table[prefix] = logits(prefix, np.random.default_rng([seed, len(prefix), *prefix]))
         return table[prefix]
 
-    return FunctionLM(vocab, eos, next_token_logprobs, name=f"mixed-confidence-{seed}")
+    return FunctionLM(vocab, eos, next_token_logprobs, name=name)
 
 
 def hidden_mode(model, prompt: Sequence[int], max_new_tokens: int, alpha: float) -> dict:
