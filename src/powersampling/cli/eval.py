@@ -27,7 +27,8 @@ def eval_command(
         "majority vote over its outputs; METHOD+quality: the output the benchmark's quality score rates highest "
         "(benchmarks that have one: taskbench); +avote and +aquality (sample, low-temp): the same, samples drawn "
         "in rounds that stop early (--param vote_stop, vote_confidence, quality_margin, round_size; "
-        "docs/samplers.md)",
+        "docs/samplers.md); a selection's budget is matched to power's cost unless the name fixes it: "
+        "low-temp+vote@8 (8 samples), smc+vote@4 (4 particles), power+vote@2 (2 chains)",
     ),
     limit: int | None = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),

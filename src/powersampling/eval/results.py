@@ -275,14 +275,19 @@ def regrade_rows(rows: list[dict], problems: Sequence = ()) -> int:
     """Grade rows again from their stored text with today's graders, in place; returns how many changed verdict.
     Each row is graded by its benchmark (``Benchmark.regrade``): answer benchmarks against the row's stored
     reference, TaskBench against the records of ``problems`` (loaded from the data folder the run used). Only the
-    returned text is graded: a vote's tally and best-of-n's ``candidates_correct`` stay as sampled (the other
-    outputs are not stored)."""
+    returned text is graded, and each of a row's ``draws`` where they are stored (with ``candidates_correct``
+    recounted from them); a vote's tally and the answers the draws voted for stay as sampled."""
     from .benchmarks import get_benchmark
 
     by_id = {p.problem_id: p for p in problems}
     changed = 0
     for row in rows:
-        grade = get_benchmark(row.get("task")).regrade(row, by_id)
+        benchmark = get_benchmark(row.get("task"))
+        grade = benchmark.regrade(row, by_id)
         changed += bool(grade.correct) != bool(row["correct"])
         row.update(correct=grade.correct, extracted=grade.extracted, grade_detail=grade.detail, **grade.fields)
+        if row.get("draws") and all("text" in d for d in row["draws"]):
+            for draw in row["draws"]:
+                draw["correct"] = bool(benchmark.regrade({**row, "text": draw["text"]}, by_id).correct)
+            row["candidates_correct"] = sum(d["correct"] for d in row["draws"])
     return changed

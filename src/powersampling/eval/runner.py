@@ -69,12 +69,31 @@ DEFAULT_QUALITY_MARGIN = 0.0  # +aquality stops after the first round that does 
 BEST_OF_N_RANGE = (2, 64)
 
 
+BUDGET_MARK = "@"  # "smc+vote@4": the selection's budget, fixed by the name instead of matched to power's cost
+BUDGET_FIELDS = ("n", "n_particles", "n_chains")  # the config field that counts a method's outputs, by method
+
+
 def split_method(method: str) -> tuple[str, str | None]:
-    """``"low-temp+vote"`` -> ``("low-temp", "+vote")``; a method without a selection suffix -> ``(method, None)``."""
+    """``"low-temp+vote"`` -> ``("low-temp", "+vote")`` (also ``"low-temp+vote@8"``); a method without a selection
+    suffix -> ``(method, None)``."""
+    method = method.partition(BUDGET_MARK)[0]
     for suffix in SELECTIONS:
         if method.endswith(suffix):
             return method.removesuffix(suffix), suffix
     return method, None
+
+
+def method_budget(method: str) -> int | None:
+    """The budget a method name fixes: ``"low-temp+vote@8"`` -> 8 samples, ``"smc+vote@4"`` -> 4 particles,
+    ``"power+vote@2"`` -> 2 chains; None without one (a selection's n is then matched to power's cost)."""
+    name, mark, budget = method.partition(BUDGET_MARK)
+    if not mark:
+        return None
+    if split_method(name)[1] is None:
+        raise ConfigError(f"{method}: a budget '{BUDGET_MARK}N' follows a selection ({', '.join(SELECTIONS)})")
+    if not budget.isdigit() or int(budget) < 1:
+        raise ConfigError(f"{method}: the budget after '{BUDGET_MARK}' must be a whole number >= 1")
+    return int(budget)
 
 
 def method_seed(run_seed: int, problem_index: int, method: str) -> int:
@@ -189,6 +208,8 @@ def _validate(task: str, methods: list[str], limit: int | None) -> Benchmark:
     if not methods:
         raise ConfigError("no methods given")
     unknown = [m for m in methods if split_method(m)[0] not in method_names()]
+    for m in methods:
+        method_budget(m)
     if unknown:
         raise ConfigError(
             f"unknown method(s) {', '.join(unknown)}; available: {', '.join(method_names())}, each also "
@@ -203,10 +224,10 @@ def _validate(task: str, methods: list[str], limit: int | None) -> Benchmark:
 
 def _check_selections(benchmark: Benchmark, methods: list[str], problem: Problem) -> None:
     for suffix in VOTES:
-        if any(m.endswith(suffix) for m in methods) and benchmark.answer_extractor(problem) is None:
+        if any(split_method(m)[1] == suffix for m in methods) and benchmark.answer_extractor(problem) is None:
             raise ConfigError(f"'{suffix}' needs answers to compare; {benchmark.name} has none (it grades programs)")
     for suffix in QUALITIES:
-        if any(m.endswith(suffix) for m in methods) and benchmark.quality_evaluator(problem) is None:
+        if any(split_method(m)[1] == suffix for m in methods) and benchmark.quality_evaluator(problem) is None:
             raise ConfigError(f"'{suffix}' needs a task with a quality score; {benchmark.name} has none")
 
 
@@ -260,7 +281,9 @@ def check_arguments(
         )
     chains_vote = MATCHED_COST_METHOD + VOTE
     if chains_vote in methods and int(method_params(extra_params, chains_vote).get("n_chains", 1)) < 2:
-        raise ConfigError(f"{chains_vote} votes over MH chains: give --param n_chains=N with N >= 2")
+        raise ConfigError(
+            f"{chains_vote} votes over MH chains: give --param n_chains=N with N >= 2 (or name it {chains_vote}@N)"
+        )
     return problems, base
 
 
@@ -496,12 +519,17 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         if temperature is not None:  # n samples at the method's own temperature
             params["temperature"] = temperature
             unit, base_method = base_method, CANDIDATES_METHOD
+    budget = method_budget(method)
     if base_method == CANDIDATES_METHOD:
         params.setdefault("temperature", 1.0)
-        if settings.best_of_n is not None:
+        if budget is not None:
+            params["n"], n_rule = budget, f"fixed by the method name ({BUDGET_MARK}{budget})"
+        elif settings.best_of_n is not None:
             params["n"], n_rule = settings.best_of_n, "fixed"
         else:
             params["n"], n_rule = matched_best_of_n(rows, unit)
+    elif budget is not None:
+        params[_budget_field(base_method)] = budget
     sampler = build_sampler(base_method, model, evaluator=evaluator, **params)
     constraint = prompt.constraint or (StopStringConstraint(model.tokenizer, prompt.stops) if prompt.stops else None)
     start = time.perf_counter()
@@ -535,5 +563,42 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         row["n"] = params["n"]  # the budget; an adaptive vote may use fewer
         row["samples_used"] = len(result.samples)
         row["n_rule"] = n_rule
-        row["candidates_correct"] = sum(session.grade(problem, c.text, prompt).correct for c in result.samples)
+        grades = [session.grade(problem, c.text, prompt) for c in result.samples]
+        row["candidates_correct"] = sum(g.correct for g in grades)
+        row["draws"] = draw_records(result.samples, grades, params.get("answer_extractor"))
     return row
+
+
+def _budget_field(method: str) -> str:
+    from ..samplers import method_spec
+
+    fields = method_spec(method).config.model_fields
+    found = [f for f in BUDGET_FIELDS if f in fields]
+    if not found:
+        raise ConfigError(f"{method} draws one output; a budget '{BUDGET_MARK}N' has nothing to count")
+    return found[0]
+
+
+def draw_records(samples, grades: list[Grade], extract: Callable[[str], str | None] | None) -> list[dict]:
+    """One record per candidate, in the order drawn: its decoded tokens, base-model log p, whether it finished, the
+    answer it votes for (the benchmark's extractor, for a vote) and its grade. The candidates are independent draws,
+    so the first k records are a k-sample run: ``eval.curves`` replays smaller and adaptive votes from them."""
+    records = []
+    for completion, grade in zip(samples, grades, strict=True):
+        answer = None
+        if extract is not None and completion.complete:
+            try:
+                answer = extract(completion.text)
+            except Exception:  # user code: a failed extraction casts no vote, as in the vote itself
+                answer = None
+        records.append(
+            {
+                "tokens": len(completion.token_ids),
+                "logprob": float(completion.logprob),
+                "complete": bool(completion.complete),
+                "answer": None if answer is None else str(answer),
+                "correct": bool(grade.correct),
+                "text": completion.text,
+            }
+        )
+    return records

@@ -1,0 +1,156 @@
+"""Budget curves: votes of every size and adaptive votes replayed from one run's recorded draws."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from powersampling import ConfigError, build_sampler
+from powersampling.eval.curves import replay_adaptive_vote, replay_vote, vote_points
+from powersampling.eval.runner import check_arguments, method_budget, split_method
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def draws(answers, correct_answer="3", logprobs=None):
+    logprobs = logprobs or [-1.0] * len(answers)
+    return [
+        {"tokens": 4, "logprob": lp, "complete": a is not None, "answer": a, "correct": a == correct_answer}
+        for a, lp in zip(answers, logprobs)
+    ]
+
+
+def test_method_names_may_fix_a_selection_budget():
+    assert split_method("low-temp+vote@8") == ("low-temp", "+vote")
+    assert method_budget("low-temp+vote@8") == 8 and method_budget("smc+vote") is None
+    for bad, message in [("low-temp@3", "follows a selection"), ("low-temp+vote@0", ">= 1"), ("smc+vote@x", ">= 1")]:
+        with pytest.raises(ConfigError, match=message):
+            check_arguments("gsm8k", [bad], 1)
+
+
+def test_a_vote_of_k_uses_the_first_k_draws_and_breaks_ties_by_mean_log_p():
+    d = draws(["5", "3", "3", "5", "5", "5"], logprobs=[-2.0, -1.0, -1.0, -2.0, -2.0, -2.0])
+    assert replay_vote(d, 1).correct is False and replay_vote(d, 1).tokens == 4
+    assert replay_vote(d, 2).correct is True  # a 1-1 tie, won by the likelier draw
+    assert replay_vote(d, 3).correct is True and replay_vote(d, 6).correct is False
+    assert replay_vote(d, 6).tokens == 24 and replay_vote(d, 6).samples == 6
+    with pytest.raises(ValueError):
+        replay_vote(d, 7)
+
+
+def test_without_any_answer_the_likeliest_draw_is_returned():
+    d = draws([None, None], logprobs=[-8.0, -4.0])
+    d[1]["correct"] = True
+    assert replay_vote(d, 2).correct is True
+
+
+def test_adaptive_replay_stops_where_the_rules_say():
+    unanimous = draws(["3"] * 8)
+    assert replay_adaptive_vote(unanimous, "posterior", round_size=2).samples == 4  # P = 1 - 2^-5 >= 0.95
+    assert replay_adaptive_vote(unanimous, "unbeatable", round_size=2).samples == 6  # 6 > 0 + 2 left
+    split = draws(["3", "5"] * 4)
+    assert replay_adaptive_vote(split, "posterior", round_size=2).samples == 8
+
+
+def test_the_replay_stops_and_answers_as_the_adaptive_sampler_does_on_its_own_draws():
+    """Replaying the adaptive sampler's own draws (padded to the budget with draws it never reached, which cannot
+    matter before its stop) must stop after as many samples and return the same answer."""
+    from test_adaptive_votes import first_token_model
+
+    lm = first_token_model({3: 0.45, 4: 0.35, 5: 0.2}, vocab=8)
+    stops = set()
+    for seed in range(16):
+        adaptive = build_sampler(
+            "best-of-n",
+            lm,
+            n=8,
+            max_new_tokens=3,
+            seed=seed,
+            select="majority",
+            answer_extractor=lambda t: t or None,
+            vote_stop="posterior",
+            round_size=2,
+        ).sample([1])
+        recorded = [
+            {
+                "tokens": len(c.token_ids),
+                "logprob": c.logprob,
+                "complete": c.complete,
+                "answer": c.text or None,
+                "correct": c.text == adaptive.text,
+            }
+            for c in adaptive.samples
+        ]
+        recorded += draws([None] * (8 - len(recorded)), logprobs=[-99.0] * (8 - len(recorded)))
+        replay = replay_adaptive_vote(recorded, "posterior", round_size=2)
+        assert replay.samples == len(adaptive.samples) and replay.correct
+        stops.add(replay.samples)
+    assert len(stops) > 1  # the seeds exercise early stops and full budgets alike
+
+
+def test_an_eval_run_records_draws_that_replay_to_its_own_verdicts(tmp_path):
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
+
+    problems = load_problems("gsm8k", limit=4)
+    rows = []
+    run_eval(
+        "gsm8k",
+        ["low-temp+vote@6"],
+        4,
+        toy_model(problems, p_digit=0.5),
+        tmp_path,
+        on_row=rows.append,
+        write_report=False,
+        **SMALL,
+    )
+    assert len(rows) == 4
+    for row in rows:
+        assert row["n"] == 6 and len(row["draws"]) == 6 and row["n_rule"].startswith("fixed by the method name")
+        assert sum(d["tokens"] for d in row["draws"]) == row["tokens_generated"]
+        assert row["candidates_correct"] == sum(d["correct"] for d in row["draws"])
+        assert replay_vote(row["draws"], 6).correct == row["correct"]
+    points = vote_points(rows, "low-temp+vote@6", budgets=(1, 2, 6))
+    assert [p.problems for p in points] == [4] * 5
+    assert points[-1].label.startswith("low-temp adaptive vote (posterior")
+
+
+def test_the_curve_script_writes_a_table_plot_and_json(tmp_path):
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
+
+    problems = load_problems("gsm8k", limit=3)
+    run_eval(
+        "gsm8k",
+        ["low-temp", "low-temp+vote@4"],
+        3,
+        toy_model(problems, p_digit=0.5),
+        tmp_path,
+        write_report=False,
+        **SMALL,
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py"), str(tmp_path), "--budgets", "1,2,4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "accuracy_vs_tokens.json").read_text())
+    labels = [p["label"] for p in document["points"]]
+    assert labels[0] == "low-temp" and "low-temp vote of 4" in labels
+    assert {c["reference"] for c in document["paired"]} == {"low-temp"} and len(document["paired"]) == 5
+    assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 0
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py"), str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and "holds no results.jsonl" in missing.stderr
