@@ -1,13 +1,15 @@
-"""Accuracy against decoded tokens per problem, from one evaluation folder: the curve a user picks a method from.
+"""The benchmark's headline metric against decoded tokens per problem, from one evaluation folder: the curve a user
+picks a method from.
 
-Every method's rows give one point. A ``METHOD+vote@N`` method, whose rows record their draws, gives a curve: its
-votes over the first 1, 2, 4, ... N draws and its adaptive votes (``unbeatable``, ``posterior``) replayed on the same
-draws (``powersampling.eval.curves``). Each point is compared with the reference method (default ``low-temp``) on
-the problems both ran: the paired difference with its bootstrap 95% interval, McNemar's p and the token ratio.
-Writes accuracy_vs_tokens.{png,md,json} into the folder (or --out).
+Every method's rows give one point. A ``METHOD+vote@N`` or ``METHOD+quality@N`` method, whose rows record their
+draws, gives a curve: its selection over the first 1, 2, 4, ... N draws, and its adaptive selections replayed on
+the same draws (votes: ``unbeatable`` and ``posterior``; quality: stop once a round does not raise the best score by
+more than a margin) (``powersampling.eval.curves``). Each point is compared with the reference method (default
+``low-temp``) on the problems both ran: the paired difference with its bootstrap 95% interval, the test's p (McNemar
+for accuracy) and the token ratio. Writes accuracy_vs_tokens.{png,md,json} into the folder (or --out).
 
     python benchmarks/accuracy_vs_tokens.py benchmarks/results/gsm8k-qwen05-3shot [--reference low-temp]
-        [--budgets 1,2,4,8] [--round-size 2] [--confidence 0.95]
+        [--budgets 1,2,4,8] [--round-size 2] [--confidence 0.95] [--margins 0,0.05]
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from powersampling.eval.curves import markdown_table, paired_against, plot_curves, row_points, vote_points
+from powersampling.eval.benchmarks import get_benchmark
+from powersampling.eval.curves import markdown_table, paired_against, plot_curves, row_points, selection_points
 from powersampling.eval.results import RESULTS_FILE, read_rows
 
 
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="1,2,4,8", help="vote budgets replayed from recorded draws")
     parser.add_argument("--round-size", type=int, default=2, help="draws per round of a replayed adaptive vote")
     parser.add_argument("--confidence", type=float, default=0.95, help="the posterior rule's confidence")
+    parser.add_argument("--margins", default="0,0.05", help="quality margins of the replayed adaptive selections")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
     args = parser.parse_args(argv)
     path = args.run / RESULTS_FILE
@@ -35,26 +39,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run} holds no {RESULTS_FILE}", file=sys.stderr)
         return 2
     rows = read_rows(path)
+    if not rows:
+        print(f"error: {path} holds no rows yet", file=sys.stderr)
+        return 2
+    benchmark = get_benchmark(rows[0]["task"])
     methods = list(dict.fromkeys(r["method"] for r in rows))
     with_draws = [m for m in methods if any(r.get("draws") for r in rows if r["method"] == m)]
     budgets = [int(b) for b in args.budgets.split(",")]
     points = row_points(rows, [m for m in methods if m not in with_draws])
+    margins = [float(m) for m in args.margins.split(",")]
     for method in with_draws:
-        points += vote_points(rows, method, budgets, round_size=args.round_size, confidence=args.confidence)
+        points += selection_points(
+            rows, method, budgets, round_size=args.round_size, confidence=args.confidence, margins=margins
+        )
     reference = next((p for p in points if p.label == args.reference), None)
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{rows[0]['task']}, {rows[0]['model']}: accuracy against decoded tokens"
-    plot_curves(points, out / "accuracy_vs_tokens.png", title)
-    table = markdown_table(points, reference)
+    title = f"{rows[0]['task']}, {rows[0]['model']}: {benchmark.curve_metric_name} against decoded tokens"
+    plot_curves(points, out / "accuracy_vs_tokens.png", title, benchmark)
+    table = markdown_table(points, reference, benchmark)
     (out / "accuracy_vs_tokens.md").write_text("\n".join([f"# {title}", "", *table, ""]))
     document = {
         "run": str(args.run),
         "reference": args.reference,
         "round_size": args.round_size,
         "confidence": args.confidence,
-        "points": [p.summary() for p in points],
-        "paired": [c for p in points if reference and p is not reference and (c := paired_against(reference, p))],
+        "points": [p.summary(benchmark) for p in points],
+        "paired": [
+            c for p in points if reference and p is not reference and (c := paired_against(reference, p, benchmark))
+        ],
     }
     (out / "accuracy_vs_tokens.json").write_text(json.dumps(document, indent=2))
     print("\n".join(table))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from powersampling import ConfigError, build_sampler
-from powersampling.eval.curves import replay_adaptive_vote, replay_vote, vote_points
+from powersampling.eval.curves import replay, replay_adaptive_quality, replay_adaptive_vote, selection_points
 from powersampling.eval.runner import check_arguments, method_budget, split_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +34,18 @@ def test_method_names_may_fix_a_selection_budget():
 
 def test_a_vote_of_k_uses_the_first_k_draws_and_breaks_ties_by_mean_log_p():
     d = draws(["5", "3", "3", "5", "5", "5"], logprobs=[-2.0, -1.0, -1.0, -2.0, -2.0, -2.0])
-    assert replay_vote(d, 1).correct is False and replay_vote(d, 1).tokens == 4
-    assert replay_vote(d, 2).correct is True  # a 1-1 tie, won by the likelier draw
-    assert replay_vote(d, 3).correct is True and replay_vote(d, 6).correct is False
-    assert replay_vote(d, 6).tokens == 24 and replay_vote(d, 6).samples == 6
+    assert replay(d, 1).correct is False and replay(d, 1).tokens == 4
+    assert replay(d, 2).correct is True  # a 1-1 tie, won by the likelier draw
+    assert replay(d, 3).correct is True and replay(d, 6).correct is False
+    assert replay(d, 6).tokens == 24 and replay(d, 6).samples == 6
     with pytest.raises(ValueError):
-        replay_vote(d, 7)
+        replay(d, 7)
 
 
 def test_without_any_answer_the_likeliest_draw_is_returned():
     d = draws([None, None], logprobs=[-8.0, -4.0])
     d[1]["correct"] = True
-    assert replay_vote(d, 2).correct is True
+    assert replay(d, 2).correct is True
 
 
 def test_adaptive_replay_stops_where_the_rules_say():
@@ -54,6 +54,31 @@ def test_adaptive_replay_stops_where_the_rules_say():
     assert replay_adaptive_vote(unanimous, "unbeatable", round_size=2).samples == 6  # 6 > 0 + 2 left
     split = draws(["3", "5"] * 4)
     assert replay_adaptive_vote(split, "posterior", round_size=2).samples == 8
+
+
+def test_a_quality_selection_replays_the_best_score_and_its_margin_rule():
+    d = draws(["5", "3", "5", "5", "3", "5"])
+    for draw, score in zip(d, [0.2, 0.9, 0.1, 0.95, 0.3, 0.99]):
+        draw["quality_score"] = score
+    assert replay(d, 1, "quality").correct is False and replay(d, 2, "quality").correct is True
+    assert replay(d, 4, "quality").correct is False  # 0.95 beats 0.9
+    # rounds of 2: best 0.9, then 0.95 (+0.05), then 0.99 (+0.04)
+    assert replay_adaptive_quality(d, margin=0.0).samples == 6
+    assert replay_adaptive_quality(d, margin=0.045).samples == 6  # +0.05 clears it, the last round ends the budget
+    assert replay_adaptive_quality(d, margin=0.06).samples == 4
+    unscored = draws(["5", "3"])
+    assert replay(unscored, 2, "quality").tokens == 8
+
+
+def test_taskbench_points_use_pooled_node_f1():
+    from powersampling.eval.benchmarks import get_benchmark
+
+    taskbench = get_benchmark("taskbench")
+    perfect = {"correct": True, "node_counts": [2, 0, 0], "edge_counts": [1, 0, 0]}
+    half = {"correct": False, "node_counts": [1, 1, 1], "edge_counts": [0, 0, 1]}
+    assert taskbench.curve_metric([perfect, perfect])[0] == pytest.approx(1.0)
+    assert taskbench.curve_metric([perfect, half])[0] == pytest.approx(0.75)  # pooled: tp 3, fp 1, fn 1
+    assert taskbench.curve_difference([perfect, perfect], [perfect, half])["difference"] == pytest.approx(-0.25)
 
 
 def test_the_replay_stops_and_answers_as_the_adaptive_sampler_does_on_its_own_draws():
@@ -86,9 +111,9 @@ def test_the_replay_stops_and_answers_as_the_adaptive_sampler_does_on_its_own_dr
             for c in adaptive.samples
         ]
         recorded += draws([None] * (8 - len(recorded)), logprobs=[-99.0] * (8 - len(recorded)))
-        replay = replay_adaptive_vote(recorded, "posterior", round_size=2)
-        assert replay.samples == len(adaptive.samples) and replay.correct
-        stops.add(replay.samples)
+        again = replay_adaptive_vote(recorded, "posterior", round_size=2)
+        assert again.samples == len(adaptive.samples) and again.correct
+        stops.add(again.samples)
     assert len(stops) > 1  # the seeds exercise early stops and full budgets alike
 
 
@@ -114,8 +139,8 @@ def test_an_eval_run_records_draws_that_replay_to_its_own_verdicts(tmp_path):
         assert row["n"] == 6 and len(row["draws"]) == 6 and row["n_rule"].startswith("fixed by the method name")
         assert sum(d["tokens"] for d in row["draws"]) == row["tokens_generated"]
         assert row["candidates_correct"] == sum(d["correct"] for d in row["draws"])
-        assert replay_vote(row["draws"], 6).correct == row["correct"]
-    points = vote_points(rows, "low-temp+vote@6", budgets=(1, 2, 6))
+        assert replay(row["draws"], 6).correct == row["correct"]
+    points = selection_points(rows, "low-temp+vote@6", budgets=(1, 2, 6))
     assert [p.problems for p in points] == [4] * 5
     assert points[-1].label.startswith("low-temp adaptive vote (posterior")
 

@@ -315,3 +315,17 @@ def test_dag_from_planner_validates_as_taskdag():
     dag = make_planner(lm, route="best-of-n", max_depth=1).decompose("Plan a party")
     assert isinstance(dag, TaskDAG) and dag.metadata["route"] == "best-of-n"
     assert dag.metadata["calls"][0]["selected_by"] == "evaluator"
+
+
+def test_best_of_n_plans_stop_drawing_once_the_quality_score_stops_improving():
+    lm = ScriptedLM(party_answers)  # every plan is the same, so the second round cannot raise the best score
+    fixed = make_planner(lm, route="best-of-n", max_depth=1, settings=RouteSettings(seed=0, best_of_n=8))
+    adaptive = make_planner(
+        lm, route="best-of-n", max_depth=1, settings=RouteSettings(seed=0, best_of_n=8, quality_margin=0.0)
+    )
+    full, early = fixed.decompose("Plan a party"), adaptive.decompose("Plan a party")
+    assert full.metadata["calls"][0]["adaptive_quality"] is None
+    stop = early.metadata["calls"][0]["adaptive_quality"]
+    assert stop["stopped_by"] == "no_improvement" and stop["samples_drawn"] == 4 and stop["budget"] == 8
+    assert early.metadata["calls"][0]["tokens_generated"] * 2 == full.metadata["calls"][0]["tokens_generated"]
+    assert [t.description for t in early.tasks] == [t.description for t in full.tasks]

@@ -66,6 +66,11 @@ def plan_command(
         None, help=f"tokens per block (default: POWER_SAMPLING_BLOCK_SIZE or {RouteSettings.block_size})"
     ),
     n: int = typer.Option(RouteSettings.best_of_n, help="candidates for best-of-n"),
+    quality_margin: float | None = typer.Option(
+        RouteSettings.quality_margin,
+        help="best-of-n: draw plans in rounds and stop once a round does not raise the best quality score by more "
+        "than this margin (default: draw all n)",
+    ),
     temperature: float = typer.Option(
         RouteSettings.temperature, help="sampling temperature of the baseline and best-of-n routes"
     ),
@@ -92,6 +97,7 @@ def plan_command(
             temperature=temperature,
             best_of_n=n,
             seed=seed,
+            quality_margin=quality_margin,
         )
         if sum(x is not None for x in (tools, tools_file, tools_module)) > 1:
             fail("give one of --tools, --tools-file and --tools-module")

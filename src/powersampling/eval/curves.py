@@ -1,14 +1,16 @@
-"""Accuracy against decoded tokens: the cost-quality curve a user picks a method from.
+"""The headline metric against decoded tokens: the cost-quality curve a user picks a method from.
 
-A vote's candidates are independent draws, and a row of ``METHOD+vote@N`` records them in the order drawn
-(``draws``: tokens, log p, the answer each votes for, its grade). The first k of them are therefore a k-sample
-vote, and an adaptive vote with budget N is the same stream stopped by its rule after a round. So one run at the
-largest budget gives every smaller budget and every stopping rule on the same problems and the same samples:
-paired by construction, at the cost of one run. ``replay_vote`` and ``replay_adaptive_vote`` re-run the selection
-code of the sampler itself (``samplers.base.majority_vote``, ``samplers.votes.vote_stop_reason``) on the records;
-a replay at the full budget reproduces the row's own verdict.
+A selection's candidates are independent draws, and a row of ``METHOD+vote@N`` (or ``METHOD+quality@N``) records
+them in the order drawn (``draws``: tokens, log p, the answer each votes for, its quality score, its grade). The
+first k of them are therefore a k-sample selection, and an adaptive selection with budget N is the same stream
+stopped by its rule after a round. So one run at the largest budget gives every smaller budget and every stopping
+rule on the same problems and the same samples: paired by construction, for the cost of one run. The replays run
+the sampler's own rules (``samplers.base.majority_vote``, ``samplers.votes.vote_stop_reason``, and the quality
+selection's order of ``baselines.TemperatureSampler``); a replay at the full budget reproduces the row's verdict.
 
-Methods without draws (power, SMC, ...) enter the curve as their rows stand, one point each.
+Methods without draws (power, SMC, ...) enter as their rows stand, one point each. The metric and its intervals
+are the benchmark's (``Benchmark.curve_metric``): accuracy with Wilson intervals, TaskBench's pooled node F1 with
+bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -21,32 +23,33 @@ import numpy as np
 from ..samplers.base import majority_vote
 from ..samplers.result import Completion
 from ..samplers.votes import vote_stop_reason
-from .stats import mcnemar_exact, paired_bootstrap, wilson_interval
+from .benchmarks import Benchmark
 
 DEFAULT_BUDGETS = (1, 2, 4, 8)
-DEFAULT_RULES = ("unbeatable", "posterior")
+VOTE_RULES = ("unbeatable", "posterior")
+SELECTIONS = {"+vote": "majority", "+quality": "quality"}  # the fixed selections whose draws can be replayed
 
 
 @dataclass(frozen=True)
 class Outcome:
-    correct: bool
+    graded: dict  # ``correct`` and the grade's fields of the output returned
     tokens: int
     samples: int
+
+    @property
+    def correct(self) -> bool:
+        return bool(self.graded["correct"])
 
 
 @dataclass
 class CurvePoint:
     label: str
-    family: str  # points of one family are joined by a line in the plot (one method at several budgets)
+    family: str  # one method at several budgets: joined by a line in the plot
     outcomes: dict[str, Outcome] = field(default_factory=dict)  # problem id -> outcome
 
     @property
     def problems(self) -> int:
         return len(self.outcomes)
-
-    @property
-    def correct(self) -> int:
-        return sum(o.correct for o in self.outcomes.values())
 
     @property
     def mean_tokens(self) -> float:
@@ -56,22 +59,30 @@ class CurvePoint:
     def mean_samples(self) -> float:
         return float(np.mean([o.samples for o in self.outcomes.values()])) if self.outcomes else 0.0
 
-    def summary(self) -> dict:
-        low, high = wilson_interval(self.correct, self.problems)
+    def summary(self, benchmark: Benchmark) -> dict:
+        value, low, high = benchmark.curve_metric([o.graded for o in self.outcomes.values()])
         return {
             "label": self.label,
             "family": self.family,
             "problems": self.problems,
-            "correct": self.correct,
-            "accuracy": self.correct / self.problems if self.problems else None,
+            "metric": benchmark.curve_metric_name,
+            "value": value,
             "ci95": [low, high],
             "mean_tokens": self.mean_tokens,
             "mean_samples": self.mean_samples,
         }
 
 
+def _graded(draw: dict) -> dict:
+    return {**draw.get("fields", {}), "correct": bool(draw["correct"])}
+
+
+def _mean_logp(draw: dict) -> float:
+    return draw["logprob"] / draw["tokens"] if draw["tokens"] else -np.inf
+
+
 def _as_completions(draws: Sequence[dict]) -> list[Completion]:
-    # the vote reads an answer through the extractor; here the recorded answer is the text it reads
+    # the vote reads each answer through an extractor; here the recorded answer is the text it reads
     return [
         Completion([0] * d["tokens"], d["answer"] or "", d["logprob"], d["complete"] and d["answer"] is not None)
         for d in draws
@@ -82,69 +93,96 @@ def _recorded_answer(text: str) -> str | None:
     return text or None
 
 
-def _pick(draws: Sequence[dict]) -> int:
-    """The draw a vote returns: the majority's (ties and the pick within it by mean log p per token), else, with no
-    answer to vote on, the draw of highest mean log p, as the sampler does."""
-    chosen, _ = majority_vote(_as_completions(draws), _recorded_answer)
-    if chosen is not None:
-        return chosen
-    means = [d["logprob"] / d["tokens"] if d["tokens"] else -np.inf for d in draws]
-    return int(np.argmax(means))
+def _pick(draws: Sequence[dict], select: str) -> int:
+    """The draw a selection returns, as the sampler picks it: a vote's majority (ties and the pick within it by
+    mean log p per token), or the highest quality score (the later draw on a tie); with no answer or no score, the
+    draw of highest mean log p."""
+    if len(draws) == 1:
+        return 0
+    if select == "majority":
+        chosen, _ = majority_vote(_as_completions(draws), _recorded_answer)
+        if chosen is not None:
+            return chosen
+    else:
+        scored = [(d["quality_score"], i) for i, d in enumerate(draws) if d.get("quality_score") is not None]
+        if scored:
+            return max(scored)[1]
+    return int(np.argmax([_mean_logp(d) for d in draws]))
 
 
-def replay_vote(draws: Sequence[dict], k: int) -> Outcome:
-    """A vote over the first ``k`` draws."""
+def replay(draws: Sequence[dict], k: int, select: str = "majority") -> Outcome:
+    """The selection (``majority`` or ``quality``) over the first ``k`` draws."""
     if not 1 <= k <= len(draws):
-        raise ValueError(f"a vote over {k} draws needs 1 <= k <= {len(draws)} recorded draws")
+        raise ValueError(f"a selection over {k} draws needs 1 <= k <= {len(draws)} recorded draws")
     used = list(draws[:k])
-    return Outcome(bool(used[_pick(used)]["correct"]), sum(d["tokens"] for d in used), k)
+    return Outcome(_graded(used[_pick(used, select)]), sum(d["tokens"] for d in used), k)
 
 
-def replay_adaptive_vote(
-    draws: Sequence[dict], rule: str, round_size: int = 2, confidence: float = 0.95, budget: int | None = None
-) -> Outcome:
-    """The vote that draws ``round_size`` samples per round and stops when ``rule`` says so (``samplers.votes``),
-    with a budget of ``budget`` draws (default: all recorded)."""
-    budget = len(draws) if budget is None else budget
-    if not 1 <= budget <= len(draws):
-        raise ValueError(f"a budget of {budget} needs 1 <= budget <= {len(draws)} recorded draws")
-    used = 0
+def replay_adaptive_vote(draws: Sequence[dict], rule: str, round_size: int = 2, confidence: float = 0.95) -> Outcome:
+    """The vote that draws ``round_size`` samples per round and stops when ``rule`` says so (``samplers.votes``);
+    its budget is the number of draws recorded."""
+    budget, used = len(draws), 0
     while used < budget:
         used = min(budget, used + round_size)
-        remaining = budget - used
-        if remaining == 0:
+        if used == budget:
             break
         _, vote = majority_vote(_as_completions(draws[:used]), _recorded_answer)
-        if vote_stop_reason(vote["votes"], remaining, rule, confidence) is not None:
+        if vote_stop_reason(vote["votes"], budget - used, rule, confidence) is not None:
             break
-    return replay_vote(draws, used)
+    return replay(draws, used, "majority")
 
 
-def vote_points(
+def replay_adaptive_quality(draws: Sequence[dict], margin: float, round_size: int = 2) -> Outcome:
+    """The quality selection that draws ``round_size`` samples per round and stops after the first round that does
+    not raise the best score by more than ``margin`` (rounds before any scored output never stop it)."""
+    budget, used, best = len(draws), 0, -np.inf
+    while used < budget:
+        used = min(budget, used + round_size)
+        previous = best
+        best = max([best] + [d["quality_score"] for d in draws[:used] if d.get("quality_score") is not None])
+        if used < budget and np.isfinite(best) and not best > previous + margin:
+            break
+    return replay(draws, used, "quality")
+
+
+def selection_points(
     rows: Sequence[dict],
     method: str,
     budgets: Sequence[int] = DEFAULT_BUDGETS,
-    rules: Sequence[str] = DEFAULT_RULES,
+    *,
     round_size: int = 2,
     confidence: float = 0.95,
+    margins: Sequence[float] = (0.0, 0.05),
 ) -> list[CurvePoint]:
-    """The fixed votes at ``budgets`` and the adaptive votes (each rule, the full recorded budget) replayed from the
-    ``draws`` of ``method``'s rows; a budget above a row's draws is skipped for that row."""
+    """The fixed selections at ``budgets`` and the adaptive ones (each vote rule, or each quality margin; with the
+    full recorded budget) replayed from the ``draws`` of ``method``'s rows (a ``METHOD+vote@N`` or
+    ``METHOD+quality@N``); a budget above a row's draws is left out for that row."""
     mine = [r for r in rows if r["method"] == method and r.get("draws")]
     if not mine:
-        raise ValueError(f"no rows of {method!r} record their draws (run it as METHOD+vote@N)")
-    unit = method.partition("+")[0]
+        raise ValueError(f"no rows of {method!r} record their draws (run it as METHOD+vote@N or METHOD+quality@N)")
+    name = method.partition("@")[0]
+    suffix = next((s for s in SELECTIONS if name.endswith(s)), None)
+    if suffix is None:
+        raise ValueError(f"{method!r} is not a fixed selection ({', '.join(SELECTIONS)}) whose draws replay")
+    unit, select = name.removesuffix(suffix), SELECTIONS[suffix]
+    what = "vote" if select == "majority" else "best quality"
     points = []
     for k in budgets:
-        point = CurvePoint(f"{unit} vote of {k}" if k > 1 else f"{unit} (one of the draws)", f"{unit}+vote")
+        point = CurvePoint(f"{unit} {what} of {k}" if k > 1 else f"{unit} (one of the draws)", f"{unit}{suffix}")
         for r in mine:
             if k <= len(r["draws"]):
-                point.outcomes[r["problem_id"]] = replay_vote(r["draws"], k)
+                point.outcomes[r["problem_id"]] = replay(r["draws"], k, select)
         points.append(point)
-    for rule in rules:
-        point = CurvePoint(f"{unit} adaptive vote ({rule}, up to {len(mine[0]['draws'])})", f"{unit}+avote")
+    most = max(len(r["draws"]) for r in mine)
+    adaptive = (
+        [(f"{rule}", lambda d, rule=rule: replay_adaptive_vote(d, rule, round_size, confidence)) for rule in VOTE_RULES]
+        if select == "majority"
+        else [(f"margin {m:g}", lambda d, m=m: replay_adaptive_quality(d, m, round_size)) for m in margins]
+    )
+    for rule, run in adaptive:
+        point = CurvePoint(f"{unit} adaptive {what} ({rule}, up to {most})", f"{unit}+a{suffix[1:]} ({rule})")
         for r in mine:
-            point.outcomes[r["problem_id"]] = replay_adaptive_vote(r["draws"], rule, round_size, confidence)
+            point.outcomes[r["problem_id"]] = run(r["draws"])
         points.append(point)
     return points
 
@@ -157,20 +195,20 @@ def row_points(rows: Sequence[dict], methods: Sequence[str]) -> list[CurvePoint]
         for r in rows:
             if r["method"] == method:
                 samples = int(r.get("samples_used") or 1)
-                point.outcomes[r["problem_id"]] = Outcome(bool(r["correct"]), int(r["tokens_generated"]), samples)
+                point.outcomes[r["problem_id"]] = Outcome(r, int(r["tokens_generated"]), samples)
         if point.outcomes:
             points.append(point)
     return points
 
 
-def paired_against(reference: CurvePoint, point: CurvePoint, n_boot: int = 10_000) -> dict | None:
-    """Accuracy difference point - reference on the problems both have, with a paired bootstrap CI and McNemar."""
+def paired_against(reference: CurvePoint, point: CurvePoint, benchmark: Benchmark) -> dict | None:
+    """The point's metric minus the reference's on the problems both have (paired), and the token ratio."""
     common = sorted(set(reference.outcomes) & set(point.outcomes))
     if not common:
         return None
-    a = [reference.outcomes[p].correct for p in common]
-    b = [point.outcomes[p].correct for p in common]
-    boot, mc = paired_bootstrap(a, b, n_boot=n_boot), mcnemar_exact(a, b)
+    difference = benchmark.curve_difference(
+        [reference.outcomes[p].graded for p in common], [point.outcomes[p].graded for p in common]
+    )
     tokens = np.mean([point.outcomes[p].tokens for p in common]) / max(
         1e-9, np.mean([reference.outcomes[p].tokens for p in common])
     )
@@ -178,43 +216,48 @@ def paired_against(reference: CurvePoint, point: CurvePoint, n_boot: int = 10_00
         "reference": reference.label,
         "label": point.label,
         "problems": len(common),
-        "difference": boot.difference,
-        "ci95": [boot.ci_low, boot.ci_high],
-        "mcnemar_p": mc.p_value,
-        "only_reference": mc.only_a,
-        "only_point": mc.only_b,
+        **difference,
         "token_ratio": float(tokens),
     }
 
 
-def markdown_table(points: Sequence[CurvePoint], reference: CurvePoint | None) -> list[str]:
-    head = "| method | problems | accuracy (95% CI) | decoded tokens / problem | samples / problem |"
+def _number(value: float, benchmark: Benchmark, signed: bool = False) -> str:
+    if benchmark.curve_metric_name == "accuracy":
+        return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}%"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def markdown_table(points: Sequence[CurvePoint], reference: CurvePoint | None, benchmark: Benchmark) -> list[str]:
+    metric = benchmark.curve_metric_name
+    head = f"| method | problems | {metric} (95% CI) | decoded tokens / problem | samples / problem |"
     rule = "|---|---|---|---|---|"
     if reference is not None:
-        head += f" vs {reference.label}: difference (paired 95% CI) | McNemar p | tokens x |"
+        head += f" vs {reference.label}: difference (paired 95% CI) | p | tokens x |"
         rule += "---|---|---|"
     lines = [head, rule]
     for p in points:
-        s = p.summary()
+        s = p.summary(benchmark)
+        low, high = s["ci95"]
         line = (
-            f"| {p.label} | {p.problems} | {100 * s['accuracy']:.1f}% ({100 * s['ci95'][0]:.1f}-"
-            f"{100 * s['ci95'][1]:.1f}%) | {p.mean_tokens:.0f} | {p.mean_samples:.2f} |"
+            f"| {p.label} | {p.problems} | {_number(s['value'], benchmark)} ({_number(low, benchmark)} - "
+            f"{_number(high, benchmark)}) | {p.mean_tokens:.0f} | {p.mean_samples:.2f} |"
         )
         if reference is not None:
-            cmp = paired_against(reference, p) if p is not reference else None
+            cmp = paired_against(reference, p, benchmark) if p is not reference else None
             if cmp is None:
                 line += " - | - | - |"
             else:
                 line += (
-                    f" {100 * cmp['difference']:+.1f} ({100 * cmp['ci95'][0]:+.1f}..{100 * cmp['ci95'][1]:+.1f}) "
-                    f"on {cmp['problems']} | {cmp['mcnemar_p']:.3g} | {cmp['token_ratio']:.2f} |"
+                    f" {_number(cmp['difference'], benchmark, True)} ({_number(cmp['ci95'][0], benchmark, True)}.."
+                    f"{_number(cmp['ci95'][1], benchmark, True)}) on {cmp['problems']} | {cmp['p']:.3g} | "
+                    f"{cmp['token_ratio']:.2f} |"
                 )
         lines.append(line)
     return lines
 
 
-def plot_curves(points: Sequence[CurvePoint], path, title: str):
-    """Accuracy (Wilson 95% interval) against mean decoded tokens per problem; a family's points joined."""
+def plot_curves(points: Sequence[CurvePoint], path, title: str, benchmark: Benchmark):
+    """The metric (95% interval) against mean decoded tokens per problem; a family's points joined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,22 +269,18 @@ def plot_curves(points: Sequence[CurvePoint], path, title: str):
         families.setdefault(p.family, []).append(p)
     for family, members in families.items():
         members = sorted(members, key=lambda p: p.mean_tokens)
-        xs = [p.mean_tokens for p in members]
-        ys = [p.correct / p.problems for p in members]
-        cis = [wilson_interval(p.correct, p.problems) for p in members]
-        err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)], [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)]]
-        n = sorted({p.problems for p in members})
-        ax.errorbar(
-            xs,
-            ys,
-            yerr=err,
-            fmt="o-" if len(members) > 1 else "o",
-            capsize=3,
-            label=f"{family} (n={'/'.join(map(str, n))})",
-        )
+        summaries = [p.summary(benchmark) for p in members]
+        ys = [s["value"] for s in summaries]
+        err = [
+            [max(0.0, s["value"] - s["ci95"][0]) for s in summaries],
+            [max(0.0, s["ci95"][1] - s["value"]) for s in summaries],
+        ]
+        n = "/".join(map(str, sorted({p.problems for p in members})))
+        style = "o-" if len(members) > 1 else "o"
+        ax.errorbar([p.mean_tokens for p in members], ys, yerr=err, fmt=style, capsize=3, label=f"{family} (n={n})")
     ax.set_xscale("log")
     ax.set_xlabel("decoded tokens per problem (log scale)")
-    ax.set_ylabel("accuracy (95% Wilson interval)")
+    ax.set_ylabel(f"{benchmark.curve_metric_name} (95% interval)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")

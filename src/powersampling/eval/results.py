@@ -288,6 +288,7 @@ def regrade_rows(rows: list[dict], problems: Sequence = ()) -> int:
         row.update(correct=grade.correct, extracted=grade.extracted, grade_detail=grade.detail, **grade.fields)
         if row.get("draws") and all("text" in d for d in row["draws"]):
             for draw in row["draws"]:
-                draw["correct"] = bool(benchmark.regrade({**row, "text": draw["text"]}, by_id).correct)
+                again = benchmark.regrade({**row, "text": draw["text"]}, by_id)
+                draw.update(correct=bool(again.correct), fields=again.fields)
             row["candidates_correct"] = sum(d["correct"] for d in row["draws"])
     return changed

@@ -581,8 +581,9 @@ def _budget_field(method: str) -> str:
 
 def draw_records(samples, grades: list[Grade], extract: Callable[[str], str | None] | None) -> list[dict]:
     """One record per candidate, in the order drawn: its decoded tokens, base-model log p, whether it finished, the
-    answer it votes for (the benchmark's extractor, for a vote) and its grade. The candidates are independent draws,
-    so the first k records are a k-sample run: ``eval.curves`` replays smaller and adaptive votes from them."""
+    answer it votes for (the benchmark's extractor, for a vote), its quality score (for a quality selection) and its
+    grade. The candidates are independent draws, so the first k records are a k-sample run: ``eval.curves``
+    replays smaller and adaptive selections from them."""
     records = []
     for completion, grade in zip(samples, grades, strict=True):
         answer = None
@@ -598,6 +599,8 @@ def draw_records(samples, grades: list[Grade], extract: Callable[[str], str | No
                 "complete": bool(completion.complete),
                 "answer": None if answer is None else str(answer),
                 "correct": bool(grade.correct),
+                "quality_score": completion.quality_score,
+                "fields": grade.fields,
                 "text": completion.text,
             }
         )

@@ -51,6 +51,9 @@ class RouteSettings:
     best_of_n: int = 4
     n_particles: int | None = None
     seed: int | None = None
+    # best-of-n by quality score: draw in rounds and stop once a round fails to raise the best score by more than
+    # this (samplers.config.BestOfNConfig.quality_margin); None draws all best_of_n plans
+    quality_margin: float | None = None
 
     def __post_init__(self) -> None:
         for route in planner_routes():
@@ -65,6 +68,7 @@ class RouteSettings:
             "temperature": self.temperature,
             "n": self.best_of_n,
             "n_particles": self.n_particles,
+            "quality_margin": self.quality_margin,
         }
         names = method_spec(route_method(route)).config.parameter_names()
         return {k: v for k, v in values.items() if k in names and v is not None}

@@ -516,6 +516,7 @@ class _PlanRun:
                     "latency_ms": md.get("call_latency_ms"),
                     "acceptance_rate": md.get("acceptance_rate"),
                     "selected_by": md.get("selected_by"),
+                    "adaptive_quality": md.get("adaptive_quality"),
                     "max_new_tokens": max_tokens,
                 }
             )

@@ -130,6 +130,25 @@ class Benchmark:
         low, high = entry["ci95"]
         return entry["accuracy"], low, high
 
+    curve_metric_name = "accuracy"
+
+    def curve_metric(self, graded: Sequence[dict]) -> tuple[float, float, float]:
+        """(value, low, high) of the headline metric over graded outputs (dicts with ``correct`` and the grade's
+        fields, one per problem): accuracy with its Wilson 95% interval."""
+        from ..stats import wilson_interval
+
+        correct = sum(bool(g["correct"]) for g in graded)
+        return (correct / len(graded), *wilson_interval(correct, len(graded))) if graded else (0.0, 0.0, 1.0)
+
+    def curve_difference(self, reference: Sequence[dict], graded: Sequence[dict]) -> dict:
+        """The headline metric of ``graded`` minus ``reference``'s on the same problems (paired, in order), with a
+        paired bootstrap 95% interval; for accuracy also McNemar's exact p."""
+        from ..stats import mcnemar_exact, paired_bootstrap
+
+        a, b = [bool(g["correct"]) for g in reference], [bool(g["correct"]) for g in graded]
+        boot, mc = paired_bootstrap(a, b), mcnemar_exact(a, b)
+        return {"difference": boot.difference, "ci95": [boot.ci_low, boot.ci_high], "p": mc.p_value}
+
 
 def chat_prompt(model, messages: list[dict[str, str]]) -> BenchmarkPrompt:
     try:

@@ -423,6 +423,17 @@ class TaskBench(Benchmark):
         low, high = entry["ci95_f1"].get("node_f1", (y, y))
         return y, low, high
 
+    curve_metric_name = "node F1"
+
+    def curve_metric(self, graded: Sequence[dict]) -> tuple[float, float, float]:
+        if not graded:
+            return 0.0, 0.0, 1.0
+        low, high = bootstrap_metric_ci(graded)["node_f1"]
+        return f1(np.sum([g[COUNT_METRICS["node_f1"]] for g in graded], axis=0)), low, high
+
+    def curve_difference(self, reference: Sequence[dict], graded: Sequence[dict]) -> dict:
+        return paired_metric_difference(reference, graded)["node_f1"]
+
 
 # report
 
