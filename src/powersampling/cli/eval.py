@@ -9,9 +9,11 @@ import typer
 
 from ..errors import PowerSamplingError
 from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
+from ..samplers.registry import CANDIDATES_METHOD, methods_where
 from .common import BACKEND_HELP, MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, parse_params
 
-DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
+# best-of-n last: its n is matched to power sampling's cost, measured on the same problems first
+DEFAULT_METHODS = ",".join(sorted(methods_where("in_default_eval"), key=lambda method: method == CANDIDATES_METHOD))
 
 
 def eval_command(

@@ -70,7 +70,7 @@ BEST_OF_N_RANGE = (2, 64)
 
 
 def split_method(method: str) -> tuple[str, str | None]:
-    """``"low-temp+vote"`` -> ``("low-temp", "+vote")``; a method without a selection suffix -> ``(method, None)``."""
+    """``METHOD+vote`` -> ``(METHOD, "+vote")``; a method without a selection suffix -> ``(method, None)``."""
     for suffix in SELECTIONS:
         if method.endswith(suffix):
             return method.removesuffix(suffix), suffix

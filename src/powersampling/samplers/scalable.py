@@ -273,5 +273,6 @@ METHODS = (
         route="scalable-power",
         exact_logprobs=True,
         summary="p^alpha token by token from rollout estimates of each candidate's future (no MCMC; approximate)",
+        temperature="proposal",
     ),
 )

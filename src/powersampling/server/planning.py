@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import CapabilityError, ConfigError, ContextLengthError, PowerSamplingError
 from ..observability.metrics import record_plan
+from ..samplers.registry import BASELINE_ROUTE
 from .errors import APIError
 from .executor import Job
 from .schemas import PlanRequest
@@ -85,7 +86,7 @@ class PlanService:
                 400, str(exc), param="power_sampling" if changes else "route", code="invalid_value"
             ) from None
         method = route_method(route) if route else "none"
-        return PlanRun(self, body, config, route or "baseline", method)
+        return PlanRun(self, body, config, route or BASELINE_ROUTE, method)
 
     def record(self, outcome: PlanOutcome, latency_s: float) -> None:
         record_plan(
