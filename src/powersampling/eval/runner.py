@@ -82,18 +82,19 @@ def method_seed(run_seed: int, problem_index: int, method: str) -> int:
     return int((int(state[0]) << 32 | int(state[1])) >> 1)
 
 
-def matched_best_of_n(rows: Iterable[dict], unit: str = PLAIN_METHOD) -> tuple[int, str]:
+def matched_best_of_n(rows: Iterable[dict], candidate_method: str = PLAIN_METHOD) -> tuple[int, str]:
     """n for best-of-n (or a vote) so its decoded tokens match power sampling's, from the rows so far: power's
-    cost relative to one sample of the ``unit`` method (the one the n samples are drawn like)."""
-    by_method: dict[str, dict[str, dict]] = {MATCHED_COST_METHOD: {}, unit: {}}
+    cost relative to one sample of ``candidate_method`` (the one-sample method the n candidates are drawn like)."""
+    by_method: dict[str, dict[str, dict]] = {MATCHED_COST_METHOD: {}, candidate_method: {}}
     for r in rows:
         if r["method"] in by_method:
             by_method[r["method"]][r["problem_id"]] = r
-    power, plain = by_method[MATCHED_COST_METHOD], by_method[unit]
+    power, plain = by_method[MATCHED_COST_METHOD], by_method[candidate_method]
     lo, hi = BEST_OF_N_RANGE
     ratio = relative_cost(power, plain)
     if ratio is not None:
-        rule = f"{MATCHED_COST_METHOD}/{unit} decoded tokens {ratio:.2f} over {len(set(power) & set(plain))} problems"
+        shared = len(set(power) & set(plain))
+        rule = f"{MATCHED_COST_METHOD}/{candidate_method} decoded tokens {ratio:.2f} over {shared} problems"
     else:
         ratio = mean_cost_multiplier(list(power.values()))
         if ratio is None:
@@ -483,7 +484,7 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
     n_rule, evaluator = None, None
     if base_method == PLAIN_METHOD:
         params["temperature"] = 1.0
-    unit = PLAIN_METHOD  # the one-sample method whose cost one best-of-n candidate has
+    candidate_method = PLAIN_METHOD  # the one-sample method whose cost one best-of-n candidate has
     for k in STOP_PARAMS:  # read by the adaptive selections only, through _stop_params
         params.pop(k, None)
     params.update(_stop_params(method_params(settings.extra_params, method), selection))
@@ -495,13 +496,13 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         temperature = one_sample_temperature(base_method, **params)
         if temperature is not None:  # n samples at the method's own temperature
             params["temperature"] = temperature
-            unit, base_method = base_method, CANDIDATES_METHOD
+            candidate_method, base_method = base_method, CANDIDATES_METHOD
     if base_method == CANDIDATES_METHOD:
         params.setdefault("temperature", 1.0)
         if settings.best_of_n is not None:
             params["n"], n_rule = settings.best_of_n, "fixed"
         else:
-            params["n"], n_rule = matched_best_of_n(rows, unit)
+            params["n"], n_rule = matched_best_of_n(rows, candidate_method)
     sampler = build_sampler(base_method, model, evaluator=evaluator, **params)
     constraint = prompt.constraint or (StopStringConstraint(model.tokenizer, prompt.stops) if prompt.stops else None)
     start = time.perf_counter()

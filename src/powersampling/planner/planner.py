@@ -230,7 +230,7 @@ class Planner:
         else:
             decision = self.routing.decide(request_key if request_key is not None else request)
             route, reason = decision.route, decision.reason
-        run = _PlanRun(self, screened.prompt_request, screened.prompt_context, route, budget)
+        run = _PlannerCalls(self, screened.prompt_request, screened.prompt_context, route, budget)
         run.on_task = on_task if self.config.max_depth == 1 else None
         self._stage(f"planning top-level tasks ({route} route)")
         top = run.generate_children(parent=None, plan_so_far=[], note=None, level=1)
@@ -289,7 +289,7 @@ class Planner:
             route = self.config.route or dag.metadata.get("route") or BASELINE_ROUTE
             if route not in planner_routes():  # "mixed": some calls of the original plan fell back
                 route = BASELINE_ROUTE
-            run = _PlanRun(self, neutralize_control_tokens(dag.request), "", route, budget)
+            run = _PlannerCalls(self, neutralize_control_tokens(dag.request), "", route, budget)
             current = dag
             for op in ops:
                 current = self._apply(run, current, op)
@@ -314,7 +314,7 @@ class Planner:
 
     # internals
 
-    def _apply(self, run: _PlanRun, dag: TaskDAG, op: Feedback) -> TaskDAG:
+    def _apply(self, run: _PlannerCalls, dag: TaskDAG, op: Feedback) -> TaskDAG:
         if op.op == "add_task":
             if not op.task:
                 raise PlanInputError("add_task needs 'task'")
@@ -349,7 +349,7 @@ class Planner:
             self.on_stage(message)
 
 
-class _PlanRun:
+class _PlannerCalls:
     """The model calls of one decompose or update."""
 
     def __init__(self, planner: Planner, request_text: str, context_text: str, route: str, budget: _Budget) -> None:

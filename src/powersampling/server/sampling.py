@@ -28,8 +28,8 @@ from .scope import check_limits
 from .settings import ServerSettings
 from .tools import ToolTurn, chat_messages, read_turn, tool_grammar, tool_turn
 
-# power_sampling fields that map onto sampler parameters under the same name
-_SAME_NAME = (
+# power_sampling fields that are sampler parameters of the same name, passed on as they are
+_SAMPLER_PARAMETER_FIELDS = (
     "alpha",
     "n_mcmc",
     "block_size",
@@ -125,7 +125,7 @@ def resolve_call(
     method = apply_temperature(body, method, params)
     if ps is not None:
         given = ps.model_dump(exclude_none=True)
-        for name in _SAME_NAME:
+        for name in _SAMPLER_PARAMETER_FIELDS:
             if name in given:
                 params[name] = given[name]
         if ps.chains is not None:
