@@ -22,7 +22,6 @@ finished before it, which can be fewer than in a sequential run.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import zlib
@@ -233,7 +232,7 @@ def check_arguments(
     problems = load_problems(task, limit, offset, data=data)
     _check_selections(benchmark, methods, problems[0])
     max_new_tokens = max_new_tokens or benchmark.max_new_tokens(problems)
-    block_size = block_size or benchmark.default_block_size or max(1, math.ceil(max_new_tokens / 16))
+    block_size = block_size or benchmark.block_size(max_new_tokens)
     if best_of_n is not None and best_of_n < 1:
         raise ConfigError(f"best_of_n must be >= 1 (got {best_of_n})")
     if CANDIDATES_METHOD in methods and best_of_n is None and MATCHED_COST_METHOD not in methods:
