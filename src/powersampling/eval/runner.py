@@ -35,12 +35,13 @@ import numpy as np
 
 from ..backends.constraints import StopStringConstraint
 from ..errors import ConfigError
-from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
+from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC, default
 from ..samplers.registry import (
     CANDIDATES_METHOD,
     MATCHED_COST_METHOD,
     PLAIN_METHOD,
     method_names,
+    method_spec,
     one_sample_temperature,
 )
 from .benchmarks import Benchmark, BenchmarkPrompt, ExecLimits, get_benchmark, resolve_style
@@ -258,9 +259,15 @@ def check_arguments(
             **{k: v for k, v in method_params(extra_params, method).items() if k not in STOP_PARAMS},
             **({"n": 2} if method == CANDIDATES_METHOD else {}),
         )
-    chains_vote = MATCHED_COST_METHOD + VOTE
-    if chains_vote in methods and int(method_params(extra_params, chains_vote).get("n_chains", 1)) < 2:
-        raise ConfigError(f"{chains_vote} votes over MH chains: give --param n_chains=N with N >= 2")
+    for method in methods:  # a vote over one run's chains (MH chains, SMC particles) needs two of them
+        base_method, selection = split_method(method)
+        spec = method_spec(base_method)
+        if selection == VOTE and spec.chains_field is not None:
+            chains = method_params(extra_params, method).get(spec.chains_field, default(spec.config, spec.chains_field))
+            if int(chains) < 2:
+                raise ConfigError(
+                    f"{method} votes over its {spec.chains_field}: give --param {spec.chains_field}=N with N >= 2"
+                )
     return problems, base
 
 
