@@ -24,6 +24,8 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         (["generate", "hi", "--mcmc-steps", "x"], "--mcmc-steps"),
         (["generate", "hi", "--method", "warp"], "--method"),
         (["generate", "hi", "--model", "/no/such/model"], "does not exist"),
+        (["generate", "hi", "--model", "openai:gpt-4o", "--method", "sample"], "hosted chat API"),
+        (["generate", "hi", "--model", "Anthropic:claude"], "cannot continue a token prefix"),
         (["generate", "   "], "empty"),
         (["generate"], "Missing argument"),
         (["no-such-command"], "No such command"),

@@ -410,6 +410,9 @@ def test_vote_methods_are_checked_before_a_model_loads():
         check_arguments("humaneval", ["sample+vote"], 1)
     with pytest.raises(ConfigError, match="n_chains"):
         check_arguments("gsm8k", ["power+vote"], 1)
+    with pytest.raises(ConfigError, match="n_particles=N with N >= 2"):
+        check_arguments("gsm8k", ["smc+vote"], 1, extra_params={"smc+vote.n_particles": 1})
+    check_arguments("gsm8k", ["smc+vote"], 1)  # 8 particles by default
     with pytest.raises(ConfigError, match="unknown method"):
         check_arguments("gsm8k", ["nope+vote"], 1)
 

@@ -221,13 +221,15 @@ def sampler_tv(
     """Draw ``n_samples`` independent completions with a registered method and measure them against the exact
     p^alpha: the total variation, the decoded tokens per sample, and the 99% TV quantile an exact sampler shows at
     the same sample count (the noise floor)."""
-    from .samplers import build_sampler
+    from .samplers import build_sampler, method_spec
 
     target = power_distribution(enumerate_completions(model, prompt, max_new_tokens), alpha)
     samples, decoded = [], 0
-    if method == "power":  # independent chains are the rows of one run
+    spec = method_spec(method)
+    if spec.independent_chains:  # independent chains are the rows of one run
+        chains = {spec.chains_field: n_samples}
         result = build_sampler(
-            method, model, alpha=alpha, max_new_tokens=max_new_tokens, seed=seed, n_chains=n_samples, **params
+            method, model, alpha=alpha, max_new_tokens=max_new_tokens, seed=seed, **chains, **params
         ).sample(list(prompt))
         samples = [c.token_ids for c in result.samples]
         decoded = result.metadata["tokens_generated"]

@@ -140,7 +140,7 @@ class Executor:
 
     async def run(self, dag: TaskDAG) -> ExecutionResult:
         self._check_functions(dag)
-        run = _Run(self, self._with_room(dag))
+        run = _Execution(self, self._with_room(dag))
         return await run.execute()
 
     def _with_room(self, dag: TaskDAG) -> TaskDAG:
@@ -173,7 +173,7 @@ class Executor:
 
         if self.planner is None:
             self.planner = planner
-        run = _Run(self, None, arrivals, request)
+        run = _Execution(self, None, arrivals, request)
         planning = asyncio.create_task(plan())
         try:
             return await run.execute()
@@ -202,7 +202,7 @@ class Executor:
         return await asyncio.wait_for(work, self.timeout_s)
 
 
-class _Run:
+class _Execution:
     """The state of one execution: which leaves are done, running, failed or skipped."""
 
     def __init__(

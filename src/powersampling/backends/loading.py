@@ -18,6 +18,12 @@ BACKENDS = ("auto", "transformers", "llama.cpp", "vllm", "remote")
 REMOTE_API_KEY_ENV = "POWERSAMPLING_REMOTE_API_KEY"
 
 
+# Model names of hosted chat APIs (provider:model). They are refused: they return at most the top 20
+# log-probabilities per token (Anthropic none) and continue chat messages, not token-id prefixes, so no method here
+# can get the log p, log q and cut-point proposals it decodes with (docs/backends.md, "Hosted chat APIs").
+HOSTED_CHAT_PROVIDERS = ("openai", "gemini", "anthropic")
+
+
 def is_url(path) -> bool:
     """True for an ``http://`` or ``https://`` address (a served model), False for a local path."""
     return isinstance(path, str) and path.strip().lower().startswith(("http://", "https://"))
@@ -48,6 +54,13 @@ def load_model(
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    provider = path.split(":", 1)[0].strip().lower() if isinstance(path, str) and ":" in path else None
+    if provider in HOSTED_CHAT_PROVIDERS:
+        raise ModelLoadError(
+            f"{path!r} names a hosted chat API, which cannot run here: it returns at most the top 20 "
+            "log-probabilities per token and cannot continue a token prefix; serve the model with vLLM or SGLang "
+            "(--model http://host:port) or use a local model"
+        )
     if threads is not None and int(threads) < 1:
         raise ModelLoadError(f"threads must be >= 1, got {threads}")
     url = is_url(path)

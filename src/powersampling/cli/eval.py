@@ -9,9 +9,11 @@ import typer
 
 from ..errors import PowerSamplingError
 from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
-from .common import BACKEND_HELP, MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, parse_params
+from ..samplers.registry import CANDIDATES_METHOD, methods_where
+from .common import BACKEND_HELP, MODEL_HELP, PARAM_HELP, THREADS_HELP, TOKENIZER_HELP, Backend, parse_params
 
-DEFAULT_METHODS = "sample,low-temp,power,best-of-n"
+# best-of-n last: its n is matched to power sampling's cost, measured on the same problems first
+DEFAULT_METHODS = ",".join(sorted(methods_where("in_default_eval"), key=lambda method: method == CANDIDATES_METHOD))
 
 
 def eval_command(
@@ -33,7 +35,7 @@ def eval_command(
     limit: int | None = typer.Option(None, help="evaluate the first N problems (default: all)"),
     offset: int = typer.Option(0, help="skip the first N problems"),
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option(Backend.auto, help=BACKEND_HELP),
     tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda)"),
     out: Path = typer.Option(
@@ -119,7 +121,7 @@ def eval_command(
     )
     if get_benchmark(task).runs_programs:
         _check_sandbox(unsafe_exec)
-    lm = load_model_or_fail(model, backend, device, tokenizer, threads=threads)
+    lm = load_model_or_fail(model, backend.value, device, tokenizer, threads=threads)
     limits = ExecLimits(exec_timeout, exec_memory_mb, unsafe_exec=unsafe_exec)
     try:
         run_eval(

@@ -9,7 +9,8 @@ import typer
 
 from ..backends.base import check_context_length
 from ..errors import ContextLengthError, PowerSamplingError
-from ..samplers.config import BestOfNConfig, PowerSamplingConfig, SMCConfig
+from ..samplers.config import BestOfNConfig, PowerSamplingConfig, SMCConfig, default
+from ..samplers.registry import DEFAULT_METHOD, method_spec
 from .common import (
     BACKEND_HELP,
     MODEL_HELP,
@@ -29,7 +30,7 @@ Method = method_choices()
 
 
 def _defaults(field: str, config: type = PowerSamplingConfig):
-    return config.model_fields[field].default
+    return default(config, field)
 
 
 def generate(
@@ -39,7 +40,7 @@ def generate(
     tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend (cpu, cuda, cuda:1)"),
     threads: int | None = typer.Option(None, help=THREADS_HELP),
-    method: Method = typer.Option("power", help="decoding method"),
+    method: Method = typer.Option(DEFAULT_METHOD, help="decoding method"),
     alpha: float | None = typer.Option(
         None, help=f"power of the target p^alpha (power, smc, low-temp; default {_defaults('alpha')})"
     ),
@@ -63,7 +64,8 @@ def generate(
     ),
     temperature: float | None = typer.Option(
         None,
-        help="sampling temperature (sample, best-of-n; default 1); MH proposal temperature (power; default 1/alpha)",
+        help="sampling temperature (sample, best-of-n; default 1); proposal temperature (power, smc, "
+        "scalable-power; default 1/alpha)",
     ),
     n: int | None = typer.Option(None, help=f"candidates for best-of-n (default {_defaults('n', BestOfNConfig)})"),
     seed: int | None = typer.Option(None, help="random seed (the same seed gives the same text on CPU)"),
@@ -105,11 +107,10 @@ def generate(
         n_chains=chains,
         n_particles=chains,
         temperature=temperature,
-        proposal_temperature=temperature if method.value == "power" else None,
         select=select,
     )
-    if method.value == "power":
-        params["temperature"] = None
+    if method_spec(method.value).temperature == "proposal":  # the target stays p^alpha; the option sets q's
+        params.update(temperature=None, proposal_temperature=temperature)
     try:
         given = parse_params(param)
         if scoped := [k for k in given if "." in k]:

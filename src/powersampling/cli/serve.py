@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 import typer
 
 from ..errors import PowerSamplingError
-from .common import BACKEND_HELP, MODEL_HELP, TOKENIZER_HELP, fail
+from ..server.settings import ServerSettings
+from .common import BACKEND_HELP, MODEL_HELP, TOKENIZER_HELP, Backend, fail
+
+
+def _setting(name: str, *flags: str) -> Any:
+    """A typer option whose default and help are the ``ServerSettings`` field's, so they are written once (the
+    settings validate the value; a bad one is a one-line error)."""
+    field = ServerSettings.model_fields[name]
+    return typer.Option(field.default, *flags, help=field.description)
 
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes the server to the network)"),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port"),
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    backend: Backend = typer.Option(Backend.auto, help=BACKEND_HELP),
     tokenizer: str | None = typer.Option(None, help=TOKENIZER_HELP),
     device: str = typer.Option("cpu", help="torch device for the transformers backend"),
     api_key: str | None = typer.Option(
@@ -23,29 +32,20 @@ def serve_command(
         envvar="POWERSAMPLING_API_KEY",
         help="require 'Authorization: Bearer KEY' on /v1/* (or set POWERSAMPLING_API_KEY)",
     ),
-    served_model_name: str | None = typer.Option(None, help="model id in /v1/models (default: the model's name)"),
-    default_method: str = typer.Option("power", help="decoding method when a request names none"),
-    workers: int = typer.Option(1, min=1, max=64, help="sampling threads (1 for transformers and llama.cpp models)"),
-    max_queue: int = typer.Option(16, min=0, help="requests waiting for a worker before answering 429"),
-    request_timeout: float = typer.Option(120.0, help="seconds per request, queueing included, before 504"),
-    max_tokens_limit: int = typer.Option(2048, min=1, help="largest max_tokens a request may ask for"),
-    log_prompts: bool = typer.Option(False, "--log-prompts", help="log prompts and completions (off by default)"),
-    docs: bool = typer.Option(
-        True,
-        "--docs/--no-docs",
-        help="serve /docs, a self-contained API reference page (no scripts, nothing fetched from a CDN or anywhere "
-        "else; no Swagger UI or ReDoc), and /openapi.json",
-    ),
+    served_model_name: str | None = _setting("model_name"),
+    default_method: str = _setting("default_method"),
+    workers: int = _setting("workers"),
+    max_queue: int = _setting("max_queue"),
+    request_timeout: float = _setting("request_timeout_s"),
+    max_tokens_limit: int = _setting("max_tokens_limit"),
+    log_prompts: bool = _setting("log_prompts", "--log-prompts"),
+    docs: bool = _setting("docs", "--docs/--no-docs"),
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
 ) -> None:
     """Serve OpenAI-compatible completions with power sampling, the planner, /metrics and /health."""
     from ..observability.tracing import configure_tracing_from_env
-    from ..samplers import available_methods
-    from ..server.settings import ServerSettings
     from .common import load_model_or_fail
 
-    if default_method not in available_methods():
-        fail(f"unknown method {default_method!r}; choose one of: {', '.join(available_methods())}")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"unknown log level {log_level!r}; choose debug, info, warning or error")
     try:
@@ -70,7 +70,7 @@ def serve_command(
     sockets = _bind(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line per remote call
-    lm = load_model_or_fail(model, backend, device, tokenizer)
+    lm = load_model_or_fail(model, backend.value, device, tokenizer)
     import uvicorn
 
     from ..server.app import create_app

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..samplers.config import low_temperature
 from ..samplers.registry import CANDIDATES_METHOD, PLAIN_METHOD
 from .benchmarks import Benchmark, get_benchmark
 from .cost import COST_MEASURES, relative_cost
@@ -234,8 +235,8 @@ def markdown_summary(
         lines += [
             f"- task **{s['task']}**, model **{s['model']}**, prompt style {s['style']}"
             + (f", {s['shots']} shots" if s.get("shots") is not None else ""),
-            f"- alpha {s['alpha']} (low-temp T = {1 / s['alpha']:.3g}), MH steps per block {s['n_mcmc']}, block size "
-            f"{s['block_size']}, max new tokens {s['max_new_tokens']}, run seed {s['seed']}"
+            f"- alpha {s['alpha']} (low-temp T = {low_temperature(s['alpha']):.3g}), MH steps per block "
+            f"{s['n_mcmc']}, block size {s['block_size']}, max new tokens {s['max_new_tokens']}, run seed {s['seed']}"
             + (f", extra sampler parameters {s['extra_params']}" if s.get("extra_params") else ""),
             "",
         ]

@@ -22,7 +22,6 @@ finished before it, which can be fewer than in a sequential run.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import zlib
@@ -36,12 +35,13 @@ import numpy as np
 
 from ..backends.constraints import StopStringConstraint
 from ..errors import ConfigError
-from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC
+from ..samplers.config import DEFAULT_ALPHA, DEFAULT_N_MCMC, default
 from ..samplers.registry import (
     CANDIDATES_METHOD,
     MATCHED_COST_METHOD,
     PLAIN_METHOD,
     method_names,
+    method_spec,
     one_sample_temperature,
 )
 from .benchmarks import Benchmark, BenchmarkPrompt, ExecLimits, get_benchmark, resolve_style
@@ -70,12 +70,11 @@ BEST_OF_N_RANGE = (2, 64)
 
 
 BUDGET_MARK = "@"  # "smc+vote@4": the selection's budget, fixed by the name instead of matched to power's cost
-BUDGET_FIELDS = ("n", "n_particles", "n_chains")  # the config field that counts a method's outputs, by method
 
 
 def split_method(method: str) -> tuple[str, str | None]:
-    """``"low-temp+vote"`` -> ``("low-temp", "+vote")`` (also ``"low-temp+vote@8"``); a method without a selection
-    suffix -> ``(method, None)``."""
+    """``METHOD+vote`` -> ``(METHOD, "+vote")`` (also ``METHOD+vote@8``); a method without a selection suffix ->
+    ``(method, None)``."""
     method = method.partition(BUDGET_MARK)[0]
     for suffix in SELECTIONS:
         if method.endswith(suffix):
@@ -101,18 +100,19 @@ def method_seed(run_seed: int, problem_index: int, method: str) -> int:
     return int((int(state[0]) << 32 | int(state[1])) >> 1)
 
 
-def matched_best_of_n(rows: Iterable[dict], unit: str = PLAIN_METHOD) -> tuple[int, str]:
+def matched_best_of_n(rows: Iterable[dict], candidate_method: str = PLAIN_METHOD) -> tuple[int, str]:
     """n for best-of-n (or a vote) so its decoded tokens match power sampling's, from the rows so far: power's
-    cost relative to one sample of the ``unit`` method (the one the n samples are drawn like)."""
-    by_method: dict[str, dict[str, dict]] = {MATCHED_COST_METHOD: {}, unit: {}}
+    cost relative to one sample of ``candidate_method`` (the one-sample method the n candidates are drawn like)."""
+    by_method: dict[str, dict[str, dict]] = {MATCHED_COST_METHOD: {}, candidate_method: {}}
     for r in rows:
         if r["method"] in by_method:
             by_method[r["method"]][r["problem_id"]] = r
-    power, plain = by_method[MATCHED_COST_METHOD], by_method[unit]
+    power, plain = by_method[MATCHED_COST_METHOD], by_method[candidate_method]
     lo, hi = BEST_OF_N_RANGE
     ratio = relative_cost(power, plain)
     if ratio is not None:
-        rule = f"{MATCHED_COST_METHOD}/{unit} decoded tokens {ratio:.2f} over {len(set(power) & set(plain))} problems"
+        shared = len(set(power) & set(plain))
+        rule = f"{MATCHED_COST_METHOD}/{candidate_method} decoded tokens {ratio:.2f} over {shared} problems"
     else:
         ratio = mean_cost_multiplier(list(power.values()))
         if ratio is None:
@@ -253,7 +253,7 @@ def check_arguments(
     problems = load_problems(task, limit, offset, data=data)
     _check_selections(benchmark, methods, problems[0])
     max_new_tokens = max_new_tokens or benchmark.max_new_tokens(problems)
-    block_size = block_size or benchmark.default_block_size or max(1, math.ceil(max_new_tokens / 16))
+    block_size = block_size or benchmark.block_size(max_new_tokens)
     if best_of_n is not None and best_of_n < 1:
         raise ConfigError(f"best_of_n must be >= 1 (got {best_of_n})")
     if CANDIDATES_METHOD in methods and best_of_n is None and MATCHED_COST_METHOD not in methods:
@@ -279,11 +279,18 @@ def check_arguments(
             **{k: v for k, v in method_params(extra_params, method).items() if k not in STOP_PARAMS},
             **({"n": 2} if method == CANDIDATES_METHOD else {}),
         )
-    chains_vote = MATCHED_COST_METHOD + VOTE
-    if chains_vote in methods and int(method_params(extra_params, chains_vote).get("n_chains", 1)) < 2:
-        raise ConfigError(
-            f"{chains_vote} votes over MH chains: give --param n_chains=N with N >= 2 (or name it {chains_vote}@N)"
-        )
+    for method in methods:  # a vote over one run's chains (MH chains, SMC particles) needs two of them
+        base_method, selection = split_method(method)
+        spec = method_spec(base_method)
+        if selection == VOTE and spec.chains_field is not None:
+            chains = method_budget(method) or method_params(extra_params, method).get(
+                spec.chains_field, default(spec.config, spec.chains_field)
+            )
+            if int(chains) < 2:
+                raise ConfigError(
+                    f"{method} votes over its {spec.chains_field}: give --param {spec.chains_field}=N with N >= 2 "
+                    f"(or name the budget: {method.partition(BUDGET_MARK)[0]}{BUDGET_MARK}N)"
+                )
     return problems, base
 
 
@@ -506,7 +513,7 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
     n_rule, evaluator = None, None
     if base_method == PLAIN_METHOD:
         params["temperature"] = 1.0
-    unit = PLAIN_METHOD  # the one-sample method whose cost one best-of-n candidate has
+    candidate_method = PLAIN_METHOD  # the one-sample method whose cost one best-of-n candidate has
     for k in STOP_PARAMS:  # read by the adaptive selections only, through _stop_params
         params.pop(k, None)
     params.update(_stop_params(method_params(settings.extra_params, method), selection))
@@ -518,7 +525,7 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         temperature = one_sample_temperature(base_method, **params)
         if temperature is not None:  # n samples at the method's own temperature
             params["temperature"] = temperature
-            unit, base_method = base_method, CANDIDATES_METHOD
+            candidate_method, base_method = base_method, CANDIDATES_METHOD
     budget = method_budget(method)
     if base_method == CANDIDATES_METHOD:
         params.setdefault("temperature", 1.0)
@@ -527,7 +534,7 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         elif settings.best_of_n is not None:
             params["n"], n_rule = settings.best_of_n, "fixed"
         else:
-            params["n"], n_rule = matched_best_of_n(rows, unit)
+            params["n"], n_rule = matched_best_of_n(rows, candidate_method)
     elif budget is not None:
         params[_budget_field(base_method)] = budget
     sampler = build_sampler(base_method, model, evaluator=evaluator, **params)
@@ -570,13 +577,10 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
 
 
 def _budget_field(method: str) -> str:
-    from ..samplers import method_spec
-
-    fields = method_spec(method).config.model_fields
-    found = [f for f in BUDGET_FIELDS if f in fields]
-    if not found:
+    field = method_spec(method).chains_field
+    if field is None:
         raise ConfigError(f"{method} draws one output; a budget '{BUDGET_MARK}N' has nothing to count")
-    return found[0]
+    return field
 
 
 def draw_records(samples, grades: list[Grade], extract: Callable[[str], str | None] | None) -> list[dict]:

@@ -23,6 +23,7 @@ from ..backends.base import check_context_length
 from ..backends.constraints import JsonSchemaConstraint
 from ..errors import ConfigError, PowerSamplingError
 from ..samplers import build_sampler, method_spec, planner_routes, prompt_ids, validate_params
+from ..samplers.registry import POWER_METHOD, route_of
 from ..samplers.result import ProgressEvent
 from .quality import PlanQualityEvaluator
 
@@ -165,18 +166,19 @@ async def power_sample(
     ``GenerationError``: no empty plan is passed off as a result.
     """
     settings = RouteSettings(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, seed=seed)
+    route = route_of(POWER_METHOD)
     outcome = await asyncio.to_thread(
         generate_json,
         model,
-        route_method("power"),
+        POWER_METHOD,
         system_prompt,
         user_prompt,
         response_schema,
         max_new_tokens=max_new_tokens,
-        params={**settings.params_for("power"), "seed": seed},
+        params={**settings.params_for(route), "seed": seed},
         evaluator=quality_evaluator,
         deadline_s=deadline_s,
-        label="power",
+        label=route,
     )
     data = outcome.data
     tasks = data.get("tasks", []) if isinstance(data, dict) else (data if isinstance(data, list) else [])

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from ..errors import CapabilityError, ConfigError, PowerSamplingError
 from ..samplers import method_spec, planner_routes
+from ..samplers.registry import BASELINE_ROUTE
 from ..samplers.result import ProgressEvent
 from .dag import DAGLimits, DAGValidationError, Task, TaskDAG, TaskStatus
 from .export import SCHEMA_VERSION
@@ -229,7 +230,7 @@ class Planner:
         else:
             decision = self.routing.decide(request_key if request_key is not None else request)
             route, reason = decision.route, decision.reason
-        run = _PlanRun(self, screened.prompt_request, screened.prompt_context, route, budget)
+        run = _PlannerCalls(self, screened.prompt_request, screened.prompt_context, route, budget)
         run.on_task = on_task if self.config.max_depth == 1 else None
         self._stage(f"planning top-level tasks ({route} route)")
         top = run.generate_children(parent=None, plan_so_far=[], note=None, level=1)
@@ -285,10 +286,10 @@ class Planner:
             flags = screen_mapping_values(notes)
             if flags:
                 log.warning("possible prompt injection in planner feedback: %s", ", ".join(flags))
-            route = self.config.route or dag.metadata.get("route") or "baseline"
+            route = self.config.route or dag.metadata.get("route") or BASELINE_ROUTE
             if route not in planner_routes():  # "mixed": some calls of the original plan fell back
-                route = "baseline"
-            run = _PlanRun(self, neutralize_control_tokens(dag.request), "", route, budget)
+                route = BASELINE_ROUTE
+            run = _PlannerCalls(self, neutralize_control_tokens(dag.request), "", route, budget)
             current = dag
             for op in ops:
                 current = self._apply(run, current, op)
@@ -313,7 +314,7 @@ class Planner:
 
     # internals
 
-    def _apply(self, run: _PlanRun, dag: TaskDAG, op: Feedback) -> TaskDAG:
+    def _apply(self, run: _PlannerCalls, dag: TaskDAG, op: Feedback) -> TaskDAG:
         if op.op == "add_task":
             if not op.task:
                 raise PlanInputError("add_task needs 'task'")
@@ -348,7 +349,7 @@ class Planner:
             self.on_stage(message)
 
 
-class _PlanRun:
+class _PlannerCalls:
     """The model calls of one decompose or update."""
 
     def __init__(self, planner: Planner, request_text: str, context_text: str, route: str, budget: _Budget) -> None:
@@ -368,7 +369,8 @@ class _PlanRun:
         self.streaming: tuple[TaskListSpec, str, int] | None = None
 
     def route_used(self) -> str:
-        """The route that produced the plan: the requested one unless any call fell back ("baseline" if all did)."""
+        """The route that produced the plan: the requested one unless any call fell back (the baseline route if all
+        did)."""
         if not self.routes_used:
             return self.route
         return self.routes_used[0] if len(set(self.routes_used)) == 1 else "mixed"
@@ -450,19 +452,19 @@ class _PlanRun:
         try:
             return self._call(route, schema, spec, max_tokens, user_prompt), route
         except (GenerationError, PowerSamplingError, ValueError, RuntimeError) as exc:
-            if route == "baseline" or not self.config.fallback_to_baseline:
+            if route == BASELINE_ROUTE or not self.config.fallback_to_baseline:
                 raise
             where = parent.id if parent is not None else "top level"
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("route %s failed for %s (%s); falling back to baseline", route, where, reason)
-            self.fallbacks.append({"from": route, "to": "baseline", "at": where, "reason": reason})
+            self.fallbacks.append({"from": route, "to": BASELINE_ROUTE, "at": where, "reason": reason})
             refusal = self.budget.refusal(0, 1)
             if refusal is not None:
                 self.budget_stop = refusal
                 raise PlanBudgetError(
                     f"{route} route failed ({reason}) and the baseline cannot run: {refusal}"
                 ) from exc
-            return self._call("baseline", schema, spec, max_tokens, user_prompt), "baseline"
+            return self._call(BASELINE_ROUTE, schema, spec, max_tokens, user_prompt), BASELINE_ROUTE
 
     def _stream_wrapper(self) -> Callable[[Any], Any] | None:
         """A constraint wrapper handing each top-level task to ``on_task`` as soon as it is decoded (the baseline
@@ -477,14 +479,14 @@ class _PlanRun:
                 item = parse_task(data, position, spec)
             except ValueError:  # the finished answer is checked again and reports it
                 return
-            on_task(_task_from_item(item, prefix, None, "baseline", level))
+            on_task(_task_from_item(item, prefix, None, BASELINE_ROUTE, level))
 
         return lambda constraint: TaskStream(constraint, tokenizer.decode, on_item)
 
     def _call(self, route: str, schema: dict, spec: TaskListSpec, max_tokens: int, user_prompt: str):
         self.budget.calls += 1
         evaluator = None
-        if route in ("power", "best-of-n", "smc") and self.config.select_best_by_quality:
+        if self.config.select_best_by_quality and method_spec(route_method(route)).selects_by_evaluator:
             evaluator = self.planner.evaluator.for_request(self.request_text)
         remaining = self.budget.remaining_s()
         outcome = None
@@ -502,7 +504,7 @@ class _PlanRun:
                 deadline_s=max(remaining, 0.001) if remaining is not None else None,
                 progress=self.planner.progress,
                 label=route,
-                wrap_constraint=self._stream_wrapper() if route == "baseline" else None,
+                wrap_constraint=self._stream_wrapper() if route == BASELINE_ROUTE else None,
             )
             items = parse_task_list(outcome.text, spec)
         finally:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..samplers.registry import BASELINE_ROUTE, POWER_METHOD, route_of
 from .generation import RouteSettings
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -61,11 +62,11 @@ class RoutingConfig:
     def decide(self, request_key: str) -> RouteDecision:
         """The route for one request when the caller did not ask for one."""
         if not self.enabled:
-            return RouteDecision("baseline", "flag_disabled")
+            return RouteDecision(BASELINE_ROUTE, "flag_disabled")
         bucket = rollout_bucket(request_key)
         if bucket < self.rollout_percent:
-            return RouteDecision("power", "rollout_included", bucket)
-        return RouteDecision("baseline", "rollout_excluded", bucket)
+            return RouteDecision(route_of(POWER_METHOD), "rollout_included", bucket)
+        return RouteDecision(BASELINE_ROUTE, "rollout_excluded", bucket)
 
 
 def rollout_bucket(request_key: str) -> float:

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -41,7 +41,20 @@ def prompt_ids(model: LanguageModel, prompt: str, *, chat: bool | None = None, s
 class MethodSpec:
     """A decoding method as the registry knows it: its name, its validated config type (which holds every default),
     how to build it, the planner route / metrics ``route`` label it runs under (``baseline`` for methods that only
-    sample), and whether it needs exact log p and log q from the backend (its ratios or weights use them)."""
+    sample), and what it can do, so that callers ask the registry instead of testing method names:
+
+    * ``exact_logprobs``: it needs exact log p and log q from the backend (its ratios or weights use them);
+    * ``temperature``: what a request's ``temperature`` sets: ``"sampling"`` the sampling temperature,
+      ``"proposal"`` the proposal temperature (the target stays p^alpha; 0 has no meaning), ``"zero"`` nothing but
+      0 is accepted (greedy), ``"none"`` the method has no temperature to set;
+    * ``chains_field``: the config field that a request's ``chains`` sets (MH chains, SMC particles), None where
+      the method has no chains;
+    * ``independent_chains``: each chain is an independent draw of the target, so n samples can be n chains of
+      one run, decoded as batched rows;
+    * ``selects_by_evaluator``: with a quality evaluator it returns the best-scoring of several outputs;
+    * ``in_default_eval``: ``powersampling eval`` runs it when no methods are named (the paper's comparison: plain
+      sampling, the low-temperature proposal, power sampling, best-of-n at matched cost).
+    """
 
     name: str
     config: type[DecodeConfig]
@@ -49,6 +62,11 @@ class MethodSpec:
     route: str = "baseline"
     summary: str = ""
     exact_logprobs: bool = False
+    temperature: Literal["sampling", "proposal", "zero", "none"] = "none"
+    chains_field: str | None = None
+    independent_chains: bool = False
+    selects_by_evaluator: bool = False
+    in_default_eval: bool = False
 
 
 def require_exact(model: LanguageModel, conts: Sequence[Continuation]) -> None:

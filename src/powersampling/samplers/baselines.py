@@ -170,19 +170,32 @@ def _builder(method: str):
 
 
 METHODS = (
-    MethodSpec("sample", SamplingConfig, _builder("sample"), summary="plain ancestral sampling at a temperature"),
+    MethodSpec(
+        "sample",
+        SamplingConfig,
+        _builder("sample"),
+        summary="plain ancestral sampling at a temperature",
+        temperature="sampling",
+        in_default_eval=True,
+    ),
     MethodSpec(
         "low-temp",
         LowTemperatureConfig,
         _builder("low-temp"),
         summary="per-token temperature 1/alpha (the MH proposal, not the p^alpha target)",
+        in_default_eval=True,
     ),
-    MethodSpec("greedy", GreedyConfig, _builder("greedy"), summary="the most likely token at every step"),
+    MethodSpec(
+        "greedy", GreedyConfig, _builder("greedy"), summary="the most likely token at every step", temperature="zero"
+    ),
     MethodSpec(
         "best-of-n",
         BestOfNConfig,
         _builder("best-of-n"),
         route="best-of-n",
         summary="n samples, the best by the evaluator or by mean log-probability",
+        temperature="sampling",
+        selects_by_evaluator=True,
+        in_default_eval=True,
     ),
 )

@@ -64,6 +64,13 @@ class DecodeConfig(_Config):
     )
 
 
+def low_temperature(alpha: float) -> float:
+    """1/alpha: the temperature at which each token is drawn from p^alpha of the next-token distribution alone.
+    It is low-temp's temperature and the default proposal temperature of power, smc (at the current alpha_t) and
+    scalable-power: the paper's choice for MH, and the one that minimizes Power-SMC's per-token weight variance."""
+    return 1.0 / alpha
+
+
 class PowerTargetConfig(DecodeConfig):
     """Methods built around the power distribution p^alpha."""
 
@@ -99,7 +106,7 @@ class LowTemperatureConfig(PowerTargetConfig):
 
     @property
     def temperature(self) -> float:
-        return 1.0 / self.alpha
+        return low_temperature(self.alpha)
 
     @property
     def n(self) -> int:
@@ -209,7 +216,7 @@ class PowerSamplingConfig(DefensiveProposalConfig):
 
     @property
     def effective_proposal_temperature(self) -> float:
-        return self.proposal_temperature if self.proposal_temperature is not None else 1.0 / self.alpha
+        return self.proposal_temperature if self.proposal_temperature is not None else low_temperature(self.alpha)
 
     @property
     def effective_proposal_batch(self) -> int:
@@ -249,7 +256,7 @@ class SMCConfig(DefensiveProposalConfig):
         for that chunk's target (the Power-SMC result), unless the user fixed a temperature."""
         if self.proposal_temperature is not None:
             return self.proposal_temperature
-        return 1.0 / self.alpha_at(tokens)
+        return low_temperature(self.alpha_at(tokens))
 
 
 class ScalablePowerConfig(PowerTargetConfig):
@@ -265,6 +272,10 @@ class ScalablePowerConfig(PowerTargetConfig):
     proposal_temperature: float | None = Field(
         None, gt=0, le=100, description="rollouts' temperature (default 1/alpha)"
     )
+
+    @property
+    def effective_proposal_temperature(self) -> float:
+        return self.proposal_temperature if self.proposal_temperature is not None else low_temperature(self.alpha)
 
 
 def default(config: type[_Config], field: str) -> Any:

@@ -574,5 +574,10 @@ METHODS = (
         route="power",
         exact_logprobs=True,
         summary="Metropolis-Hastings power sampling, exact p^alpha",
+        temperature="proposal",
+        chains_field="n_chains",
+        independent_chains=True,
+        selects_by_evaluator=True,
+        in_default_eval=True,
     ),
 )

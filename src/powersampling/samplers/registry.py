@@ -20,13 +20,19 @@ from .config import DecodeConfig
 
 BUILTIN_MODULES = ("baselines", "mh", "smc", "scalable")
 
-# Roles methods play outside their own modules (the evaluation harness and its reports look them up here): plain
-# sampling at T=1 is the baseline route and the unit of cost; best-of-n draws n independent candidates and keeps
-# one, which is also how a vote over a one-sample method runs; power sampling is the method whose decoded tokens
-# best-of-n at matched cost spends.
+# Roles methods play outside their own modules (the CLI, the server, the planner and the evaluation harness look
+# them up here rather than naming methods): plain sampling at T=1 is the baseline route and the unit of cost;
+# best-of-n draws n independent candidates and keeps one, which is also how a vote over a one-sample method runs;
+# Metropolis-Hastings power sampling is the method run when a request names none, the route the planner's rollout
+# flag turns on and ``power_sample`` runs, and the method whose decoded tokens best-of-n at matched cost spends;
+# greedy is what temperature 0 means when a request names no method (as in lm-eval and most frameworks).
 PLAIN_METHOD = "sample"
 CANDIDATES_METHOD = "best-of-n"
-MATCHED_COST_METHOD = "power"
+POWER_METHOD = "power"
+DEFAULT_METHOD = POWER_METHOD
+MATCHED_COST_METHOD = POWER_METHOD
+ZERO_TEMPERATURE_METHOD = "greedy"
+BASELINE_ROUTE = "baseline"  # the planner route (and metrics label) of every method that only samples
 
 _lock = threading.Lock()
 _methods: dict[str, MethodSpec] = {}
@@ -67,6 +73,18 @@ def method_spec(method: str) -> MethodSpec:
     return registry[method]
 
 
+def methods_where(*having: str, **capabilities: Any) -> tuple[str, ...]:
+    """The methods whose ``MethodSpec`` fields named in ``having`` are set (true, not None) and whose other fields
+    have the given values, in registry order (which is also the order of reports):
+    ``methods_where("chains_field")``, ``methods_where(temperature="proposal")``."""
+    return tuple(
+        spec.name
+        for spec in _registry().values()
+        if all(getattr(spec, field) for field in having)
+        and all(getattr(spec, field) == value for field, value in capabilities.items())
+    )
+
+
 def route_of(method: str) -> str:
     """The planner route (and metrics ``route`` label) a method runs under."""
     return method_spec(method).route
@@ -75,8 +93,8 @@ def route_of(method: str) -> str:
 def planner_routes() -> dict[str, str]:
     """Planner route -> the method that serves it: ``baseline`` is plain sampling, every other route is the
     method of the same name."""
-    routes = {"baseline": PLAIN_METHOD}
-    routes.update({spec.route: spec.name for spec in _registry().values() if spec.route != "baseline"})
+    routes = {BASELINE_ROUTE: PLAIN_METHOD}
+    routes.update({spec.route: spec.name for spec in _registry().values() if spec.route != BASELINE_ROUTE})
     return routes
 
 

@@ -50,7 +50,7 @@ from .base import (
     require_exact,
     resolve_seed,
 )
-from .config import ScalablePowerConfig
+from .config import ScalablePowerConfig, low_temperature
 from .result import Completion, ProgressEvent, SampleResult
 
 
@@ -115,7 +115,7 @@ class ScalablePowerSampler(Sampler):
 
     @property
     def _proposal_temperature(self) -> float:
-        return self.config.proposal_temperature or 1.0 / self.config.alpha
+        return self.config.effective_proposal_temperature
 
     def _run(self, prompt: list[int], constraint, progress) -> SampleResult:
         cfg, model = self.config, self.model
@@ -160,7 +160,7 @@ class ScalablePowerSampler(Sampler):
         p = np.exp(np.where(finite, logp, -np.inf))
         entropy = float(-np.sum(p[finite] * logp[finite]))
         if cfg.entropy_threshold is not None and entropy < cfg.entropy_threshold:
-            (token,), _, _ = draw(logp[None, :], 1.0 / cfg.alpha, rng.random(1))
+            (token,), _, _ = draw(logp[None, :], low_temperature(cfg.alpha), rng.random(1))
             return int(token)
         candidates = np.argsort(-np.where(finite, logp, -np.inf), kind="stable")[: cfg.top_k]
         candidates = candidates[finite[candidates]]
@@ -273,5 +273,6 @@ METHODS = (
         route="scalable-power",
         exact_logprobs=True,
         summary="p^alpha token by token from rollout estimates of each candidate's future (no MCMC; approximate)",
+        temperature="proposal",
     ),
 )

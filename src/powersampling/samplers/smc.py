@@ -364,5 +364,8 @@ METHODS = (
         route="smc",
         exact_logprobs=True,
         summary="Power-SMC: particles decoded as one batch, p^alpha by importance weights",
+        temperature="proposal",
+        chains_field="n_particles",
+        selects_by_evaluator=True,
     ),
 )

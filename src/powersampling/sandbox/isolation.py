@@ -19,15 +19,15 @@ Isolation
       kernel kills every process left in it; ``run_python`` returns only after that has happened (it waits for
       the sandbox's outer process, which waits for the init, which the kernel lets exit only once the namespace
       is empty). A fork/setsid/fork grandchild therefore never outlives the call;
-    * limits as before, set by the wrapper on itself before any candidate code runs (inherited by its
+    * resource limits, set by the wrapper on itself before any candidate code runs (inherited by its
       children): ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (output), no core files; plus the
       wall-clock timeout enforced from outside.
 
     :func:`isolation_backend` probes once per process (cached) whether a mechanism really works by running a
     trivial program through it. When none does, :func:`run_python` raises :class:`SandboxUnavailableError`
-    unless ``unsafe=True``, which permits running without isolation (a plain child process with the rlimits,
-    as the harness did before; processes that start their own session can outlive it, and the program can read
-    and write anything the user can). ``unsafe=True`` does not switch isolation off where it works;
+    unless ``unsafe=True``, which permits running without isolation (a plain child process with the rlimits
+    only: processes that start their own session can outlive it, and the program can read and write anything the
+    user can). ``unsafe=True`` does not switch isolation off where it works;
     ``backend="none"`` does (used for overhead measurements).
 
 Verdict

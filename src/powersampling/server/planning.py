@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import CapabilityError, ConfigError, ContextLengthError, PowerSamplingError
 from ..observability.metrics import record_plan
+from ..samplers.registry import BASELINE_ROUTE
 from .errors import APIError
 from .executor import Job
 from .schemas import PlanRequest
@@ -35,7 +36,7 @@ class PlanService:
         self.model, self.model_name = model, model_name
         self.routing = RoutingConfig.from_env()
 
-    def prepare(self, body: PlanRequest, settings: ServerSettings) -> PlanRun:
+    def prepare(self, body: PlanRequest, settings: ServerSettings) -> PreparedPlanRequest:
         from ..planner import Planner, PlannerConfig
         from ..planner.generation import route_method
 
@@ -85,7 +86,7 @@ class PlanService:
                 400, str(exc), param="power_sampling" if changes else "route", code="invalid_value"
             ) from None
         method = route_method(route) if route else "none"
-        return PlanRun(self, body, config, route or "baseline", method)
+        return PreparedPlanRequest(self, body, config, route or BASELINE_ROUTE, method)
 
     def record(self, outcome: PlanOutcome, latency_s: float) -> None:
         record_plan(
@@ -101,7 +102,9 @@ class PlanService:
 
 
 @dataclass
-class PlanRun:
+class PreparedPlanRequest:
+    """A validated /v1/plan request with its planner config, run on a worker by ``execute``."""
+
     service: PlanService
     body: PlanRequest
     config: Any

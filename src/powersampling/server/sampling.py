@@ -18,6 +18,7 @@ from ..backends.constraints import JsonSchemaConstraint, StopStringConstraint
 from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
 from ..samplers import build_sampler, validate_params
+from ..samplers.registry import ZERO_TEMPERATURE_METHOD, method_spec, methods_where
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError
 from .executor import Job
@@ -27,8 +28,8 @@ from .scope import check_limits
 from .settings import ServerSettings
 from .tools import ToolTurn, chat_messages, read_turn, tool_grammar, tool_turn
 
-# power_sampling fields that map onto sampler parameters under the same name
-_SAME_NAME = (
+# power_sampling fields that are sampler parameters of the same name, passed on as they are
+_SAMPLER_PARAMETER_FIELDS = (
     "alpha",
     "n_mcmc",
     "block_size",
@@ -124,18 +125,20 @@ def resolve_call(
     method = apply_temperature(body, method, params)
     if ps is not None:
         given = ps.model_dump(exclude_none=True)
-        for name in _SAME_NAME:
+        for name in _SAMPLER_PARAMETER_FIELDS:
             if name in given:
                 params[name] = given[name]
         if ps.chains is not None:
-            if method not in ("power", "smc"):
+            chains_field = method_spec(method).chains_field
+            if chains_field is None:
+                with_chains = ", ".join(methods_where("chains_field"))
                 raise APIError(
                     400,
-                    f"power_sampling.chains applies to methods power and smc, not {method!r}",
+                    f"power_sampling.chains applies to methods {with_chains}, not {method!r}",
                     param="power_sampling.chains",
                     code="invalid_value",
                 )
-            params["n_chains" if method == "power" else "n_particles"] = ps.chains
+            params[chains_field] = ps.chains
         if ps.n is not None:
             params["n"] = ps.n
         if ps.answer_regex is not None:
@@ -167,30 +170,27 @@ def resolve_call(
     )
 
 
-_PROPOSAL_METHODS = ("power", "smc", "scalable-power")
-
-
 def apply_temperature(body: _SamplingFields, method: str, params: dict[str, Any]) -> str:
     """What ``temperature`` means for each method, or a 400 naming it where it has no meaning; returns the method.
 
     * no ``method`` and temperature 0: greedy (what lm-eval and most frameworks mean by it);
-    * sample and best-of-n: the sampling temperature;
-    * power, smc, scalable-power: the proposal temperature (the target stays p^alpha: any proposal gives the exact
-      ratio); 0 has no meaning there;
-    * greedy: only 0; low-temp: none (its temperature is 1/alpha).
+    * otherwise as the registry's ``MethodSpec.temperature`` says: the sampling temperature (sample, best-of-n),
+      the proposal temperature (power, smc, scalable-power: the target stays p^alpha, any proposal gives the exact
+      ratio; 0 has no meaning there), only 0 (greedy), or none (low-temp: its temperature is 1/alpha).
     """
     temperature = body.temperature
     if temperature is None:
         return method
     if body.method is None and temperature == 0:
-        return "greedy"
-    if method in ("sample", "best-of-n"):
+        return ZERO_TEMPERATURE_METHOD
+    role = method_spec(method).temperature
+    if role == "sampling":
         params["temperature"] = temperature
         return method
     problem = None
-    if method == "greedy":
-        problem = None if temperature == 0 else "method greedy takes no temperature other than 0"
-    elif method in _PROPOSAL_METHODS:
+    if role == "zero":
+        problem = None if temperature == 0 else f"method {method} takes no temperature other than 0"
+    elif role == "proposal":
         given = body.power_sampling.proposal_temperature if body.power_sampling is not None else None
         if temperature == 0:
             problem = f"temperature is {method}'s proposal temperature, which must be > 0 (use method greedy)"
@@ -378,11 +378,14 @@ def run_call(
     state), unless the request already asks for chains or a selection among them; other methods run n times, one
     after another."""
     runs, server_cut = [], False
-    batched = call.generate and call.n > 1 and call.method == "power"
-    batched = batched and "n_chains" not in call.params and call.params.get("select") in (None, "default")
+    spec = method_spec(call.method)
+    batched = call.generate and call.n > 1 and spec.independent_chains
+    batched = batched and spec.chains_field not in call.params and call.params.get("select") in (None, "default")
     for index, prompt in enumerate(call.prompts):
         if batched:
-            result, cut = _sample(model, model_name, call, job, prompt, call.run_seed(0), forward, n_chains=call.n)
+            result, cut = _sample(
+                model, model_name, call, job, prompt, call.run_seed(0), forward, **{spec.chains_field: call.n}
+            )
             server_cut = server_cut or cut
             runs.extend(_finish_run(model, call, index, prompt, one) for one in chain_results(model, call, result))
             continue

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from ..samplers import method_names, planner_routes
-from ..samplers.config import PowerSamplingConfig
+from ..samplers.config import PowerSamplingConfig, default
 
 ScanName = PowerSamplingConfig.model_fields["scan"].annotation  # the MH scans, named once in the config
 
@@ -41,7 +41,26 @@ def _method_enum(schema: dict[str, Any]) -> None:
     schema["enum"] = list(method_names())
 
 
+# the settings whose defaults differ between the sampling endpoints and the planner (docs/samplers.md, "Defaults per
+# entry point"); the OpenAPI document states both, read from the code
+ENTRY_POINT_DEFAULTS = ("alpha", "n_mcmc", "block_size")
+
+
+def _entry_point_defaults(schema: dict[str, Any]) -> None:
+    from ..planner.generation import RouteSettings
+
+    for name in ENTRY_POINT_DEFAULTS:
+        prop = schema["properties"][name]
+        sampling, planner = default(PowerSamplingConfig, name), getattr(RouteSettings, name)
+        prop["description"] = (
+            f"{prop.get('description', name)} (default {sampling:g} on /v1/completions and /v1/chat/completions, "
+            f"{planner:g} on /v1/plan)"
+        )
+
+
 class PowerSamplingParams(_Strict):
+    model_config = ConfigDict(_Strict.model_config, json_schema_extra=_entry_point_defaults)
+
     alpha: float | None = Field(None, gt=0, le=64, description="power of the target p^alpha")
     n_mcmc: int | None = Field(None, ge=1, description="MH steps after each block")
     block_size: int | None = Field(None, ge=1, le=100_000, description="tokens per block")

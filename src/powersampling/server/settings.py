@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..samplers.registry import DEFAULT_METHOD, method_names
+
 
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_name: str | None = Field(None, description="name served in /v1/models (default: the model's name)")
     api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
-    default_method: str = Field("power", description="decoding method when a request names none")
+    default_method: str = Field(DEFAULT_METHOD, description="decoding method when a request names none")
     workers: int = Field(
         1,
         ge=1,
@@ -42,8 +44,6 @@ class ServerSettings(BaseModel):
     @field_validator("default_method")
     @classmethod
     def _registered(cls, method: str) -> str:
-        from ..samplers import method_names
-
         if method not in method_names():
             raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(method_names())}")
         return method

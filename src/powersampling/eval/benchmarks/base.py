@@ -8,6 +8,7 @@ they never compare a benchmark's name. A subclass must set ``name`` and implemen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,16 @@ def resolve_style(style: str, model) -> str:
     return "chat" if getattr(model.tokenizer, "has_chat_template", False) else "fewshot"
 
 
+BLOCKS_PER_COMPLETION = 16  # the paper's K: MH blocks over the token cap, so the block grows with the cap
+
+
 class Benchmark:
     """One benchmark. Instances hold no state: the problems carry what grading them needs in ``Problem.fields``."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line for ``--help``
     default_max_new_tokens: ClassVar[int] = 256
-    default_block_size: ClassVar[int | None] = None  # None: the paper's K=16 blocks over the token cap
+    default_block_size: ClassVar[int | None] = None  # None: BLOCKS_PER_COMPLETION blocks over the token cap
     reads_data_folder: ClassVar[bool] = False  # its problems come from ``--data DIR`` rather than a package
     runs_programs: ClassVar[bool] = False  # grading executes generated code (needs the sandbox)
     plot_axis_label: ClassVar[str] = "accuracy (95% Wilson interval)"
@@ -74,6 +78,11 @@ class Benchmark:
 
     def max_new_tokens(self, problems: Sequence[Problem]) -> int:
         return self.default_max_new_tokens
+
+    def block_size(self, max_new_tokens: int) -> int:
+        """MH block size when ``--block-size`` is not given: the benchmark's own, else the token cap split into
+        ``BLOCKS_PER_COMPLETION`` blocks (rounded up)."""
+        return self.default_block_size or max(1, math.ceil(max_new_tokens / BLOCKS_PER_COMPLETION))
 
     # prompting and grading
 

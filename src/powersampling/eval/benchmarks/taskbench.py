@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError
+from ...planner.generation import RouteSettings
 from ...planner.schema import TaskListSpec, parse_task_list
 from ...planner.tools import ToolsFileError, ToolSpec, load_tools
 from ..datasets import Problem
@@ -294,7 +295,7 @@ class TaskBench(Benchmark):
     name = "taskbench"
     summary = "tool plans scored against gold tool graphs (give --data DIR)"
     reads_data_folder = True
-    default_block_size = 32  # the planner's block: plans are short next to their bound
+    default_block_size = RouteSettings.block_size  # the planner's block: plans are short next to their bound
     plot_axis_label = "node F1 (95% bootstrap interval)"
 
     def load(self, data: Path | None) -> list[Problem]:
