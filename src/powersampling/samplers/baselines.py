@@ -77,46 +77,31 @@ class TemperatureSampler(Sampler):
 
     def _draw(self, request, rng, deadline: Deadline, tracker: EvaluatorTracker):
         """The continuations and their completions: all n as one batch, or in batched rounds of ``round_size``
-        until the budget is spent or the adaptive rule says stop: for a vote (``vote_stop``), ``votes.
-        vote_stop_reason``; for a quality selection (``quality_margin``), the first round after which the best
-        quality score so far is not above the best before it plus the margin (rounds before any complete,
-        scored output never stop it). Returns them and how an adaptive run stopped (None otherwise)."""
+        until the budget is spent or the adaptive rule says stop (``_round_stop``). Returns them and how an
+        adaptive run stopped (None otherwise)."""
         cfg = self.config
-        adaptive_vote = getattr(cfg, "vote_stop", "fixed") != "fixed" and cfg.select == "majority"
         adaptive_quality = getattr(cfg, "quality_margin", None) is not None
-        adaptive = adaptive_vote or adaptive_quality
+        adaptive = adaptive_quality or (getattr(cfg, "vote_stop", "fixed") != "fixed" and cfg.select == "majority")
         conts, completions = [], []
         rounds, reason, best = 0, "budget", -np.inf
         while len(conts) < cfg.n:
             size = min(cfg.round_size, cfg.n - len(conts)) if adaptive else cfg.n
             drawn = self.model.sample([request] * size, cfg.temperature, rng, deadline=deadline.end)
             rounds += 1
-            for cont in drawn:
-                text = self._decode(cont.token_ids)
-                complete = cont.stopped or len(cont) >= cfg.max_new_tokens
-                score = tracker.score(tuple(cont.token_ids), text) if complete else None
-                completions.append(Completion(list(cont.token_ids), text, float(cont.logp.sum()), complete, score))
+            completions.extend(self._completion(cont, tracker) for cont in drawn)
             conts.extend(drawn)
             if not adaptive:
-                break
+                return conts, completions, None
             if any(c.interrupted for c in drawn):
                 reason = "deadline"
                 break
-            remaining = cfg.n - len(conts)
+            previous = best
             if adaptive_quality:
-                previous = best
                 best = max([best] + [c.quality_score for c in completions if c.quality_score is not None])
-                if remaining > 0 and np.isfinite(best) and not best > previous + cfg.quality_margin:
-                    reason = "no_improvement"
-                    break
-            elif remaining > 0:
-                votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
-                why = vote_stop_reason(votes, remaining, cfg.vote_stop, cfg.vote_confidence)
-                if why is not None:
-                    reason = why
-                    break
-        if not adaptive:
-            return conts, completions, None
+            why = self._round_stop(completions, cfg.n - len(conts), previous, best)
+            if why is not None:
+                reason = why
+                break
         stop = {"stopped_by": reason, "samples_drawn": len(conts), "budget": cfg.n, "rounds": rounds}
         if adaptive_quality:
             stop.update(rule="quality_margin", margin=cfg.quality_margin, best_quality=float(best))
@@ -124,6 +109,25 @@ class TemperatureSampler(Sampler):
             votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
             stop.update(rule=cfg.vote_stop, leader_posterior=leader_posterior(votes))
         return conts, completions, stop
+
+    def _completion(self, cont, tracker: EvaluatorTracker) -> Completion:
+        text = self._decode(cont.token_ids)
+        complete = cont.stopped or len(cont) >= self.config.max_new_tokens
+        score = tracker.score(tuple(cont.token_ids), text) if complete else None
+        return Completion(list(cont.token_ids), text, float(cont.logp.sum()), complete, score)
+
+    def _round_stop(self, completions: list[Completion], remaining: int, previous: float, best: float) -> str | None:
+        """Why an adaptive run stops after this round, or None to draw on: for a quality selection
+        (``quality_margin``), the round did not raise the best quality score above the best before it plus the
+        margin (rounds before any complete, scored output never stop it); for a vote (``vote_stop``),
+        ``votes.vote_stop_reason``."""
+        cfg = self.config
+        if remaining <= 0:
+            return None
+        if cfg.quality_margin is not None:
+            return "no_improvement" if np.isfinite(best) and not best > previous + cfg.quality_margin else None
+        votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
+        return vote_stop_reason(votes, remaining, cfg.vote_stop, cfg.vote_confidence)
 
 
 def _declare(name: str, config_type: type[TemperatureConfig], **fields) -> MethodSpec:

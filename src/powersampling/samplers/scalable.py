@@ -102,33 +102,8 @@ class ScalablePowerSampler(Sampler):
         return self.config.proposal_temperature or 1.0 / self.config.alpha
 
     def run(self, call: SampleCall) -> RunOutcome:
-        cfg, model, prompt, constraint = self.config, self.model, call.prompt, call.constraint
-        rng, deadline = call.rng, call.deadline
-        tally = _Tally()
-        tokens: list[int] = []
-        logps: list[float] = []
-        state = constraint.start([]) if constraint is not None else None
-        stopped = False
-        while len(tokens) < cfg.max_new_tokens and not tally.hit_deadline:
-            if deadline.expired():
-                tally.hit_deadline = True
-                break
-            logp = model.next_token_logprobs([_request(prompt, tokens, 1, constraint)])[0]
-            tally.calls += 1
-            tally.forward_tokens += 1
-            token = self._next_token(prompt, tokens, logp, constraint, rng, deadline, tally)
-            tokens.append(token)
-            logps.append(float(logp[token]))
-            if state is not None:
-                state.advance(token)
-            call.notify(
-                ProgressEvent(
-                    "block", block=len(tokens), blocks_total=cfg.max_new_tokens, tokens_generated=tally.decoded
-                )
-            )
-            if token in model.stop_token_ids or (state is not None and state.is_finished()):
-                stopped = True
-                break
+        cfg, tally = self.config, _Tally()
+        tokens, logps, stopped = self._draw_tokens(call, tally)
         text = self._decode(tokens)
         complete = stopped or len(tokens) >= cfg.max_new_tokens
         score = call.tracker.score(tuple(tokens), text) if complete else None
@@ -148,6 +123,34 @@ class ScalablePowerSampler(Sampler):
             },
             done=ProgressEvent("done", tokens_generated=tally.decoded),
         )
+
+    def _draw_tokens(self, call: SampleCall, tally: _Tally) -> tuple[list[int], list[float], bool]:
+        """The completion token by token: its tokens, their log p, and whether a stop token or the constraint
+        ended it."""
+        cfg, model, prompt, constraint = self.config, self.model, call.prompt, call.constraint
+        tokens: list[int] = []
+        logps: list[float] = []
+        state = constraint.start([]) if constraint is not None else None
+        while len(tokens) < cfg.max_new_tokens and not tally.hit_deadline:
+            if call.deadline.expired():
+                tally.hit_deadline = True
+                break
+            logp = model.next_token_logprobs([_request(prompt, tokens, 1, constraint)])[0]
+            tally.calls += 1
+            tally.forward_tokens += 1
+            token = self._next_token(prompt, tokens, logp, constraint, call.rng, call.deadline, tally)
+            tokens.append(token)
+            logps.append(float(logp[token]))
+            if state is not None:
+                state.advance(token)
+            call.notify(
+                ProgressEvent(
+                    "block", block=len(tokens), blocks_total=cfg.max_new_tokens, tokens_generated=tally.decoded
+                )
+            )
+            if token in model.stop_token_ids or (state is not None and state.is_finished()):
+                return tokens, logps, True
+        return tokens, logps, False
 
     def _next_token(self, prompt, tokens, logp, constraint, rng, deadline, tally: _Tally) -> int:
         """Below the entropy threshold a draw at 1/alpha; otherwise one from the power distribution estimated over
