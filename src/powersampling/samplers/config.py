@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import ConfigError
 
 QualityEvaluator = Callable[[str], float]
+CHAINS = "chains"  # json_schema_extra key marking the field a request's chains sets (samplers.params)
 AnswerExtractor = Callable[[str], str | None]
 
 
@@ -51,7 +52,9 @@ class DecodeConfig(_Config):
 
     max_new_tokens: int = Field(96, ge=1, le=1_000_000, description="generated tokens at most")
     seed: int | None = Field(None, ge=0, lt=2**63, description="None: fresh entropy, recorded in metadata")
-    deadline_s: float | None = Field(None, gt=0, description="overall time limit; the best so far is returned")
+    deadline_s: float | None = Field(
+        None, gt=0, le=86_400, description="overall time limit (a day at most); the best so far is returned"
+    )
     quality_evaluator: QualityEvaluator | None = Field(None, exclude=True)
     select: Literal["default", "majority"] = Field(
         "default",
@@ -164,9 +167,11 @@ class PowerSamplingConfig(DefensiveProposalConfig):
     """
 
     n_mcmc: int = Field(10, ge=1, le=10_000, description="MH steps after each block")
-    block_size: int = Field(16, ge=1, description="tokens added per block")
+    block_size: int = Field(16, ge=1, le=100_000, description="tokens added per block")
     proposal_temperature: float | None = Field(None, gt=0, le=100, description="default 1/alpha")
-    n_chains: int = Field(1, ge=1, le=4096, description="independent chains, decoded as batched rows")
+    n_chains: int = Field(
+        1, ge=1, le=4096, description="independent chains, decoded as batched rows", json_schema_extra={CHAINS: True}
+    )
     proposal_batch: int | None = Field(
         None, ge=1, description="MH proposals drawn per chain in one batched call (default: n_mcmc)"
     )
@@ -219,7 +224,9 @@ class PowerSamplingConfig(DefensiveProposalConfig):
 class SMCConfig(DefensiveProposalConfig):
     """Power-SMC: N particles, proposal temperature (default 1/alpha), adaptive systematic resampling."""
 
-    n_particles: int = Field(8, ge=1, le=4096, description="particles, decoded as the rows of one batch")
+    n_particles: int = Field(
+        8, ge=1, le=4096, description="particles, decoded as the rows of one batch", json_schema_extra={CHAINS: True}
+    )
     proposal_temperature: float | None = Field(
         None, gt=0, le=100, description="default 1/alpha_t (1/alpha once annealing is over)"
     )

@@ -1,0 +1,153 @@
+"""The public knobs a request carries, turned into one method's config fields, in one place for the CLI, the
+server and the planner.
+
+A knob's meaning depends on the method, and the method's config type says which: ``temperature`` is the sampling
+temperature of a config with a ``temperature`` field, the proposal temperature of one with a
+``proposal_temperature`` field (the target stays p^alpha), only 0 for greedy, and nothing for low-temp (whose
+temperature is 1/alpha); ``chains`` sets the config field marked as counting chains (MH's ``n_chains``, SMC's
+``n_particles``); ``n`` the number of candidates; ``answer_regex`` the majority vote's answer extractor.
+
+A knob that does not apply is a ``KnobError`` naming it, which each entry point reports under its own name for
+it (``--chains``, ``power_sampling.chains``); with ``strict=False`` (the CLI's shared options) such a knob is left
+out instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..errors import ConfigError
+from .config import CHAINS, AnswerExtractor, DecodeConfig
+from .registry import method_names, method_spec
+
+
+class KnobError(ConfigError):
+    """A public knob that does not apply to the method, or a bad value for it. ``knob`` is its neutral name
+    (``chains``, ``temperature``, ``answer_regex``); ``for_param`` words the message with an entry point's name."""
+
+    def __init__(self, knob: str, template: str) -> None:
+        self.knob, self.template = knob, template
+        super().__init__(template.format(knob=knob))
+
+    def for_param(self, name: str) -> str:
+        return self.template.format(knob=name)
+
+
+def temperature_role(config: type[DecodeConfig]) -> str:
+    """What a request's temperature sets in ``config``: ``sampling``, ``proposal``, ``zero`` (nothing but 0 is
+    accepted: greedy) or ``none``."""
+    if "temperature" in config.model_fields:
+        return "sampling"
+    if "proposal_temperature" in config.model_fields:
+        return "proposal"
+    if isinstance(getattr(config, "temperature", None), property) and config().temperature == 0:
+        return "zero"
+    return "none"
+
+
+def chains_field(config: type[DecodeConfig]) -> str | None:
+    """The field of ``config`` that counts chains (independent chains or particles, decoded as batched rows)."""
+    for name, info in config.model_fields.items():
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get(CHAINS):
+            return name
+    return None
+
+
+def regex_extractor(pattern: str) -> AnswerExtractor:
+    """An answer extractor from a regular expression: its last match in a text, or that match's first group."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise KnobError("answer_regex", f"{{knob}} is not a valid regular expression: {exc}") from None
+
+    def extract(text: str) -> str | None:
+        matches = list(compiled.finditer(text))
+        if not matches:
+            return None
+        return matches[-1].group(1) if compiled.groups else matches[-1].group(0)
+
+    return extract
+
+
+def knob_params(
+    method: str,
+    *,
+    chains: int | None = None,
+    temperature: float | None = None,
+    proposal_temperature: float | None = None,
+    n: int | None = None,
+    select: str | None = None,
+    answer_regex: str | None = None,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """The config fields of ``method`` that the knobs set (None: not given); ``proposal_temperature`` is the
+    method's own field when a request also names it, which must then agree with ``temperature``."""
+    config = method_spec(method).config
+    params: dict[str, Any] = {}
+    if chains is not None:
+        field = chains_field(config)
+        if field is not None:
+            params[field] = chains
+        elif strict:
+            with_chains = [m for m in method_names() if chains_field(method_spec(m).config) is not None]
+            raise KnobError("chains", f"{{knob}} applies to methods {' and '.join(with_chains)}, not {method!r}")
+    if temperature is not None:
+        params.update(_temperature(method, config, temperature, proposal_temperature, strict))
+    if n is not None:
+        if "n" in config.model_fields:
+            params["n"] = n
+        elif strict:
+            with_n = [m for m in method_names() if "n" in method_spec(m).config.model_fields]
+            raise KnobError("n", f"{{knob}} applies to {' and '.join(with_n)}, not {method!r}")
+    if select is not None:
+        params["select"] = select
+    if answer_regex is not None:
+        if select != "majority":
+            raise KnobError("answer_regex", "{knob} is used by a majority vote (select majority) only")
+        params["answer_extractor"] = regex_extractor(answer_regex)
+    return params
+
+
+def _temperature(
+    method: str, config: type[DecodeConfig], temperature: float, given: float | None, strict: bool
+) -> dict[str, Any]:
+    """A value the method cannot take is an error; a method without a temperature is one unless not ``strict``."""
+    role = temperature_role(config)
+    if role == "sampling":
+        return {"temperature": temperature}
+    if role == "proposal":
+        if temperature == 0:
+            raise KnobError(
+                "temperature", f"{{knob}} is {method}'s proposal temperature, which must be > 0 (use method greedy)"
+            )
+        if given is not None and given != temperature:
+            raise KnobError("temperature", "{knob} and the proposal temperature disagree; give one")
+        return {"proposal_temperature": temperature}
+    if strict and role == "zero" and temperature != 0:
+        raise KnobError("temperature", f"method {method} takes no {{knob}} other than 0")
+    if strict and role == "none":
+        raise KnobError("temperature", f"method {method!r} has no {{knob}} (it samples at 1/alpha: set alpha)")
+    return {}
+
+
+def config_bounds(name: str) -> dict[str, Any]:
+    """The numeric bounds (gt, ge, lt, le) every method's config that has field ``name`` validates it with, as
+    ``Field`` keyword arguments: a request schema states them from here, so it cannot disagree with the config."""
+    found: dict[str, Any] | None = None
+    for method in method_names():
+        info = method_spec(method).config.model_fields.get(name)
+        if info is None:
+            continue
+        bounds = {
+            key: getattr(m, key)
+            for m in info.metadata
+            for key in ("gt", "ge", "lt", "le")
+            if getattr(m, key, None) is not None
+        }
+        if found is not None and bounds != found:
+            raise ConfigError(f"config field {name!r} has different bounds in different methods: {found}, {bounds}")
+        found = bounds
+    if found is None:
+        raise ConfigError(f"no method's config has a field {name!r}")
+    return found
