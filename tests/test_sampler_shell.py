@@ -4,6 +4,8 @@ and a new method that supplies only its run."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,30 @@ def test_the_shell_does_not_import_the_registry():
     base = Path(__file__).parents[1] / "src" / "powersampling" / "samplers" / "base.py"
     imported = {node.module for node in ast.walk(ast.parse(base.read_text())) if isinstance(node, ast.ImportFrom)}
     assert "registry" not in imported and not any(m and m.endswith(".registry") for m in imported)
+
+
+def test_a_declared_sampler_registers_and_builds_by_name():
+    """In a child process: registering a method is for the life of the process."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_sampler_shell import ShortestOfN
+from conftest import random_table_lm
+from powersampling.samplers import build_sampler, method_names, register_method
+
+register_method(ShortestOfN.spec)
+sampler = build_sampler("shortest-of-n", random_table_lm(vocab=5, max_len=8), n=3, max_new_tokens=4, seed=1)
+result = sampler.sample([1, 2])
+assert isinstance(sampler, ShortestOfN) and "shortest-of-n" in method_names(), method_names()
+assert result.metadata["method"] == "shortest-of-n" and result.metadata["n"] == 3, result.metadata
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_sampler_class_that_runs_no_method_is_refused():
+    class Undeclared(Sampler):
+        pass
+
+    with pytest.raises(TypeError, match="declare_method"):
+        Undeclared(random_table_lm())

@@ -166,6 +166,8 @@ class Sampler:
     ) -> None:
         if spec is not None:
             self.spec = spec
+        elif not hasattr(self, "spec"):
+            raise TypeError(f"{type(self).__name__} runs no method: decorate it with declare_method or pass spec=")
         self.model = model
         self.config = config or self.spec.config()
         self.evaluator = evaluator or self.config.quality_evaluator
