@@ -1,5 +1,5 @@
-"""The public knobs a request carries, turned into one method's config fields, in one place for the CLI, the
-server and the planner.
+"""The public knobs a request carries, turned into one method's config fields, in one place for ``powersampling
+generate`` and the server.
 
 A knob's meaning depends on the method, and the method's config type says which: ``temperature`` is the sampling
 temperature of a config with a ``temperature`` field, the proposal temperature of one with a
@@ -8,8 +8,8 @@ temperature is 1/alpha); ``chains`` sets the config field marked as counting cha
 ``n_particles``); ``n`` the number of candidates; ``answer_regex`` the majority vote's answer extractor.
 
 A knob that does not apply is a ``KnobError`` naming it, which each entry point reports under its own name for
-it (``--chains``, ``power_sampling.chains``); with ``strict=False`` (the CLI's shared options) such a knob is left
-out instead.
+it (``--chains``, ``power_sampling.chains``); with ``strict=False`` (one set of settings passed to every method)
+such a knob is left out instead, but a bad value for a knob the method has is still an error.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class KnobError(ConfigError):
     """A public knob that does not apply to the method, or a bad value for it. ``knob`` is its neutral name
     (``chains``, ``temperature``, ``answer_regex``); ``for_param`` words the message with an entry point's name."""
 
-    def __init__(self, knob: str, template: str) -> None:
+    def __init__(self, knob: str, template: str) -> None:  # template: "{knob}" where the knob's name goes
         self.knob, self.template = knob, template
         super().__init__(template.format(knob=knob))
 
@@ -59,7 +59,7 @@ def regex_extractor(pattern: str) -> AnswerExtractor:
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
-        raise KnobError("answer_regex", f"{{knob}} is not a valid regular expression: {exc}") from None
+        raise KnobError("answer_regex", f"{{knob}} is not a valid regular expression: {_literal(exc)}") from None
 
     def extract(text: str) -> str | None:
         matches = list(compiled.finditer(text))
@@ -91,7 +91,8 @@ def knob_params(
             params[field] = chains
         elif strict:
             with_chains = [m for m in method_names() if chains_field(method_spec(m).config) is not None]
-            raise KnobError("chains", f"{{knob}} applies to methods {' and '.join(with_chains)}, not {method!r}")
+            methods = _literal(" and ".join(with_chains))
+            raise KnobError("chains", f"{{knob}} applies to methods {methods}, not {_literal(repr(method))}")
     if temperature is not None:
         params.update(_temperature(method, config, temperature, proposal_temperature, strict))
     if n is not None:
@@ -99,7 +100,7 @@ def knob_params(
             params["n"] = n
         elif strict:
             with_n = [m for m in method_names() if "n" in method_spec(m).config.model_fields]
-            raise KnobError("n", f"{{knob}} applies to {' and '.join(with_n)}, not {method!r}")
+            raise KnobError("n", f"{{knob}} applies to {_literal(' and '.join(with_n))}, not {_literal(repr(method))}")
     if select is not None:
         params["select"] = select
     if answer_regex is not None:
@@ -118,16 +119,17 @@ def _temperature(
         return {"temperature": temperature}
     if role == "proposal":
         if temperature == 0:
-            raise KnobError(
-                "temperature", f"{{knob}} is {method}'s proposal temperature, which must be > 0 (use method greedy)"
-            )
+            problem = f"{{knob}} is {_literal(method)}'s proposal temperature, which must be > 0 (use method greedy)"
+            raise KnobError("temperature", problem)
         if given is not None and given != temperature:
             raise KnobError("temperature", "{knob} and the proposal temperature disagree; give one")
         return {"proposal_temperature": temperature}
     if strict and role == "zero" and temperature != 0:
-        raise KnobError("temperature", f"method {method} takes no {{knob}} other than 0")
+        raise KnobError("temperature", f"method {_literal(method)} takes no {{knob}} other than 0")
     if strict and role == "none":
-        raise KnobError("temperature", f"method {method!r} has no {{knob}} (it samples at 1/alpha: set alpha)")
+        raise KnobError(
+            "temperature", f"method {_literal(repr(method))} has no {{knob}} (it samples at 1/alpha: set alpha)"
+        )
     return {}
 
 
@@ -151,3 +153,8 @@ def config_bounds(name: str) -> dict[str, Any]:
     if found is None:
         raise ConfigError(f"no method's config has a field {name!r}")
     return found
+
+
+def _literal(value: object) -> str:
+    """``value`` as text inside a message template: its braces doubled."""
+    return str(value).replace("{", "{{").replace("}", "}}")
