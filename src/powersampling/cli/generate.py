@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 
 import typer
 
 from ..backends.base import check_context_length
 from ..errors import ContextLengthError, PowerSamplingError
 from ..samplers.config import BestOfNConfig, PowerSamplingConfig, SMCConfig, default
-from ..samplers.registry import DEFAULT_METHOD, method_spec
+from ..samplers.registry import DEFAULT_METHOD
 from .common import (
     BACKEND_HELP,
     MODEL_HELP,
@@ -89,12 +88,12 @@ def generate(
 ) -> None:
     """Generate a completion, by default with Metropolis-Hastings power sampling."""
     from ..samplers import build_sampler, prompt_ids, validate_params
+    from ..samplers.params import KnobError, knob_params
 
     if not prompt.strip():
         fail("the prompt is empty")
     if chains is not None and chains < 1:
         fail(f"--chains must be >= 1 (got {chains})")
-    # options shared by name across methods; each method's config takes the ones it knows and keeps its defaults
     params = dict(
         alpha=alpha,
         n_mcmc=mcmc_steps,
@@ -103,23 +102,17 @@ def generate(
         seed=seed,
         deadline_s=deadline,
         scan=scan,
-        n=n,
-        n_chains=chains,
-        n_particles=chains,
-        temperature=temperature,
-        select=select,
     )
-    if method_spec(method.value).temperature == "proposal":  # the target stays p^alpha; the option sets q's
-        params.update(temperature=None, proposal_temperature=temperature)
+    try:
+        knobs = dict(chains=chains, temperature=temperature, n=n, select=select, answer_regex=answer_regex)
+        params.update(knob_params(method.value, **knobs))
+    except KnobError as exc:
+        fail(exc.for_param("--" + exc.knob.replace("_", "-")))
     try:
         given = parse_params(param)
         if scoped := [k for k in given if "." in k]:
             fail(f"--param {scoped[0]}: METHOD.name is for eval; generate runs one method, give name=value")
         params.update(given)
-        if answer_regex is not None:
-            if select != "majority":
-                fail("--answer-regex is used by --select majority only")
-            params["answer_extractor"] = _regex_extractor(answer_regex)
         config = validate_params(method.value, **params)  # before the (slow) model load
     except (PowerSamplingError, ValueError) as exc:
         fail(str(exc))
@@ -148,18 +141,3 @@ def generate(
     if "acceptance_rate" in md:
         summary += f", acceptance {md['acceptance_rate']:.0%}"
     stderr.print(summary + f", stopped by {md.get('stopped_by')}, seed {md.get('seed')}[/dim]", highlight=False)
-
-
-def _regex_extractor(pattern: str):
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"--answer-regex is not a valid regular expression: {exc}") from None
-
-    def extract(text: str):
-        matches = list(compiled.finditer(text))
-        if not matches:
-            return None
-        return matches[-1].group(1) if compiled.groups else matches[-1].group(0)
-
-    return extract

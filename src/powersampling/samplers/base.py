@@ -1,5 +1,5 @@
-"""What all samplers share: how a method is declared, prompt handling, text decoding, evaluator calls, deadlines,
-and the metadata keys every result carries."""
+"""What all samplers share: how a method is declared, the ``sample`` shell (seed, deadline, span, selection and the
+metadata keys every result carries), prompt handling, text decoding, evaluator calls and majority votes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
 from ..backends.base import Continuation, LanguageModel, TokenConstraint
 from ..errors import CapabilityError
+from ..observability.tracing import span
 from .result import Completion, ProgressEvent, SampleResult
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("powersampling.samplers")
 
 ProgressCallback = Callable[[ProgressEvent], None]
+S = TypeVar("S", bound="Sampler")
 
 
 def prompt_ids(model: LanguageModel, prompt: str, *, chat: bool | None = None, system: str | None = None) -> list[int]:
@@ -58,7 +60,7 @@ class MethodSpec:
 
     name: str
     config: type[DecodeConfig]
-    build: Callable[[LanguageModel, Any, Callable[[str], float] | None], Sampler]
+    build: Callable[[LanguageModel, Any, Callable[[str], float] | None], Sampler]  # a Sampler class fits
     route: str = "baseline"
     summary: str = ""
     exact_logprobs: bool = False
@@ -100,22 +102,115 @@ def require_decode_core(model: LanguageModel, config) -> None:
         )
 
 
-class Sampler:
-    """Base class: subclasses implement ``sample(prompt_ids, constraint=None, progress=None)``."""
+def declare_method(name: str, config: type[DecodeConfig], **fields: Any) -> Callable[[type[S]], type[S]]:
+    """Class decorator: the sampler class runs the method ``name`` with ``config`` (its defaults); the class's
+    ``spec`` is the ``MethodSpec`` the registry lists, built from these and ``fields`` (route, summary, ...)."""
 
-    method: str = "sampler"
-    config_type: type[DecodeConfig]  # the config built when none is given
+    def declare(cls: type[S]) -> type[S]:
+        cls.spec = MethodSpec(name, config, cls, **fields)
+        return cls
+
+    return declare
+
+
+@dataclass
+class SampleCall:
+    """What one ``sample`` call gives a sampler's run: the prompt and constraint, and the seeded generator, the
+    deadline, the evaluator tracker and the progress callback the shell made for it."""
+
+    prompt: list[int]
+    constraint: TokenConstraint | None
+    progress: ProgressCallback | None
+    rng: np.random.Generator
+    deadline: Deadline
+    tracker: EvaluatorTracker
+
+    def notify(self, event: ProgressEvent) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+
+@dataclass
+class Output:
+    """One output a run offers the selection: its completion, each token's log p, and whether a stop ended it."""
+
+    completion: Completion
+    logprobs: np.ndarray
+    stopped: bool
+
+
+@dataclass
+class RunOutcome:
+    """What a sampler's run hands back to the shell.
+
+    ``outputs`` are the run's final outputs in run order (MH chains, SMC particles, best-of-n candidates), the ones
+    a majority vote counts; ``default`` is the method's own pick among them and ``default_rule`` its
+    ``selected_by`` label; ``by_evaluator`` the best-scoring output the run saw (a visited MH state may no longer be
+    among the outputs), None without an evaluator or where the method does not select by score. ``hit_deadline``:
+    the deadline cut the run short.
+    """
+
+    outputs: list[Output]
+    default: int
+    default_rule: str
+    tokens_generated: int
+    backend_calls: int
+    hit_deadline: bool = False
+    by_evaluator: Output | None = None
+    vote_weights: Sequence[float] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # the method's own statistics
+    done: ProgressEvent = field(default_factory=lambda: ProgressEvent("done"))
+
+
+class Sampler:
+    """The shell every sampler shares: ``sample`` resolves the seed, starts the deadline and the evaluator tracker,
+    opens the tracing span, runs the method (``run``, a subclass's), selects the output (a majority vote when asked
+    for, then the evaluator's best, then the method's own pick) and writes the metadata every result carries.
+
+    Subclasses implement ``run`` and may override ``check`` (refusals before anything runs), ``span_attributes``
+    and ``samples``; ``declare_method`` names the method a class runs.
+    """
+
+    spec: MethodSpec  # the method run: the class's own (declare_method) unless built for another
+    span_name: str = "power_sampling sampler"
 
     def __init__(
         self,
         model: LanguageModel,
         config: DecodeConfig | None = None,
-        *,
         evaluator: Callable[[str], float] | None = None,
+        *,
+        spec: MethodSpec | None = None,
     ) -> None:
+        if spec is not None:
+            self.spec = spec
+        elif not hasattr(self, "spec"):
+            raise TypeError(f"{type(self).__name__} runs no method: decorate it with declare_method or pass spec=")
         self.model = model
-        self.config = config or self.config_type()
+        self.config = config or self.spec.config()
         self.evaluator = evaluator or self.config.quality_evaluator
+
+    @property
+    def method(self) -> str:
+        return self.spec.name
+
+    # the hooks
+
+    def check(self, prompt: list[int]) -> None:
+        """Refuse a call the method cannot run (a capability error, a bad prompt) before anything is decoded."""
+
+    def span_attributes(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, call: SampleCall) -> RunOutcome:
+        raise NotImplementedError
+
+    def samples(self, outcome: RunOutcome, lead: int) -> tuple[list[Completion], dict[str, Any]]:
+        """The completions returned in ``SampleResult.samples`` and metadata that depends on the pick; ``lead`` is
+        the index among the outputs that the vote or the method's own rule picked."""
+        return [o.completion for o in outcome.outputs], {}
+
+    # the shell
 
     def sample(
         self,
@@ -124,7 +219,69 @@ class Sampler:
         constraint: TokenConstraint | None = None,
         progress: ProgressCallback | None = None,
     ) -> SampleResult:
-        raise NotImplementedError
+        prompt = list(prompt_ids)
+        self.check(prompt)
+        cfg = self.config
+        seed = resolve_seed(cfg.seed)
+        deadline = Deadline(cfg.deadline_s, getattr(cfg, "step_timeout_s", None))
+        call = SampleCall(
+            prompt, constraint, progress, np.random.default_rng(seed), deadline, EvaluatorTracker(self.evaluator)
+        )
+        with span(self.span_name, {"gen_ai.request.model": self.model.name, **self.span_attributes()}):
+            outcome = self.run(call)
+            chosen, selected_by, lead, vote = self._select(outcome)
+            samples, picked = self.samples(outcome, lead)
+            metadata = {**self._metadata(call, seed, outcome, chosen, selected_by), **outcome.metadata, **picked}
+            if vote is not None:
+                metadata["vote"] = vote
+            call.notify(outcome.done)
+        completion = chosen.completion
+        return SampleResult(
+            list(completion.token_ids), completion.text, chosen.logprobs, self.method, metadata, samples
+        )
+
+    def _select(self, outcome: RunOutcome) -> tuple[Output, str, int, dict[str, Any] | None]:
+        """The output returned, how it was chosen, the index the vote or the method's rule picked, and the vote's
+        record (None when no vote was held)."""
+        vote = None
+        if self.config.select == "majority" and len(outcome.outputs) > 1:
+            completions = [o.completion for o in outcome.outputs]
+            index, vote = majority_vote(completions, self.config.answer_extractor, weights=outcome.vote_weights)
+            if index is not None:
+                return outcome.outputs[index], "majority", index, vote
+        if outcome.by_evaluator is not None:
+            return outcome.by_evaluator, "evaluator", outcome.default, vote
+        return outcome.outputs[outcome.default], outcome.default_rule, outcome.default, vote
+
+    def _metadata(
+        self, call: SampleCall, seed: int, outcome: RunOutcome, chosen: Output, selected_by: str
+    ) -> dict[str, Any]:
+        """The keys every sampler's metadata has: the method, its settings, and what the run measured.
+
+        ``cost_multiplier`` is decoded tokens / tokens of the returned completion: every token the backend drew
+        (rejected proposals, other chains, particles and candidates included) per token the user gets back. It is
+        the number to compare across methods, and the evaluation's matched-budget rule uses it.
+        """
+        completion = chosen.completion
+        final_tokens = len(completion.token_ids)
+        return {
+            "method": self.method,
+            "route": self.spec.route,
+            **self.config.model_dump(exclude={"quality_evaluator"}),
+            "seed": seed,
+            "tokens_generated": outcome.tokens_generated,
+            "final_tokens": final_tokens,
+            "cost_multiplier": outcome.tokens_generated / max(1, final_tokens),
+            "backend_calls": outcome.backend_calls,
+            "latency_ms": call.deadline.elapsed_ms(),
+            "stopped_by": "deadline" if outcome.hit_deadline else ("eos" if chosen.stopped else "length"),
+            "complete": completion.complete and not outcome.hit_deadline,
+            "selected_by": selected_by,
+            "quality_score": completion.quality_score,
+            "evaluator_calls": call.tracker.calls,
+            "evaluator_errors": call.tracker.errors,
+            "constrained": call.constraint is not None,
+        }
 
     def sample_text(
         self, prompt: str, *, chat: bool | None = None, system: str | None = None, **kwargs
@@ -206,50 +363,6 @@ class Deadline:
 def resolve_seed(seed: int | None) -> int:
     """The seed actually used: the given one, or fresh entropy (recorded in metadata so the run can be replayed)."""
     return int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def common_metadata(
-    method: str,
-    config: DecodeConfig,
-    *,
-    seed: int,
-    tokens_generated: int,
-    final_tokens: int,
-    backend_calls: int,
-    latency_ms: float,
-    stopped_by: str,
-    complete: bool,
-    selected_by: str,
-    quality_score: float | None,
-    tracker: EvaluatorTracker,
-    constrained: bool,
-) -> dict[str, Any]:
-    """The keys every sampler's metadata has: the method, its settings, and what the run measured.
-
-    ``cost_multiplier`` is decoded tokens / tokens of the returned completion: every token the backend drew
-    (rejected proposals, other chains, particles and candidates included) per token the user gets back. It is
-    the number to compare across methods, and the evaluation's matched-budget rule uses it.
-    """
-    from .registry import method_names, route_of  # here: the registry imports the sampler modules
-
-    return {
-        "method": method,
-        "route": route_of(method) if method in method_names() else "baseline",
-        **config.model_dump(exclude={"quality_evaluator"}),
-        "seed": seed,
-        "tokens_generated": tokens_generated,
-        "final_tokens": final_tokens,
-        "cost_multiplier": tokens_generated / max(1, final_tokens),
-        "backend_calls": backend_calls,
-        "latency_ms": latency_ms,
-        "stopped_by": stopped_by,
-        "complete": complete,
-        "selected_by": selected_by,
-        "quality_score": quality_score,
-        "evaluator_calls": tracker.calls,
-        "evaluator_errors": tracker.errors,
-        "constrained": constrained,
-    }
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

@@ -51,7 +51,9 @@ class DecodeConfig(_Config):
 
     max_new_tokens: int = Field(96, ge=1, le=1_000_000, description="generated tokens at most")
     seed: int | None = Field(None, ge=0, lt=2**63, description="None: fresh entropy, recorded in metadata")
-    deadline_s: float | None = Field(None, gt=0, description="overall time limit; the best so far is returned")
+    deadline_s: float | None = Field(
+        None, gt=0, le=86_400, description="overall time limit (a day at most); the best so far is returned"
+    )
     quality_evaluator: QualityEvaluator | None = Field(None, exclude=True)
     select: Literal["default", "majority"] = Field(
         "default",
@@ -171,7 +173,7 @@ class PowerSamplingConfig(DefensiveProposalConfig):
     """
 
     n_mcmc: int = Field(10, ge=1, le=10_000, description="MH steps after each block")
-    block_size: int = Field(16, ge=1, description="tokens added per block")
+    block_size: int = Field(16, ge=1, le=100_000, description="tokens added per block")
     proposal_temperature: float | None = Field(None, gt=0, le=100, description="default 1/alpha")
     n_chains: int = Field(1, ge=1, le=4096, description="independent chains, decoded as batched rows")
     proposal_batch: int | None = Field(

@@ -45,22 +45,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
+from ..backends.base import Continuation, ContinuationRequest
 from ..observability.tracing import span
 from .base import (
-    Deadline,
-    EvaluatorTracker,
-    MethodSpec,
-    ProgressCallback,
+    Output,
+    RunOutcome,
+    SampleCall,
     Sampler,
-    common_metadata,
-    majority_vote,
+    declare_method,
     require_decode_core,
     require_exact,
-    resolve_seed,
 )
 from .config import PowerSamplingConfig
-from .result import Completion, ProgressEvent, SampleResult
+from .result import Completion, ProgressEvent
 
 _EMPTY = np.zeros(0)
 _EMPTY.flags.writeable = False  # shared by every empty state
@@ -234,46 +231,48 @@ class _Chain:
     pending: dict[int, _Proposal] = field(default_factory=dict)
 
 
+@declare_method(
+    "power",
+    PowerSamplingConfig,
+    route="power",
+    exact_logprobs=True,
+    summary="Metropolis-Hastings power sampling, exact p^alpha",
+    temperature="proposal",
+    chains_field="n_chains",
+    independent_chains=True,
+    selects_by_evaluator=True,
+    in_default_eval=True,
+)
 class PowerSampler(Sampler):
-    method = "power"
-
-    config_type = PowerSamplingConfig
     config: PowerSamplingConfig
+    span_name = "power_sampling mh"
 
-    def sample(
-        self,
-        prompt_ids: Sequence[int],
-        *,
-        constraint: TokenConstraint | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> SampleResult:
+    def check(self, prompt: list[int]) -> None:
         require_decode_core(self.model, self.config)
-        run = _Run(self, list(prompt_ids), constraint, progress)
-        with span(
-            "power_sampling mh",
-            {
-                "gen_ai.request.model": self.model.name,
-                "power_sampling.alpha": self.config.alpha,
-                "power_sampling.n_mcmc": self.config.n_mcmc,
-                "power_sampling.block_size": self.config.block_size,
-            },
-        ):
-            return run.execute()
+
+    def span_attributes(self) -> dict:
+        cfg = self.config
+        return {
+            "power_sampling.alpha": cfg.alpha,
+            "power_sampling.n_mcmc": cfg.n_mcmc,
+            "power_sampling.block_size": cfg.block_size,
+        }
+
+    def run(self, call: SampleCall) -> RunOutcome:
+        return _MHChains(self, call).execute()
 
 
-class _Run:
-    """One call of PowerSampler.sample: the chains, the per-step infos and per-call token counts, the loop."""
+class _MHChains:
+    """The chains of one PowerSampler.sample call and their block-wise schedule: the loop, the per-step infos and
+    the per-call token counts."""
 
-    def __init__(self, sampler: PowerSampler, prompt: list[int], constraint, progress) -> None:
+    def __init__(self, sampler: PowerSampler, call: SampleCall) -> None:
         cfg = sampler.config
-        self.sampler, self.cfg, self.model = sampler, cfg, sampler.model
-        self.prompt, self.constraint, self.progress = prompt, constraint, progress
-        self.seed = resolve_seed(cfg.seed)
-        self.rng = np.random.default_rng(self.seed)
+        self.sampler, self.cfg, self.model, self.call = sampler, cfg, sampler.model, call
+        self.prompt, self.constraint = call.prompt, call.constraint
+        self.rng, self.deadline, self.tracker = call.rng, call.deadline, call.tracker
         self.temperature = cfg.effective_proposal_temperature
         self.cuts = EntropyCuts(cfg.entropy_floor) if cfg.scan == "entropy" else UniformCuts()
-        self.deadline = Deadline(cfg.deadline_s, cfg.step_timeout_s)
-        self.tracker = EvaluatorTracker(sampler.evaluator)
         self.chains = [_Chain() for _ in range(cfg.n_chains)]
         self.blocks_total = math.ceil(cfg.max_new_tokens / cfg.block_size)
         self.blocks_done = 0
@@ -287,7 +286,7 @@ class _Run:
 
     # the loop
 
-    def execute(self) -> SampleResult:
+    def execute(self) -> RunOutcome:
         cfg = self.cfg
         scheduler = self._sorted_scan if cfg.scan in ("sorted", "sorted-entropy") else self._random_scan
         for block in range(self.blocks_total):
@@ -312,7 +311,7 @@ class _Run:
                     chain.pending.clear()
                 scheduler(active, block)
                 self._notify("block", block + 1, self.blocks_total)
-        return self._result()
+        return self._outcome()
 
     def _extend(self, chains: list[_Chain], limit: int) -> None:
         growing = [c for c in chains if not c.state.stopped and len(c.state) < limit]
@@ -475,75 +474,52 @@ class _Run:
             self.tracker.offer(state.tokens, self.sampler._decode(state.tokens), state)
 
     def _notify(self, kind: str, block: int, blocks_total: int, step: int = 0, steps_total: int = 0) -> None:
-        if self.progress is None:
-            return
+        if self.call.progress is not None:
+            self.call.notify(self._event(kind, block, blocks_total, step, steps_total))
+
+    def _event(self, kind: str, block: int, blocks_total: int, step: int = 0, steps_total: int = 0) -> ProgressEvent:
         # the running acceptance, reduced over the steps added since the last event
         seen, accepted, proposed = self._tally
         for info in self.steps[seen:]:
             accepted += info.accepted
             proposed += not info.identity
         self._tally = (len(self.steps), accepted, proposed)
-        self.progress(
-            ProgressEvent(
-                kind,
-                block=block,
-                blocks_total=blocks_total,
-                step=step,
-                steps_total=steps_total,
-                accepted=accepted,
-                proposed=proposed,
-                tokens_generated=self._tokens_generated(),
-            )
+        return ProgressEvent(
+            kind,
+            block=block,
+            blocks_total=blocks_total,
+            step=step,
+            steps_total=steps_total,
+            accepted=accepted,
+            proposed=proposed,
+            tokens_generated=self._tokens_generated(),
         )
 
     def _tokens_generated(self) -> int:
         return sum(self.extend_tokens) + sum(tokens for _, tokens in self.proposal_calls)
 
-    def _result(self) -> SampleResult:
-        decode = self.sampler._decode
+    def _output(self, state: ChainState, score: float | None) -> Output:
+        text = self.sampler._decode(state.tokens)
+        completion = Completion(list(state.tokens), text, float(state.logp.sum()), self._is_complete(state), score)
+        return Output(completion, np.asarray(state.logp), state.stopped)
+
+    def _outcome(self) -> RunOutcome:
         for chain in self.chains:
             self._offer(chain.state)
-        states = [c.state for c in self.chains]
-        completions = [
-            Completion(
-                list(s.tokens),
-                decode(s.tokens),
-                float(s.logp.sum()),
-                self._is_complete(s),
-                self.tracker.score(s.tokens, decode(s.tokens)) if self.tracker.evaluator else None,
-            )
-            for s in states
-        ]
-        vote = None
-        if self.cfg.select == "majority" and len(states) > 1:
-            index, vote = majority_vote(completions, self.cfg.answer_extractor)
-        if vote is not None and index is not None:
-            chosen, selected_by = states[index], "majority"
-        elif self.tracker.best_payload is not None:
-            chosen, selected_by = self.tracker.best_payload, "evaluator"
-        else:
-            chosen, selected_by = states[0], "chain_0"
-        tokens = list(chosen.tokens)
-        last_stopped = chosen.stopped  # a stop token, or a constraint (a stop string) that finished it
+        decode, tracker = self.sampler._decode, self.tracker
+        outputs = [self._output(c.state, tracker.score(c.state.tokens, decode(c.state.tokens))) for c in self.chains]
+        best = tracker.best_payload
         mh = [s for s in self.steps if not s.identity]
         proposed, accepted = len(mh), sum(s.accepted for s in mh)
-        metadata = common_metadata(
-            "power",
-            self.cfg,
-            seed=self.seed,
+        return RunOutcome(
+            outputs,
+            default=0,
+            default_rule="chain_0",
             tokens_generated=self._tokens_generated(),
-            final_tokens=len(tokens),
             backend_calls=len(self.extend_tokens) + len(self.proposal_calls),
-            latency_ms=self.deadline.elapsed_ms(),
-            stopped_by="deadline" if self.hit_deadline else ("eos" if last_stopped else "length"),
-            complete=last_stopped or len(tokens) >= self.cfg.max_new_tokens,
-            selected_by=selected_by,
-            quality_score=self.tracker.best_score,
-            tracker=self.tracker,
-            constrained=self.constraint is not None,
-        )
-        metadata.update(
-            {
+            hit_deadline=self.hit_deadline,
+            by_evaluator=self._output(best, tracker.best_score) if best is not None else None,
+            metadata={
                 "proposal_temperature": self.temperature,
                 "acceptance_rate": accepted / proposed if proposed else 0.0,
                 "total_iterations": proposed,
@@ -554,30 +530,9 @@ class _Run:
                 "step_timeouts": sum(s.timed_out for s in mh),
                 "early_stops": self.early_stops,
                 "steps_skipped": self.steps_skipped,
-            }
+            },
+            done=self._event("done", 0, self.blocks_total),
         )
-        if vote is not None:
-            metadata["vote"] = vote
-        self._notify("done", 0, self.blocks_total)
-        return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp), "power", metadata, completions)
 
 
-def _build(model: LanguageModel, config: PowerSamplingConfig, evaluator) -> PowerSampler:
-    return PowerSampler(model, config, evaluator=evaluator)
-
-
-METHODS = (
-    MethodSpec(
-        "power",
-        PowerSamplingConfig,
-        _build,
-        route="power",
-        exact_logprobs=True,
-        summary="Metropolis-Hastings power sampling, exact p^alpha",
-        temperature="proposal",
-        chains_field="n_chains",
-        independent_chains=True,
-        selects_by_evaluator=True,
-        in_default_eval=True,
-    ),
-)
+METHODS = (PowerSampler.spec,)

@@ -31,27 +31,16 @@ futures; the test-suite checks the horizon-1 bias and the whole-future agreement
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.base import ContinuationRequest, LanguageModel, TokenConstraint
+from ..backends.base import ContinuationRequest
 from ..backends.decoding import draw
 from ..errors import CapabilityError
-from ..observability.tracing import span
-from .base import (
-    Deadline,
-    EvaluatorTracker,
-    MethodSpec,
-    ProgressCallback,
-    Sampler,
-    common_metadata,
-    require_exact,
-    resolve_seed,
-)
+from .base import Output, RunOutcome, SampleCall, Sampler, declare_method, require_exact
 from .config import ScalablePowerConfig, low_temperature
-from .result import Completion, ProgressEvent, SampleResult
+from .result import Completion, ProgressEvent
 
 
 def _logmeanexp(x: np.ndarray, axis: int) -> np.ndarray:
@@ -80,77 +69,89 @@ def power_estimate(alpha_logp: np.ndarray, log_weights: np.ndarray, *, jackknife
     return corrected / total if total > 0 else estimate
 
 
+@declare_method(
+    "scalable-power",
+    ScalablePowerConfig,
+    route="scalable-power",
+    exact_logprobs=True,
+    summary="p^alpha token by token from rollout estimates of each candidate's future (no MCMC; approximate)",
+    temperature="proposal",
+)
 class ScalablePowerSampler(Sampler):
-    method = "scalable-power"
-
-    config_type = ScalablePowerConfig
     config: ScalablePowerConfig
+    span_name = "power_sampling scalable"
 
-    def sample(
-        self,
-        prompt_ids: Sequence[int],
-        *,
-        constraint: TokenConstraint | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> SampleResult:
+    def check(self, prompt: list[int]) -> None:
         if not hasattr(self.model, "next_token_logprobs"):
             raise CapabilityError(
                 f"scalable power sampling needs whole next-token distributions, which "
                 f"{self.model.name} does not give; use power or smc"
             )
-        prompt = list(prompt_ids)
         if not prompt:
             raise ValueError("the prompt is empty: scalable power sampling needs at least one prompt token")
+
+    def span_attributes(self) -> dict:
         cfg = self.config
-        with span(
-            "power_sampling scalable",
-            {
-                "gen_ai.request.model": self.model.name,
-                "power_sampling.alpha": cfg.alpha,
-                "power_sampling.top_k": cfg.top_k,
-                "power_sampling.rollouts": cfg.rollouts,
-            },
-        ):
-            return self._run(prompt, constraint, progress)
+        return {
+            "power_sampling.alpha": cfg.alpha,
+            "power_sampling.top_k": cfg.top_k,
+            "power_sampling.rollouts": cfg.rollouts,
+        }
 
     @property
     def _proposal_temperature(self) -> float:
         return self.config.effective_proposal_temperature
 
-    def _run(self, prompt: list[int], constraint, progress) -> SampleResult:
-        cfg, model = self.config, self.model
-        seed = resolve_seed(cfg.seed)
-        rng = np.random.default_rng(seed)
-        deadline = Deadline(cfg.deadline_s)
-        tally = _Tally()
+    def run(self, call: SampleCall) -> RunOutcome:
+        cfg, tally = self.config, _Tally()
+        tokens, logps, stopped = self._draw_tokens(call, tally)
+        text = self._decode(tokens)
+        complete = stopped or len(tokens) >= cfg.max_new_tokens
+        score = call.tracker.score(tuple(tokens), text) if complete else None
+        completion = Completion(list(tokens), text, float(sum(logps)), complete, score)
+        return RunOutcome(
+            [Output(completion, np.asarray(logps), stopped)],
+            default=0,
+            default_rule="only",
+            tokens_generated=tally.decoded,
+            backend_calls=tally.calls,
+            hit_deadline=tally.hit_deadline,
+            metadata={
+                "proposal_temperature": self._proposal_temperature,
+                "rollouts_total": tally.rollouts,
+                "rollout_tokens": tally.rollout_tokens,
+                "positions_with_rollouts": tally.positions_with_rollouts,
+            },
+            done=ProgressEvent("done", tokens_generated=tally.decoded),
+        )
+
+    def _draw_tokens(self, call: SampleCall, tally: _Tally) -> tuple[list[int], list[float], bool]:
+        """The completion token by token: its tokens, their log p, and whether a stop token or the constraint
+        ended it."""
+        cfg, model, prompt, constraint = self.config, self.model, call.prompt, call.constraint
         tokens: list[int] = []
         logps: list[float] = []
         state = constraint.start([]) if constraint is not None else None
-        stopped = False
         while len(tokens) < cfg.max_new_tokens and not tally.hit_deadline:
-            if deadline.expired():
+            if call.deadline.expired():
                 tally.hit_deadline = True
                 break
             logp = model.next_token_logprobs([_request(prompt, tokens, 1, constraint)])[0]
             tally.calls += 1
             tally.forward_tokens += 1
-            token = self._next_token(prompt, tokens, logp, constraint, rng, deadline, tally)
+            token = self._next_token(prompt, tokens, logp, constraint, call.rng, call.deadline, tally)
             tokens.append(token)
             logps.append(float(logp[token]))
             if state is not None:
                 state.advance(token)
-            if progress is not None:
-                progress(
-                    ProgressEvent(
-                        "block", block=len(tokens), blocks_total=cfg.max_new_tokens, tokens_generated=tally.decoded
-                    )
+            call.notify(
+                ProgressEvent(
+                    "block", block=len(tokens), blocks_total=cfg.max_new_tokens, tokens_generated=tally.decoded
                 )
+            )
             if token in model.stop_token_ids or (state is not None and state.is_finished()):
-                stopped = True
-                break
-        if progress is not None:
-            progress(ProgressEvent("done", tokens_generated=tally.decoded))
-        return self._result(tokens, logps, stopped, seed, tally, deadline, constraint)
+                return tokens, logps, True
+        return tokens, logps, False
 
     def _next_token(self, prompt, tokens, logp, constraint, rng, deadline, tally: _Tally) -> int:
         """Below the entropy threshold a draw at 1/alpha; otherwise one from the power distribution estimated over
@@ -201,38 +202,6 @@ class ScalablePowerSampler(Sampler):
         log_weights[open_rows] = weights.reshape(len(open_rows), cfg.rollouts)
         return log_weights
 
-    def _result(self, tokens, logps, stopped: bool, seed: int, tally: _Tally, deadline, constraint) -> SampleResult:
-        cfg = self.config
-        text = self._decode(tokens)
-        tracker = EvaluatorTracker(self.evaluator)
-        complete = stopped or len(tokens) >= cfg.max_new_tokens
-        score = tracker.score(tuple(tokens), text) if complete else None
-        metadata = common_metadata(
-            "scalable-power",
-            cfg,
-            seed=seed,
-            tokens_generated=tally.decoded,
-            final_tokens=len(tokens),
-            backend_calls=tally.calls,
-            latency_ms=deadline.elapsed_ms(),
-            stopped_by="deadline" if tally.hit_deadline else ("eos" if stopped else "length"),
-            complete=complete and not tally.hit_deadline,
-            selected_by="only",
-            quality_score=score,
-            tracker=tracker,
-            constrained=constraint is not None,
-        )
-        metadata.update(
-            {
-                "proposal_temperature": self._proposal_temperature,
-                "rollouts_total": tally.rollouts,
-                "rollout_tokens": tally.rollout_tokens,
-                "positions_with_rollouts": tally.positions_with_rollouts,
-            }
-        )
-        completion = Completion(list(tokens), text, float(sum(logps)), complete, score)
-        return SampleResult(tokens, text, np.asarray(logps), "scalable-power", metadata, [completion])
-
 
 @dataclass
 class _Tally:
@@ -261,18 +230,4 @@ def _finishes(constraint, generated: list[int], token: int) -> bool:
     return state.is_finished()
 
 
-def _build(model: LanguageModel, config: ScalablePowerConfig, evaluator) -> ScalablePowerSampler:
-    return ScalablePowerSampler(model, config, evaluator=evaluator)
-
-
-METHODS = (
-    MethodSpec(
-        "scalable-power",
-        ScalablePowerConfig,
-        _build,
-        route="scalable-power",
-        exact_logprobs=True,
-        summary="p^alpha token by token from rollout estimates of each candidate's future (no MCMC; approximate)",
-        temperature="proposal",
-    ),
-)
+METHODS = (ScalablePowerSampler.spec,)

@@ -35,27 +35,23 @@ cache is recomputed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.base import Continuation, ContinuationRequest, LanguageModel, TokenConstraint
+from ..backends.base import Continuation, ContinuationRequest
 from ..observability.tracing import span
 from .base import (
-    Deadline,
-    EvaluatorTracker,
-    MethodSpec,
-    ProgressCallback,
+    Output,
+    RunOutcome,
+    SampleCall,
     Sampler,
-    common_metadata,
-    majority_vote,
+    declare_method,
     require_decode_core,
     require_exact,
-    resolve_seed,
 )
 from .config import SMCConfig
-from .result import Completion, ProgressEvent, SampleResult
+from .result import Completion, ProgressEvent
 
 
 @dataclass
@@ -108,46 +104,53 @@ def normalize(log_weights: np.ndarray) -> tuple[np.ndarray, float, float]:
     return weights, effective_sample_size(weights), peak + math.log(float(np.mean(shifted)))
 
 
+@declare_method(
+    "smc",
+    SMCConfig,
+    route="smc",
+    exact_logprobs=True,
+    summary="Power-SMC: particles decoded as one batch, p^alpha by importance weights",
+    temperature="proposal",
+    chains_field="n_particles",
+    selects_by_evaluator=True,
+)
 class SMCSampler(Sampler):
-    method = "smc"
-
-    config_type = SMCConfig
     config: SMCConfig
+    span_name = "power_sampling smc"
 
-    def sample(
-        self,
-        prompt_ids: Sequence[int],
-        *,
-        constraint: TokenConstraint | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> SampleResult:
+    def check(self, prompt: list[int]) -> None:
         require_decode_core(self.model, self.config)
-        prompt = list(prompt_ids)
         if not prompt:
             raise ValueError("the prompt is empty: SMC needs at least one prompt token to condition on")
+
+    def span_attributes(self) -> dict:
         cfg = self.config
-        with span(
-            "power_sampling smc",
-            {
-                "gen_ai.request.model": self.model.name,
-                "power_sampling.alpha": cfg.alpha,
-                "power_sampling.n_particles": cfg.n_particles,
-                "power_sampling.resample_every": cfg.resample_every,
-            },
-        ):
-            return _Run(self, prompt, constraint, progress).execute()
+        return {
+            "power_sampling.alpha": cfg.alpha,
+            "power_sampling.n_particles": cfg.n_particles,
+            "power_sampling.resample_every": cfg.resample_every,
+        }
+
+    def run(self, call: SampleCall) -> RunOutcome:
+        return _ParticlePopulation(self, call).execute()
+
+    def samples(self, outcome: RunOutcome, lead: int) -> tuple[list[Completion], dict]:
+        """The particle drawn (or the vote's pick) first, then, with ``return_particles``, every other particle and
+        the final weights in that order."""
+        order = [lead] + [i for i in range(len(outcome.outputs)) if i != lead]
+        if not self.config.return_particles:
+            return [outcome.outputs[lead].completion], {}
+        weights = outcome.metadata["particle_weights"]
+        return [outcome.outputs[i].completion for i in order], {"particle_weights": [weights[i] for i in order]}
 
 
-class _Run:
-    """One call of SMCSampler.sample: particles, weights, the ESS trace and the tokens decoded per call."""
+class _ParticlePopulation:
+    """The particles of one SMCSampler.sample call: their weights, the ESS trace and the tokens decoded per call."""
 
-    def __init__(self, sampler: SMCSampler, prompt: list[int], constraint, progress) -> None:
-        self.sampler, self.cfg, self.model = sampler, sampler.config, sampler.model
-        self.prompt, self.constraint, self.progress = prompt, constraint, progress
-        self.seed = resolve_seed(self.cfg.seed)
-        self.rng = np.random.default_rng(self.seed)
-        self.deadline = Deadline(self.cfg.deadline_s)
-        self.tracker = EvaluatorTracker(sampler.evaluator)
+    def __init__(self, sampler: SMCSampler, call: SampleCall) -> None:
+        self.sampler, self.cfg, self.model, self.call = sampler, sampler.config, sampler.model, call
+        self.prompt, self.constraint = call.prompt, call.constraint
+        self.rng, self.deadline, self.tracker = call.rng, call.deadline, call.tracker
         n = self.cfg.n_particles
         self.particles = [_Particle() for _ in range(n)]
         self.log_weights = np.zeros(n)
@@ -158,7 +161,7 @@ class _Run:
         self.call_tokens: list[int] = []  # tokens decoded per backend call
         self.hit_deadline = False
 
-    def execute(self) -> SampleResult:
+    def execute(self) -> RunOutcome:
         cfg = self.cfg
         checks_total = math.ceil(cfg.max_new_tokens / cfg.resample_every)
         check = 0
@@ -181,7 +184,7 @@ class _Run:
             if resampled:
                 self.log_marginal += log_evidence
                 self._resample(weights)
-            self._notify(
+            self.call.notify(
                 ProgressEvent(
                     "block",
                     block=check,
@@ -192,7 +195,7 @@ class _Run:
             )
         # the final target is p^alpha whatever the schedule reached (a no-op when the last check already used it)
         self._reweight(cfg.alpha)
-        return self._result()
+        return self._outcome()
 
     def _extend(self, live: list[_Particle], chunk: int) -> None:
         """Decode every live particle up to ``steps + chunk`` tokens at the chunk's temperature."""
@@ -267,105 +270,57 @@ class _Run:
             key = tuple(particle.tokens)
             self.tracker.offer(key, self.sampler._decode(particle.tokens), particle.copy())
 
-    def _notify(self, event: ProgressEvent) -> None:
-        if self.progress is not None:
-            self.progress(event)
+    def _output(self, particle: _Particle, score: float | None) -> Output:
+        tokens, text = list(particle.tokens), self.sampler._decode(particle.tokens)
+        completion = Completion(tokens, text, math.fsum(particle.logp), self._is_complete(particle), score)
+        return Output(completion, np.asarray(particle.logp, dtype=np.float64), particle.stopped)
 
-    def _result(self) -> SampleResult:
-        cfg, decode = self.cfg, self.sampler._decode
+    def _outcome(self) -> RunOutcome:
+        """The particles for the shell's selection: each votes with its final weight, and the method's own pick is
+        one particle drawn by weight (drawn in every case, so the random stream does not depend on the selection)."""
+        cfg, tracker = self.cfg, self.tracker
         weights, final_ess, log_evidence = normalize(self.log_weights)
         for particle in self.particles:
             self._offer(particle)
-        chosen, selected_by, drawn, vote = self._select(weights)
-        order = [drawn] + [i for i in range(len(self.particles)) if i != drawn]
-        if not cfg.return_particles:
-            order = order[:1]
-        samples = []
-        for i in order:
-            particle = self.particles[i]
-            text, complete = decode(particle.tokens), self._is_complete(particle)
-            score = self.tracker.score(tuple(particle.tokens), text) if self.tracker.evaluator and complete else None
-            samples.append(Completion(list(particle.tokens), text, math.fsum(particle.logp), complete, score))
-        tokens = list(chosen.tokens)
-        metadata = self._metadata(chosen, selected_by, final_ess, log_evidence)
+        draw_weights = self._draw_weights(weights)
+        drawn = int(self.rng.choice(len(weights), p=draw_weights))
+        outputs = []
+        for particle in self.particles:
+            text = self.sampler._decode(particle.tokens)
+            score = tracker.score(tuple(particle.tokens), text) if self._is_complete(particle) else None
+            outputs.append(self._output(particle, score))
+        best = tracker.best_payload
+        metadata = {
+            "proposal_temperature": cfg.proposal_temperature_at(cfg.max_new_tokens),
+            "ess_trace": self.ess_trace,
+            "final_ess": final_ess,
+            "resample_count": len(self.resample_steps),
+            "resample_steps": self.resample_steps,
+            "log_marginal_estimate": self.log_marginal + log_evidence,
+            "unique_particles": len({tuple(p.tokens) for p in self.particles}),
+            "particles_stopped": sum(p.stopped for p in self.particles),
+        }
         if cfg.return_particles:
-            metadata["particle_weights"] = [float(weights[i]) for i in order]
-        if vote is not None:
-            metadata["vote"] = vote
-        self._notify(
-            ProgressEvent(
+            metadata["particle_weights"] = [float(w) for w in weights]
+        tokens_generated = sum(self.call_tokens)
+        return RunOutcome(
+            outputs,
+            default=drawn,
+            default_rule="weights",
+            tokens_generated=tokens_generated,
+            backend_calls=len(self.call_tokens),
+            hit_deadline=self.hit_deadline,
+            by_evaluator=self._output(best, tracker.best_score) if best is not None else None,
+            vote_weights=draw_weights,
+            metadata=metadata,
+            done=ProgressEvent(
                 "done",
                 blocks_total=len(self.ess_trace),
                 block=len(self.ess_trace),
-                tokens_generated=metadata["tokens_generated"],
+                tokens_generated=tokens_generated,
                 extra={"ess": final_ess},
-            )
+            ),
         )
-        return SampleResult(tokens, decode(tokens), np.asarray(chosen.logp, dtype=np.float64), "smc", metadata, samples)
-
-    def _select(self, weights: np.ndarray) -> tuple[_Particle, str, int, dict | None]:
-        """The particle returned, how it was chosen, the index drawn by weight (the majority's under a vote), and
-        the vote's record. A draw by weight happens in every case, so the random stream does not depend on it."""
-        drawn = int(self.rng.choice(len(weights), p=self._draw_weights(weights)))
-        if self.cfg.select == "majority" and len(self.particles) > 1:  # each particle votes with its final weight
-            decode = self.sampler._decode
-            voters = [
-                Completion(list(p.tokens), decode(p.tokens), math.fsum(p.logp), self._is_complete(p))
-                for p in self.particles
-            ]
-            index, vote = majority_vote(voters, self.cfg.answer_extractor, weights=self._draw_weights(weights))
-            if vote is not None and index is not None:
-                return self.particles[index], "majority", index, vote
-        if self.tracker.best_payload is not None:
-            return self.tracker.best_payload, "evaluator", drawn, None
-        return self.particles[drawn], "weights", drawn, None
-
-    def _metadata(self, chosen: _Particle, selected_by: str, final_ess: float, log_evidence: float) -> dict:
-        cfg = self.cfg
-        metadata = common_metadata(
-            "smc",
-            cfg,
-            seed=self.seed,
-            tokens_generated=sum(self.call_tokens),
-            final_tokens=len(chosen.tokens),
-            backend_calls=len(self.call_tokens),
-            latency_ms=self.deadline.elapsed_ms(),
-            stopped_by="deadline" if self.hit_deadline else ("eos" if chosen.stopped else "length"),
-            complete=self._is_complete(chosen) and not self.hit_deadline,
-            selected_by=selected_by,
-            quality_score=self.tracker.best_score,
-            tracker=self.tracker,
-            constrained=self.constraint is not None,
-        )
-        metadata.update(
-            {
-                "proposal_temperature": cfg.proposal_temperature_at(cfg.max_new_tokens),
-                "ess_trace": self.ess_trace,
-                "final_ess": final_ess,
-                "resample_count": len(self.resample_steps),
-                "resample_steps": self.resample_steps,
-                "log_marginal_estimate": self.log_marginal + log_evidence,
-                "unique_particles": len({tuple(p.tokens) for p in self.particles}),
-                "particles_stopped": sum(p.stopped for p in self.particles),
-            }
-        )
-        return metadata
 
 
-def _build(model: LanguageModel, config: SMCConfig, evaluator) -> SMCSampler:
-    return SMCSampler(model, config, evaluator=evaluator)
-
-
-METHODS = (
-    MethodSpec(
-        "smc",
-        SMCConfig,
-        _build,
-        route="smc",
-        exact_logprobs=True,
-        summary="Power-SMC: particles decoded as one batch, p^alpha by importance weights",
-        temperature="proposal",
-        chains_field="n_particles",
-        selects_by_evaluator=True,
-    ),
-)
+METHODS = (SMCSampler.spec,)

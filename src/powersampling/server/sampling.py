@@ -4,7 +4,6 @@ response body."""
 from __future__ import annotations
 
 import math
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,7 +17,8 @@ from ..backends.constraints import JsonSchemaConstraint, StopStringConstraint
 from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
 from ..samplers import build_sampler, validate_params
-from ..samplers.registry import ZERO_TEMPERATURE_METHOD, method_spec, methods_where
+from ..samplers.params import KnobError, knob_params
+from ..samplers.registry import ZERO_TEMPERATURE_METHOD, method_spec
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError
 from .executor import Job
@@ -122,34 +122,25 @@ def resolve_call(
     seed = ps.seed if ps is not None and ps.seed is not None else body.seed
     if seed is not None:
         params["seed"] = seed
-    method = apply_temperature(body, method, params)
-    if ps is not None:
-        given = ps.model_dump(exclude_none=True)
-        for name in _SAMPLER_PARAMETER_FIELDS:
-            if name in given:
-                params[name] = given[name]
-        if ps.chains is not None:
-            chains_field = method_spec(method).chains_field
-            if chains_field is None:
-                with_chains = ", ".join(methods_where("chains_field"))
-                raise APIError(
-                    400,
-                    f"power_sampling.chains applies to methods {with_chains}, not {method!r}",
-                    param="power_sampling.chains",
-                    code="invalid_value",
-                )
-            params[chains_field] = ps.chains
-        if ps.n is not None:
-            params["n"] = ps.n
-        if ps.answer_regex is not None:
-            if ps.select != "majority":
-                raise APIError(
-                    400,
-                    "power_sampling.answer_regex is used by select=majority only",
-                    param="power_sampling.answer_regex",
-                    code="invalid_value",
-                )
-            params["answer_extractor"] = regex_extractor(ps.answer_regex)
+    if body.method is None and body.temperature == 0:
+        method = ZERO_TEMPERATURE_METHOD  # what lm-eval and most frameworks mean by temperature 0
+    given = ps.model_dump(exclude_none=True) if ps is not None else {}
+    params.update({name: given[name] for name in _SAMPLER_PARAMETER_FIELDS if name in given})
+    try:
+        params.update(
+            knob_params(
+                method,
+                chains=given.get("chains"),
+                temperature=body.temperature,
+                proposal_temperature=given.get("proposal_temperature"),
+                n=given.get("n"),
+                select=given.get("select"),
+                answer_regex=given.get("answer_regex"),
+            )
+        )
+    except KnobError as exc:
+        param = exc.knob if exc.knob == "temperature" else f"power_sampling.{exc.knob}"
+        raise APIError(400, exc.for_param(param), param=param, code="invalid_value") from None
     try:
         validate_params(method, strict=True, **params)
     except (PowerSamplingError, ValueError) as exc:
@@ -168,41 +159,6 @@ def resolve_call(
         logprobs=requested_logprobs(body),
         generate=max_tokens > 0,
     )
-
-
-def apply_temperature(body: _SamplingFields, method: str, params: dict[str, Any]) -> str:
-    """What ``temperature`` means for each method, or a 400 naming it where it has no meaning; returns the method.
-
-    * no ``method`` and temperature 0: greedy (what lm-eval and most frameworks mean by it);
-    * otherwise as the registry's ``MethodSpec.temperature`` says: the sampling temperature (sample, best-of-n),
-      the proposal temperature (power, smc, scalable-power: the target stays p^alpha, any proposal gives the exact
-      ratio; 0 has no meaning there), only 0 (greedy), or none (low-temp: its temperature is 1/alpha).
-    """
-    temperature = body.temperature
-    if temperature is None:
-        return method
-    if body.method is None and temperature == 0:
-        return ZERO_TEMPERATURE_METHOD
-    role = method_spec(method).temperature
-    if role == "sampling":
-        params["temperature"] = temperature
-        return method
-    problem = None
-    if role == "zero":
-        problem = None if temperature == 0 else f"method {method} takes no temperature other than 0"
-    elif role == "proposal":
-        given = body.power_sampling.proposal_temperature if body.power_sampling is not None else None
-        if temperature == 0:
-            problem = f"temperature is {method}'s proposal temperature, which must be > 0 (use method greedy)"
-        elif given is not None and given != temperature:
-            problem = "temperature and power_sampling.proposal_temperature disagree; send one"
-        else:
-            params["proposal_temperature"] = temperature
-    else:
-        problem = f"method {method!r} has no temperature (low-temp samples at 1/alpha: set power_sampling.alpha)"
-    if problem:
-        raise APIError(400, problem, param="temperature", code="invalid_value")
-    return method
 
 
 def requested_logprobs(body: _SamplingFields) -> int | None:
@@ -249,28 +205,6 @@ def stop_strings(body: _SamplingFields, model: LanguageModel) -> StopStringConst
             400, f"model {model.name!r} has no tokenizer to read stop strings with", param="stop", code="unsupported"
         )
     return StopStringConstraint(model.tokenizer, stops)
-
-
-def regex_extractor(pattern: str) -> Callable[[str], str | None]:
-    """An answer extractor from a client's regular expression: the last match, or its first group."""
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise APIError(
-            400,
-            f"power_sampling.answer_regex is not a valid regular expression: {exc}",
-            param="power_sampling.answer_regex",
-            code="invalid_value",
-        ) from None
-
-    def extract(text: str) -> str | None:
-        matches = list(compiled.finditer(text))
-        if not matches:
-            return None
-        last = matches[-1]
-        return last.group(1) if compiled.groups else last.group(0)
-
-    return extract
 
 
 MAX_BATCH_PROMPTS = 64

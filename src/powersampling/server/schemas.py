@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from ..samplers import method_names, planner_routes
 from ..samplers.config import PowerSamplingConfig, default
+from ..samplers.params import config_bounds
 
 ScanName = PowerSamplingConfig.model_fields["scan"].annotation  # the MH scans, named once in the config
 
@@ -59,40 +60,57 @@ def _entry_point_defaults(schema: dict[str, Any]) -> None:
 
 
 class PowerSamplingParams(_Strict):
+    """The sampler settings a request may give; every bound is the config's own (``config_bounds``)."""
+
     model_config = ConfigDict(_Strict.model_config, json_schema_extra=_entry_point_defaults)
 
-    alpha: float | None = Field(None, gt=0, le=64, description="power of the target p^alpha")
-    n_mcmc: int | None = Field(None, ge=1, description="MH steps after each block")
-    block_size: int | None = Field(None, ge=1, le=100_000, description="tokens per block")
-    chains: int | None = Field(None, ge=1, description="independent MH chains (or SMC particles)")
-    n: int | None = Field(None, ge=1, description="candidates for best-of-n")
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    alpha: float | None = Field(None, **config_bounds("alpha"), description="power of the target p^alpha")
+    n_mcmc: int | None = Field(None, **config_bounds("n_mcmc"), description="MH steps after each block")
+    block_size: int | None = Field(None, **config_bounds("block_size"), description="tokens per block")
+    chains: int | None = Field(
+        None, **config_bounds("n_chains"), description="independent MH chains (or SMC particles)"
+    )
+    n: int | None = Field(None, **config_bounds("n"), description="candidates for best-of-n")
+    seed: int | None = Field(None, **config_bounds("seed"))
     deadline_s: float | None = Field(
         None,
-        gt=0,
-        le=86_400,
+        **config_bounds("deadline_s"),
         description="the client's time budget: when it runs out the best state so far is returned with status 200",
     )
-    proposal_temperature: float | None = Field(None, gt=0, le=100)
+    proposal_temperature: float | None = Field(None, **config_bounds("proposal_temperature"))
     scan: ScanName | None = None  # type: ignore[valid-type]
-    entropy_floor: float | None = Field(None, gt=0, le=1, description="power, scan=entropy: uniform share of cuts")
+    entropy_floor: float | None = Field(
+        None, **config_bounds("entropy_floor"), description="power, scan=entropy: uniform share of cuts"
+    )
     stop_after_rejections: int | None = Field(
         None,
-        ge=1,
+        **config_bounds("stop_after_rejections"),
         description="power, random/entropy scan: end a block after this many rejections in a row (not exact)",
     )
     defensive_weight: float | None = Field(
-        None, ge=0, le=1, description="power, smc: share of the flat component in each token's proposal (exact)"
+        None,
+        **config_bounds("defensive_weight"),
+        description="power, smc: share of the flat component in each token's proposal (exact)",
     )
     defensive_temperature: float | None = Field(
-        None, gt=0, le=100, description="power, smc: temperature of the defensive component (default 1)"
+        None,
+        **config_bounds("defensive_temperature"),
+        description="power, smc: temperature of the defensive component (default 1)",
     )
-    top_k: int | None = Field(None, ge=1, le=64, description="scalable-power: candidate tokens per position")
-    rollouts: int | None = Field(None, ge=1, le=64, description="scalable-power: rollouts per candidate")
-    horizon: int | None = Field(None, ge=1, description="scalable-power: tokens per rollout at most")
+    top_k: int | None = Field(
+        None, **config_bounds("top_k"), description="scalable-power: candidate tokens per position"
+    )
+    rollouts: int | None = Field(
+        None, **config_bounds("rollouts"), description="scalable-power: rollouts per candidate"
+    )
+    horizon: int | None = Field(
+        None, **config_bounds("horizon"), description="scalable-power: tokens per rollout at most"
+    )
     jackknife: bool | None = Field(None, description="scalable-power: jackknife the ratio estimate")
     entropy_threshold: float | None = Field(
-        None, ge=0, description="scalable-power: below this next-token entropy (nats), no rollouts"
+        None,
+        **config_bounds("entropy_threshold"),
+        description="scalable-power: below this next-token entropy (nats), no rollouts",
     )
     select: Literal["default", "majority"] | None = Field(
         None,
