@@ -27,7 +27,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         (["generate", "hi", "--model", "openai:gpt-4o", "--method", "sample"], "hosted chat API"),
         (["generate", "hi", "--model", "Anthropic:claude"], "cannot continue a token prefix"),
         (["generate", "   "], "empty"),
-        (["generate", "hi", "--method", "sample", "--chains", "2"], "--chains applies to methods power and smc"),
+        (["generate", "hi", "--method", "sample", "--chains", "2"], "--chains applies to methods power, smc"),
         (["generate", "hi", "--temperature", "0"], "--temperature is power's proposal temperature"),
         (["generate", "hi", "--answer-regex", "x"], "--answer-regex is used by a majority vote"),
         (["generate"], "Missing argument"),

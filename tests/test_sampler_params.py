@@ -28,7 +28,7 @@ def test_each_knob_sets_the_field_the_method_config_has():
 @pytest.mark.parametrize(
     "method, knobs, knob, words",
     [
-        ("sample", {"chains": 2}, "chains", "applies to methods power and smc"),
+        ("sample", {"chains": 2}, "chains", "applies to methods power, smc"),
         ("power", {"n": 2}, "n", "applies to best-of-n"),
         ("power", {"temperature": 0}, "temperature", "must be > 0"),
         ("power", {"temperature": 0.5, "proposal_temperature": 0.3}, "temperature", "disagree"),
@@ -76,4 +76,4 @@ def test_the_server_takes_what_the_config_takes_and_names_the_knob_it_refuses():
         chains = http.post("/v1/completions", json={**body, "method": "sample", "power_sampling": {"chains": 2}})
         error = chains.json()["error"]
         assert chains.status_code == 400 and error["param"] == "power_sampling.chains"
-        assert error["message"].startswith("power_sampling.chains applies to methods power and smc")
+        assert error["message"].startswith("power_sampling.chains applies to methods power, smc")

@@ -71,7 +71,7 @@ def knob_params(
             params[spec.chains_field] = chains
         elif strict:
             with_chains = methods_where("chains_field")
-            methods = _literal(" and ".join(with_chains))
+            methods = _literal(", ".join(with_chains))
             raise KnobError("chains", f"{{knob}} applies to methods {methods}, not {_literal(repr(method))}")
     if temperature is not None:
         params.update(_temperature(method, spec.temperature, temperature, proposal_temperature, strict))
