@@ -24,6 +24,7 @@ from ..samplers.base import majority_vote
 from ..samplers.result import Completion
 from ..samplers.votes import vote_stop_reason
 from .benchmarks import Benchmark
+from .runner import split_method
 
 DEFAULT_BUDGETS = (1, 2, 4, 8)
 VOTE_RULES = ("unbeatable", "posterior")
@@ -34,7 +35,7 @@ SELECTIONS = {"+vote": "majority", "+quality": "quality"}  # the fixed selection
 class Outcome:
     graded: dict  # ``correct`` and the grade's fields of the output returned
     tokens: int
-    samples: int
+    samples: int | None  # outputs drawn; None where a row does not say
 
     @property
     def correct(self) -> bool:
@@ -56,8 +57,9 @@ class CurvePoint:
         return float(np.mean([o.tokens for o in self.outcomes.values()])) if self.outcomes else 0.0
 
     @property
-    def mean_samples(self) -> float:
-        return float(np.mean([o.samples for o in self.outcomes.values()])) if self.outcomes else 0.0
+    def mean_samples(self) -> float | None:
+        samples = [o.samples for o in self.outcomes.values()]
+        return float(np.mean(samples)) if samples and None not in samples else None
 
     def summary(self, benchmark: Benchmark) -> dict:
         value, low, high = benchmark.curve_metric([o.graded for o in self.outcomes.values()])
@@ -194,7 +196,7 @@ def row_points(rows: Sequence[dict], methods: Sequence[str]) -> list[CurvePoint]
         point = CurvePoint(method, method)
         for r in rows:
             if r["method"] == method:
-                samples = int(r.get("samples_used") or 1)
+                samples = r.get("samples_used", 1 if split_method(method)[1] is None else None)
                 point.outcomes[r["problem_id"]] = Outcome(r, int(r["tokens_generated"]), samples)
         if point.outcomes:
             points.append(point)
@@ -240,7 +242,8 @@ def markdown_table(points: Sequence[CurvePoint], reference: CurvePoint | None, b
         low, high = s["ci95"]
         line = (
             f"| {p.label} | {p.problems} | {_number(s['value'], benchmark)} ({_number(low, benchmark)} - "
-            f"{_number(high, benchmark)}) | {p.mean_tokens:.0f} | {p.mean_samples:.2f} |"
+            f"{_number(high, benchmark)}) | {p.mean_tokens:.0f} | "
+            f"{'-' if p.mean_samples is None else f'{p.mean_samples:.2f}'} |"
         )
         if reference is not None:
             cmp = paired_against(reference, p, benchmark) if p is not reference else None
