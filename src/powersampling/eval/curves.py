@@ -24,6 +24,7 @@ from ..samplers.base import majority_vote
 from ..samplers.result import Completion
 from ..samplers.votes import vote_stop_reason
 from .benchmarks import Benchmark
+from .report import save_against_tokens
 from .runner import split_method
 
 DEFAULT_BUDGETS = (1, 2, 4, 8)
@@ -281,13 +282,4 @@ def plot_curves(points: Sequence[CurvePoint], path, title: str, benchmark: Bench
         n = "/".join(map(str, sorted({p.problems for p in members})))
         style = "o-" if len(members) > 1 else "o"
         ax.errorbar([p.mean_tokens for p in members], ys, yerr=err, fmt=style, capsize=3, label=f"{family} (n={n})")
-    ax.set_xscale("log")
-    ax.set_xlabel("decoded tokens per problem (log scale)")
-    ax.set_ylabel(f"{benchmark.curve_metric_name} (95% interval)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_against_tokens(fig, ax, path, title, f"{benchmark.curve_metric_name} (95% interval)", legend_size=7)

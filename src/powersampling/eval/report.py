@@ -156,13 +156,20 @@ def plot_accuracy_vs_cost(summary: dict, path: Path, title: str, benchmark: Benc
             label=f"{m} (n={s['problems']})",
         )
         ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_ylim(-0.02, 1.02)
+    return save_against_tokens(fig, ax, path, title, benchmark.plot_axis_label, legend_size=8)
+
+
+def save_against_tokens(fig, ax, path: Path, title: str, ylabel: str, legend_size: int = 8) -> Path:
+    """Label a metric-against-decoded-tokens plot (log x axis), save it to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("log")
     ax.set_xlabel("decoded tokens per problem (log scale)")
-    ax.set_ylabel(benchmark.plot_axis_label)
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=legend_size, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
