@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...agents.bfcl import tool_specs
 from ...errors import ConfigError
 from ...planner.tools import ToolsFileError, ToolSpec
 from ..datasets import Problem, package_dir
@@ -88,35 +89,6 @@ def parse_categories(text: str | Sequence[str] | None) -> tuple[str, ...]:
 def category_of(entry_id: str) -> str:
     """``simple_python_12`` -> ``simple_python``."""
     return entry_id.rsplit("_", 1)[0]
-
-
-# schemas
-
-
-def json_schema(bfcl: Any) -> Any:
-    """A BFCL parameter schema as JSON Schema: its types (dict, float, tuple, any, ...) through BFCL's own
-    ``GORILLA_TO_OPENAPI`` table, keywords JSON Schema does not have (``optional``) dropped."""
-    from bfcl_eval.constants.type_mappings import GORILLA_TO_OPENAPI
-
-    if isinstance(bfcl, list):
-        return [json_schema(s) for s in bfcl]
-    if not isinstance(bfcl, dict):
-        return bfcl
-    out = {}
-    for key, value in bfcl.items():
-        if key == "type":
-            out[key] = GORILLA_TO_OPENAPI.get(value, "string") if isinstance(value, str) else value
-        elif key == "properties":
-            out[key] = {name: json_schema(s) for name, s in value.items()}
-        elif key == "items":
-            out[key] = json_schema(value)
-        elif key != "optional":
-            out[key] = value
-    return out
-
-
-def tool_specs(functions: Sequence[dict]) -> tuple[ToolSpec, ...]:
-    return tuple(ToolSpec(f["name"], f.get("description", ""), json_schema(f.get("parameters", {}))) for f in functions)
 
 
 # the checker
