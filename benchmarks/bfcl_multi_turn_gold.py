@@ -31,8 +31,8 @@ def replay(item) -> dict:
         compare_states,
         ground_truth_instances,
         parse_call,
-        run_calls,
     )
+    from powersampling.agents.loop import run_calls
 
     env = Environment(item)
     executor = Executor(env.tools(), max_concurrency=1, timeout_s=30, validate_arguments=False)

@@ -18,8 +18,8 @@ from powersampling.agents.bfcl import (
     ground_truth_instances,
     load_multi_turn,
     parse_call,
-    run_calls,
 )
+from powersampling.agents.loop import result_text, run_calls
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,25 @@ def test_gold_calls_parse_with_positional_arguments_and_bad_ones_are_refused(ent
     for bad in ("sort(", "os.system('x')", "nope()", "sort(*x)", "sort(name=open('f'))"):
         with pytest.raises(ValueError):
             parse_call(bad, methods)
+
+
+def test_the_agent_loop_runs_a_models_calls_in_the_environment_and_feeds_back_the_results(entries):
+    from powersampling.agents.loop import AgentLoop
+    from test_server_openai import tiny_smol_model
+
+    item = next(i for i in entries.values() if i.entry["involved_classes"] == ["TradingBot"])
+    env = Environment(item)
+    executor = Executor(env.tools(), max_concurrency=1, validate_arguments=False)
+    # a random tiny model: "required" makes its one step a call (under "auto" it would mostly write text)
+    loop = AgentLoop(tiny_smol_model(), executor, method="sample", max_steps=1, max_calls=1, choice="required")
+    system = loop.messages[0]["content"]
+    assert "You can call these tools" in system and all(f"- {name}(" in system for name in executor.tools)
+    (step,) = loop.user_turn(item.entry["question"][0], seed=0)
+    assert step.complete and len(step.calls) == 1 and step.calls[0]["name"] in env.methods
+    (result,) = step.results
+    assert result.tool == step.calls[0]["name"] and result.status in ("ok", "error")
+    assert [m["role"] for m in loop.messages] == ["system", "user", "assistant", "tool"]
+    assert loop.messages[-1]["content"] == result_text(result)
+    decoded = [[[call_text(step.calls[0]["name"], step.calls[0]["arguments"])]]] + [[] for _ in item.ground_truth[1:]]
+    verdict = check_multi_turn(item, decoded)  # the checker executes what the model called; the gold needs more
+    assert verdict["valid"] is False and verdict["error_type"].startswith("multi_turn:")

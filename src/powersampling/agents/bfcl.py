@@ -14,7 +14,6 @@ and drops its instances afterwards, so every verdict starts from the entry's ini
 from __future__ import annotations
 
 import ast
-import asyncio
 import contextlib
 import copy
 import importlib
@@ -29,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..planner.dag import Task, TaskDAG
 from ..planner.tools import ToolSpec
-from .executor import CallResult, Executor
 
 BFCL_HINT = "pip install --no-deps bfcl-eval==2026.3.23"
 MULTI_TURN_CATEGORIES = ("multi_turn_base",)
@@ -135,29 +132,6 @@ def parse_call(text: str, functions: dict[str, Any]) -> tuple[str, dict[str, Any
 def call_text(name: str, arguments: dict[str, Any]) -> str:
     """A call in the Python syntax BFCL's checker executes."""
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in arguments.items())})"
-
-
-def run_calls(executor: Executor, calls: Sequence[tuple[str, dict[str, Any]]]) -> list[CallResult]:
-    """The calls one after the other (they share the environment's state, so order matters), each a one-call plan
-    for the executor: its timeout, captured errors, span and metrics apply."""
-    results = []
-    for i, (name, arguments) in enumerate(calls, start=1):
-        dag = TaskDAG("", [Task(f"t{i}", f"call {name}", tool=name, arguments=dict(arguments))])
-        results.extend(asyncio.run(executor.run(dag)).calls)
-    return results
-
-
-def result_text(result: CallResult) -> str:
-    """A call's result as the model reads it (BFCL's rendering: strings as they are, dicts as JSON)."""
-    if result.status != "ok":
-        return f"Error during execution: {result.error}"
-    output = result.output
-    if isinstance(output, str):
-        return output
-    try:
-        return json.dumps(output)
-    except (TypeError, ValueError):
-        return str(output)
 
 
 # schemas
