@@ -101,6 +101,8 @@ def test_irrelevance_takes_no_call(problems):
     assert no_call.correct and no_call.extracted == "no call"
     called = grade(entry, turn(("determine_body_mass_index", {"weight": 10.0, "height": 5.0})))
     assert not called.correct and called.fields["error_type"] == "irrelevance_error:decoder_success"
+    cut = grade(entry, '{"tool_calls": [{"name": "determine_body_mass_index", "argu')
+    assert not cut.correct and cut.fields["error_type"] == "incomplete_turn"
 
 
 def test_the_vote_compares_canonical_call_sets(problems):

@@ -7,8 +7,9 @@ pulls every provider SDK, torch and faiss, none of which scoring needs. Entries 
 
 Categories (``--categories``, default all five): ``simple_python``, ``multiple``, ``parallel``,
 ``parallel_multiple`` (graded by ``ast_checker``) and ``irrelevance`` (none of the offered functions fits: correct
-when the answer calls nothing, BFCL's rule). Problems of several categories are interleaved, one of each in turn,
-so ``--limit N`` takes about N / k of each of k categories.
+when the answer is a whole turn that calls nothing; a reply cut by the token cap is wrong in every category, where
+BFCL would count an undecodable reply as "no call"). Problems of several categories are interleaved, one of each
+in turn, so ``--limit N`` takes about N / k of each of k categories.
 
 Calls are produced as the server's ``tools`` parameter produces them (``planner.turns.ToolTurn``): the entry's
 functions, their BFCL types mapped to JSON Schema by BFCL's own ``GORILLA_TO_OPENAPI`` table, are described in the
@@ -118,12 +119,16 @@ def _ast_checker() -> Any:
         return ast_checker
 
 
-def check_calls(entry: dict, ground_truth: list, calls: list[dict] | None) -> dict:
+def check_calls(entry: dict, ground_truth: list, calls: list[dict] | None, complete: bool = True) -> dict:
     """BFCL's verdict on ``calls`` (``{"name", "arguments"}`` each; None: the answer called nothing) for an entry
-    of its category: ``{"valid": bool, "error": [...], "error_type": ...}``."""
+    of its category: ``{"valid": bool, "error": [...], "error_type": ...}``. ``complete`` False: the reply was cut
+    before it was a whole turn, which is wrong in every category (BFCL itself would count a reply it cannot decode
+    as "no call", right for irrelevance; a reply cut by the token cap is not an answer that calls nothing)."""
     from bfcl_eval.constants.enums import Language
 
     category = category_of(entry["id"])
+    if not complete:
+        return {"valid": False, "error": ["the reply is not a whole turn"], "error_type": "incomplete_turn"}
     if category == "irrelevance":
         if calls:
             return {"valid": False, "error": ["called a function"], "error_type": "irrelevance_error:decoder_success"}
@@ -257,12 +262,12 @@ class BFCL(Benchmark):
         item = problem.fields["bfcl"]
         content, calls = parse_turn(text)
         complete = content is not None or calls is not None
-        verdict = check_calls(item.entry, item.ground_truth, calls)
+        verdict = check_calls(item.entry, item.ground_truth, calls, complete)
         if verdict["valid"]:
             detail = "no call" if not calls else f"{len(calls)} call(s) accepted"
         else:
             errors = "; ".join(str(e) for e in verdict.get("error", []))[:300]
-            detail = f"{verdict.get('error_type')}: {errors}" + ("" if complete else " (incomplete turn)")
+            detail = f"{verdict.get('error_type')}: {errors}"
         fields = {
             "category": problem.fields["category"],
             "calls": calls,
