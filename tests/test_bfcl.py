@@ -54,6 +54,9 @@ def test_every_category_loads_interleaved_with_its_functions_as_tool_specs(probl
         if "type" in v
     }
     assert kinds <= {"string", "integer", "number", "boolean", "array", "object"}
+    for problem in problems.values():  # every entry's turn has its instructions and its grammar's schema
+        turn = get_benchmark("bfcl").turn(problem)
+        assert turn.instructions() and turn.schema()["anyOf"]
     chosen = load_problems("bfcl", 3, 0, categories="irrelevance,parallel")
     assert [p.problem_id for p in chosen] == ["irrelevance_0", "parallel_0", "irrelevance_1"]
 
