@@ -105,6 +105,8 @@ class Executor:
 
     ``timeout_s`` bounds each call; ``max_concurrency`` the calls running at once; ``planner`` (a ``Planner`` with
     the same tools) and ``max_replans`` enable replanning failed calls; ``model_name`` labels the metrics.
+    ``validate_arguments`` False calls the functions with the arguments as given, unchecked by their type hints (for
+    tools that check their own arguments, as BFCL's environments do).
     ``on_event(kind, call)`` hears ``"start"`` and ``"end"`` of every call (the CLI prints them).
     """
 
@@ -118,6 +120,7 @@ class Executor:
         max_replans: int = 1,
         model_name: str = "none",
         on_event: Callable[[str, CallResult], None] | None = None,
+        validate_arguments: bool = True,
     ) -> None:
         if not timeout_s > 0:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
@@ -126,7 +129,8 @@ class Executor:
         if max_replans < 0:
             raise ConfigError(f"max_replans must be >= 0, got {max_replans}")
         self.tools = {t.name: t for t in as_tool_specs(tuple(tools))}
-        self.functions = {name: _validated(t.function) for name, t in self.tools.items() if t.function is not None}
+        wrap = _validated if validate_arguments else (lambda function: function)
+        self.functions = {name: wrap(t.function) for name, t in self.tools.items() if t.function is not None}
         self.timeout_s = timeout_s
         self.max_concurrency = max_concurrency
         self.planner = planner

@@ -23,6 +23,9 @@ def eval_command(
         help="data folder of a benchmark that reads one (taskbench: tools.json, one records *.jsonl, optionally "
         "*_user_requests.jsonl); with --regrade, the folder the run used",
     ),
+    categories: str | None = typer.Option(
+        None, help="comma-separated categories of a benchmark that has them (bfcl; default: all its categories)"
+    ),
     methods: str = typer.Option(
         DEFAULT_METHODS,
         help="comma-separated methods of the sampler registry (generate --help lists them); METHOD+vote: a "
@@ -115,6 +118,7 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         best_of_n=best_of_n,
         data=data,
+        categories=categories,
     )
     extra = _check_before_loading(
         task, method_list, limit, shared, param, out, style, shots, exec_timeout, exec_memory_mb, threads

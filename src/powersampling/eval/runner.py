@@ -244,13 +244,14 @@ def check_arguments(
     best_of_n: int | None = None,
     extra_params: dict[str, Any] | None = None,
     data: str | Path | None = None,
+    categories: str | None = None,
 ) -> tuple[list[Problem], dict[str, Any]]:
     """Everything that can be checked before a model loads: names, ranges, sampler parameters, the data files.
     Returns the problems and the sampler parameters shared by all methods."""
     from ..samplers import validate_params
 
     benchmark = _validate(task, methods, limit)
-    problems = load_problems(task, limit, offset, data=data)
+    problems = load_problems(task, limit, offset, data=data, categories=categories)
     _check_selections(benchmark, methods, problems[0])
     max_new_tokens = max_new_tokens or benchmark.max_new_tokens(problems)
     block_size = block_size or benchmark.block_size(max_new_tokens)
@@ -344,6 +345,7 @@ def run_eval(
     best_of_n: int | None = None,
     offset: int = 0,
     data: str | Path | None = None,
+    categories: str | None = None,
     concurrency: int = 1,
     extra_params: dict[str, Any] | None = None,
     exec_limits: ExecLimits = ExecLimits(),
@@ -363,7 +365,15 @@ def run_eval(
         raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
     shared = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
     problems, base = check_arguments(
-        task, methods, limit, offset=offset, best_of_n=best_of_n, extra_params=extra_params, data=data, **shared
+        task,
+        methods,
+        limit,
+        offset=offset,
+        best_of_n=best_of_n,
+        extra_params=extra_params,
+        data=data,
+        categories=categories,
+        **shared,
     )
     model = _loaded(model, concurrency)
     benchmark = get_benchmark(task)

@@ -403,8 +403,10 @@ def type_label(schema: Mapping[str, Any]) -> str:
     if kind == "array":
         return f"list of {type_label(schema.get('items', {})) or 'string'}"
     if kind == "object":
+        if "properties" not in schema:
+            return "object"
         inner = ", ".join(_param_text(k, v, k in schema.get("required", ())) for k, v in schema["properties"].items())
-        return f"{{{inner}}}" if "properties" in schema else "object"
+        return f"{{{inner}}}"
     return str(kind or "any")
 
 

@@ -10,59 +10,16 @@ grammar also admits ``{"content": "..."}``, a text answer, returned as the messa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import LanguageModel
 from ..backends.constraints import JsonSchemaConstraint
 from ..errors import PowerSamplingError
-from ..planner.schema import tool_calls_from_turn, tool_turn_schema
-from ..planner.tools import ToolsFileError, ToolSpec, parse_tools, tool_catalog
+from ..planner.schema import tool_calls_from_turn
+from ..planner.tools import ToolsFileError, parse_tools
+from ..planner.turns import ToolTurn
 from .errors import APIError
 from .schemas import MAX_PARALLEL_CALLS, ChatCompletionRequest, ChatMessage, NamedToolChoice
-
-_TEXT_ANSWER = {
-    "type": "object",
-    "properties": {"content": {"type": "string"}},
-    "required": ["content"],
-    "additionalProperties": False,
-}
-
-
-@dataclass(frozen=True)
-class ToolTurn:
-    """What a tools request asks of the reply: ``choice`` is auto, required or the named function's name."""
-
-    tools: tuple[ToolSpec, ...]
-    choice: str
-    max_calls: int
-
-    @property
-    def allows_text(self) -> bool:
-        return self.choice == "auto"
-
-    def schema(self) -> dict[str, Any]:
-        named = self.choice not in ("auto", "required")
-        tools = [t for t in self.tools if t.name == self.choice] if named else list(self.tools)
-        turn = tool_turn_schema(tools, min_calls=1, max_calls=self.max_calls)
-        if not self.allows_text:
-            return turn
-        defs = turn.pop("$defs")
-        return {"anyOf": [turn, _TEXT_ANSWER], "$defs": defs}
-
-    def instructions(self) -> str:
-        calls = '{"tool_calls": [{"name": "<tool>", "arguments": {...}}]}'
-        lines = ["You can call these tools:", tool_catalog(self.tools), ""]
-        if self.choice == "auto":
-            lines.append(f'To call tools, answer with {calls}; otherwise answer with {{"content": "<your answer>"}}.')
-        elif self.choice == "required":
-            lines.append(f"Answer with {calls}.")
-        else:
-            named = calls.replace("<tool>", self.choice)
-            lines.append(f"Call {self.choice}: answer with {named}.")
-        if self.max_calls == 1:
-            lines.append("Make one call.")
-        return "\n".join(lines)
 
 
 def tool_turn(body: ChatCompletionRequest) -> ToolTurn | None:

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from ...errors import ConfigError
 from .base import STYLES, Benchmark, BenchmarkPrompt, ExecLimits, resolve_style
 
-BUILTIN_MODULES = ("gsm8k", "math500", "humaneval", "mbpp", "taskbench")
+BUILTIN_MODULES = ("gsm8k", "math500", "humaneval", "mbpp", "taskbench", "bfcl")
 ENTRY_POINT_GROUP = "powersampling.benchmarks"
 
 _lock = threading.RLock()

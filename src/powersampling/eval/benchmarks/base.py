@@ -60,6 +60,8 @@ class Benchmark:
     reads_data_folder: ClassVar[bool] = False  # its problems come from ``--data DIR`` rather than a package
     runs_programs: ClassVar[bool] = False  # grading executes generated code (needs the sandbox)
     plot_axis_label: ClassVar[str] = "accuracy (95% Wilson interval)"
+    # the categories ``--categories`` selects from; a benchmark that has them takes ``load(data, categories)``
+    categories: ClassVar[tuple[str, ...]] = ()
 
     # loading
 

@@ -1,0 +1,203 @@
+"""BFCL in the evaluation harness: the data loads by category, prompts carry the functions under the tools grammar,
+BFCL's own AST checker grades gold answers right and wrong ones wrong, irrelevance takes "no call", votes compare
+call sets, and an end-to-end run on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import needs_module
+
+needs_module("bfcl_eval", "pip install --no-deps bfcl-eval==2026.3.23")
+
+from powersampling.errors import ConfigError
+from powersampling.eval.benchmarks import ExecLimits, get_benchmark
+from powersampling.eval.datasets import load_problems
+
+
+def turn(*calls: tuple[str, dict]) -> str:
+    return json.dumps({"tool_calls": [{"name": n, "arguments": a} for n, a in calls]})
+
+
+def grade(problem, text):
+    return get_benchmark("bfcl").grade(problem, text, None, ExecLimits())
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return {p.problem_id: p for p in load_problems("bfcl")}
+
+
+def test_every_category_loads_interleaved_with_its_functions_as_tool_specs(problems):
+    ids = list(problems)
+    assert len(ids) == 400 + 200 + 200 + 200 + 240
+    assert ids[:6] == [
+        "simple_python_0",
+        "multiple_0",
+        "parallel_0",
+        "parallel_multiple_0",
+        "irrelevance_0",
+        "simple_python_1",
+    ]
+    tools = problems["simple_python_1"].fields["bfcl"].tools
+    assert [t.name for t in tools] == ["math.factorial"] and tools[0].properties["number"]["type"] == "integer"
+    # BFCL's own types become JSON Schema: float -> number, dict -> object, tuple -> array
+    kinds = {
+        v["type"]
+        for p in problems.values()
+        for t in p.fields["bfcl"].tools
+        for v in t.properties.values()
+        if "type" in v
+    }
+    assert kinds <= {"string", "integer", "number", "boolean", "array", "object"}
+    for problem in problems.values():  # every entry's turn has its instructions and its grammar's schema
+        turn = get_benchmark("bfcl").turn(problem)
+        assert turn.instructions() and turn.schema()["anyOf"]
+    chosen = load_problems("bfcl", 3, 0, categories="irrelevance,parallel")
+    assert [p.problem_id for p in chosen] == ["irrelevance_0", "parallel_0", "irrelevance_1"]
+
+
+@pytest.mark.parametrize(
+    "task, categories, message",
+    [
+        ("bfcl", "simple_python,nope", "unknown BFCL categories nope"),
+        ("bfcl", "parallel,parallel", "repeat"),
+        ("bfcl", " , ", "unknown BFCL categories (none)"),
+        ("gsm8k", "simple_python", "gsm8k has none"),
+    ],
+)
+def test_bad_categories_are_one_line_errors(task, categories, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_problems(task, 1, categories=categories)
+
+
+def test_gold_answers_are_correct_and_wrong_ones_are_not_through_bfcls_checker(problems):
+    simple = problems["simple_python_0"]  # calculate_triangle_area(base=10, height=5, unit optional)
+    assert grade(simple, turn(("calculate_triangle_area", {"base": 10, "height": 5}))).correct
+    assert grade(simple, turn(("calculate_triangle_area", {"base": 10, "height": 5, "unit": "units"}))).correct
+    wrong = grade(simple, turn(("calculate_triangle_area", {"base": 11, "height": 5})))
+    assert not wrong.correct and wrong.fields["error_type"] == "value_error:others"
+    twice = grade(simple, turn(*[("calculate_triangle_area", {"base": 10, "height": 5})] * 2))
+    assert not twice.correct and "wrong_count" in twice.detail
+    assert grade(problems["simple_python_1"], turn(("math.factorial", {"number": 5}))).correct  # dotted names
+    text_answer = grade(simple, json.dumps({"content": "The area is 25."}))
+    assert not text_answer.correct and text_answer.fields["error_type"] == "ast_decoder:no_call"
+    cut = grade(simple, '{"tool_calls": [{"name": "calculate_triangle_area", "arguments": {"base": 1')
+    assert not cut.correct and not cut.fields["complete_turn"] and cut.extracted is None
+    # parallel: any order of the calls
+    parallel = problems["parallel_0"]
+    calls = [
+        ("spotify.play", {"artist": "Taylor Swift", "duration": 20}),
+        ("spotify.play", {"artist": "Maroon 5", "duration": 15}),
+    ]
+    assert grade(parallel, turn(*calls)).correct and grade(parallel, turn(*calls[::-1])).correct
+    assert not grade(parallel, turn(calls[0])).correct
+
+
+def test_irrelevance_takes_no_call(problems):
+    entry = problems["irrelevance_0"]  # a triangle's area, offered only a BMI function
+    no_call = grade(entry, json.dumps({"content": "No function fits."}))
+    assert no_call.correct and no_call.extracted == "no call"
+    called = grade(entry, turn(("determine_body_mass_index", {"weight": 10.0, "height": 5.0})))
+    assert not called.correct and called.fields["error_type"] == "irrelevance_error:decoder_success"
+    cut = grade(entry, '{"tool_calls": [{"name": "determine_body_mass_index", "argu')
+    assert not cut.correct and cut.fields["error_type"] == "incomplete_turn"
+
+
+def test_the_vote_compares_canonical_call_sets(problems):
+    extract = get_benchmark("bfcl").answer_extractor(problems["parallel_0"])
+    a = turn(("spotify.play", {"artist": "A", "duration": 2}), ("spotify.play", {"duration": 3, "artist": "B"}))
+    b = turn(("spotify.play", {"artist": "B", "duration": 3}), ("spotify.play", {"duration": 2, "artist": "A"}))
+    assert extract(a) == extract(b) != extract(turn(("spotify.play", {"artist": "A", "duration": 2})))
+    assert extract(json.dumps({"content": "x"})) == extract(json.dumps({"content": "y"})) == "no call"
+    assert extract('{"tool_calls": [') is None
+
+
+def test_prompt_describes_the_functions_and_its_grammar_admits_the_gold_answer(problems):
+    from test_server_openai import tiny_smol_model
+
+    model = tiny_smol_model()
+    bench = get_benchmark("bfcl")
+    prompt = bench.prompt(problems["simple_python_1"], model, "chat", None)
+    assert "math.factorial" in prompt.text and "Calculate the factorial of 5" in prompt.text
+    gold = turn(("math.factorial", {"number": 5}))
+    assert prompt.constraint.accepts(model.tokenizer.encode(gold))
+    assert prompt.constraint.accepts(model.tokenizer.encode(json.dumps({"content": "none"})))
+    assert not prompt.constraint.accepts(model.tokenizer.encode(turn(("math.factorial", {"number": "five"}))))
+    assert not prompt.constraint.accepts(model.tokenizer.encode(turn(("math.gamma", {"number": 5}))))
+    # the same turn (auto: calls or text) for every category: the prompt never says which one an entry is in
+    irrelevant = bench.prompt(problems["irrelevance_0"], model, "chat", None)
+    assert (
+        prompt.text.split("You can call")[1].split("\n")[-1] == irrelevant.text.split("You can call")[1].split("\n")[-1]
+    )
+
+
+def test_greedy_and_a_vote_run_and_regrade_on_a_tiny_model(tmp_path):
+    from powersampling.eval.report import write_report
+    from powersampling.eval.results import read_rows, regrade_rows
+    from powersampling.eval.runner import run_eval
+    from test_server_openai import tiny_smol_model
+
+    out = tmp_path / "run"
+    summary = run_eval(
+        "bfcl",
+        ["greedy", "sample+vote"],
+        2,
+        tiny_smol_model(),
+        out,
+        categories="simple_python,irrelevance",
+        best_of_n=2,
+        max_new_tokens=48,
+        progress=False,
+    )
+    rows = read_rows(out / "results.jsonl")
+    assert {(r["problem_id"], r["method"]) for r in rows} == {
+        (p, m) for p in ("simple_python_0", "irrelevance_0") for m in ("greedy", "sample+vote")
+    }
+    for row in rows:
+        assert row["category"] == row["problem_id"].rsplit("_", 1)[0]
+    by_category = summary["methods"]["greedy"]["by_category"]
+    assert set(by_category) == {"simple_python", "irrelevance"} and all(
+        v["problems"] == 1 for v in by_category.values()
+    )
+    assert "Accuracy by BFCL category" in (out / "summary.md").read_text()
+    verdicts = [r["correct"] for r in rows]
+    assert regrade_rows(rows) == 0 and [r["correct"] for r in rows] == verdicts
+    write_report(out)
+
+
+def test_cli_refuses_bad_categories_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "powersampling.cli", "eval", "--task", "bfcl", "--categories", "simple,multiple"]
+        + ["--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "unknown BFCL categories simple" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_end_to_end_cli_on_the_embedded_model(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "powersampling.cli", "eval", "--task", "bfcl", "--categories", "parallel,irrelevance"]
+        + ["--methods", "greedy", "--limit", "2", "--threads", "1", "--no-progress", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["problem_id"] for r in rows] == ["parallel_0", "irrelevance_0"]
+    for row in rows:
+        content_or_calls = json.loads(row["text"]) if row["complete_turn"] else None
+        if content_or_calls is not None:
+            assert set(content_or_calls) in ({"tool_calls"}, {"content"})
+        assert row["grade_detail"]
+    assert "| greedy |" in result.stdout and "parallel" in result.stdout
