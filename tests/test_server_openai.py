@@ -3,6 +3,8 @@ before, n > 1, and fields that are honoured or refused by name."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -206,8 +208,6 @@ def test_chat_logprobs_are_the_model_log_p_of_the_returned_tokens(smol):
         ({"messages": [{"role": "user", "content": "1", "name": "bob"}]}, "messages.0.name"),
         ({"messages": [{"role": "user", "content": "1", "tool_calls": []}]}, "messages.0.tool_calls"),
         ({"max_tokens": 0}, "max_tokens"),
-        ({"n": 2, "stream": True}, "n"),
-        ({"logprobs": True, "stream": True}, "logprobs"),
     ],
 )
 def test_fields_without_a_meaning_are_refused_by_name(live, fields, param):
@@ -326,3 +326,23 @@ def test_power_n_is_chains_of_one_run_as_batched_rows(live):
     for choice, sample in zip(out.choices, local.samples):
         ended = sample.token_ids[-1] == 0 or constraint.start(sample.token_ids).is_finished()
         assert choice.finish_reason == ("stop" if ended else "length")
+
+
+def test_a_stream_carries_every_choice_with_its_logprobs(live):
+    """n > 1, logprobs and echo stream too: the final chunks hold the choices of the non-streamed body, one each."""
+    body = {"model": "toy-openai", "prompt": "1 2", "max_tokens": 4, "n": 2, "seed": 3, "logprobs": 1, "echo": True}
+    whole = post(live, "/v1/completions", body).json()["choices"]
+    with httpx.stream(
+        "POST",
+        live.url + "/v1/completions",
+        json={**body, "stream": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200
+        lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    streamed = [c for line in lines[:-1] for c in json.loads(line)["choices"]]
+    assert [c["index"] for c in streamed] == [0, 1]
+    for got, want in zip(streamed, whole):
+        assert got["text"] == want["text"] and got["logprobs"] == want["logprobs"]

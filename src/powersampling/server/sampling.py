@@ -17,12 +17,12 @@ from ..backends.base import LanguageModel, TokenConstraint, check_context_length
 from ..backends.constraints import JsonSchemaConstraint, StopStringConstraint
 from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
-from ..samplers import build_sampler, validate_params
+from ..samplers import build_sampler, method_names, validate_params
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError
 from .executor import Job
 from .logprobs import Scored, chat_logprobs, completion_logprobs, score, top_dict
-from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from .schemas import ChatCompletionRequest, CompletionRequest, PowerSamplingParams, _SamplingFields, implies
 from .scope import check_limits
 from .settings import ServerSettings
 from .tools import ToolTurn, chat_messages, read_turn, tool_grammar, tool_turn
@@ -110,6 +110,8 @@ def resolve_call(
     if n > settings.max_chains:
         raise APIError(400, f"n is at most {settings.max_chains} on this server", param="n", code="invalid_value")
     check_limits(ps, settings, max_tokens=max_tokens)
+    if body.max_tokens is not None and body.max_tokens != max_tokens:  # max_completion_tokens wins, both are capped
+        check_limits(None, settings, max_tokens=body.max_tokens)
     param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     try:
         check_context_length(model, len(prompt_ids), max_tokens)
@@ -170,6 +172,67 @@ def resolve_call(
 _PROPOSAL_METHODS = ("power", "smc", "scalable-power")
 
 
+def _sampler_name(field_name: str, method: str) -> str | None:
+    """The sampler parameter a ``power_sampling`` field sets under ``method`` (None: none, the field is refused)."""
+    if field_name == "chains":
+        return {"power": "n_chains", "smc": "n_particles"}.get(method)
+    if field_name == "answer_regex":
+        return "select"
+    return field_name
+
+
+def method_rules(default_method: str) -> list[dict[str, Any]]:
+    """What ``resolve_call`` and the method's config refuse, as JSON Schema ``if``/``then`` clauses for the published
+    request schemas: per method, the ``power_sampling`` fields it takes and what ``temperature`` may be. The method
+    is ``method``, else greedy for ``temperature: 0``, else the server's default."""
+    from ..samplers.registry import method_spec
+
+    unset = {"properties": {"method": {"type": "null"}}}
+    zero = {"required": ["temperature"], "properties": {"temperature": {"const": 0}}}
+    branches: list[dict[str, Any]] = []
+    for method in method_names():
+        known = method_spec(method).config.parameter_names()
+        fields = [f for f in PowerSamplingParams.model_fields if f != "deadline_s"]
+        refused = [f for f in fields if _sampler_name(f, method) not in known]
+        power_sampling: dict[str, Any] = {"properties": {f: {"type": "null"} for f in refused}}
+        checks: list[dict[str, Any]] = []
+        if "answer_regex" not in refused:
+            checks.append(
+                implies("answer_regex", None, {"required": ["select"], "properties": {"select": {"const": "majority"}}})
+            )
+        if method == "power":  # stop_after_rejections ends a sequential scan early (the default scan is sorted)
+            scan = {"required": ["scan"], "properties": {"scan": {"enum": ["random", "entropy"]}}}
+            checks.append(implies("stop_after_rejections", None, scan))
+        if checks:
+            power_sampling["allOf"] = checks
+        # object and number keywords hold for null as they are: no anyOf with null needed (the generator copes
+        # with few anyOf branches only)
+        then: dict[str, Any] = {"properties": {"power_sampling": power_sampling}}
+        if method == "greedy":
+            then["properties"]["temperature"] = {"enum": [None, 0]}
+        elif method in _PROPOSAL_METHODS:
+            # temperature is the proposal temperature: > 0, and not sent twice
+            no_second = {"properties": {"proposal_temperature": {"type": "null"}}}
+            then["properties"]["temperature"] = {"exclusiveMinimum": 0}
+            then["allOf"] = [implies("temperature", None, {"properties": {"power_sampling": no_second}})]
+        elif method == "best-of-n":  # temperature 0 would draw n identical greedy candidates
+            one = {
+                "required": ["power_sampling"],
+                "properties": {"power_sampling": {"required": ["n"], "properties": {"n": {"const": 1}}}},
+            }
+            then["allOf"] = [implies("temperature", {"const": 0}, one)]
+        elif method != "sample":
+            then["properties"]["temperature"] = {"type": "null"}
+        conditions = [{"required": ["method"], "properties": {"method": {"const": method}}}]
+        if method == "greedy":
+            conditions.append({"allOf": [unset, zero]})
+        if method == default_method:
+            conditions.append({"allOf": [unset, {"not": zero}]})
+        branches.append({"allOf": [{"anyOf": conditions}, then]})
+    # the conditions partition the requests (method is one of the names, or unset), so one branch applies
+    return [{"anyOf": branches}]
+
+
 def apply_temperature(body: _SamplingFields, method: str, params: dict[str, Any]) -> str:
     """What ``temperature`` means for each method, or a 400 naming it where it has no meaning; returns the method.
 
@@ -194,8 +257,8 @@ def apply_temperature(body: _SamplingFields, method: str, params: dict[str, Any]
         given = body.power_sampling.proposal_temperature if body.power_sampling is not None else None
         if temperature == 0:
             problem = f"temperature is {method}'s proposal temperature, which must be > 0 (use method greedy)"
-        elif given is not None and given != temperature:
-            problem = "temperature and power_sampling.proposal_temperature disagree; send one"
+        elif given is not None:
+            problem = "temperature and power_sampling.proposal_temperature are the same setting; send one"
         else:
             params["proposal_temperature"] = temperature
     else:
@@ -219,18 +282,18 @@ def response_grammar(body: _SamplingFields, model: LanguageModel) -> JsonSchemaC
     """``response_format`` as a JSON-schema grammar (xgrammar, as the planner uses): every method samples under its
     mask (see docs/server.md for the distribution each then draws from)."""
     fmt = body.response_format
+    if fmt is not None and (fmt.type == "json_schema") != (fmt.json_schema is not None):
+        raise APIError(
+            400,
+            "response_format json_schema goes with type json_schema only",
+            param="response_format",
+            code="invalid_value",
+        )
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
         schema: dict[str, Any] = {"type": "object"}
     else:
-        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-            raise APIError(
-                400,
-                "response_format json_schema needs json_schema.schema",
-                param="response_format",
-                code="invalid_value",
-            )
         schema = fmt.json_schema.schema_
     try:
         return JsonSchemaConstraint.for_model(model, schema)
@@ -293,7 +356,7 @@ def completion_prompts(
     ids, texts = [], []
     for one in batch:
         if isinstance(one, str):
-            if not one.strip():
+            if not one:
                 raise APIError(400, "the prompt is empty", param="prompt", code="invalid_value")
             ids.append(
                 _check_length(_encode(model, lambda tok, text=one: tok.encode(text), "prompt"), settings, "prompt")
@@ -316,9 +379,8 @@ def completion_prompts(
 
 
 def chat_prompt_ids(body: ChatCompletionRequest, model: LanguageModel, settings: ServerSettings) -> list[int]:
+    # empty messages are rendered as they are: the chat template's role markers are the prompt
     messages = chat_messages(body, tool_turn(body))
-    if not any(m["content"].strip() for m in messages):
-        raise APIError(400, "all messages are empty", param="messages", code="invalid_value")
     return _check_length(_encode(model, lambda tok: tok.chat_prompt(messages), "messages"), settings, "messages")
 
 
@@ -563,14 +625,17 @@ def chunk(
     }
 
 
-def final_choice(kind: str, call: SamplingCall, run: Run) -> dict[str, Any]:
+def final_choice(kind: str, model: LanguageModel, call: SamplingCall, i: int, run: Run) -> dict[str, Any]:
+    """Choice i of the streamed reply, in one chunk (MCMC may rewrite any token until the end): the choice of the
+    non-streamed body, its message as the ``delta``."""
+    choice = _choice(kind, model, call, i, run)
     if kind == "chat":
-        message, reason = assistant_message(call, 0, run)
-        delta: dict[str, Any] = {"content": message["content"]}
-        if "tool_calls" in message:
-            delta["tool_calls"] = [{"index": j, **c} for j, c in enumerate(message["tool_calls"])]
-        return {"index": 0, "delta": delta, "finish_reason": reason or finish_reason(run.result), "logprobs": None}
-    return {"index": 0, "text": run.text, "finish_reason": finish_reason(run.result), "logprobs": None}
+        delta = choice.pop("message")
+        delta.pop("role")
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{"index": j, **c} for j, c in enumerate(delta["tool_calls"])]
+        choice["delta"] = delta
+    return choice
 
 
 def progress_payload(event: ProgressEvent) -> dict[str, Any]:
