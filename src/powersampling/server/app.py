@@ -313,6 +313,7 @@ async def _serve_sampling(
                     count_request=False,
                 )
         payload = completion_body(kind, state.model, state.model_name, call, runs, scope.job)
+        scope.finish_reasons = [choice["finish_reason"] for choice in payload["choices"]]
         if server_cut:
             raise scope.deadline_error(payload)
         return JSONResponse(payload)
@@ -404,8 +405,9 @@ async def _stream(
                 )
         if server_cut:
             raise scope.deadline_error(completion_body(kind, scope.state.model, name, call, runs, job))
-        for i, run in enumerate(runs):
-            final = final_choice(kind, scope.state.model, call, i, run)
+        finals = [final_choice(kind, scope.state.model, call, i, run) for i, run in enumerate(runs)]
+        scope.finish_reasons = [final["finish_reason"] for final in finals]
+        for run, final in zip(runs, finals):
             yield _sse(chunk(kind, name, call, [final], power_sampling=run_metadata(run.result, job)))
         if include_usage:
             yield _sse(chunk(kind, name, call, [], usage=usage(call, runs)))
