@@ -148,11 +148,25 @@ def test_n_choices_are_independent_samples_with_usage_summed(smol):
     three = _chat(smol, "Name a color.", seed=4, method="sample", n=3)
     texts = [c["message"]["content"] for c in three["choices"]]
     assert [c["index"] for c in three["choices"]] == [0, 1, 2]
-    assert texts[0] == one["choices"][0]["message"]["content"]  # choice 0 carries the request's seed
     assert len(set(texts)) == 3
     per_choice = three["power_sampling"]["choices"]
+    # the rows of one batched draw, reproducible from the seed
+    assert [c["batched_rows"] for c in per_choice] == [3, 3, 3] and {c["method"] for c in per_choice} == {"sample"}
+    again = _chat(smol, "Name a color.", seed=4, method="sample", n=3)
+    assert [c["message"]["content"] for c in again["choices"]] == texts
     assert three["usage"]["completion_tokens"] == sum(c["final_tokens"] for c in per_choice)
     assert three["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+
+
+def test_n_low_temp_choices_are_batched_rows_and_greedy_is_decoded_once(smol):
+    low = _chat(smol, "Name a color.", seed=5, method="low-temp", n=2)
+    assert [c["batched_rows"] for c in low["power_sampling"]["choices"]] == [2, 2]
+    assert {c["temperature"] for c in low["power_sampling"]["choices"]} == {0.25}  # 1/alpha, alpha 4 by default
+    greedy = _chat(smol, "Name a color.", method="greedy", n=2)
+    one = _chat(smol, "Name a color.", method="greedy")
+    texts = {c["message"]["content"] for c in greedy["choices"]}
+    assert texts == {one["choices"][0]["message"]["content"]}
+    assert greedy["usage"]["completion_tokens"] == 2 * one["usage"]["completion_tokens"]
 
 
 def test_echo_returns_the_prompt_log_probabilities_of_the_model(smol):

@@ -436,17 +436,39 @@ def run_call(
     """Runs in a worker thread: every prompt's n samples. Returns the runs and whether the server's deadline (not
     the client's own budget) cut one short.
 
-    Power sampling's n samples are n chains of one run, decoded as batched rows (choice i is chain i's final
-    state), unless the request already asks for chains or a selection among them; other methods run n times, one
-    after another."""
+    The n samples are decoded as batched rows where the method allows: power sampling's as n chains of one run
+    (choice i is chain i's final state) unless the request already asks for chains; sample's and low-temp's as the
+    n candidates of one batched draw at the method's temperature; greedy's (and temperature 0's) once, as it is
+    deterministic. Other methods, and any with ``select``, run n times one after another."""
     runs, server_cut = [], False
-    batched = call.generate and call.n > 1 and call.method == "power"
-    batched = batched and "n_chains" not in call.params and call.params.get("select") in (None, "default")
+    several = call.generate and call.n > 1 and call.params.get("select") in (None, "default")
+    chains = several and call.method == "power" and "n_chains" not in call.params
+    temperature = None  # of the methods that draw from one token law per step: greedy (0), sample, low-temp
+    if several and call.method in ("sample", "low-temp", "greedy"):
+        temperature = validate_params(call.method, **call.params).temperature
+    rows = temperature is not None and temperature > 0
+    once = temperature == 0
     for index, prompt in enumerate(call.prompts):
-        if batched:
+        if chains:
             result, cut = _sample(model, model_name, call, job, prompt, call.run_seed(0), forward, n_chains=call.n)
             server_cut = server_cut or cut
             runs.extend(_finish_run(model, call, index, prompt, one) for one in chain_results(model, call, result))
+            continue
+        if rows:
+            # the candidates of one best-of-n draw at the method's temperature are n independent samples of it
+            params = {k: v for k, v in call.params.items() if k in ("max_new_tokens", "seed")}
+            draw = SamplingCall(
+                "best-of-n", {**params, "n": call.n, "temperature": temperature}, prompt, call.client_budget_s
+            )
+            draw.stop, draw.grammar = call.stop, call.grammar
+            result, cut = _sample(model, model_name, draw, job, prompt, call.run_seed(0), forward)
+            server_cut = server_cut or cut
+            runs.extend(_finish_run(model, call, index, prompt, one) for one in candidate_results(model, call, result))
+            continue
+        if once:
+            result, cut = _sample(model, model_name, call, job, prompt, call.run_seed(0), forward)
+            server_cut = server_cut or cut
+            runs.extend([_finish_run(model, call, index, prompt, result)] * call.n)
             continue
         for j in range(call.n if call.generate else 1):
             result = None
@@ -471,6 +493,35 @@ def chain_results(model: LanguageModel, call: SamplingCall, result: SampleResult
         if metadata.get("stopped_by") != "deadline":
             metadata["stopped_by"] = "eos" if stopped else "length"
         out.append(SampleResult(tokens, completion.text, np.zeros(0), result.method, metadata, [completion]))
+    return out
+
+
+def candidate_results(model: LanguageModel, call: SamplingCall, result: SampleResult) -> list[SampleResult]:
+    """One result per candidate of a batched draw, labelled with the requested method (its temperature, tokens and
+    ending its own); log-probabilities are scored again when asked for, as for chains."""
+    out = []
+    constraint = call.constraint
+    shared = {
+        k: result.metadata[k] for k in ("seed", "latency_ms", "backend_calls", "constrained") if k in result.metadata
+    }
+    for completion in result.samples:
+        tokens = list(completion.token_ids)
+        stopped = bool(tokens) and (
+            tokens[-1] in model.stop_token_ids or (constraint is not None and constraint.start(tokens).is_finished())
+        )
+        metadata = {
+            "method": call.method,
+            "temperature": result.metadata.get("temperature"),
+            "batched_rows": len(result.samples),
+            "tokens_generated": len(tokens),
+            "final_tokens": len(tokens),
+            "complete": completion.complete,
+            "stopped_by": "eos" if stopped else "length",
+            **shared,
+        }
+        if result.metadata.get("stopped_by") == "deadline" and not completion.complete:
+            metadata["stopped_by"] = "deadline"
+        out.append(SampleResult(tokens, completion.text, np.zeros(0), call.method, metadata, [completion]))
     return out
 
 
