@@ -218,7 +218,9 @@ def method_rules(default_method: str) -> list[dict[str, Any]]:
         elif method == "best-of-n":  # temperature 0 would draw n identical greedy candidates
             one = {
                 "required": ["power_sampling"],
-                "properties": {"power_sampling": {"required": ["n"], "properties": {"n": {"const": 1}}}},
+                "properties": {
+                    "power_sampling": {"type": "object", "required": ["n"], "properties": {"n": {"const": 1}}}
+                },
             }
             then["allOf"] = [implies("temperature", {"const": 0}, one)]
         elif method != "sample":
