@@ -143,7 +143,7 @@ def test_taskbench_format_keeps_its_prompt_text(tmp_path):
         ),
         ({"name": "f", "parameters": {"type": "array"}}, "of type object"),
         ({"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "str"}}}}, "unknown type"),
-        ({"name": "f", "parameters": {"type": "object", "properties": {}, "required": ["b"]}}, "not declared"),
+        ({"name": "f", "parameters": {"type": "object", "properties": {}, "required": [5]}}, "list property names"),
         ({"type": "function", "function": {"name": 'bad"name'}}, "not 1-64 characters"),
         (42, "neither a name"),
     ],
@@ -152,6 +152,11 @@ def test_bad_tools_are_one_line_errors(item, message):
     with pytest.raises(ToolsFileError, match="tool 1") as info:
         parse_tools([item])
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_required_name_without_a_declaration_takes_any_value():
+    (spec,) = parse_tools([{"name": "f", "parameters": {"type": "object", "properties": {}, "required": ["b"]}}])
+    assert spec.parameters["properties"] == {"b": {}} and spec.parameters["required"] == ["b"]
 
 
 def test_callables_the_plan_cannot_call_by_name_are_refused():

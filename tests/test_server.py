@@ -182,6 +182,9 @@ def test_bad_prompts_and_unknown_model(live):
     with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
         c.completions.create(model="toy-live", prompt=[1, 99])
     with pytest.raises(openai.BadRequestError, match="empty"):
+        c.completions.create(model="toy-live", prompt="")
+    # whitespace is a prompt where the tokenizer reads it; this toy one (ids between spaces) reads nothing there
+    with pytest.raises(openai.BadRequestError, match="tokenizes to nothing"):
         c.completions.create(model="toy-live", prompt="   ")
     with pytest.raises(openai.BadRequestError):
         c.chat.completions.create(model="toy-live", messages=[])

@@ -3,6 +3,8 @@ before, n > 1, and fields that are honoured or refused by name."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -146,11 +148,25 @@ def test_n_choices_are_independent_samples_with_usage_summed(smol):
     three = _chat(smol, "Name a color.", seed=4, method="sample", n=3)
     texts = [c["message"]["content"] for c in three["choices"]]
     assert [c["index"] for c in three["choices"]] == [0, 1, 2]
-    assert texts[0] == one["choices"][0]["message"]["content"]  # choice 0 carries the request's seed
     assert len(set(texts)) == 3
     per_choice = three["power_sampling"]["choices"]
+    # the rows of one batched draw, reproducible from the seed
+    assert [c["batched_rows"] for c in per_choice] == [3, 3, 3] and {c["method"] for c in per_choice} == {"sample"}
+    again = _chat(smol, "Name a color.", seed=4, method="sample", n=3)
+    assert [c["message"]["content"] for c in again["choices"]] == texts
     assert three["usage"]["completion_tokens"] == sum(c["final_tokens"] for c in per_choice)
     assert three["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+
+
+def test_n_low_temp_choices_are_batched_rows_and_greedy_is_decoded_once(smol):
+    low = _chat(smol, "Name a color.", seed=5, method="low-temp", n=2)
+    assert [c["batched_rows"] for c in low["power_sampling"]["choices"]] == [2, 2]
+    assert {c["temperature"] for c in low["power_sampling"]["choices"]} == {0.25}  # 1/alpha, alpha 4 by default
+    greedy = _chat(smol, "Name a color.", method="greedy", n=2)
+    one = _chat(smol, "Name a color.", method="greedy")
+    texts = {c["message"]["content"] for c in greedy["choices"]}
+    assert texts == {one["choices"][0]["message"]["content"]}
+    assert greedy["usage"]["completion_tokens"] == 2 * one["usage"]["completion_tokens"]
 
 
 def test_echo_returns_the_prompt_log_probabilities_of_the_model(smol):
@@ -206,8 +222,6 @@ def test_chat_logprobs_are_the_model_log_p_of_the_returned_tokens(smol):
         ({"messages": [{"role": "user", "content": "1", "name": "bob"}]}, "messages.0.name"),
         ({"messages": [{"role": "user", "content": "1", "tool_calls": []}]}, "messages.0.tool_calls"),
         ({"max_tokens": 0}, "max_tokens"),
-        ({"n": 2, "stream": True}, "n"),
-        ({"logprobs": True, "stream": True}, "logprobs"),
     ],
 )
 def test_fields_without_a_meaning_are_refused_by_name(live, fields, param):
@@ -326,3 +340,23 @@ def test_power_n_is_chains_of_one_run_as_batched_rows(live):
     for choice, sample in zip(out.choices, local.samples):
         ended = sample.token_ids[-1] == 0 or constraint.start(sample.token_ids).is_finished()
         assert choice.finish_reason == ("stop" if ended else "length")
+
+
+def test_a_stream_carries_every_choice_with_its_logprobs(live):
+    """n > 1, logprobs and echo stream too: the final chunks hold the choices of the non-streamed body, one each."""
+    body = {"model": "toy-openai", "prompt": "1 2", "max_tokens": 4, "n": 2, "seed": 3, "logprobs": 1, "echo": True}
+    whole = post(live, "/v1/completions", body).json()["choices"]
+    with httpx.stream(
+        "POST",
+        live.url + "/v1/completions",
+        json={**body, "stream": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200
+        lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    streamed = [c for line in lines[:-1] for c in json.loads(line)["choices"]]
+    assert [c["index"] for c in streamed] == [0, 1]
+    for got, want in zip(streamed, whole):
+        assert got["text"] == want["text"] and got["logprobs"] == want["logprobs"]

@@ -15,6 +15,7 @@ from powersampling.planner.tools import parse_tools
 from powersampling.server.schemas import ChatCompletionResponse
 from test_server import KEY, client, serve
 from test_server_openai import post, tiny_smol_model
+from test_server_tracing import spans  # noqa: F401 (a fixture)
 
 WEATHER = {
     "type": "object",
@@ -219,7 +220,7 @@ def _with(**fields):
 @pytest.mark.parametrize(
     "body, param",
     [
-        (_with(tools=[{"type": "function", "function": {"name": "x", "parameters": {"type": "array"}}}]), "tools"),
+        (_with(tools=[{"type": "function", "function": {"name": "x", "parameters": {"type": "array"}}}]), "tools.0"),
         (_with(tools=[{"type": "function", "function": {"name": "bad name"}}]), "tools.0.function.name"),
         (_with(tools=[{"type": "retrieval"}]), "tools.0.type"),
         (
@@ -230,12 +231,7 @@ def _with(**fields):
         (_with(tool_choice="required"), "tool_choice"),
         (_with(parallel_tool_calls=False), "parallel_tool_calls"),
         (_with(tools=TOOLS, response_format={"type": "json_object"}), "response_format"),
-        (
-            _with(
-                messages=[*MESSAGES, {"role": "tool", "tool_call_id": "call_x", "content": "1"}, *MESSAGES],
-            ),
-            "messages.1.tool_call_id",
-        ),
+        (_with(messages=[{"role": "tool", "content": "1"}]), "messages.0.tool_call_id"),
     ],
 )
 def test_bad_tools_are_400_naming_the_field(smol, body, param):
@@ -274,3 +270,21 @@ def test_n_logprobs_stop_and_seed_through_the_sdk(smol):
     ask(seed=10, extra_body={"method": "smc", "power_sampling": {"chains": 3}})
     again.append(ask(seed=9, extra_body=power).choices[0].message.content)
     assert len(set(again)) == 1
+
+
+def test_the_request_span_records_tool_calls_as_the_finish_reason(smol, spans):
+    spans.clear()
+    out = sdk(smol).chat.completions.create(
+        model="tiny-smol",
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=ONE_CALL_TOKENS,
+        seed=2,
+        n=2,
+        extra_body={"method": "sample"},
+    )
+    assert [c.finish_reason for c in out.choices] == ["tool_calls", "tool_calls"]
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "chat tiny-smol"]
+    assert tuple(span.attributes["gen_ai.response.finish_reasons"]) == ("tool_calls", "tool_calls")

@@ -13,6 +13,7 @@ from powersampling.backends.vllm_backend import (
     check_request,
     draw_arguments,
     engine_arguments,
+    finish_row,
     load_vllm,
     scoring_arguments,
     vllm_available,
@@ -103,6 +104,32 @@ def test_constraints_are_refused_with_the_alternatives_named():
 
     with pytest.raises(CapabilityError, match=r"transformers or llama\.cpp"):
         check_request(ContinuationRequest([1, 2], 4, generated_start=2, constraint=AnyConstraint()))
+
+
+def test_stop_strings_are_accepted_and_cut_the_row_after_the_completing_token():
+    """A stop string masks nothing: the row is decoded as usual and cut after the token whose text completes it,
+    with the same log p and log q; a stop string inside a grammar masks, so it is refused like the grammar."""
+    import numpy as np
+
+    from powersampling import FunctionLM
+    from powersampling.backends.constraints import StopStringConstraint
+
+    tok = FunctionLM(9, 0, lambda prefix: np.zeros(9)).tokenizer  # text: the ids joined by spaces
+    stop = StopStringConstraint(tok, ["5 1"])
+    check_request(ContinuationRequest([1, 2], 4, generated_start=1, constraint=stop))
+    with pytest.raises(CapabilityError, match="constraint"):
+        check_request(ContinuationRequest([1, 2], 4, constraint=StopStringConstraint(tok, ["5"], within=stop)))
+
+    logp, logq = np.array([-1.0, -2.0, -3.0, -4.0, -5.0]), np.array([-0.5, -1.5, -2.5, -3.5, -4.5])
+    # "3 5" was generated before this call: the stop string spans the call boundary and token 1 completes it
+    cont = finish_row([1, 4, 6, 7, 8], logp, logq, frozenset({0}), stop, [3, 5], interrupted=False)
+    assert cont.token_ids == [1] and cont.stopped and list(cont.logp) == [-1.0] and list(cont.logq) == [-0.5]
+    cont = finish_row([2, 5, 1, 7, 0], logp, logq, frozenset({0}), stop, [], interrupted=False)
+    assert cont.token_ids == [2, 5, 1] and cont.stopped and list(cont.logq) == [-0.5, -1.5, -2.5]
+    cont = finish_row([2, 3, 0], logp[:3], logq[:3], frozenset({0}), stop, [], interrupted=False)
+    assert cont.token_ids == [2, 3, 0] and cont.stopped  # no stop string: the stop token ends it
+    cont = finish_row([2, 3], logp[:2], logq[:2], frozenset({0}), stop, [], interrupted=True)
+    assert not cont.stopped and cont.interrupted
 
 
 def test_requests_need_a_prompt_and_must_fit_the_context():

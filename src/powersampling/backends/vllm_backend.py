@@ -22,8 +22,11 @@ log p and log q come from two forward passes (a decode step and a prefill). They
 forward pass to ~1e-5 in float32 (measured on CPU); in bf16 on GPU expect bf16 rounding. MH only needs q to be the
 density the proposal was drawn from (it is: it is read from the sampler's own tensor) and p a function of the sequence.
 
-Token constraints are refused (``CapabilityError``): a masked target needs the normalizer over the allowed set at
-every step, which neither vLLM output gives. Use the transformers or llama.cpp backend for constrained sampling.
+Token constraints that mask are refused (``CapabilityError``): a masked target needs the normalizer over the allowed
+set at every step, which neither vLLM output gives. Use the transformers or llama.cpp backend for constrained
+sampling. Stop strings (a ``StopStringConstraint`` without a grammar) mask nothing, so they are honoured exactly: a
+row is decoded as usual and cut after the token that completes a stop string (``finish_row``); the tokens past it
+never influenced the ones before.
 
 vllm is imported lazily: this module imports (and its argument mapping is testable) without vllm installed.
 """
@@ -48,6 +51,7 @@ import numpy as np
 
 from ..errors import CapabilityError, ConfigError, ModelLoadError
 from .base import Continuation, ContinuationRequest
+from .constraints import StopStringConstraint
 
 INSTALL_HINT = (
     "install vLLM: pip install 'powersampling[vllm]' on a GPU machine, or the CPU build "
@@ -175,9 +179,13 @@ def scoring_arguments(*, read_cache: bool) -> dict[str, Any]:
     }
 
 
+def _stop_strings_only(constraint) -> bool:
+    return isinstance(constraint, StopStringConstraint) and constraint.within is None
+
+
 def check_request(request: ContinuationRequest, max_model_len: int | None = None) -> None:
     """Refuse what the vLLM backend cannot do exactly, with a message that says what to do instead."""
-    if request.constraint is not None:
+    if request.constraint is not None and not _stop_strings_only(request.constraint):
         raise CapabilityError(
             "the vLLM backend cannot apply a token constraint exactly (the masked log p needs every step's "
             "normalizer over the allowed tokens, which vLLM does not report); use the transformers or llama.cpp "
@@ -319,7 +327,7 @@ class VLLMLM:
                 raise
             if call.error is not None:
                 raise call.error
-        return [self._continuation(rows.get(i)) for i in range(len(requests))]
+        return [self._continuation(rows.get(i), requests[i]) for i in range(len(requests))]
 
     def close(self) -> None:
         """Stop the engine-driving thread (the engine itself is released with the ``vllm.LLM`` object)."""
@@ -466,16 +474,30 @@ class VLLMLM:
         row.logp = logp
         self.scored_tokens += len(row.prefix) + len(row.tokens) - (cached or 0)
 
-    def _continuation(self, row: _Row | None) -> Continuation:
+    def _continuation(self, row: _Row | None, request: ContinuationRequest) -> Continuation:
         if row is None:
             return Continuation([], np.zeros(0), np.zeros(0))
         logq = np.asarray(row.logq, dtype=np.float64)
         if len(logq) != len(row.tokens) or row.logp is None or len(row.logp) != len(row.tokens):
             raise RuntimeError(f"vLLM returned incomplete log-probabilities for a row of {len(row.tokens)} tokens")
-        stopped = bool(row.tokens) and row.tokens[-1] in self.stop_token_ids
-        return Continuation(
-            list(row.tokens), row.logp, logq, stopped=stopped, interrupted=row.interrupted and not stopped
-        )
+        before = list(request.prefix[request.generated_start :])
+        return finish_row(row.tokens, row.logp, logq, self.stop_token_ids, request.constraint, before, row.interrupted)
+
+
+def finish_row(tokens, logp, logq, stop_token_ids, constraint, generated_before, interrupted: bool) -> Continuation:
+    """A decoded row as a ``Continuation``, cut after the token that completes a stop string when ``constraint``
+    (stop strings only) has one: it masks nothing, so the kept tokens and their log p and log q are exactly what a
+    decoder stopping there would have produced."""
+    tokens = list(tokens)
+    if constraint is not None and tokens:
+        state = constraint.start(list(generated_before))
+        for i, token in enumerate(tokens):
+            state.advance(int(token))
+            if state.is_finished():
+                tokens, logp, logq = tokens[: i + 1], logp[: i + 1], logq[: i + 1]
+                return Continuation(tokens, logp, logq, stopped=True)
+    stopped = bool(tokens) and tokens[-1] in stop_token_ids
+    return Continuation(tokens, logp, logq, stopped=stopped, interrupted=interrupted and not stopped)
 
 
 def _get_nowait(inbox: queue.SimpleQueue):

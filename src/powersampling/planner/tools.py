@@ -372,9 +372,11 @@ def _normalize(schema: Any, defs: Mapping[str, Any], where: str, seen: tuple[str
             if not _NAME.match(key):
                 raise ToolsFileError(f"{where}: the property name {key!r} needs escapes")
         out["properties"] = {k: _normalize(v, defs, f"{where}.{k}", seen) for k, v in props.items()}
-        required = out.get("required", [])
-        if not isinstance(required, list) or any(r not in props for r in required):
-            raise ToolsFileError(f"{where}: required names a property that is not declared")
+    required = out.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) and _NAME.match(r) for r in required):
+        raise ToolsFileError(f"{where}: required must list property names")
+    for name in required:  # required but not declared: any value (JSON Schema's meaning)
+        out.setdefault("properties", {}).setdefault(name, {})
     if "items" in out:
         if isinstance(out["items"], list):
             raise ToolsFileError(f"{where}: tuple-form items are not supported")

@@ -62,7 +62,7 @@ def knob_params(
     strict: bool = True,
 ) -> dict[str, Any]:
     """The config fields of ``method`` that the knobs set (None: not given); ``proposal_temperature`` is the
-    method's own field when a request also names it, which must then agree with ``temperature``."""
+    method's own field when a request also names it, which ``temperature`` may then not set again."""
     spec = method_spec(method)
     config = spec.config
     params: dict[str, Any] = {}
@@ -98,8 +98,8 @@ def _temperature(method: str, role: str, temperature: float, given: float | None
         if temperature == 0:
             problem = f"{{knob}} is {_literal(method)}'s proposal temperature, which must be > 0 (use method greedy)"
             raise KnobError("temperature", problem)
-        if given is not None and given != temperature:
-            raise KnobError("temperature", "{knob} and the proposal temperature disagree; give one")
+        if given is not None:
+            raise KnobError("temperature", "{knob} and the proposal temperature are the same setting; give one")
         return {"proposal_temperature": temperature}
     if strict and role == "zero" and temperature != 0:
         raise KnobError("temperature", f"method {_literal(method)} takes no {{knob}} other than 0")

@@ -30,12 +30,14 @@ from .executor import SamplingExecutor
 from .middleware import install_middleware
 from .planning import PlanService
 from .sampling import (
+    MAX_BATCH_PROMPTS,
     SamplingCall,
     chat_prompt_ids,
     chunk,
     completion_body,
     completion_prompts,
     final_choice,
+    method_rules,
     progress_payload,
     resolve_call,
     run_call,
@@ -43,12 +45,17 @@ from .sampling import (
     usage,
 )
 from .schemas import (
+    JSON_SCHEMA_SUBSET,
+    SUBSET_MARK,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
     PlanRequest,
+    json_schema_subset_definition,
+    subset_schema,
+    tool_rule,
 )
 from .scope import DEADLINE_GRACE_S, RequestScope, job_result, status_for
 from .settings import ServerSettings
@@ -69,11 +76,19 @@ _ERRORS = {
 }
 
 
+# one Server-Sent Event: its data is a JSON chunk, or [DONE] at the end
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def _ok(model: type) -> dict[str, Any]:
     return {
         "model": model,
         "description": "the completion; with stream: true, Server-Sent Events of chunks ending in data: [DONE]",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     }
 
 
@@ -112,7 +127,7 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         app, model_name=state.model_name, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes
     )
 
-    _truthful_openapi(app, state.model_name)
+    _truthful_openapi(app, state)
     if settings.docs:
         install_docs(app)
 
@@ -146,7 +161,12 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
         ids = chat_prompt_ids(body, state.model, settings)
         return await _serve_sampling(state, request, "chat", body, [ids], [None])
 
-    @app.post("/v1/plan", responses={**_ERRORS, 422: {"model": ErrorResponse, "description": "no plan produced"}})
+    # the planner samples under a grammar: a model without one cannot plan, and the schema does not offer it
+    @app.post(
+        "/v1/plan",
+        responses={**_ERRORS, 422: {"model": ErrorResponse, "description": "no plan produced"}},
+        include_in_schema=_has_grammar(model),
+    )
     async def plan(body: PlanRequest, request: Request):
         if body.model is not None:
             _check_model(state, body.model)
@@ -155,24 +175,86 @@ def create_app(model: LanguageModel, settings: ServerSettings | None = None) -> 
     return app
 
 
-def _truthful_openapi(app: FastAPI, model_name: str) -> None:
+def _truthful_openapi(app: FastAPI, state: ServerState) -> None:
     """The published schema as the server checks requests: integer bounds as integers (pydantic writes 2**63 as a
-    float), and ``model`` as the one served id."""
+    float), ``model`` as the one served id, this server's caps and the model's vocabulary as bounds, the JSON Schema
+    subset the grammar compiler reads, and per method the fields it takes (``method_rules``)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            _walk(schema, model_name)
+            _walk(schema, state.model_name)
+            _server_bounds(schema["components"]["schemas"], state)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _server_bounds(components: dict[str, Any], state: ServerState) -> None:
+    settings = state.settings
+    components[JSON_SCHEMA_SUBSET] = json_schema_subset_definition()
+    rules = method_rules(settings.default_method)
+    grammar = _has_grammar(state.model)
+    if not grammar:  # response_format, tool calls and plans over tools compile a grammar over the HF tokenizer
+        components["ResponseFormat"]["properties"]["type"] = {"enum": ["text"]}
+    components["ChatCompletionRequest"].setdefault("allOf", []).append(tool_rule(grammar))
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        request = components[name]
+        properties = request["properties"]
+        for field in ("max_tokens", "max_completion_tokens"):
+            if field in properties:
+                _cap(properties[field], settings.max_tokens_limit)
+        _cap(properties["n"], settings.max_chains)
+        request.setdefault("allOf", []).extend(rules)
+    for name in ("PowerSamplingParams", "PlanPowerSamplingParams"):
+        if name not in components:  # /v1/plan is not published for a model that cannot plan
+            continue
+        properties = components[name]["properties"]
+        _cap(properties["n_mcmc"], settings.max_n_mcmc)
+        _cap(properties["chains"], settings.max_chains)
+        _cap(properties["n"], settings.max_chains)
+    # token ids lie in the vocabulary, and a prompt of ids holds at most max_prompt_tokens of them
+    token = {"type": "integer", "minimum": 0, "maximum": state.model.vocab_size - 1}
+    ids = {"type": "array", "items": token, "minItems": 1, "maxItems": settings.max_prompt_tokens}
+    text = {"type": "string", "minLength": 1}
+    components["CompletionRequest"]["properties"]["prompt"] = {
+        "anyOf": [
+            text,
+            ids,
+            {"type": "array", "items": {"anyOf": [text, ids]}, "minItems": 1, "maxItems": MAX_BATCH_PROMPTS},
+        ],
+        "description": components["CompletionRequest"]["properties"]["prompt"].get("description", ""),
+    }
+
+
+def _has_grammar(model: LanguageModel) -> bool:
+    tokenizer = getattr(model, "tokenizer", None)
+    return hasattr(tokenizer, "token_pieces") or getattr(tokenizer, "hf_tokenizer", None) is not None
+
+
+def _cap(node: dict[str, Any], cap: int) -> None:
+    """Lower the maximum of the integer branch of a field's schema to ``cap``."""
+    for branch in node.get("anyOf", [node]):
+        if branch.get("type") == "integer":
+            branch["maximum"] = min(branch.get("maximum", cap), cap)
+
+
 def _walk(node: Any, model_name: str) -> None:
     if isinstance(node, dict):
+        if SUBSET_MARK in node:
+            node.update(subset_schema(node.pop(SUBSET_MARK)))
         if node.get("type") == "integer":
+            # pydantic writes the bounds of a validated integer (schemas.Int) under their Python names
+            for short, key in (
+                ("ge", "minimum"),
+                ("le", "maximum"),
+                ("gt", "exclusiveMinimum"),
+                ("lt", "exclusiveMaximum"),
+            ):
+                if short in node:
+                    node[key] = node.pop(short)
             for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
                 if isinstance(node.get(key), float) and node[key].is_integer():
                     node[key] = int(node[key])
@@ -205,14 +287,6 @@ async def _serve_sampling(
     ids = max(prompts, key=len)  # the longest is checked against the context
     call = resolve_call(body, ids, state.settings, state.model)
     call.prompt_ids, call.prompts, call.prompt_texts = prompts[0], prompts, texts
-    if body.stream and (len(prompts) > 1 or call.n > 1 or call.echo or call.logprobs is not None):
-        param = "n" if call.n > 1 else "prompt" if len(prompts) > 1 else "echo" if call.echo else "logprobs"
-        raise APIError(
-            400,
-            f"stream is for one choice without echo or logprobs; drop stream or {param}",
-            param=param,
-            code="invalid_value",
-        )
     scope.begin(call.method, route_of(call.method), call=call, model=body.model)
     if state.settings.log_prompts:
         log.info(
@@ -239,6 +313,7 @@ async def _serve_sampling(
                     count_request=False,
                 )
         payload = completion_body(kind, state.model, state.model_name, call, runs, scope.job)
+        scope.finish_reasons = [choice["finish_reason"] for choice in payload["choices"]]
         if server_cut:
             raise scope.deadline_error(payload)
         return JSONResponse(payload)
@@ -322,12 +397,18 @@ async def _stream(
         while not events.empty():  # the last events arrive together with the result
             yield _sse(chunk(kind, name, call, [], power_sampling=events.get_nowait()))
         runs, server_cut = job_result(future)
-        result = scope.result = runs[0].result
-        record_sample(result, name, kind, prompt_tokens=len(call.prompt_ids), count_request=False)
+        scope.result = runs[0].result
+        for run in runs:
+            if run.result is not None:
+                record_sample(
+                    run.result, name, kind, prompt_tokens=len(call.prompts[run.prompt_index]), count_request=False
+                )
         if server_cut:
             raise scope.deadline_error(completion_body(kind, scope.state.model, name, call, runs, job))
-        final = final_choice(kind, call, runs[0])
-        yield _sse(chunk(kind, name, call, [final], power_sampling=run_metadata(result, job)))
+        finals = [final_choice(kind, scope.state.model, call, i, run) for i, run in enumerate(runs)]
+        scope.finish_reasons = [final["finish_reason"] for final in finals]
+        for run, final in zip(runs, finals):
+            yield _sse(chunk(kind, name, call, [final], power_sampling=run_metadata(run.result, job)))
         if include_usage:
             yield _sse(chunk(kind, name, call, [], usage=usage(call, runs)))
         yield _sse("[DONE]")

@@ -73,7 +73,7 @@ class PlanService:
             from ..planner.tools import ToolsFileError, parse_tools
 
             # any format parse_tools reads (OpenAI, MCP, TaskBench, names), as far as the request schema admits it
-            items = [t.model_dump() if hasattr(t, "model_dump") else t for t in body.tools]
+            items = [t.model_dump(exclude_none=True) if hasattr(t, "model_dump") else t for t in body.tools]
             try:
                 limits["tools"] = parse_tools(items, source="tools")
             except ToolsFileError as exc:

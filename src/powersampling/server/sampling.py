@@ -16,14 +16,14 @@ from ..backends.base import LanguageModel, TokenConstraint, check_context_length
 from ..backends.constraints import JsonSchemaConstraint, StopStringConstraint
 from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
-from ..samplers import build_sampler, validate_params
+from ..samplers import build_sampler, method_names, validate_params
 from ..samplers.params import KnobError, knob_params
-from ..samplers.registry import ZERO_TEMPERATURE_METHOD, method_spec
+from ..samplers.registry import CANDIDATES_METHOD, ZERO_TEMPERATURE_METHOD, method_spec, one_sample_temperature
 from ..samplers.result import ProgressEvent, SampleResult
 from .errors import APIError
 from .executor import Job
 from .logprobs import Scored, chat_logprobs, completion_logprobs, score, top_dict
-from .schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from .schemas import ChatCompletionRequest, CompletionRequest, PowerSamplingParams, _SamplingFields, implies
 from .scope import check_limits
 from .settings import ServerSettings
 from .tools import ToolTurn, chat_messages, read_turn, tool_grammar, tool_turn
@@ -111,6 +111,8 @@ def resolve_call(
     if n > settings.max_chains:
         raise APIError(400, f"n is at most {settings.max_chains} on this server", param="n", code="invalid_value")
     check_limits(ps, settings, max_tokens=max_tokens)
+    if body.max_tokens is not None and body.max_tokens != max_tokens:  # max_completion_tokens wins, both are capped
+        check_limits(None, settings, max_tokens=body.max_tokens)
     param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     try:
         check_context_length(model, len(prompt_ids), max_tokens)
@@ -161,6 +163,68 @@ def resolve_call(
     )
 
 
+def _sampler_name(field_name: str, method: str) -> str | None:
+    """The sampler parameter a ``power_sampling`` field sets under ``method`` (None: none, the field is refused)."""
+    if field_name == "chains":
+        return method_spec(method).chains_field
+    if field_name == "answer_regex":
+        return "select"
+    return field_name
+
+
+def method_rules(default_method: str) -> list[dict[str, Any]]:
+    """What ``resolve_call`` and the method's config refuse, as JSON Schema ``if``/``then`` clauses for the published
+    request schemas: per method, the ``power_sampling`` fields it takes and what ``temperature`` may be. The method
+    is ``method``, else greedy for ``temperature: 0``, else the server's default."""
+    unset = {"properties": {"method": {"type": "null"}}}
+    zero = {"required": ["temperature"], "properties": {"temperature": {"const": 0}}}
+    branches: list[dict[str, Any]] = []
+    for method in method_names():
+        spec = method_spec(method)
+        known = spec.config.parameter_names()
+        fields = [f for f in PowerSamplingParams.model_fields if f != "deadline_s"]
+        refused = [f for f in fields if _sampler_name(f, method) not in known]
+        power_sampling: dict[str, Any] = {"properties": {f: {"type": "null"} for f in refused}}
+        checks: list[dict[str, Any]] = []
+        if "answer_regex" not in refused:
+            checks.append(
+                implies("answer_regex", None, {"required": ["select"], "properties": {"select": {"const": "majority"}}})
+            )
+        if "stop_after_rejections" in known:  # it ends a sequential scan early (the default scan is sorted)
+            scan = {"required": ["scan"], "properties": {"scan": {"enum": ["random", "entropy"]}}}
+            checks.append(implies("stop_after_rejections", None, scan))
+        if checks:
+            power_sampling["allOf"] = checks
+        # object and number keywords hold for null as they are: no anyOf with null needed (the generator copes
+        # with few anyOf branches only)
+        then: dict[str, Any] = {"properties": {"power_sampling": power_sampling}}
+        if spec.temperature == "zero":
+            then["properties"]["temperature"] = {"enum": [None, 0]}
+        elif spec.temperature == "proposal":
+            # temperature is the proposal temperature: > 0, and not sent twice
+            no_second = {"properties": {"proposal_temperature": {"type": "null"}}}
+            then["properties"]["temperature"] = {"exclusiveMinimum": 0}
+            then["allOf"] = [implies("temperature", None, {"properties": {"power_sampling": no_second}})]
+        elif method == CANDIDATES_METHOD:  # temperature 0 would draw n identical greedy candidates
+            one = {
+                "required": ["power_sampling"],
+                "properties": {
+                    "power_sampling": {"type": "object", "required": ["n"], "properties": {"n": {"const": 1}}}
+                },
+            }
+            then["allOf"] = [implies("temperature", {"const": 0}, one)]
+        elif spec.temperature != "sampling":
+            then["properties"]["temperature"] = {"type": "null"}
+        conditions = [{"required": ["method"], "properties": {"method": {"const": method}}}]
+        if method == ZERO_TEMPERATURE_METHOD:
+            conditions.append({"allOf": [unset, zero]})
+        if method == default_method:
+            conditions.append({"allOf": [unset, {"not": zero}]})
+        branches.append({"allOf": [{"anyOf": conditions}, then]})
+    # the conditions partition the requests (method is one of the names, or unset), so one branch applies
+    return [{"anyOf": branches}]
+
+
 def requested_logprobs(body: _SamplingFields) -> int | None:
     """How many alternatives per token the client wants, or None for no log-probabilities (chat: ``logprobs``
     true and ``top_logprobs``; completions: the integer ``logprobs``)."""
@@ -175,18 +239,18 @@ def response_grammar(body: _SamplingFields, model: LanguageModel) -> JsonSchemaC
     """``response_format`` as a JSON-schema grammar (xgrammar, as the planner uses): every method samples under its
     mask (see docs/server.md for the distribution each then draws from)."""
     fmt = body.response_format
+    if fmt is not None and (fmt.type == "json_schema") != (fmt.json_schema is not None):
+        raise APIError(
+            400,
+            "response_format json_schema goes with type json_schema only",
+            param="response_format",
+            code="invalid_value",
+        )
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
         schema: dict[str, Any] = {"type": "object"}
     else:
-        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-            raise APIError(
-                400,
-                "response_format json_schema needs json_schema.schema",
-                param="response_format",
-                code="invalid_value",
-            )
         schema = fmt.json_schema.schema_
     try:
         return JsonSchemaConstraint.for_model(model, schema)
@@ -227,7 +291,7 @@ def completion_prompts(
     ids, texts = [], []
     for one in batch:
         if isinstance(one, str):
-            if not one.strip():
+            if not one:
                 raise APIError(400, "the prompt is empty", param="prompt", code="invalid_value")
             ids.append(
                 _check_length(_encode(model, lambda tok, text=one: tok.encode(text), "prompt"), settings, "prompt")
@@ -250,9 +314,8 @@ def completion_prompts(
 
 
 def chat_prompt_ids(body: ChatCompletionRequest, model: LanguageModel, settings: ServerSettings) -> list[int]:
+    # empty messages are rendered as they are: the chat template's role markers are the prompt
     messages = chat_messages(body, tool_turn(body))
-    if not any(m["content"].strip() for m in messages):
-        raise APIError(400, "all messages are empty", param="messages", code="invalid_value")
     return _check_length(_encode(model, lambda tok: tok.chat_prompt(messages), "messages"), settings, "messages")
 
 
@@ -308,20 +371,42 @@ def run_call(
     """Runs in a worker thread: every prompt's n samples. Returns the runs and whether the server's deadline (not
     the client's own budget) cut one short.
 
-    Power sampling's n samples are n chains of one run, decoded as batched rows (choice i is chain i's final
-    state), unless the request already asks for chains or a selection among them; other methods run n times, one
-    after another."""
+    The n samples are decoded as batched rows where the method allows: power sampling's as n chains of one run
+    (choice i is chain i's final state) unless the request already asks for chains; sample's and low-temp's as the
+    n candidates of one batched draw at the method's temperature; greedy's (and temperature 0's) once, as it is
+    deterministic. Other methods, and any with ``select``, run n times one after another."""
     runs, server_cut = [], False
+    several = call.generate and call.n > 1 and call.params.get("select") in (None, "default")
     spec = method_spec(call.method)
-    batched = call.generate and call.n > 1 and spec.independent_chains
-    batched = batched and spec.chains_field not in call.params and call.params.get("select") in (None, "default")
+    chains = several and spec.independent_chains and spec.chains_field not in call.params
+    temperature = None  # of the methods that draw from one token law per step: greedy (0), sample, low-temp
+    if several and not chains:
+        temperature = 0.0 if spec.temperature == "zero" else one_sample_temperature(call.method, **call.params)
+    rows = temperature is not None and temperature > 0
+    once = temperature == 0
     for index, prompt in enumerate(call.prompts):
-        if batched:
+        if chains:
             result, cut = _sample(
                 model, model_name, call, job, prompt, call.run_seed(0), forward, **{spec.chains_field: call.n}
             )
             server_cut = server_cut or cut
             runs.extend(_finish_run(model, call, index, prompt, one) for one in chain_results(model, call, result))
+            continue
+        if rows:
+            # the candidates of one best-of-n draw at the method's temperature are n independent samples of it
+            params = {k: v for k, v in call.params.items() if k in ("max_new_tokens", "seed")}
+            draw = SamplingCall(
+                CANDIDATES_METHOD, {**params, "n": call.n, "temperature": temperature}, prompt, call.client_budget_s
+            )
+            draw.stop, draw.grammar = call.stop, call.grammar
+            result, cut = _sample(model, model_name, draw, job, prompt, call.run_seed(0), forward)
+            server_cut = server_cut or cut
+            runs.extend(_finish_run(model, call, index, prompt, one) for one in candidate_results(model, call, result))
+            continue
+        if once:
+            result, cut = _sample(model, model_name, call, job, prompt, call.run_seed(0), forward)
+            server_cut = server_cut or cut
+            runs.extend([_finish_run(model, call, index, prompt, result)] * call.n)
             continue
         for j in range(call.n if call.generate else 1):
             result = None
@@ -346,6 +431,35 @@ def chain_results(model: LanguageModel, call: SamplingCall, result: SampleResult
         if metadata.get("stopped_by") != "deadline":
             metadata["stopped_by"] = "eos" if stopped else "length"
         out.append(SampleResult(tokens, completion.text, np.zeros(0), result.method, metadata, [completion]))
+    return out
+
+
+def candidate_results(model: LanguageModel, call: SamplingCall, result: SampleResult) -> list[SampleResult]:
+    """One result per candidate of a batched draw, labelled with the requested method (its temperature, tokens and
+    ending its own); log-probabilities are scored again when asked for, as for chains."""
+    out = []
+    constraint = call.constraint
+    shared = {
+        k: result.metadata[k] for k in ("seed", "latency_ms", "backend_calls", "constrained") if k in result.metadata
+    }
+    for completion in result.samples:
+        tokens = list(completion.token_ids)
+        stopped = bool(tokens) and (
+            tokens[-1] in model.stop_token_ids or (constraint is not None and constraint.start(tokens).is_finished())
+        )
+        metadata = {
+            "method": call.method,
+            "temperature": result.metadata.get("temperature"),
+            "batched_rows": len(result.samples),
+            "tokens_generated": len(tokens),
+            "final_tokens": len(tokens),
+            "complete": completion.complete,
+            "stopped_by": "eos" if stopped else "length",
+            **shared,
+        }
+        if result.metadata.get("stopped_by") == "deadline" and not completion.complete:
+            metadata["stopped_by"] = "deadline"
+        out.append(SampleResult(tokens, completion.text, np.zeros(0), call.method, metadata, [completion]))
     return out
 
 
@@ -500,14 +614,17 @@ def chunk(
     }
 
 
-def final_choice(kind: str, call: SamplingCall, run: Run) -> dict[str, Any]:
+def final_choice(kind: str, model: LanguageModel, call: SamplingCall, i: int, run: Run) -> dict[str, Any]:
+    """Choice i of the streamed reply, in one chunk (MCMC may rewrite any token until the end): the choice of the
+    non-streamed body, its message as the ``delta``."""
+    choice = _choice(kind, model, call, i, run)
     if kind == "chat":
-        message, reason = assistant_message(call, 0, run)
-        delta: dict[str, Any] = {"content": message["content"]}
-        if "tool_calls" in message:
-            delta["tool_calls"] = [{"index": j, **c} for j, c in enumerate(message["tool_calls"])]
-        return {"index": 0, "delta": delta, "finish_reason": reason or finish_reason(run.result), "logprobs": None}
-    return {"index": 0, "text": run.text, "finish_reason": finish_reason(run.result), "logprobs": None}
+        delta = choice.pop("message")
+        delta.pop("role")
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{"index": j, **c} for j, c in enumerate(delta["tool_calls"])]
+        choice["delta"] = delta
+    return choice
 
 
 def progress_payload(event: ProgressEvent) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
+from ..planner.planner import PlannerConfig
 from ..samplers import method_names, planner_routes
 from ..samplers.config import PowerSamplingConfig, default
 from ..samplers.params import config_bounds
@@ -27,6 +28,66 @@ MAX_STOP_LENGTH = 256
 MAX_TOP_LOGPROBS = 20
 MAX_TOOLS = 128
 MAX_PARALLEL_CALLS = 4
+_MIN_CHILDREN = PlannerConfig.__dataclass_fields__["min_children"].default  # a plan splits into at least this many
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 5.0 as an integer, and JSON parsers hand it over as a float: taken as the integer it is
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]  # an integer; 5.0 is one, 5.5, "5" and true are not
+
+# A JSON Schema for function parameters and response formats, as far as the grammar compiler reads it
+# (planner.tools._normalize): published so that a schema the server cannot compile is not schema-valid.
+JSON_SCHEMA_SUBSET = "JsonSchemaSubset"
+_SCALAR_TYPES = ["string", "number", "integer", "boolean", "null"]
+_PROPERTY_NAME = r'^[^\x00-\x1f"\\]{1,64}$'
+# placeholders pydantic leaves alone; the app swaps in the subset (pydantic cannot point at a component of its own)
+SUBSET_MARK = "x-json-schema-subset"
+_OBJECT_SUBSET = {SUBSET_MARK: "object"}
+_ANY_SUBSET = {SUBSET_MARK: "any"}
+
+
+def subset_schema(kind: str) -> dict[str, Any]:
+    """The published schema of a field that holds a JSON Schema (of an object, for ``kind`` object)."""
+    ref = {"$ref": f"#/components/schemas/{JSON_SCHEMA_SUBSET}"}
+    if kind == "any":
+        return ref
+    typed = {"allOf": [ref], "type": "object", "required": ["type"], "properties": {"type": {"const": "object"}}}
+    return {"anyOf": [typed, {"type": "object", "maxProperties": 0}]}  # {}: no arguments
+
+
+def json_schema_subset_definition() -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{JSON_SCHEMA_SUBSET}"}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "a JSON Schema in the subset the grammar compiler reads: type, properties, required, items, "
+        "enum, additionalProperties (true/false), description, title",
+        "properties": {
+            "type": {"enum": [*_SCALAR_TYPES, "array", "object"]},
+            "description": {"type": "string", "maxLength": 2000},
+            "title": {"type": "string", "maxLength": 200},
+            "enum": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 64,
+                "items": {"type": ["string", "number", "boolean", "null"]},
+            },
+            "properties": {
+                "type": "object",
+                "maxProperties": 32,
+                "propertyNames": {"pattern": _PROPERTY_NAME},
+                "additionalProperties": ref,
+            },
+            "required": {"type": "array", "maxItems": 32, "items": {"type": "string", "pattern": _PROPERTY_NAME}},
+            "items": ref,
+            "additionalProperties": {"type": "boolean"},
+        },
+    }
 
 
 class _Strict(BaseModel):
@@ -59,19 +120,24 @@ def _entry_point_defaults(schema: dict[str, Any]) -> None:
         )
 
 
-class PowerSamplingParams(_Strict):
-    """The sampler settings a request may give; every bound is the config's own (``config_bounds``)."""
+class PlanPowerSamplingParams(_Strict):
+    """The power_sampling fields the planner reads; every bound is the config's own (``config_bounds``)."""
 
     model_config = ConfigDict(_Strict.model_config, json_schema_extra=_entry_point_defaults)
 
     alpha: float | None = Field(None, **config_bounds("alpha"), description="power of the target p^alpha")
-    n_mcmc: int | None = Field(None, **config_bounds("n_mcmc"), description="MH steps after each block")
-    block_size: int | None = Field(None, **config_bounds("block_size"), description="tokens per block")
-    chains: int | None = Field(
+    n_mcmc: Int | None = Field(None, **config_bounds("n_mcmc"), description="MH steps after each block")
+    block_size: Int | None = Field(None, **config_bounds("block_size"), description="tokens per block")
+    chains: Int | None = Field(
         None, **config_bounds("n_chains"), description="independent MH chains (or SMC particles)"
     )
-    n: int | None = Field(None, **config_bounds("n"), description="candidates for best-of-n")
-    seed: int | None = Field(None, **config_bounds("seed"))
+    n: Int | None = Field(None, **config_bounds("n"), description="candidates for best-of-n")
+    seed: Int | None = Field(None, **config_bounds("seed"))
+
+
+class PowerSamplingParams(PlanPowerSamplingParams):
+    """The sampler settings a request may give; every bound is the config's own (``config_bounds``)."""
+
     deadline_s: float | None = Field(
         None,
         **config_bounds("deadline_s"),
@@ -82,7 +148,7 @@ class PowerSamplingParams(_Strict):
     entropy_floor: float | None = Field(
         None, **config_bounds("entropy_floor"), description="power, scan=entropy: uniform share of cuts"
     )
-    stop_after_rejections: int | None = Field(
+    stop_after_rejections: Int | None = Field(
         None,
         **config_bounds("stop_after_rejections"),
         description="power, random/entropy scan: end a block after this many rejections in a row (not exact)",
@@ -97,13 +163,13 @@ class PowerSamplingParams(_Strict):
         **config_bounds("defensive_temperature"),
         description="power, smc: temperature of the defensive component (default 1)",
     )
-    top_k: int | None = Field(
+    top_k: Int | None = Field(
         None, **config_bounds("top_k"), description="scalable-power: candidate tokens per position"
     )
-    rollouts: int | None = Field(
+    rollouts: Int | None = Field(
         None, **config_bounds("rollouts"), description="scalable-power: rollouts per candidate"
     )
-    horizon: int | None = Field(
+    horizon: Int | None = Field(
         None, **config_bounds("horizon"), description="scalable-power: tokens per rollout at most"
     )
     jackknife: bool | None = Field(None, description="scalable-power: jackknife the ratio estimate")
@@ -125,10 +191,41 @@ class PowerSamplingParams(_Strict):
     )
 
 
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+
+
+def _rules(*rules: dict[str, Any]):
+    """Cross-field rules the server checks, published in the schema (``allOf``)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.setdefault("allOf", []).extend(rules)
+
+    return extra
+
+
+def _given(name: str, value: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The condition "``name`` is sent and not null" (and matches ``value``)."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}, **(value or {})}}}
+
+
+def _absent(name: str) -> dict[str, Any]:
+    """The condition "``name`` is left out or null"."""
+    return {"properties": {name: {"type": "null"}}}
+
+
+def implies(name: str, value: dict[str, Any] | None, then: dict[str, Any]) -> dict[str, Any]:
+    """ "When ``name`` is sent (and matches ``value``), ``then`` holds", written as ``anyOf`` [not the condition,
+    ``then``]: schemathesis's generator handles this form where several ``if``/``then`` clauses overwhelm it."""
+    otherwise = {"properties": {name: {"not": value}}} if value else _absent(name)
+    return {"anyOf": [otherwise, then]}
+
+
 class JsonSchemaFormat(_Strict):
     name: str = Field(..., min_length=1, max_length=64)
     description: str | None = Field(None, max_length=2000)
-    schema_: dict[str, Any] | None = Field(None, alias="schema", description="a JSON Schema")
+    schema_: Annotated[dict[str, Any], WithJsonSchema(_ANY_SUBSET)] = Field(
+        ..., alias="schema", description="a JSON Schema"
+    )
     strict: bool | None = Field(None, description="always strict: the grammar admits nothing else")
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
@@ -136,7 +233,20 @@ class JsonSchemaFormat(_Strict):
 
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+    json_schema: JsonSchemaFormat | None = Field(None, description="with type json_schema only, and then required")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_rules(
+            {
+                "anyOf": [
+                    {"allOf": [{"properties": {"type": {"const": "json_schema"}}}, _given("json_schema")]},
+                    {"allOf": [{"properties": {"type": {"not": {"const": "json_schema"}}}}, _absent("json_schema")]},
+                ]
+            }
+        ),
+    )
 
 
 class StreamOptions(_Strict):
@@ -145,7 +255,7 @@ class StreamOptions(_Strict):
 
 class _SamplingFields(_Strict):
     model: str = Field(..., min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: Int | None = Field(None, ge=1)
     temperature: float | None = Field(
         None,
         ge=0,
@@ -153,12 +263,17 @@ class _SamplingFields(_Strict):
         description="sample, best-of-n: the sampling temperature; power, smc, scalable-power: the proposal "
         "temperature; greedy: 0 only; without method, 0 means greedy",
     )
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=128, description="independent samples of the method, one choice each")
+    # the schema says what is served (1); other values in [0, 1] get a 400 that says why
+    top_p: (
+        Annotated[float, Field(ge=0, le=1), WithJsonSchema({"type": "number", "minimum": 1, "maximum": 1})] | None
+    ) = Field(None, description="only 1: truncation would change the target distribution")
+    n: Int | None = Field(None, ge=1, le=128, description="independent samples of the method, one choice each")
     stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    stop: str | list[str] | None = Field(
+    stream_options: StreamOptions | None = Field(
+        None, description="include_usage: a usage chunk before [DONE]; a response that is not streamed always has usage"
+    )
+    seed: Int | None = Field(None, ge=0, lt=2**63)
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
         None,
         description="up to 4 stop strings: the completion ends at the first one, as at a stop token (every method "
         "samples its target over completions that end there); the returned text excludes it",
@@ -171,16 +286,6 @@ class _SamplingFields(_Strict):
         None, max_length=64, description="decoding method (default: the server's)"
     )
     power_sampling: PowerSamplingParams | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > MAX_STOP_STRINGS:
-            raise PydanticCustomError("too_many", "at most {n} stop strings", {"n": MAX_STOP_STRINGS})
-        if any(not 1 <= len(s) <= MAX_STOP_LENGTH for s in stops):
-            raise PydanticCustomError("stop_length", "a stop string has 1 to {n} characters", {"n": MAX_STOP_LENGTH})
-        return stop
 
     @field_validator("method")
     @classmethod
@@ -196,21 +301,29 @@ class _SamplingFields(_Strict):
         """(field, reason) for the first field the server cannot honour exactly, or None."""
         if self.top_p is not None and self.top_p != 1:
             return "top_p", "top_p other than 1 is not supported (it would change the target distribution)"
-        if self.stream_options is not None and not self.stream:
-            return "stream_options", "stream_options is only allowed with stream: true"
         return None
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[int] | list[str | list[int]] = Field(
+    prompt: str | list[Int] | list[str | list[Int]] = Field(
         ..., description="text, token ids, or a batch of either (one choice per prompt and sample)"
     )
-    max_tokens: int | None = Field(None, ge=0, description="0 with echo: score the prompt only")
+    max_tokens: Int | None = Field(None, ge=0, description="0 with echo: score the prompt only")
     echo: bool | None = Field(None, description="return the prompt before the completion (with its log-probabilities)")
-    logprobs: int | None = Field(
+    logprobs: Int | None = Field(
         None, ge=0, le=MAX_TOP_LOGPROBS, description="the base model's log p of each token and this many alternatives"
     )
-    suffix: str | None = None
+    suffix: Annotated[str, WithJsonSchema({"type": "string", "maxLength": 0})] | None = Field(
+        None, description="refused unless empty: insertion is not supported"
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_rules(
+            implies("max_tokens", {"const": 0}, _given("echo", {"const": True})),
+        ),
+    )
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.suffix:
@@ -237,11 +350,28 @@ class MessageToolCall(_Strict):
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    name: str | None = Field(None, max_length=256, description="refused: chat templates have no place for it")
+    name: Annotated[str, WithJsonSchema({"not": {}})] | None = Field(
+        None, description="refused: chat templates have no place for it"
+    )
     tool_calls: list[MessageToolCall] | None = Field(
         None, max_length=64, description="an assistant turn's calls, rendered as the JSON the tools grammar produces"
     )
     tool_call_id: str | None = Field(None, max_length=256, description="a tool message: the call it answers")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_rules(
+            {"anyOf": [{"properties": {"role": {"const": "assistant"}}}, _absent("tool_calls")]},
+            {
+                "anyOf": [
+                    {"allOf": [{"properties": {"role": {"const": "tool"}}}, _given("tool_call_id")]},
+                    {"allOf": [{"properties": {"role": {"not": {"const": "tool"}}}}, _absent("tool_call_id")]},
+                ]
+            },
+            {"anyOf": [_given("content"), _given("tool_calls", {"type": "array", "minItems": 1})]},
+        ),
+    )
 
     def text(self) -> str:
         if self.content is None:
@@ -252,7 +382,9 @@ class ChatMessage(_Strict):
 class FunctionDefinition(_Strict):
     name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = Field(None, max_length=4000)
-    parameters: dict[str, Any] | None = Field(None, description="a JSON Schema of the arguments object")
+    parameters: Annotated[dict[str, Any], WithJsonSchema(_OBJECT_SUBSET)] | None = Field(
+        None, description="a JSON Schema of the arguments object"
+    )
     strict: bool | None = Field(None, description="always strict: the grammar admits only valid arguments")
 
     @field_validator("parameters")
@@ -284,9 +416,9 @@ class NamedToolChoice(_Strict):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: Int | None = Field(None, ge=1)
     logprobs: bool | None = Field(None, description="the base model's log p of each returned token")
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token")
+    top_logprobs: Int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token")
     tools: list[ChatTool] | None = Field(
         None, min_length=1, max_length=MAX_TOOLS, description="functions the reply may call (through a grammar)"
     )
@@ -305,24 +437,59 @@ class ChatCompletionRequest(_SamplingFields):
                 return f"messages.{i}.name", "message names are not supported (the chat template has no place for them)"
         return super().unsupported()
 
-    @field_validator("messages")
-    @classmethod
-    def _last_is_not_assistant(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if messages and messages[-1].role == "assistant":
-            raise ValueError("the last message must not be from the assistant (continuing a reply is not supported)")
-        return messages
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_rules(
+            implies("top_logprobs", None, _given("logprobs", {"const": True})),
+        ),
+    )
+
+
+ToolName = Annotated[str, Field(pattern=_PROPERTY_NAME)]  # what a JSON string holds without escapes
+
+
+def tool_rule(grammar: bool) -> dict[str, Any]:
+    """tool_choice and parallel_tool_calls need tools; response_format applies to text answers (tool_choice none);
+    without a grammar (a model without a Hugging Face tokenizer) the reply cannot call tools."""
+    branches = [
+        {"allOf": [_absent("tools"), _absent("tool_choice"), _absent("parallel_tool_calls")]},
+        {"allOf": [_given("tools"), _given("tool_choice", {"const": "none"})]},
+    ]
+    if grammar:
+        branches.append(
+            {
+                "allOf": [
+                    _given("tools"),
+                    {"properties": {"tool_choice": {"not": {"const": "none"}}}},
+                    {"properties": {"response_format": {"properties": {"type": {"const": "text"}}}}},
+                ]
+            }
+        )
+    return {"anyOf": branches}
 
 
 class ToolParameterModel(_Strict):
-    name: str = Field(..., min_length=1, max_length=64)
+    name: ToolName
     type: str = Field("string", max_length=32, description="string, date, integer, number or boolean")
     desc: str = Field("", max_length=1000)
 
 
 class ToolModel(_Strict):
-    id: str = Field(..., min_length=1, max_length=64, description="the tool's name")
+    id: ToolName = Field(..., description="the tool's name")
     desc: str = Field("", max_length=2000)
     parameters: list[ToolParameterModel] = Field(default_factory=list, max_length=32)
+
+
+class McpTool(_Strict):
+    """An entry of an MCP ``tools/list`` result."""
+
+    name: ToolName
+    description: str | None = Field(None, max_length=4000)
+    inputSchema: Annotated[dict[str, Any], WithJsonSchema(_OBJECT_SUBSET)] = Field(
+        ..., description="a JSON Schema of the arguments object"
+    )
+    title: str | None = Field(None, max_length=200)
 
 
 class PlanRequest(_Strict):
@@ -331,11 +498,11 @@ class PlanRequest(_Strict):
     route: Annotated[str, Field(json_schema_extra=_route_enum)] | None = Field(
         "auto", max_length=64, description="auto: the feature flag and rollout percentage decide"
     )
-    power_sampling: PowerSamplingParams | None = None
-    max_tasks: int | None = Field(None, ge=1, le=1000)
-    max_depth: int | None = Field(None, ge=1, le=20)
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    tools: list[Annotated[str, Field(min_length=1, max_length=64)] | ToolModel | dict[str, Any]] | None = Field(
+    power_sampling: PlanPowerSamplingParams | None = None
+    max_tasks: Int | None = Field(None, ge=_MIN_CHILDREN, le=1000, description="at least the planner's min_children")
+    max_depth: Int | None = Field(None, ge=1, le=20)
+    seed: Int | None = Field(None, ge=0, lt=2**63)
+    tools: list[ToolName | ToolModel | ChatTool | McpTool] | None = Field(
         None,
         min_length=1,
         max_length=200,

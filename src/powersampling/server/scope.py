@@ -70,6 +70,7 @@ class RequestScope:
         self.future: asyncio.Future | None = None
         self.call: SamplingCall | None = None
         self.result: SampleResult | None = None
+        self.finish_reasons: list[str] | None = None  # the answered choices' (tool_calls included), once known
         self._closed = False
 
     def begin(self, method: str, route: str, *, call: SamplingCall | None = None, model: str | None = None) -> None:
@@ -175,7 +176,8 @@ class RequestScope:
                     for k, v in {
                         "gen_ai.response.model": self.state.model_name,
                         "gen_ai.response.id": call.request_id if call else None,
-                        "gen_ai.response.finish_reasons": ["stop" if md.get("stopped_by") == "eos" else "length"],
+                        "gen_ai.response.finish_reasons": self.finish_reasons
+                        or ["stop" if md.get("stopped_by") == "eos" else "length"],
                         "gen_ai.usage.output_tokens": len(result.token_ids),
                         "power_sampling.tokens_generated": md.get("tokens_generated"),
                         "power_sampling.acceptance_rate": md.get("acceptance_rate"),

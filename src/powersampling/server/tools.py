@@ -16,7 +16,7 @@ from ..backends.base import LanguageModel
 from ..backends.constraints import JsonSchemaConstraint
 from ..errors import PowerSamplingError
 from ..planner.schema import tool_calls_from_turn
-from ..planner.tools import ToolsFileError, parse_tools
+from ..planner.tools import ToolsFileError, tool_spec
 from ..planner.turns import ToolTurn
 from .errors import APIError
 from .schemas import MAX_PARALLEL_CALLS, ChatCompletionRequest, ChatMessage, NamedToolChoice
@@ -30,10 +30,15 @@ def tool_turn(body: ChatCompletionRequest) -> ToolTurn | None:
             if getattr(body, name) is not None:
                 raise APIError(400, f"{name} needs tools", param=name, code="invalid_value")
         return None
-    try:
-        specs = parse_tools([t.model_dump(exclude_none=True) for t in body.tools], source="tools")
-    except ToolsFileError as exc:
-        raise APIError(400, str(exc), param="tools", code="invalid_value") from None
+    # one by one, not parse_tools: a name given twice is two definitions, and a call of it may take the arguments of
+    # either (the grammar has a branch per definition)
+    specs_list = []
+    for i, tool in enumerate(body.tools):
+        try:
+            specs_list.append(tool_spec(tool.model_dump(exclude_none=True)))
+        except ToolsFileError as exc:
+            raise APIError(400, f"tools: tool {i + 1}: {exc}", param=f"tools.{i}", code="invalid_value") from None
+    specs = tuple(specs_list)
     choice = body.tool_choice or "auto"
     if isinstance(choice, NamedToolChoice):
         choice = choice.function.name
@@ -70,9 +75,9 @@ def tool_grammar(turn: ToolTurn, model: LanguageModel) -> JsonSchemaConstraint:
 def chat_messages(body: ChatCompletionRequest, turn: ToolTurn | None) -> list[dict[str, str]]:
     """The messages as the chat template reads them: assistant tool calls as the JSON the tools grammar produces,
     tool results under the ``tool`` role, and the tools described in the system message when the reply may call
-    them. A tool message must answer a call made earlier in the chat."""
+    them. A tool message is rendered under the tool role whatever call it names (its ``tool_call_id`` is the client's
+    bookkeeping; a chat template shows no ids), and arguments that are not JSON are shown as the string sent."""
     out: list[dict[str, str]] = []
-    call_ids: set[str] = set()
     for i, message in enumerate(body.messages):
         problem = _misplaced(message)
         if problem:
@@ -80,28 +85,13 @@ def chat_messages(body: ChatCompletionRequest, turn: ToolTurn | None) -> list[di
         text = message.text()
         if message.tool_calls:
             calls = []
-            for j, call in enumerate(message.tool_calls):
+            for call in message.tool_calls:
                 try:
                     arguments = json.loads(call.function.arguments)
-                except json.JSONDecodeError as exc:
-                    arguments = exc
-                if not isinstance(arguments, dict):
-                    raise APIError(
-                        400,
-                        "arguments must be a JSON object in a string",
-                        param=f"messages.{i}.tool_calls.{j}.function.arguments",
-                        code="invalid_value",
-                    )
+                except json.JSONDecodeError:
+                    arguments = call.function.arguments  # shown to the model as the client sent it
                 calls.append({"name": call.function.name, "arguments": arguments})
-                call_ids.add(call.id)
             text = (text + "\n" if text else "") + json.dumps({"tool_calls": calls}, ensure_ascii=False)
-        if message.role == "tool" and message.tool_call_id not in call_ids:
-            raise APIError(
-                400,
-                f"tool_call_id {message.tool_call_id!r} answers no earlier assistant tool call",
-                param=f"messages.{i}.tool_call_id",
-                code="invalid_value",
-            )
         out.append({"role": "system" if message.role == "developer" else message.role, "content": text})
     if turn is not None:
         if out[0]["role"] == "system":
