@@ -31,7 +31,7 @@ def test_each_knob_sets_the_field_the_method_config_has():
         ("sample", {"chains": 2}, "chains", "applies to methods power, smc"),
         ("power", {"n": 2}, "n", "applies to best-of-n"),
         ("power", {"temperature": 0}, "temperature", "must be > 0"),
-        ("power", {"temperature": 0.5, "proposal_temperature": 0.3}, "temperature", "disagree"),
+        ("power", {"temperature": 0.5, "proposal_temperature": 0.3}, "temperature", "same setting"),
         ("greedy", {"temperature": 0.5}, "temperature", "no temperature other than 0"),
         ("low-temp", {"temperature": 0.5}, "temperature", "set alpha"),
         ("best-of-n", {"answer_regex": "x"}, "answer_regex", "majority vote"),
