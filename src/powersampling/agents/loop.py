@@ -19,6 +19,7 @@ from typing import Any
 
 from ..planner.dag import Task, TaskDAG
 from ..planner.turns import ToolTurn, parse_turn
+from ..samplers.registry import ZERO_TEMPERATURE_METHOD
 from .executor import CallResult, Executor
 
 
@@ -67,7 +68,7 @@ class AgentLoop:
         model,
         executor: Executor,
         *,
-        method: str = "greedy",
+        method: str = ZERO_TEMPERATURE_METHOD,
         params: dict[str, Any] | None = None,
         max_steps: int = 5,
         max_calls: int = 4,
