@@ -15,9 +15,9 @@ from typing import Any
 from ..backends.base import LanguageModel
 from ..backends.constraints import JsonSchemaConstraint
 from ..errors import PowerSamplingError
-from ..planner.schema import tool_calls_from_turn
+from ..planner.schema import openai_tool_call
 from ..planner.tools import ToolsFileError, tool_spec
-from ..planner.turns import ToolTurn
+from ..planner.turns import ToolTurn, parse_turn
 from .errors import APIError
 from .schemas import MAX_PARALLEL_CALLS, ChatCompletionRequest, ChatMessage, NamedToolChoice
 
@@ -112,14 +112,9 @@ def _misplaced(message: ChatMessage) -> tuple[str, str] | None:
 
 
 def read_turn(text: str, id_prefix: str) -> tuple[str | None, list[dict[str, Any]] | None]:
-    """(content, tool_calls) of a reply sampled under the tools grammar; (None, None) when it is not a complete
-    turn (cut by max_tokens or a stop string)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None, None
-    if isinstance(data, dict) and isinstance(data.get("content"), str):
-        return data["content"], None
-    if isinstance(data, dict) and isinstance(data.get("tool_calls"), list):
-        return None, tool_calls_from_turn(data, id_prefix=id_prefix)
-    return None, None
+    """(content, tool_calls) of a reply sampled under the tools grammar, the calls in OpenAI's form; (None, None)
+    when it is not a complete turn (cut by max_tokens or a stop string)."""
+    content, calls = parse_turn(text)
+    if calls is None:
+        return content, None
+    return None, [openai_tool_call(f"{id_prefix}{i}", c["name"], c["arguments"]) for i, c in enumerate(calls, 1)]
