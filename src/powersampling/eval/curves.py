@@ -36,7 +36,7 @@ SELECTIONS = {"+vote": "majority", "+quality": "quality"}  # the fixed selection
 class Outcome:
     graded: dict  # ``correct`` and the grade's fields of the output returned
     tokens: int
-    samples: int | None  # outputs drawn; None where a row does not say
+    samples: int | None  # outputs drawn (candidates, chains, particles); None where a row does not say
 
     @property
     def correct(self) -> bool:
@@ -171,7 +171,7 @@ def selection_points(
     what = "vote" if select == "majority" else "best quality"
     points = []
     for k in budgets:
-        point = CurvePoint(f"{unit} {what} of {k}" if k > 1 else f"{unit} (one of the draws)", f"{unit}{suffix}")
+        point = CurvePoint(f"{unit} {what} of {k}" if k > 1 else f"{unit} (one of the draws)", f"{method}, first k")
         for r in mine:
             if k <= len(r["draws"]):
                 point.outcomes[r["problem_id"]] = replay(r["draws"], k, select)
@@ -197,7 +197,11 @@ def row_points(rows: Sequence[dict], methods: Sequence[str]) -> list[CurvePoint]
         point = CurvePoint(method, method)
         for r in rows:
             if r["method"] == method:
-                samples = r.get("samples_used", 1 if split_method(method)[1] is None else None)
+                params = r.get("params", {})
+                counted = [r.get("samples_used"), params.get("n"), params.get("n_chains"), params.get("n_particles")]
+                samples = next((int(c) for c in counted if c is not None), None)
+                if samples is None and split_method(method)[1] is None:
+                    samples = 1
                 point.outcomes[r["problem_id"]] = Outcome(r, int(r["tokens_generated"]), samples)
         if point.outcomes:
             points.append(point)
