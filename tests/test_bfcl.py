@@ -164,7 +164,9 @@ def test_greedy_and_a_vote_run_and_regrade_on_a_tiny_model(tmp_path):
     assert set(by_category) == {"simple_python", "irrelevance"} and all(
         v["problems"] == 1 for v in by_category.values()
     )
-    assert "Accuracy by BFCL category" in (out / "summary.md").read_text()
+    report = (out / "summary.md").read_text()
+    assert "Accuracy by BFCL category" in report and "Paired difference from greedy by category" in report
+    assert set(summary["bfcl_versus_baseline"]["methods"]["sample+vote"]) == {"simple_python", "irrelevance"}
     verdicts = [r["correct"] for r in rows]
     assert regrade_rows(rows) == 0 and [r["correct"] for r in rows] == verdicts
     write_report(out)
@@ -201,3 +203,24 @@ def test_end_to_end_cli_on_the_embedded_model(tmp_path):
             assert set(content_or_calls) in ({"tool_calls"}, {"content"})
         assert row["grade_detail"]
     assert "| greedy |" in result.stdout and "parallel" in result.stdout
+
+
+def test_each_method_is_paired_with_greedy_per_category_on_the_entries_both_ran():
+    from powersampling.eval.benchmarks import get_benchmark
+
+    def rows(verdicts: dict[str, bool]) -> dict[str, dict]:
+        return {pid: {"problem_id": pid, "correct": ok} for pid, ok in verdicts.items()}
+
+    greedy = rows({"parallel_0": False, "parallel_1": False, "parallel_2": True, "irrelevance_0": True})
+    vote = rows({"parallel_0": True, "parallel_1": True, "parallel_2": True, "parallel_3": True, "irrelevance_0": False})
+    summary = {"methods": {"greedy": {}, "low-temp+vote@8": {}}}
+    bfcl = get_benchmark("bfcl")
+    bfcl.add_metrics(summary, {"greedy": greedy, "low-temp+vote@8": vote}, n_boot=200)
+    versus = summary["bfcl_versus_baseline"]
+    assert versus["baseline"] == "greedy" and set(versus["methods"]) == {"low-temp+vote@8"}
+    parallel = versus["methods"]["low-temp+vote@8"]["parallel"]
+    # parallel_3 has no greedy row, so three pairs: two flips to right, one right in both
+    assert parallel["problems"] == 3 and parallel["difference"] == pytest.approx(2 / 3)
+    assert parallel["ci95"][0] <= 2 / 3 <= parallel["ci95"][1] and parallel["mcnemar_exact_p"] == pytest.approx(0.5)
+    assert versus["methods"]["low-temp+vote@8"]["irrelevance"]["difference"] == -1.0
+    assert summary["methods"]["low-temp+vote@8"]["by_category"]["parallel"]["correct"] == 4

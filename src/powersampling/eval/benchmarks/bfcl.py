@@ -303,8 +303,10 @@ class BFCL(Benchmark):
         return call_set
 
     def add_metrics(self, summary: dict, by_method: dict[str, dict[str, dict]], *, n_boot: int) -> None:
-        """Accuracy with a Wilson interval per category, for each method."""
-        from ..stats import wilson_interval
+        """Accuracy with a Wilson interval per category, for each method, and each method's paired difference from
+        the zero-temperature baseline (greedy) per category, on the entries both have."""
+        from ...samplers.registry import ZERO_TEMPERATURE_METHOD
+        from ..stats import mcnemar_exact, paired_bootstrap, wilson_interval
 
         for method, rows_by_id in by_method.items():
             groups: dict[str, list[bool]] = {}
@@ -314,7 +316,7 @@ class BFCL(Benchmark):
                 )
             entry = summary["methods"][method]
             entry["by_category"] = {}
-            for category in sorted(groups, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else len(CATEGORIES)):
+            for category in _in_category_order(groups):
                 verdicts = groups[category]
                 k, n = sum(verdicts), len(verdicts)
                 entry["by_category"][category] = {
@@ -323,6 +325,30 @@ class BFCL(Benchmark):
                     "accuracy": k / n,
                     "ci95": list(wilson_interval(k, n)),
                 }
+        baseline = by_method.get(ZERO_TEMPERATURE_METHOD)
+        if baseline is None:
+            return
+        versus: dict[str, dict] = {}
+        for method, rows_by_id in by_method.items():
+            if method == ZERO_TEMPERATURE_METHOD:
+                continue
+            pairs: dict[str, tuple[list[bool], list[bool]]] = {}
+            for pid in sorted(set(rows_by_id) & set(baseline)):
+                row = rows_by_id[pid]
+                base, this = pairs.setdefault(row.get("category") or category_of(pid), ([], []))
+                base.append(bool(baseline[pid]["correct"]))
+                this.append(bool(row["correct"]))
+            versus[method] = {}
+            for category in _in_category_order(pairs):
+                base, this = pairs[category]
+                boot = paired_bootstrap(base, this, n_boot=n_boot, seed=0)
+                versus[method][category] = {
+                    "problems": len(base),
+                    "difference": boot.difference,
+                    "ci95": [boot.ci_low, boot.ci_high],
+                    "mcnemar_exact_p": mcnemar_exact(base, this).p_value,
+                }
+        summary["bfcl_versus_baseline"] = {"baseline": ZERO_TEMPERATURE_METHOD, "methods": versus}
 
     def method_table(self, summary: dict) -> list[str]:
         from ..report import accuracy_table
@@ -348,4 +374,29 @@ class BFCL(Benchmark):
                     else "-"
                 )
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        versus = summary.get("bfcl_versus_baseline")
+        if versus and versus["methods"]:
+            lines += [
+                "",
+                f"Paired difference from {versus['baseline']} by category (method - {versus['baseline']}, points, on "
+                "the entries both ran; bootstrap 95% CI; exact McNemar p):",
+                "",
+                "| method | " + " | ".join(categories) + " |",
+                "|---|" + "---|" * len(categories),
+            ]
+            for method, by_category in versus["methods"].items():
+                cells = []
+                for c in categories:
+                    v = by_category.get(c)
+                    cells.append(
+                        f"{100 * v['difference']:+.1f} ({100 * v['ci95'][0]:+.1f} .. {100 * v['ci95'][1]:+.1f}; "
+                        f"p {v['mcnemar_exact_p']:.2g}; n {v['problems']})"
+                        if v
+                        else "-"
+                    )
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
         return lines
+
+
+def _in_category_order(categories) -> list[str]:
+    return sorted(categories, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else len(CATEGORIES))
