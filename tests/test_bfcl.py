@@ -212,7 +212,9 @@ def test_each_method_is_paired_with_greedy_per_category_on_the_entries_both_ran(
         return {pid: {"problem_id": pid, "correct": ok} for pid, ok in verdicts.items()}
 
     greedy = rows({"parallel_0": False, "parallel_1": False, "parallel_2": True, "irrelevance_0": True})
-    vote = rows({"parallel_0": True, "parallel_1": True, "parallel_2": True, "parallel_3": True, "irrelevance_0": False})
+    vote = rows(
+        {"parallel_0": True, "parallel_1": True, "parallel_2": True, "parallel_3": True, "irrelevance_0": False}
+    )
     summary = {"methods": {"greedy": {}, "low-temp+vote@8": {}}}
     bfcl = get_benchmark("bfcl")
     bfcl.add_metrics(summary, {"greedy": greedy, "low-temp+vote@8": vote}, n_boot=200)
