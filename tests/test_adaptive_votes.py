@@ -83,6 +83,26 @@ def test_a_model_that_always_gives_one_answer_stops_after_the_first_round_that_s
     assert len(vote(lm, 8, vote_stop="unbeatable", round_size=4).samples) == 8  # 4 vs 4 left could tie
 
 
+def test_an_adaptive_vote_over_mh_chains_runs_them_in_rounds_and_counts_each_chains_tokens():
+    lm = first_token_model({2: 1.0}, 3)
+    params = dict(n_chains=8, max_new_tokens=3, block_size=1, n_mcmc=3, select="majority", seed=0)
+    extract = dict(answer_extractor=lambda t: t or None)
+    fixed = build_sampler("power", lm, **params, **extract).sample([1])
+    assert len(fixed.samples) == 8 and "adaptive_vote" not in fixed.metadata
+    for rule, used in (("posterior", 4), ("unbeatable", 6)):  # every chain answers "2"
+        adaptive = build_sampler("power", lm, **params, **extract, vote_stop=rule, round_size=2).sample([1])
+        stop = adaptive.metadata["adaptive_vote"]
+        assert stop["samples_drawn"] == len(adaptive.samples) == used and stop["stopped_by"] == rule
+        assert stop["rounds"] == used // 2 and stop["budget"] == 8
+        assert adaptive.text == "2" and adaptive.metadata["selected_by"] == "majority"
+        per_chain = adaptive.metadata["decoded_tokens_per_chain"]
+        assert len(per_chain) == len(adaptive.samples) and sum(per_chain) == adaptive.metadata["tokens_generated"]
+    # answers that never agree: every round runs, the budget is spent
+    spread = build_sampler("power", lm, **params, answer_extractor=lambda t: None, vote_stop="posterior").sample([1])
+    assert len(spread.samples) == 8 and spread.metadata["adaptive_vote"]["stopped_by"] == "budget"
+    assert spread.metadata["adaptive_vote"]["rounds"] == 4
+
+
 def test_many_equally_likely_answers_use_the_whole_budget():
     lm = first_token_model({t: 1 / 40 for t in range(1, 41)}, 41)
     for seed in range(3):
@@ -131,10 +151,44 @@ def test_avote_in_the_eval_records_samples_used_and_stops_on_a_settled_answer(tm
     assert "| low-temp+avote (n=8, 4.00 used) |" in (tmp_path / "summary.md").read_text()
 
 
+def test_power_avote_in_the_eval_records_each_chains_draw_and_its_decoded_tokens(tmp_path):
+    from powersampling.eval.curves import selection_points
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
+
+    problems = load_problems("gsm8k", limit=2)
+    rows = []
+    run_eval(
+        "gsm8k",
+        ["power+vote@4", "power+avote@4"],
+        2,
+        toy_model(problems, p_digit=0.999),
+        tmp_path,
+        on_row=rows.append,
+        write_report=False,
+        **SMALL,
+    )
+    for row in rows:
+        assert row["n"] == 4 and row["params"]["n_chains"] == 4 and len(row["draws"]) == row["samples_used"]
+        assert sum(d["tokens"] for d in row["draws"]) == row["tokens_generated"]
+        # a chain decodes its proposals too: more tokens than it returns
+        assert all(d["tokens"] > len(d["text"]) for d in row["draws"])
+    adaptive = [r for r in rows if r["method"] == "power+avote@4"]
+    assert all(r["samples_used"] == 4 or r["metadata"]["adaptive_vote"]["stopped_by"] != "budget" for r in adaptive)
+    # the fixed vote's chains replay as votes of 1, 2 and 4 chains at their own decoded tokens
+    points = {p.label: p for p in selection_points(rows, "power+vote@4", budgets=(1, 2, 4))}
+    full = points["power vote of 4"]
+    for row in (r for r in rows if r["method"] == "power+vote@4"):
+        assert full.outcomes[row["problem_id"]].tokens == row["tokens_generated"]
+        assert full.outcomes[row["problem_id"]].correct == row["correct"]
+
+
 @pytest.mark.parametrize(
     "methods, params, message",
     [
-        (["power+avote"], [], "draws its outputs together"),
+        (["smc+avote@4"], [], "draws its outputs together"),
+        (["power+avote"], [], "votes over its n_chains"),
         (["low-temp+avote"], ["vote_stop=fixed"], "vote_stop=fixed is"),
         (["low-temp+avote"], ["low-temp+avote.vote_confidence=2"], "vote_confidence"),
         (["low-temp+avote"], ["low-temp+avote.round_size=0"], "round_size"),

@@ -23,6 +23,7 @@ from powersampling.exactness import (
 PROMPT = [1]
 MAX_NEW = 4
 CHAINS = 3000
+NO_ANSWER = dict(answer_extractor=lambda text: None)
 
 
 def _mh_tv(lm, alpha, **cfg):
@@ -55,6 +56,8 @@ def _mh_tv(lm, alpha, **cfg):
         (0.5, dict(n_mcmc=24, block_size=4, scan="sorted-entropy")),
         (4.0, dict(n_mcmc=12, block_size=1, defensive_weight=0.2)),  # mixture proposal, exact log q
         (2.0, dict(n_mcmc=8, block_size=2, scan="entropy", defensive_weight=0.3, defensive_temperature=2.0)),
+        # an adaptive vote that never settles (no answers): the chains run in three rounds of 1000
+        (2.0, dict(n_mcmc=8, block_size=2, select="majority", vote_stop="posterior", round_size=1000, **NO_ANSWER)),
     ],
 )
 def test_mh_matches_exact_power_distribution(alpha, cfg):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from ..samplers.registry import (
     PLAIN_METHOD,
     method_names,
     method_spec,
+    methods_where,
     one_sample_temperature,
 )
 from .benchmarks import Benchmark, BenchmarkPrompt, ExecLimits, get_benchmark, resolve_style
@@ -283,7 +284,7 @@ def check_arguments(
     for method in methods:  # a vote over one run's chains (MH chains, SMC particles) needs two of them
         base_method, selection = split_method(method)
         spec = method_spec(base_method)
-        if selection == VOTE and spec.chains_field is not None:
+        if selection in VOTES and spec.chains_field is not None:
             chains = method_budget(method) or method_params(extra_params, method).get(
                 spec.chains_field, default(spec.config, spec.chains_field)
             )
@@ -301,16 +302,24 @@ def _check_adaptive_selection(method: str, base: dict, extra_params: dict) -> No
 
     base_method, selection = split_method(method)
     fixed = VOTE if selection == ADAPTIVE_VOTE else QUALITY
-    if one_sample_temperature(base_method, **base, **method_params(extra_params, method)) is None:
+    one_sample = one_sample_temperature(base_method, **base, **method_params(extra_params, method)) is not None
+    spec = method_spec(base_method)
+    in_rounds = one_sample or (selection == ADAPTIVE_VOTE and spec.independent_chains)
+    if not in_rounds:
+        which = "samples of a one-sample method (sample, low-temp)"
+        if selection == ADAPTIVE_VOTE:
+            which += f" or the independent chains of {', '.join(methods_where('independent_chains'))}"
         raise ConfigError(
-            f"{method}: '{selection}' draws samples of a one-sample method (sample, low-temp) in rounds; "
-            f"{base_method} draws its outputs together (use '{fixed}')"
+            f"{method}: '{selection}' draws {which} in rounds; {base_method} draws its outputs together (use '{fixed}')"
         )
     stop = _stop_params(method_params(extra_params, method), selection)
     if stop.get("vote_stop") == "fixed":
         raise ConfigError(f"{method}: vote_stop=fixed is '{VOTE}'; '{ADAPTIVE_VOTE}' takes unbeatable or posterior")
     select = "majority" if selection == ADAPTIVE_VOTE else "default"
-    validate_params(CANDIDATES_METHOD, strict=True, n=2, select=select, **stop)
+    if one_sample:
+        validate_params(CANDIDATES_METHOD, strict=True, n=2, select=select, **stop)
+    else:
+        validate_params(base_method, strict=True, **{spec.chains_field: 2}, select=select, **stop)
 
 
 def _stop_params(params: dict, selection: str | None) -> dict:
@@ -576,13 +585,18 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **grade.fields,
     }
-    if base_method == CANDIDATES_METHOD:
-        row["n"] = params["n"]  # the budget; an adaptive vote may use fewer
+    independent_chains = method_spec(base_method).independent_chains and selection is not None
+    if base_method == CANDIDATES_METHOD or independent_chains:
+        # the budget (an adaptive vote may use fewer) and each independent output in order, for eval.curves
+        row["n"] = params["n"] if base_method == CANDIDATES_METHOD else params.get(_budget_field(base_method), 1)
         row["samples_used"] = len(result.samples)
-        row["n_rule"] = n_rule
+        if n_rule is not None:
+            row["n_rule"] = n_rule
         grades = [session.grade(problem, c.text, prompt) for c in result.samples]
         row["candidates_correct"] = sum(g.correct for g in grades)
-        row["draws"] = draw_records(result.samples, grades, params.get("answer_extractor"))
+        row["draws"] = draw_records(
+            result.samples, grades, params.get("answer_extractor"), md.get("decoded_tokens_per_chain")
+        )
     return row
 
 
@@ -593,13 +607,21 @@ def _budget_field(method: str) -> str:
     return field
 
 
-def draw_records(samples, grades: list[Grade], extract: Callable[[str], str | None] | None) -> list[dict]:
-    """One record per candidate, in the order drawn: its decoded tokens, base-model log p, whether it finished, the
-    answer it votes for (the benchmark's extractor, for a vote), its quality score (for a quality selection) and its
-    grade. The candidates are independent draws, so the first k records are a k-sample run: ``eval.curves``
-    replays smaller and adaptive selections from them."""
+def draw_records(
+    samples,
+    grades: list[Grade],
+    extract: Callable[[str], str | None] | None,
+    decoded: Sequence[int] | None = None,
+) -> list[dict]:
+    """One record per candidate or independent chain, in the order drawn: the tokens decoded for it (``decoded``,
+    for MH chains: extensions and every proposal; a candidate's own length otherwise), base-model log p, whether
+    it finished, the answer it votes for (the benchmark's extractor, for a vote), its quality score (for a quality
+    selection) and its grade. The draws are independent, so the first k records are a k-draw run:
+    ``eval.curves`` replays smaller and adaptive selections from them."""
     records = []
-    for completion, grade in zip(samples, grades, strict=True):
+    if decoded is not None and len(decoded) != len(samples):
+        raise ValueError(f"{len(samples)} outputs but {len(decoded)} decoded-token counts")
+    for i, (completion, grade) in enumerate(zip(samples, grades, strict=True)):
         answer = None
         if extract is not None and completion.complete:
             try:
@@ -608,7 +630,7 @@ def draw_records(samples, grades: list[Grade], extract: Callable[[str], str | No
                 answer = None
         records.append(
             {
-                "tokens": len(completion.token_ids),
+                "tokens": int(decoded[i]) if decoded is not None else len(completion.token_ids),
                 "logprob": float(completion.logprob),
                 "complete": bool(completion.complete),
                 "answer": None if answer is None else str(answer),

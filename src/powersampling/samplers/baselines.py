@@ -6,10 +6,10 @@ import numpy as np
 
 from ..backends.base import ContinuationRequest, LanguageModel
 from ..errors import ConfigError
-from .base import Deadline, EvaluatorTracker, MethodSpec, Output, RunOutcome, SampleCall, Sampler, majority_vote
+from .base import Deadline, EvaluatorTracker, MethodSpec, Output, RunOutcome, SampleCall, Sampler
 from .config import BestOfNConfig, GreedyConfig, LowTemperatureConfig, SamplingConfig
 from .result import Completion, ProgressEvent
-from .votes import leader_posterior, vote_stop_reason
+from .votes import adaptive_vote_record, round_stop
 
 TemperatureConfig = SamplingConfig | GreedyConfig | LowTemperatureConfig | BestOfNConfig
 
@@ -81,7 +81,7 @@ class TemperatureSampler(Sampler):
         adaptive run stopped (None otherwise)."""
         cfg = self.config
         adaptive_quality = getattr(cfg, "quality_margin", None) is not None
-        adaptive = adaptive_quality or (getattr(cfg, "vote_stop", "fixed") != "fixed" and cfg.select == "majority")
+        adaptive = adaptive_quality or getattr(cfg, "adaptive_vote", False)
         conts, completions = [], []
         rounds, reason, best = 0, "budget", -np.inf
         while len(conts) < cfg.n:
@@ -102,12 +102,14 @@ class TemperatureSampler(Sampler):
             if why is not None:
                 reason = why
                 break
+        if not adaptive_quality:
+            return (
+                conts,
+                completions,
+                adaptive_vote_record(completions, cfg, stopped_by=reason, budget=cfg.n, rounds=rounds),
+            )
         stop = {"stopped_by": reason, "samples_drawn": len(conts), "budget": cfg.n, "rounds": rounds}
-        if adaptive_quality:
-            stop.update(rule="quality_margin", margin=cfg.quality_margin, best_quality=float(best))
-        else:
-            votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
-            stop.update(rule=cfg.vote_stop, leader_posterior=leader_posterior(votes))
+        stop.update(rule="quality_margin", margin=cfg.quality_margin, best_quality=float(best))
         return conts, completions, stop
 
     def _completion(self, cont, tracker: EvaluatorTracker) -> Completion:
@@ -126,8 +128,7 @@ class TemperatureSampler(Sampler):
             return None
         if cfg.quality_margin is not None:
             return "no_improvement" if np.isfinite(best) and not best > previous + cfg.quality_margin else None
-        votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
-        return vote_stop_reason(votes, remaining, cfg.vote_stop, cfg.vote_confidence)
+        return round_stop(completions, remaining, cfg)
 
 
 def _declare(name: str, config_type: type[TemperatureConfig], **fields) -> MethodSpec:

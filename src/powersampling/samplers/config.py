@@ -115,28 +115,45 @@ class LowTemperatureConfig(PowerTargetConfig):
         return 1
 
 
-class BestOfNConfig(_TemperatureConfig):
+class AdaptiveVoteConfig(DecodeConfig):
+    """A majority vote over independent outputs (best-of-n's candidates, MH's chains) that may stop drawing them
+    early: the outputs are drawn in rounds of ``round_size`` and ``samplers.votes.vote_stop_reason`` decides after
+    each round."""
+
+    vote_stop: Literal["fixed", "unbeatable", "posterior"] = Field(
+        "fixed",
+        description="with select='majority': 'fixed' draws the whole budget; 'unbeatable' draws in rounds of "
+        "round_size and stops once the leading answer's votes exceed the runner-up's plus the outputs left; "
+        "'posterior' also stops once P(leader's share > runner-up's) >= vote_confidence under a Beta(leader+1, "
+        "runner-up+1) posterior (see samplers.votes)",
+    )
+    round_size: int = Field(
+        2, ge=1, le=4096, description="outputs (samples, chains) drawn per round of an adaptive selection"
+    )
+    vote_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="posterior probability that the leader leads, for vote_stop='posterior'"
+    )
+
+    @model_validator(mode="after")
+    def _adaptive_vote_needs_a_vote(self):
+        if self.vote_stop != "fixed" and self.select != "majority":
+            raise ValueError(f"vote_stop={self.vote_stop!r} stops a majority vote early; it needs select='majority'")
+        return self
+
+    @property
+    def adaptive_vote(self) -> bool:
+        return self.vote_stop != "fixed"
+
+
+class BestOfNConfig(_TemperatureConfig, AdaptiveVoteConfig):
     """n samples at a temperature, one returned: the best by the evaluator, else by mean log p per token."""
 
     n: int = Field(4, ge=1, le=4096, description="candidates (with an adaptive vote: the most drawn)")
-    vote_stop: Literal["fixed", "unbeatable", "posterior"] = Field(
-        "fixed",
-        description="with select='majority': 'fixed' draws all n; 'unbeatable' draws in rounds of round_size and "
-        "stops once the leading answer's votes exceed the runner-up's plus the samples left; 'posterior' also "
-        "stops once P(leader's share > runner-up's) >= vote_confidence under a Beta(leader+1, runner-up+1) "
-        "posterior (see samplers.votes)",
-    )
-    round_size: int = Field(
-        2, ge=1, le=4096, description="samples drawn per round of an adaptive vote or quality selection"
-    )
     quality_margin: float | None = Field(
         None,
         ge=0,
         description="with a quality evaluator: draw in rounds of round_size and stop once a round fails to raise "
         "the best quality score by more than this margin (None: draw all n)",
-    )
-    vote_confidence: float = Field(
-        0.95, gt=0.5, lt=1, description="posterior probability that the leader leads, for vote_stop='posterior'"
     )
 
     @model_validator(mode="after")
@@ -147,8 +164,6 @@ class BestOfNConfig(_TemperatureConfig):
             )
         if self.quality_margin is not None and self.select == "majority":
             raise ValueError("quality_margin stops a selection by quality score; a majority vote stops by vote_stop")
-        if self.vote_stop != "fixed" and self.select != "majority":
-            raise ValueError(f"vote_stop={self.vote_stop!r} stops a majority vote early; it needs select='majority'")
         return self
 
 
@@ -165,7 +180,7 @@ class DefensiveProposalConfig(PowerTargetConfig):
     )
 
 
-class PowerSamplingConfig(DefensiveProposalConfig):
+class PowerSamplingConfig(DefensiveProposalConfig, AdaptiveVoteConfig):
     """Metropolis-Hastings power sampling (Karan & Du, arXiv 2510.14901), block-wise annealed.
 
     The target is p(x)^alpha over whole completions. Proposals are drawn at ``proposal_temperature`` (default
@@ -175,7 +190,9 @@ class PowerSamplingConfig(DefensiveProposalConfig):
     n_mcmc: int = Field(10, ge=1, le=10_000, description="MH steps after each block")
     block_size: int = Field(16, ge=1, le=100_000, description="tokens added per block")
     proposal_temperature: float | None = Field(None, gt=0, le=100, description="default 1/alpha")
-    n_chains: int = Field(1, ge=1, le=4096, description="independent chains, decoded as batched rows")
+    n_chains: int = Field(
+        1, ge=1, le=4096, description="independent chains, decoded as batched rows (an adaptive vote: the most it runs)"
+    )
     proposal_batch: int | None = Field(
         None, ge=1, description="MH proposals drawn per chain in one batched call (default: n_mcmc)"
     )

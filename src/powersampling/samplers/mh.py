@@ -58,6 +58,7 @@ from .base import (
 )
 from .config import PowerSamplingConfig
 from .result import Completion, ProgressEvent
+from .votes import adaptive_vote_record, round_stop
 
 _EMPTY = np.zeros(0)
 _EMPTY.flags.writeable = False  # shared by every empty state
@@ -229,6 +230,7 @@ class _Chain:
     rejections_in_a_row: int = 0
     uniforms: dict[int, float] = field(default_factory=dict)
     pending: dict[int, _Proposal] = field(default_factory=dict)
+    decoded: int = 0  # tokens the backend decoded for this chain: its extensions and every proposal drawn for it
 
 
 @declare_method(
@@ -282,17 +284,49 @@ class _MHChains:
         self._tally = (0, 0, 0)  # steps seen, accepted, proposed: for progress events
         self.hit_deadline = False
         self.early_stops = 0  # blocks whose MH steps stopped early (stop_after_rejections)
+        self.adaptive_vote: dict | None = None  # how an adaptive vote over the chains stopped
         self.steps_skipped = 0
 
     # the loop
 
     def execute(self) -> RunOutcome:
         cfg = self.cfg
+        if not cfg.adaptive_vote:
+            self._run_blocks(self.chains)
+            return self._outcome()
+        # An adaptive vote runs the chains in rounds: each chain is an independent draw whatever the others did,
+        # so stopping after a round changes how many draws are voted on, not what each one is distributed as.
+        budget, run, rounds, reason = self.chains, [], 0, "budget"
+        while len(run) < len(budget):
+            group = budget[len(run) : len(run) + cfg.round_size]
+            self._run_blocks(group)
+            run += group
+            rounds += 1
+            if self.hit_deadline:
+                reason = "deadline"
+                break
+            why = round_stop(self._completions(run), len(budget) - len(run), cfg)
+            if why is not None:
+                reason = why
+                break
+        self.chains = run
+        self.adaptive_vote = adaptive_vote_record(
+            self._completions(run), cfg, stopped_by=reason, budget=len(budget), rounds=rounds
+        )
+        return self._outcome()
+
+    def _completions(self, chains: list[_Chain]) -> list[Completion]:
+        return [self._output(c.state, None).completion for c in chains]
+
+    def _run_blocks(self, chains: list[_Chain]) -> None:
+        """The block-wise schedule of ``chains``: extend each by a block, then run its MH steps, until every chain
+        is in its final phase (stopped, or at max_new_tokens) or the deadline passes."""
+        cfg = self.cfg
         scheduler = self._sorted_scan if cfg.scan in ("sorted", "sorted-entropy") else self._random_scan
         for block in range(self.blocks_total):
             if self.deadline.expired():
                 self.hit_deadline = True
-            active = [c for c in self.chains if not c.final_phase]
+            active = [c for c in chains if not c.final_phase]
             if self.hit_deadline or not active:
                 break
             limit = min((block + 1) * cfg.block_size, cfg.max_new_tokens)
@@ -311,7 +345,6 @@ class _MHChains:
                     chain.pending.clear()
                 scheduler(active, block)
                 self._notify("block", block + 1, self.blocks_total)
-        return self._outcome()
 
     def _extend(self, chains: list[_Chain], limit: int) -> None:
         growing = [c for c in chains if not c.state.stopped and len(c.state) < limit]
@@ -321,6 +354,7 @@ class _MHChains:
             )
             self.extend_tokens.append(sum(len(c) for c in conts))
             for chain, cont in zip(growing, conts):
+                chain.decoded += len(cont)
                 chain.state = chain.state.with_suffix(len(chain.state), cont)
                 self.hit_deadline = self.hit_deadline or cont.interrupted
         for chain in chains:
@@ -365,6 +399,7 @@ class _MHChains:
             return
         conts = self._propose(requests)
         for step, ((chain, cut), cont) in enumerate(zip(owners, conts), start=1):
+            chain.decoded += len(cont)
             self._apply(chain, cut, cont, cuts=None)
             self._notify("mh_step", block + 1, self.blocks_total, step, len(owners))
 
@@ -381,6 +416,7 @@ class _MHChains:
                 owners.append((chain, t, len(state), cut))
         conts = self._propose(requests)
         for (chain, t, n, cut), cont in zip(owners, conts):
+            chain.decoded += len(cont)
             chain.pending[t] = _Proposal(n, cut, chain.state.tokens[:cut], cont)
 
     def _consume_pending(self, chain: _Chain, block: int) -> None:
@@ -530,6 +566,8 @@ class _MHChains:
                 "step_timeouts": sum(s.timed_out for s in mh),
                 "early_stops": self.early_stops,
                 "steps_skipped": self.steps_skipped,
+                "decoded_tokens_per_chain": [c.decoded for c in self.chains],
+                **({"adaptive_vote": self.adaptive_vote} if self.adaptive_vote is not None else {}),
             },
             done=self._event("done", 0, self.blocks_total),
         )

@@ -17,9 +17,16 @@ With confidence 0.95, a unanimous vote stops after 4 answers (P = 1 - 2^-5 = 0.9
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from scipy.stats import beta
+
+from .base import majority_vote
+from .result import Completion
+
+if TYPE_CHECKING:
+    from .config import AdaptiveVoteConfig
 
 VOTE_STOP_RULES = ("fixed", "unbeatable", "posterior")
 
@@ -43,3 +50,25 @@ def vote_stop_reason(votes: Mapping[str, float], remaining: int, rule: str, conf
     if rule == "posterior" and leader_posterior(votes) >= confidence:
         return "posterior"
     return None
+
+
+def round_stop(completions: Sequence[Completion], remaining: int, cfg: AdaptiveVoteConfig) -> str | None:
+    """``vote_stop_reason`` for the outputs drawn so far, voted by the config's answer extractor."""
+    votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
+    return vote_stop_reason(votes, remaining, cfg.vote_stop, cfg.vote_confidence)
+
+
+def adaptive_vote_record(
+    completions: Sequence[Completion], cfg: AdaptiveVoteConfig, *, stopped_by: str, budget: int, rounds: int
+) -> dict:
+    """The ``adaptive_vote`` metadata of a run: why it stopped, the outputs drawn of the budget, in how many rounds,
+    the rule and the leader's posterior at the end."""
+    votes = majority_vote(completions, cfg.answer_extractor)[1]["votes"]
+    return {
+        "stopped_by": stopped_by,
+        "samples_drawn": len(completions),
+        "budget": budget,
+        "rounds": rounds,
+        "rule": cfg.vote_stop,
+        "leader_posterior": leader_posterior(votes),
+    }
