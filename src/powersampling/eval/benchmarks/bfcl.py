@@ -357,45 +357,44 @@ class BFCL(Benchmark):
         categories = list(dict.fromkeys(c for e in summary["methods"].values() for c in e.get("by_category", {})))
         if not categories:
             return lines
-        lines += [
-            "",
+
+        def accuracy(v: dict) -> str:
+            return f"{v['accuracy']:.1%} ({v['correct']}/{v['problems']}, {v['ci95'][0]:.0%}-{v['ci95'][1]:.0%})"
+
+        lines += _category_table(
             "Accuracy by BFCL category (correct / problems, 95% Wilson interval):",
-            "",
-            "| method | " + " | ".join(categories) + " |",
-            "|---|" + "---|" * len(categories),
-        ]
-        for method, entry in summary["methods"].items():
-            cells = []
-            for c in categories:
-                v = entry.get("by_category", {}).get(c)
-                cells.append(
-                    f"{v['accuracy']:.1%} ({v['correct']}/{v['problems']}, {v['ci95'][0]:.0%}-{v['ci95'][1]:.0%})"
-                    if v
-                    else "-"
-                )
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            categories,
+            {m: e.get("by_category", {}) for m, e in summary["methods"].items()},
+            accuracy,
+        )
         versus = summary.get("bfcl_versus_baseline")
         if versus and versus["methods"]:
-            lines += [
-                "",
-                f"Paired difference from {versus['baseline']} by category (method - {versus['baseline']}, points, on "
-                "the entries both ran; bootstrap 95% CI; exact McNemar p):",
-                "",
-                "| method | " + " | ".join(categories) + " |",
-                "|---|" + "---|" * len(categories),
-            ]
-            for method, by_category in versus["methods"].items():
-                cells = []
-                for c in categories:
-                    v = by_category.get(c)
-                    cells.append(
-                        f"{100 * v['difference']:+.1f} ({100 * v['ci95'][0]:+.1f} .. {100 * v['ci95'][1]:+.1f}; "
-                        f"p {v['mcnemar_exact_p']:.2g}; n {v['problems']})"
-                        if v
-                        else "-"
-                    )
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            base = versus["baseline"]
+
+            def difference(v: dict) -> str:
+                low, high = (100 * x for x in v["ci95"])
+                p, n = v["mcnemar_exact_p"], v["problems"]
+                return f"{100 * v['difference']:+.1f} ({low:+.1f} .. {high:+.1f}; p {p:.2g}; n {n})"
+
+            lines += _category_table(
+                f"Paired difference from {base} by category (method - {base}, points, on the entries both ran; "
+                "bootstrap 95% CI; exact McNemar p):",
+                categories,
+                versus["methods"],
+                difference,
+            )
         return lines
+
+
+def _category_table(
+    title: str, categories: list[str], cells: dict[str, dict], cell: Callable[[dict], str]
+) -> list[str]:
+    """A markdown table of one row per method and one column per category (``-`` where a method has none)."""
+    lines = ["", title, "", "| method | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
+    for method, by_category in cells.items():
+        row = [cell(by_category[c]) if c in by_category else "-" for c in categories]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
 
 
 def _in_category_order(categories) -> list[str]:
