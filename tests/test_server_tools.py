@@ -58,6 +58,21 @@ def smol():
         yield server
 
 
+def one_call(server, seed: int, method: str = "sample", **fields):
+    """A chat request through the openai SDK that must call exactly one of TOOLS."""
+    return sdk(server).chat.completions.create(
+        model="tiny-smol",
+        messages=fields.pop("messages", MESSAGES),
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=ONE_CALL_TOKENS,
+        seed=seed,
+        extra_body={"method": method, **fields.pop("extra_body", {})},
+        **fields,
+    )
+
+
 def _check_calls(message, allowed=SCHEMAS) -> None:
     assert message.content is None and message.tool_calls
     for call in message.tool_calls:
@@ -79,16 +94,7 @@ METHODS = {
 
 @pytest.mark.parametrize("method", ["power", "sample"])
 def test_required_tool_calls_validate_against_the_schema(smol, method):
-    out = sdk(smol).chat.completions.create(
-        model="tiny-smol",
-        messages=MESSAGES,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=ONE_CALL_TOKENS,
-        seed=3,
-        extra_body={"method": method, "power_sampling": METHODS[method]},
-    )
+    out = one_call(smol, 3, method, extra_body={"power_sampling": METHODS[method]})
     choice = out.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     _check_calls(choice.message)
@@ -167,16 +173,7 @@ def test_auto_answers_with_calls_or_text_and_none_with_text_only(smol):
 
 
 def test_a_follow_up_turn_with_the_tool_result_is_rendered_and_answered(smol):
-    first = sdk(smol).chat.completions.create(
-        model="tiny-smol",
-        messages=MESSAGES,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=ONE_CALL_TOKENS,
-        seed=5,
-        extra_body={"method": "sample"},
-    )
+    first = one_call(smol, 5)
     call = first.choices[0].message.tool_calls[0]
     history = [
         *MESSAGES,
@@ -196,17 +193,7 @@ def test_a_follow_up_turn_with_the_tool_result_is_rendered_and_answered(smol):
 
 
 def test_streamed_tool_calls_arrive_as_deltas(smol):
-    stream = sdk(smol).chat.completions.create(
-        model="tiny-smol",
-        messages=MESSAGES,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=ONE_CALL_TOKENS,
-        seed=2,
-        stream=True,
-        extra_body={"method": "sample"},
-    )
+    stream = one_call(smol, 2, stream=True)
     finals = [c.choices[0] for c in stream if c.choices and c.choices[0].finish_reason]
     assert finals[-1].finish_reason == "tool_calls"
     (call,) = finals[-1].delta.tool_calls
@@ -274,17 +261,7 @@ def test_n_logprobs_stop_and_seed_through_the_sdk(smol):
 
 def test_the_request_span_records_tool_calls_as_the_finish_reason(smol, spans):
     spans.clear()
-    out = sdk(smol).chat.completions.create(
-        model="tiny-smol",
-        messages=MESSAGES,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=ONE_CALL_TOKENS,
-        seed=2,
-        n=2,
-        extra_body={"method": "sample"},
-    )
+    out = one_call(smol, 2, n=2)
     assert [c.finish_reason for c in out.choices] == ["tool_calls", "tool_calls"]
     (span,) = [s for s in spans.get_finished_spans() if s.name == "chat tiny-smol"]
     assert tuple(span.attributes["gen_ai.response.finish_reasons"]) == ("tool_calls", "tool_calls")
