@@ -27,7 +27,12 @@ from powersampling.eval.results import RESULTS_FILE, read_rows
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="an evaluation folder (results.jsonl)")
-    parser.add_argument("--reference", default="low-temp", help="the method every point is paired against")
+    parser.add_argument(
+        "--reference",
+        default="low-temp",
+        help="the point every other is paired against: a method of the run or a replayed point's label "
+        "('low-temp vote of 8')",
+    )
     parser.add_argument("--budgets", default="1,2,4,8", help="vote budgets replayed from recorded draws")
     parser.add_argument("--round-size", type=int, default=2, help="draws per round of a replayed adaptive vote")
     parser.add_argument("--confidence", type=float, default=0.95, help="the posterior rule's confidence")
@@ -53,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             rows, method, budgets, round_size=args.round_size, confidence=args.confidence, margins=margins
         )
     reference = next((p for p in points if p.label == args.reference), None)
+    if reference is None:
+        labels = ", ".join(repr(p.label) for p in points)
+        print(f"error: no point is named {args.reference!r}; --reference takes one of {labels}", file=sys.stderr)
+        return 2
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
     title = f"{rows[0]['task']}, {rows[0]['model']}: {benchmark.curve_metric_name} against decoded tokens"
@@ -65,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "round_size": args.round_size,
         "confidence": args.confidence,
         "points": [p.summary(benchmark) for p in points],
-        "paired": [
-            c for p in points if reference and p is not reference and (c := paired_against(reference, p, benchmark))
-        ],
+        "paired": [c for p in points if p is not reference and (c := paired_against(reference, p, benchmark))],
     }
     (out / "accuracy_vs_tokens.json").write_text(json.dumps(document, indent=2))
     print("\n".join(table))

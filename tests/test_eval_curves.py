@@ -179,3 +179,24 @@ def test_the_curve_script_writes_a_table_plot_and_json(tmp_path):
         timeout=60,
     )
     assert missing.returncode == 2 and "holds no results.jsonl" in missing.stderr
+    replayed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py"), str(tmp_path), "--budgets", "1,2,4"]
+        + ["--reference", "low-temp vote of 4", "--out", str(tmp_path / "vs-vote")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    against_vote = json.loads((tmp_path / "vs-vote" / "accuracy_vs_tokens.json").read_text())["paired"]
+    assert {c["reference"] for c in against_vote} == {"low-temp vote of 4"} and len(against_vote) == 5
+    unknown = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py"), str(tmp_path), "--reference", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        unknown.returncode == 2
+        and "no point is named 'nope'" in unknown.stderr
+        and "low-temp vote of 4" in unknown.stderr
+    )
