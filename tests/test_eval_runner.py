@@ -300,6 +300,20 @@ def test_a_method_run_in_its_own_folder_merges_with_its_parameters(problems, tmp
         merge_runs([tmp_path / "ab", tmp_path / "c"], tmp_path / "abc")
 
 
+def test_best_of_n_given_its_n_by_a_scoped_parameter_runs_and_merges_without_power(problems, tmp_path):
+    """``--param best-of-n.n=N`` fixes n for one method, so best-of-n can run in its own folder (no power rows to
+    match) and still merge with a run whose settings fixed nothing."""
+    run_eval("gsm8k", ["sample"], 2, toy_model(problems), tmp_path / "a", write_report=False, **SMALL)
+    run_eval(
+        "gsm8k", ["best-of-n"], 2, toy_model(problems), tmp_path / "b", write_report=False,
+        extra_params={"best-of-n.n": 3}, **SMALL,
+    )  # fmt: skip
+    assert [(r["n"], r["n_rule"]) for r in read_rows(tmp_path / "b" / RESULTS_FILE)] == [(3, "fixed by --param n")] * 2
+    assert merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "ab") == 4
+    with pytest.raises(ConfigError, match=r"--param best-of-n.n=N"):
+        check_arguments("gsm8k", ["best-of-n"], 1)
+
+
 def test_scoped_parameters_are_checked_against_their_method(problems, tmp_path):
     with pytest.raises(ConfigError, match="not one of the methods"):
         check_arguments("gsm8k", ["sample"], 1, extra_params={"smc.n_particles": 4})

@@ -258,12 +258,18 @@ def check_arguments(
     block_size = block_size or benchmark.block_size(max_new_tokens)
     if best_of_n is not None and best_of_n < 1:
         raise ConfigError(f"best_of_n must be >= 1 (got {best_of_n})")
-    if CANDIDATES_METHOD in methods and best_of_n is None and MATCHED_COST_METHOD not in methods:
-        raise ConfigError(
-            f"{CANDIDATES_METHOD} at matched cost needs {MATCHED_COST_METHOD} in the methods (or set best_of_n)"
-        )
     base = dict(alpha=alpha, n_mcmc=n_mcmc, block_size=block_size, max_new_tokens=max_new_tokens)
     extra_params = extra_params or {}
+    if (
+        CANDIDATES_METHOD in methods
+        and best_of_n is None
+        and MATCHED_COST_METHOD not in methods
+        and "n" not in method_params(extra_params, CANDIDATES_METHOD)
+    ):
+        raise ConfigError(
+            f"{CANDIDATES_METHOD} at matched cost needs {MATCHED_COST_METHOD} in the methods "
+            f"(or set --best-of-n, or --param {CANDIDATES_METHOD}.n=N)"
+        )
     for scoped in {k.rpartition(".")[0] for k in extra_params if "." in k} - set(methods):
         raise ConfigError(f"--param {scoped}.…: {scoped!r} is not one of the methods ({', '.join(methods)})")
     for method in methods:
@@ -278,8 +284,8 @@ def check_arguments(
         validate_params(
             split_method(method)[0],
             **base,
-            **{k: v for k, v in method_params(extra_params, method).items() if k not in STOP_PARAMS},
-            **({"n": 2} if method == CANDIDATES_METHOD else {}),
+            **({"n": 2} if method == CANDIDATES_METHOD else {})
+            | {k: v for k, v in method_params(extra_params, method).items() if k not in STOP_PARAMS},
         )
     for method in methods:  # a vote over one run's chains (MH chains, SMC particles) needs two of them
         base_method, selection = split_method(method)
@@ -552,6 +558,8 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
             params["n"], n_rule = budget, f"fixed by the method name ({BUDGET_MARK}{budget})"
         elif settings.best_of_n is not None:
             params["n"], n_rule = settings.best_of_n, "fixed"
+        elif "n" in (given := method_params(settings.extra_params, method)):
+            params["n"], n_rule = given["n"], "fixed by --param n"
         else:
             params["n"], n_rule = matched_best_of_n(rows, candidate_method)
     elif budget is not None:
