@@ -20,7 +20,14 @@ import sys
 from pathlib import Path
 
 from powersampling.eval.benchmarks import get_benchmark
-from powersampling.eval.curves import markdown_table, paired_against, plot_curves, row_points, selection_points
+from powersampling.eval.curves import (
+    markdown_table,
+    paired_against,
+    plot_curves,
+    replayable,
+    row_points,
+    selection_points,
+)
 from powersampling.eval.results import RESULTS_FILE, read_rows
 
 
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     benchmark = get_benchmark(rows[0]["task"])
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    with_draws = [m for m in methods if any(r.get("draws") for r in rows if r["method"] == m)]
+    with_draws = [m for m in methods if replayable(m) and any(r.get("draws") for r in rows if r["method"] == m)]
     budgets = [int(b) for b in args.budgets.split(",")]
     points = row_points(rows, [m for m in methods if m not in with_draws])
     margins = [float(m) for m in args.margins.split(",")]

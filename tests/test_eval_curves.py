@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from powersampling import ConfigError, build_sampler
-from powersampling.eval.curves import replay, replay_adaptive_quality, replay_adaptive_vote, selection_points
+from powersampling.eval.curves import (
+    replay,
+    replay_adaptive_quality,
+    replay_adaptive_vote,
+    replayable,
+    selection_points,
+)
 from powersampling.eval.runner import check_arguments, method_budget, split_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +149,30 @@ def test_an_eval_run_records_draws_that_replay_to_its_own_verdicts(tmp_path):
     points = selection_points(rows, "low-temp+vote@6", budgets=(1, 2, 6))
     assert [p.problems for p in points] == [4] * 5
     assert points[-1].label.startswith("low-temp adaptive vote (posterior")
+
+
+def test_best_of_n_candidates_replay_to_the_rows_pick_and_give_smaller_budgets(tmp_path):
+    """best-of-n keeps the candidate of highest mean log p; its recorded draws replay to that pick, and the first k
+    of them give best-of-k. A budget past the recorded draws is replaced by the full n."""
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
+
+    problems = load_problems("gsm8k", limit=3)
+    rows = []
+    run_eval(
+        "gsm8k", ["best-of-n"], 3, toy_model(problems, p_digit=0.5), tmp_path, on_row=rows.append,
+        write_report=False, extra_params={"best-of-n.n": 4}, **SMALL,
+    )  # fmt: skip
+    for row in rows:
+        pick = replay(row["draws"], 4, "likeliest")
+        assert pick.correct == row["correct"] and pick.tokens == row["tokens_generated"]
+    points = selection_points(rows, "best-of-n", budgets=(1, 2, 8))
+    assert [p.label for p in points] == ["best-of-n (one of the draws)", "best of 2", "best of 4"]
+    assert [p.problems for p in points] == [3, 3, 3]
+    assert not replayable("sample") and replayable("best-of-n") and replayable("smc+vote@4")
+    with pytest.raises(ValueError, match="do not replay"):
+        selection_points([{**rows[0], "method": "sample"}], "sample")
 
 
 def test_the_curve_script_writes_a_table_plot_and_json(tmp_path):

@@ -30,6 +30,13 @@ from .runner import split_method
 DEFAULT_BUDGETS = (1, 2, 4, 8)
 VOTE_RULES = ("unbeatable", "posterior")
 SELECTIONS = {"+vote": "majority", "+quality": "quality"}  # the fixed selections whose draws can be replayed
+LIKELIEST = "best-of-n"  # its candidates replay too: the one of highest mean log p among the first k
+
+
+def replayable(method: str) -> bool:
+    """Whether ``method``'s recorded draws give points at smaller budgets (``selection_points``)."""
+    name = method.partition("@")[0]
+    return name == LIKELIEST or any(name.endswith(s) for s in SELECTIONS)
 
 
 @dataclass(frozen=True)
@@ -98,15 +105,15 @@ def _recorded_answer(text: str) -> str | None:
 
 def _pick(draws: Sequence[dict], select: str) -> int:
     """The draw a selection returns, as the sampler picks it: a vote's majority (ties and the pick within it by
-    mean log p per token), or the highest quality score (the later draw on a tie); with no answer or no score, the
-    draw of highest mean log p."""
+    mean log p per token), or the highest quality score (the later draw on a tie); with no answer or no score, and
+    for best-of-n (``likeliest``), the draw of highest mean log p."""
     if len(draws) == 1:
         return 0
     if select == "majority":
         chosen, _ = majority_vote(_as_completions(draws), _recorded_answer)
         if chosen is not None:
             return chosen
-    else:
+    elif select == "quality":
         scored = [(d["quality_score"], i) for i, d in enumerate(draws) if d.get("quality_score") is not None]
         if scored:
             return max(scored)[1]
@@ -114,7 +121,7 @@ def _pick(draws: Sequence[dict], select: str) -> int:
 
 
 def replay(draws: Sequence[dict], k: int, select: str = "majority") -> Outcome:
-    """The selection (``majority`` or ``quality``) over the first ``k`` draws."""
+    """The selection (``majority``, ``quality`` or best-of-n's ``likeliest``) over the first ``k`` draws."""
     if not 1 <= k <= len(draws):
         raise ValueError(f"a selection over {k} draws needs 1 <= k <= {len(draws)} recorded draws")
     used = list(draws[:k])
@@ -163,20 +170,30 @@ def selection_points(
     mine = [r for r in rows if r["method"] == method and r.get("draws")]
     if not mine:
         raise ValueError(f"no rows of {method!r} record their draws (run it as METHOD+vote@N or METHOD+quality@N)")
+    if not replayable(method):
+        raise ValueError(
+            f"{method!r} is neither a fixed selection ({', '.join(SELECTIONS)}) nor {LIKELIEST}: "
+            "its draws do not replay"
+        )
     name = method.partition("@")[0]
-    suffix = next((s for s in SELECTIONS if name.endswith(s)), None)
-    if suffix is None:
-        raise ValueError(f"{method!r} is not a fixed selection ({', '.join(SELECTIONS)}) whose draws replay")
-    unit, select = name.removesuffix(suffix), SELECTIONS[suffix]
-    what = "vote" if select == "majority" else "best quality"
-    points = []
-    for k in budgets:
-        point = CurvePoint(f"{unit} {what} of {k}" if k > 1 else f"{unit} (one of the draws)", f"{method}, first k")
+    if name == LIKELIEST:
+        unit, select, suffix = name, "likeliest", None
+    else:
+        suffix = next(s for s in SELECTIONS if name.endswith(s))
+        unit, select = name.removesuffix(suffix), SELECTIONS[suffix]
+    what = {"majority": "vote", "quality": "best quality", "likeliest": "likeliest"}[select]
+    points, most = [], max(len(r["draws"]) for r in mine)
+    for k in sorted({k for k in budgets if k <= most} | {most}):
+        label = (
+            f"{unit} (one of the draws)" if k == 1 else (f"best of {k}" if suffix is None else f"{unit} {what} of {k}")
+        )
+        point = CurvePoint(label, f"{method}, first k")
         for r in mine:
             if k <= len(r["draws"]):
                 point.outcomes[r["problem_id"]] = replay(r["draws"], k, select)
         points.append(point)
-    most = max(len(r["draws"]) for r in mine)
+    if suffix is None:  # best-of-n has no adaptive form
+        return points
     adaptive = (
         [(f"{rule}", lambda d, rule=rule: replay_adaptive_vote(d, rule, round_size, confidence)) for rule in VOTE_RULES]
         if select == "majority"
