@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..samplers.base import majority_vote
+from ..samplers.registry import CANDIDATES_METHOD
 from ..samplers.result import Completion
 from ..samplers.votes import vote_stop_reason
 from .benchmarks import Benchmark
@@ -30,7 +31,7 @@ from .runner import split_method
 DEFAULT_BUDGETS = (1, 2, 4, 8)
 VOTE_RULES = ("unbeatable", "posterior")
 SELECTIONS = {"+vote": "majority", "+quality": "quality"}  # the fixed selections whose draws can be replayed
-LIKELIEST = "best-of-n"  # its candidates replay too: the one of highest mean log p among the first k
+LIKELIEST = CANDIDATES_METHOD  # its candidates replay too: the one of highest mean log p among the first k
 
 
 def replayable(method: str) -> bool:
