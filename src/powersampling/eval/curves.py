@@ -182,12 +182,11 @@ def selection_points(
     else:
         suffix = next(s for s in SELECTIONS if name.endswith(s))
         unit, select = name.removesuffix(suffix), SELECTIONS[suffix]
-    what = {"majority": "vote", "quality": "best quality", "likeliest": "likeliest"}[select]
+    what = "vote" if select == "majority" else "best quality"
+    of_k = "best of {}" if suffix is None else f"{unit} {what} of {{}}"
     points, most = [], max(len(r["draws"]) for r in mine)
     for k in sorted({k for k in budgets if k <= most} | {most}):
-        label = (
-            f"{unit} (one of the draws)" if k == 1 else (f"best of {k}" if suffix is None else f"{unit} {what} of {k}")
-        )
+        label = f"{unit} (one of the draws)" if k == 1 else of_k.format(k)
         point = CurvePoint(label, f"{method}, first k")
         for r in mine:
             if k <= len(r["draws"]):
