@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..samplers.base import majority_vote
+from ..samplers.base import coverage_choice, majority_vote
 from ..samplers.registry import CANDIDATES_METHOD
 from ..samplers.result import Completion
 from ..samplers.votes import vote_stop_reason
@@ -30,7 +30,9 @@ from .runner import split_method
 
 DEFAULT_BUDGETS = (1, 2, 4, 8)
 VOTE_RULES = ("unbeatable", "posterior")
-SELECTIONS = {"+vote": "majority", "+quality": "quality"}  # the fixed selections whose draws can be replayed
+# the fixed selections whose draws can be replayed, and the word their points are labelled with
+SELECTIONS = {"+vote": "majority", "+quality": "quality", "+cover": "coverage"}
+WORDS = {"majority": "vote", "quality": "best quality", "coverage": "coverage"}
 LIKELIEST = CANDIDATES_METHOD  # its candidates replay too: the one of highest mean log p among the first k
 
 
@@ -104,6 +106,15 @@ def _recorded_answer(text: str) -> str | None:
     return text or None
 
 
+def _covering(draws: Sequence[dict]) -> int | None:
+    # each completion's text is its index; the parts are the ones recorded for that draw
+    completions = [
+        Completion([0] * d["tokens"], str(i), d["logprob"], d["complete"] and d.get("parts") is not None)
+        for i, d in enumerate(draws)
+    ]
+    return coverage_choice(completions, lambda i: draws[int(i)]["parts"])[0]
+
+
 def _pick(draws: Sequence[dict], select: str) -> int:
     """The draw a selection returns, as the sampler picks it: a vote's majority (ties and the pick within it by
     mean log p per token), or the highest quality score (the later draw on a tie); with no answer or no score, and
@@ -114,6 +125,10 @@ def _pick(draws: Sequence[dict], select: str) -> int:
         chosen, _ = majority_vote(_as_completions(draws), _recorded_answer)
         if chosen is not None:
             return chosen
+    elif select == "coverage":
+        chosen = _covering(draws)
+        if chosen is not None:
+            return chosen
     elif select == "quality":
         scored = [(d["quality_score"], i) for i, d in enumerate(draws) if d.get("quality_score") is not None]
         if scored:
@@ -122,7 +137,8 @@ def _pick(draws: Sequence[dict], select: str) -> int:
 
 
 def replay(draws: Sequence[dict], k: int, select: str = "majority") -> Outcome:
-    """The selection (``majority``, ``quality`` or best-of-n's ``likeliest``) over the first ``k`` draws."""
+    """The selection (``majority``, ``quality``, ``coverage`` or best-of-n's ``likeliest``) over the first ``k``
+    draws."""
     if not 1 <= k <= len(draws):
         raise ValueError(f"a selection over {k} draws needs 1 <= k <= {len(draws)} recorded draws")
     used = list(draws[:k])
@@ -167,7 +183,8 @@ def selection_points(
 ) -> list[CurvePoint]:
     """The fixed selections at ``budgets`` and the adaptive ones (each vote rule, or each quality margin; with the
     full recorded budget) replayed from the ``draws`` of ``method``'s rows (a ``METHOD+vote@N`` or
-    ``METHOD+quality@N``); a budget above a row's draws is left out for that row."""
+    ``METHOD+quality@N``, ``METHOD+cover@N``, or best-of-n's candidates); a budget above a row's draws is left out
+    for that row."""
     mine = [r for r in rows if r["method"] == method and r.get("draws")]
     if not mine:
         raise ValueError(f"no rows of {method!r} record their draws (run it as METHOD+vote@N or METHOD+quality@N)")
@@ -177,22 +194,19 @@ def selection_points(
             "its draws do not replay"
         )
     name = method.partition("@")[0]
-    if name == LIKELIEST:
-        unit, select, suffix = name, "likeliest", None
-    else:
-        suffix = next(s for s in SELECTIONS if name.endswith(s))
-        unit, select = name.removesuffix(suffix), SELECTIONS[suffix]
-    what = "vote" if select == "majority" else "best quality"
-    of_k = "best of {}" if suffix is None else f"{unit} {what} of {{}}"
-    points, most = [], max(len(r["draws"]) for r in mine)
-    for k in sorted({k for k in budgets if k <= most} | {most}):
-        label = f"{unit} (one of the draws)" if k == 1 else of_k.format(k)
-        point = CurvePoint(label, f"{method}, first k")
-        for r in mine:
-            if k <= len(r["draws"]):
-                point.outcomes[r["problem_id"]] = replay(r["draws"], k, select)
-        points.append(point)
-    if suffix is None:  # best-of-n has no adaptive form
+    most = max(len(r["draws"]) for r in mine)
+    budgets = sorted({k for k in budgets if k <= most} | {most})
+    if name == LIKELIEST:  # best of k; and, where the candidates record their answers' parts, coverage of k
+        points = _first_k_points(mine, method, budgets, "likeliest", "best of {}", name)
+        if all("parts" in d for r in mine for d in r["draws"]):  # one draw is the same pick: k from 2
+            wider = [k for k in budgets if k > 1]
+            points += _first_k_points(mine, f"{method} coverage", wider, "coverage", "coverage of {}", None)
+        return points
+    suffix = next(s for s in SELECTIONS if name.endswith(s))
+    unit, select = name.removesuffix(suffix), SELECTIONS[suffix]
+    what = WORDS[select]
+    points = _first_k_points(mine, method, budgets, select, f"{unit} {what} of {{}}", unit)
+    if select == "coverage":  # no adaptive form
         return points
     adaptive = (
         [(f"{rule}", lambda d, rule=rule: replay_adaptive_vote(d, rule, round_size, confidence)) for rule in VOTE_RULES]
@@ -203,6 +217,22 @@ def selection_points(
         point = CurvePoint(f"{unit} adaptive {what} ({rule}, up to {most})", f"{unit}+a{suffix[1:]} ({rule})")
         for r in mine:
             point.outcomes[r["problem_id"]] = run(r["draws"])
+        points.append(point)
+    return points
+
+
+def _first_k_points(
+    rows: Sequence[dict], family: str, budgets: Sequence[int], select: str, of_k: str, one: str | None
+) -> list[CurvePoint]:
+    """The selection ``select`` over the first k draws of each row, for each budget k (a row with fewer draws is
+    left out of that point); k = 1 is labelled as one draw of ``one`` where given."""
+    points = []
+    for k in budgets:
+        label = f"{one} (one of the draws)" if k == 1 and one is not None else of_k.format(k)
+        point = CurvePoint(label, f"{family}, first k")
+        for r in rows:
+            if k <= len(r["draws"]):
+                point.outcomes[r["problem_id"]] = replay(r["draws"], k, select)
         points.append(point)
     return points
 

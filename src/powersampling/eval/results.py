@@ -276,7 +276,8 @@ def regrade_rows(rows: list[dict], problems: Sequence = ()) -> int:
     Each row is graded by its benchmark (``Benchmark.regrade``): answer benchmarks against the row's stored
     reference, TaskBench against the records of ``problems`` (loaded from the data folder the run used). Only the
     returned text is graded, and each of a row's ``draws`` where they are stored (with ``candidates_correct``
-    recounted from them); a vote's tally and the answers the draws voted for stay as sampled."""
+    recounted from them, and each draw's answer parts recorded where the benchmark has them); a vote's tally and
+    the answers the draws voted for stay as sampled."""
     from .benchmarks import get_benchmark
 
     by_id = {p.problem_id: p for p in problems}
@@ -287,8 +288,13 @@ def regrade_rows(rows: list[dict], problems: Sequence = ()) -> int:
         changed += bool(grade.correct) != bool(row["correct"])
         row.update(correct=grade.correct, extracted=grade.extracted, grade_detail=grade.detail, **grade.fields)
         if row.get("draws") and all("text" in d for d in row["draws"]):
+            problem = benchmark.problem_for(row, by_id)
+            parts = benchmark.answer_parts(problem) if problem is not None else None
             for draw in row["draws"]:
                 again = benchmark.regrade({**row, "text": draw["text"]}, by_id)
                 draw.update(correct=bool(again.correct), fields=again.fields)
+                if parts is not None:  # what a coverage choice compares, for eval.curves' replays
+                    found = parts(draw["text"]) if draw.get("complete", True) else None
+                    draw["parts"] = None if found is None else [str(p) for p in found]
             row["candidates_correct"] = sum(d["correct"] for d in row["draws"])
     return changed

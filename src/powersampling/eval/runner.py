@@ -55,14 +55,17 @@ VOTE = "+vote"  # method suffix: a majority vote over the method's outputs (see 
 ADAPTIVE_VOTE = "+avote"  # method suffix: a majority vote that stops drawing once its rule says so (see _run_one)
 QUALITY = "+quality"  # method suffix: the output the task's quality score rates highest (see _run_one)
 ADAPTIVE_QUALITY = "+aquality"  # method suffix: +quality over samples drawn until the best score stops improving
+COVER = "+cover"  # method suffix: the output whose answer contains the most of the others' (see _run_one)
 SELECTIONS = {
     VOTE: "a majority vote over its outputs",
     ADAPTIVE_VOTE: "a majority vote over samples drawn in rounds until the leader is settled",
     QUALITY: "its output the task's quality score rates highest",
     ADAPTIVE_QUALITY: "its output the quality score rates highest, drawn in rounds until the best stops improving",
+    COVER: "its output whose answer contains the most of the parts (tool calls) its other outputs give",
 }
 QUALITIES = (QUALITY, ADAPTIVE_QUALITY)
 VOTES = (VOTE, ADAPTIVE_VOTE)
+AGREEMENTS = (*VOTES, COVER)  # selections by what the outputs' answers share: over chains, two chains at least
 VOTE_STOP_PARAMS = ("vote_stop", "round_size", "vote_confidence")  # BestOfNConfig's; read by +avote only
 QUALITY_STOP_PARAMS = ("quality_margin", "round_size")  # BestOfNConfig's; read by +aquality only
 STOP_PARAMS = tuple(dict.fromkeys(VOTE_STOP_PARAMS + QUALITY_STOP_PARAMS))
@@ -227,6 +230,8 @@ def _check_selections(benchmark: Benchmark, methods: list[str], problem: Problem
     for suffix in VOTES:
         if any(split_method(m)[1] == suffix for m in methods) and benchmark.answer_extractor(problem) is None:
             raise ConfigError(f"'{suffix}' needs answers to compare; {benchmark.name} has none (it grades programs)")
+    if any(split_method(m)[1] == COVER for m in methods) and benchmark.answer_parts(problem) is None:
+        raise ConfigError(f"'{COVER}' needs answers made of parts (tool calls); {benchmark.name}'s have none")
     for suffix in QUALITIES:
         if any(split_method(m)[1] == suffix for m in methods) and benchmark.quality_evaluator(problem) is None:
             raise ConfigError(f"'{suffix}' needs a task with a quality score; {benchmark.name} has none")
@@ -290,13 +295,13 @@ def check_arguments(
     for method in methods:  # a vote over one run's chains (MH chains, SMC particles) needs two of them
         base_method, selection = split_method(method)
         spec = method_spec(base_method)
-        if selection in VOTES and spec.chains_field is not None:
+        if selection in AGREEMENTS and spec.chains_field is not None:
             chains = method_budget(method) or method_params(extra_params, method).get(
                 spec.chains_field, default(spec.config, spec.chains_field)
             )
             if int(chains) < 2:
                 raise ConfigError(
-                    f"{method} votes over its {spec.chains_field}: give --param {spec.chains_field}=N with N >= 2 "
+                    f"{method} selects among its {spec.chains_field}: give --param {spec.chains_field}=N with N >= 2 "
                     f"(or name the budget: {method.partition(BUDGET_MARK)[0]}{BUDGET_MARK}N)"
                 )
     return problems, base
@@ -545,6 +550,8 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
     if selection is not None:
         if selection in VOTES:
             params.update(select="majority", answer_extractor=benchmark.answer_extractor(problem))
+        elif selection == COVER:
+            params.update(select="coverage", parts_extractor=benchmark.answer_parts(problem))
         else:
             evaluator = benchmark.quality_evaluator(problem)
         temperature = one_sample_temperature(base_method, **params)
@@ -588,7 +595,7 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         "wall_s": wall,
         "style": prompt.style,
         "model": settings.model,
-        "params": {k: v for k, v in params.items() if k not in ("seed", "answer_extractor")},
+        "params": {k: v for k, v in params.items() if k not in ("seed", "answer_extractor", "parts_extractor")},
         "metadata": md,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **grade.fields,
@@ -603,7 +610,11 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
         grades = [session.grade(problem, c.text, prompt) for c in result.samples]
         row["candidates_correct"] = sum(g.correct for g in grades)
         row["draws"] = draw_records(
-            result.samples, grades, params.get("answer_extractor"), md.get("decoded_tokens_per_chain")
+            result.samples,
+            grades,
+            params.get("answer_extractor"),
+            md.get("decoded_tokens_per_chain"),
+            params.get("parts_extractor") or benchmark.answer_parts(problem),  # so eval.curves can replay +cover
         )
     return row
 
@@ -620,28 +631,26 @@ def draw_records(
     grades: list[Grade],
     extract: Callable[[str], str | None] | None,
     decoded: Sequence[int] | None = None,
+    parts: Callable[[str], Sequence[str] | None] | None = None,
 ) -> list[dict]:
     """One record per candidate or independent chain, in the order drawn: the tokens decoded for it (``decoded``,
     for MH chains: extensions and every proposal; a candidate's own length otherwise), base-model log p, whether
-    it finished, the answer it votes for (the benchmark's extractor, for a vote), its quality score (for a quality
-    selection) and its grade. The draws are independent, so the first k records are a k-draw run:
-    ``eval.curves`` replays smaller and adaptive selections from them."""
+    it finished, the answer it votes for (the benchmark's extractor, for a vote), its answer's parts (``parts``,
+    for a coverage choice), its quality score (for a quality selection) and its grade. The draws are independent,
+    so the first k records are a k-draw run: ``eval.curves`` replays smaller and adaptive selections from them."""
     records = []
     if decoded is not None and len(decoded) != len(samples):
         raise ValueError(f"{len(samples)} outputs but {len(decoded)} decoded-token counts")
     for i, (completion, grade) in enumerate(zip(samples, grades, strict=True)):
-        answer = None
-        if extract is not None and completion.complete:
-            try:
-                answer = extract(completion.text)
-            except Exception:  # user code: a failed extraction casts no vote, as in the vote itself
-                answer = None
+        answer = _extracted(extract, completion)
+        found = _extracted(parts, completion)
         records.append(
             {
                 "tokens": int(decoded[i]) if decoded is not None else len(completion.token_ids),
                 "logprob": float(completion.logprob),
                 "complete": bool(completion.complete),
                 "answer": None if answer is None else str(answer),
+                **({"parts": None if found is None else [str(p) for p in found]} if parts is not None else {}),
                 "correct": bool(grade.correct),
                 "quality_score": completion.quality_score,
                 "fields": grade.fields,
@@ -649,3 +658,12 @@ def draw_records(
             }
         )
     return records
+
+
+def _extracted(extract: Callable[[str], Any] | None, completion) -> Any:
+    if extract is None or not completion.complete:
+        return None
+    try:
+        return extract(completion.text)
+    except Exception:  # user code: a failed extraction casts no vote, as in the selection itself
+        return None

@@ -1,5 +1,6 @@
 """What all samplers share: how a method is declared, the ``sample`` shell (seed, deadline, span, selection and the
-metadata keys every result carries), prompt handling, text decoding, evaluator calls and majority votes."""
+metadata keys every result carries), prompt handling, text decoding, evaluator calls, majority votes and the
+coverage choice."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -233,7 +235,7 @@ class Sampler:
             samples, picked = self.samples(outcome, lead)
             metadata = {**self._metadata(call, seed, outcome, chosen, selected_by), **outcome.metadata, **picked}
             if vote is not None:
-                metadata["vote"] = vote
+                metadata["coverage_choice" if self.config.select == "coverage" else "vote"] = vote
             call.notify(outcome.done)
         completion = chosen.completion
         return SampleResult(
@@ -249,6 +251,11 @@ class Sampler:
             index, vote = majority_vote(completions, self.config.answer_extractor, weights=outcome.vote_weights)
             if index is not None:
                 return outcome.outputs[index], "majority", index, vote
+        if self.config.select == "coverage" and len(outcome.outputs) > 1:
+            completions = [o.completion for o in outcome.outputs]
+            index, vote = coverage_choice(completions, self.config.parts_extractor, weights=outcome.vote_weights)
+            if index is not None:
+                return outcome.outputs[index], "coverage", index, vote
         if outcome.by_evaluator is not None:
             return outcome.by_evaluator, "evaluator", outcome.default, vote
         return outcome.outputs[outcome.default], outcome.default_rule, outcome.default, vote
@@ -413,4 +420,50 @@ def majority_vote(
         "winner": answers[chosen],
         "voters": sum(a is not None for a in answers),
         "agreement": votes[answers[chosen]] / total,
+    }
+
+
+def _contained(mine: Counter[str], theirs: Counter[str]) -> float:
+    """How much of another output's answer ``mine`` contains: the share of its parts (a multiset) that ``mine``
+    also has; an answer with no parts ("no call") is contained only by another with none."""
+    total = sum(theirs.values())
+    if total == 0:
+        return 1.0 if not mine else 0.0
+    return sum((mine & theirs).values()) / total
+
+
+def coverage_choice(
+    completions: Sequence[Completion],
+    parts: Callable[[str], Sequence[str] | None],
+    weights: Sequence[float] | None = None,
+) -> tuple[int | None, dict[str, Any]]:
+    """The index of the completion whose answer contains the most of the other completions' answers: each answer
+    is a multiset of parts (``parts``: text -> parts, None for no answer; for tool calls, one canonical call per
+    part), and a completion scores the sum, over the others (``weights``: votes per completion), of the share of
+    their parts it also has. A minimum-Bayes-risk choice under a recall utility: where samples stop early, each
+    holds part of the answer, and the one that holds what the others agree on and the parts a minority adds is
+    chosen over the majority's shorter answer; a majority vote picks the shorter one. Ties by the highest mean
+    log-probability per token; None when no complete completion yields an answer."""
+    weights = list(weights) if weights is not None else [1.0] * len(completions)
+    answers: list[Counter[str] | None] = []
+    for completion in completions:
+        try:
+            found = parts(completion.text) if completion.complete else None
+        except Exception as exc:  # user code: a failed extraction is no answer, not a failed run
+            log.warning("parts extractor failed (%s: %s); that output gives no answer", type(exc).__name__, exc)
+            found = None
+        answers.append(None if found is None else Counter(str(p) for p in found))
+    voters = [i for i, a in enumerate(answers) if a is not None]
+    if not voters:
+        return None, {"coverage": {}, "voters": 0}
+    scores = {i: sum(weights[j] * _contained(answers[i], answers[j]) for j in voters if j != i) for i in voters}
+
+    def key(i: int) -> tuple[float, float]:
+        return scores[i], completions[i].logprob / max(1, len(completions[i].token_ids))
+
+    chosen = max(voters, key=key)
+    return chosen, {
+        "coverage": {str(i): round(s, 6) for i, s in scores.items()},
+        "voters": len(voters),
+        "chosen_parts": sum(answers[chosen].values()),
     }

@@ -7,7 +7,7 @@ for every method, ``PowerTargetConfig`` adds the power ``alpha`` for the methods
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,6 +16,7 @@ from ..errors import ConfigError
 
 QualityEvaluator = Callable[[str], float]
 AnswerExtractor = Callable[[str], str | None]
+PartsExtractor = Callable[[str], Sequence[str] | None]
 
 
 def _raise_config_error(exc: ValidationError, owner: str) -> None:
@@ -43,7 +44,7 @@ class _Config(BaseModel):
     @classmethod
     def parameter_names(cls) -> frozenset[str]:
         """The parameters a caller may set by name (the evaluator is passed separately)."""
-        return frozenset(cls.model_fields) - {"quality_evaluator", "answer_extractor"}
+        return frozenset(cls.model_fields) - {"quality_evaluator", "answer_extractor", "parts_extractor"}
 
 
 class DecodeConfig(_Config):
@@ -55,15 +56,29 @@ class DecodeConfig(_Config):
         None, gt=0, le=86_400, description="overall time limit (a day at most); the best so far is returned"
     )
     quality_evaluator: QualityEvaluator | None = Field(None, exclude=True)
-    select: Literal["default", "majority"] = Field(
+    select: Literal["default", "majority", "coverage"] = Field(
         "default",
         description="which of a run's outputs (best-of-n candidates, MH chains, SMC particles) is "
-        "returned: the method's own rule, or the answer most of them agree on (majority vote; ties to the highest "
-        "mean log-probability)",
+        "returned: the method's own rule, the answer most of them agree on (majority vote; ties to the highest "
+        "mean log-probability), or the answer that contains the most of the others' answer parts (coverage: "
+        "needs a parts_extractor; see samplers.base.coverage_choice)",
     )
     answer_extractor: AnswerExtractor | None = Field(
         None, exclude=True, description="text -> answer for the majority vote (default: the last number)"
     )
+    parts_extractor: PartsExtractor | None = Field(
+        None, exclude=True, description="text -> the parts of its answer (e.g. one per tool call), for coverage"
+    )
+
+    @model_validator(mode="after")
+    def _coverage_needs_parts(self):
+        if self.select == "coverage" and self.parts_extractor is None:
+            raise ValueError(
+                "select='coverage' compares answers made of parts (tool calls, plan steps); it needs a "
+                "parts_extractor (text -> list of parts), which the evaluation harness gives for benchmarks whose "
+                "answers have parts"
+            )
+        return self
 
 
 def low_temperature(alpha: float) -> float:
@@ -162,8 +177,8 @@ class BestOfNConfig(_TemperatureConfig, AdaptiveVoteConfig):
             raise ValueError(
                 "best-of-n with temperature 0 would draw n identical greedy candidates; use temperature > 0"
             )
-        if self.quality_margin is not None and self.select == "majority":
-            raise ValueError("quality_margin stops a selection by quality score; a majority vote stops by vote_stop")
+        if self.quality_margin is not None and self.select != "default":
+            raise ValueError(f"quality_margin stops a selection by quality score; select={self.select!r} is not one")
         return self
 
 

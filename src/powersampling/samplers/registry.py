@@ -106,7 +106,8 @@ def validate_params(method: str, *, strict: bool = False, **params: Any) -> Deco
     """
     spec = method_spec(method)
     given = {k: v for k, v in params.items() if v is not None}
-    extractor = given.pop("answer_extractor", None)  # a callable: passed through, not a named setting
+    # callables: passed through, not named settings
+    extractors = {k: given.pop(k) for k in ("answer_extractor", "parts_extractor") if k in given}
     known = frozenset().union(*(s.config.parameter_names() for s in _registry().values()))
     unknown = set(given) - known
     if unknown:
@@ -116,7 +117,7 @@ def validate_params(method: str, *, strict: bool = False, **params: Any) -> Deco
     if strict and foreign:
         raise ConfigError(f"parameter(s) {', '.join(sorted(foreign))} do not apply to method {method!r}")
     chosen = {k: v for k, v in given.items() if k in mine}
-    return spec.config(**chosen, **({"answer_extractor": extractor} if extractor is not None else {}))
+    return spec.config(**chosen, **extractors)
 
 
 def build_sampler(

@@ -100,6 +100,10 @@ class Benchmark:
         """The reference stored in each row, for benchmarks whose rows can be graded again from it alone."""
         return None
 
+    def problem_for(self, row: dict, problems: dict[str, Problem]) -> Problem | None:
+        """The problem a row was run on, from ``problems`` (by id), or None where it is not there."""
+        return problems.get(row.get("problem_id"))
+
     def regrade(self, row: dict, problems: dict[str, Problem]) -> Grade:
         """Grade a stored row again from its text (``problems``: those of the data given, by id)."""
         raise ConfigError(
@@ -112,6 +116,11 @@ class Benchmark:
     def answer_extractor(self, problem: Problem) -> Callable[[str], str | None] | None:
         """What a majority vote compares (text -> answer, None for no answer); None: the benchmark has no
         answers to vote on."""
+        return None
+
+    def answer_parts(self, problem: Problem) -> Callable[[str], Sequence[str] | None] | None:
+        """What a coverage choice compares (text -> the parts of its answer, each a canonical string; [] for an
+        answer with none, None for no answer); None: the benchmark's answers have no parts."""
         return None
 
     def quality_evaluator(self, problem: Problem) -> Callable[[str], float] | None:

@@ -202,10 +202,14 @@ def entry_problem(item: BFCLEntry, index: int) -> Problem:
     )
 
 
+def _canonical_calls(calls: list[dict] | None) -> list[str]:
+    return sorted(json.dumps(c, sort_keys=True, ensure_ascii=False) for c in calls or ())
+
+
 def _canonical(calls: list[dict] | None) -> str:
     if not calls:
         return NO_CALL
-    return json.dumps(sorted(json.dumps(c, sort_keys=True, ensure_ascii=False) for c in calls), ensure_ascii=False)
+    return json.dumps(_canonical_calls(calls), ensure_ascii=False)
 
 
 # the benchmark
@@ -278,6 +282,10 @@ class BFCL(Benchmark):
 
     def regrade(self, row: dict, problems: dict[str, Problem]) -> Grade:
         """Graded again against the entry of the installed package (BFCL rows need no --data)."""
+        return self.grade(self.problem_for(row, problems), row["text"], None, ExecLimits())
+
+    def problem_for(self, row: dict, problems: dict[str, Problem]) -> Problem:
+        """The row's entry, from ``problems`` or else from the installed package."""
         problem = problems.get(row.get("problem_id"))
         if problem is None:
             category = category_of(str(row.get("problem_id")))
@@ -287,7 +295,7 @@ class BFCL(Benchmark):
             if not found:
                 raise ConfigError(f"BFCL row {row.get('problem_id')} has no entry in the installed data")
             problem = entry_problem(found[0], int(row.get("index", 0)))
-        return self.grade(problem, row["text"], None, ExecLimits())
+        return problem
 
     def answer_extractor(self, problem: Problem) -> Callable[[str], str | None]:
         """The call set in a canonical form (each call's JSON with sorted keys, the calls sorted), ``"no call"``
@@ -301,6 +309,19 @@ class BFCL(Benchmark):
             return _canonical(calls)
 
         return call_set
+
+    def answer_parts(self, problem: Problem) -> Callable[[str], list[str] | None]:
+        """Each call in the canonical form of ``answer_extractor`` ([] for a text answer, None for an incomplete
+        turn): the parts a coverage choice compares."""
+        from ...planner.turns import parse_turn
+
+        def calls(text: str) -> list[str] | None:
+            content, found = parse_turn(text)
+            if content is None and found is None:
+                return None
+            return _canonical_calls(found)
+
+        return calls
 
     def add_metrics(self, summary: dict, by_method: dict[str, dict[str, dict]], *, n_boot: int) -> None:
         """Accuracy with a Wilson interval per category, for each method, and each method's paired difference from
