@@ -172,6 +172,59 @@ def test_greedy_and_a_vote_run_and_regrade_on_a_tiny_model(tmp_path):
     write_report(out)
 
 
+def test_the_coverage_choice_compares_canonical_calls_and_runs_replays_and_regrades(problems, tmp_path):
+    """``+cover`` keeps the candidate whose calls contain the most of the other candidates' calls; its rows record
+    each draw's calls as parts, the replay at the full budget returns the row's own pick, and regrading fills in
+    the parts of rows recorded without them (best-of-n's candidates then replay as coverage of k too)."""
+    from powersampling.eval.curves import replay, selection_points
+    from powersampling.eval.results import read_rows, regrade_rows
+    from powersampling.eval.runner import run_eval
+    from test_server_openai import tiny_smol_model
+
+    parts = get_benchmark("bfcl").answer_parts(problems["parallel_0"])
+    a, b = ("spotify.play", {"artist": "A", "duration": 2}), ("spotify.play", {"duration": 3, "artist": "B"})
+    assert parts(turn(b, a)) == parts(turn(a, b)) and len(parts(turn(a, b))) == 2  # calls in any order
+    assert parts(turn(a)) == [json.dumps({"arguments": {"artist": "A", "duration": 2}, "name": "spotify.play"})]
+    assert parts(turn(a))[0] in parts(turn(a, b)) and parts(turn(a, a)) == parts(turn(a)) * 2
+    assert parts(json.dumps({"content": "none fits"})) == [] and parts('{"tool_calls": [') is None
+
+    out = tmp_path / "run"
+    run_eval(
+        "bfcl", ["greedy", "sample+cover@3", "best-of-n"], 2, tiny_smol_model(), out,
+        categories="parallel,irrelevance", extra_params={"best-of-n.n": 3}, max_new_tokens=48, progress=False,
+    )  # fmt: skip
+    rows = read_rows(out / "results.jsonl")
+    covered = [r for r in rows if r["method"] == "sample+cover@3"]
+    assert len(covered) == 2
+    for row in covered:
+        assert row["metadata"]["select"] == "coverage" and row["n"] == 3 and len(row["draws"]) == 3
+        assert all(d["parts"] == parts(d["text"]) for d in row["draws"])
+        assert replay(row["draws"], 3, "coverage").graded["calls"] == row["calls"]
+        if row["metadata"]["selected_by"] == "coverage":
+            assert "coverage_choice" in row["metadata"]
+    labels = [p.label for p in selection_points(rows, "sample+cover@3", budgets=(1, 2, 3))]
+    assert labels == ["sample (one of the draws)", "sample coverage of 2", "sample coverage of 3"]
+
+    for row in rows:  # as rows recorded before draws carried their parts
+        for draw in row.get("draws", []):
+            draw.pop("parts")
+    assert regrade_rows(rows) == 0
+    best = [r for r in rows if r["method"] == "best-of-n"]
+    assert all(d["parts"] == parts(d["text"]) for r in best for d in r["draws"])
+    labels = [p.label for p in selection_points(rows, "best-of-n", budgets=(1, 2, 3))]
+    assert labels == ["best-of-n (one of the draws)", "best of 2", "best of 3", "coverage of 2", "coverage of 3"]
+
+
+def test_the_coverage_choice_needs_answers_made_of_parts():
+    from powersampling.eval.runner import check_arguments
+
+    with pytest.raises(ConfigError, match=r"'\+cover' needs answers made of parts"):
+        check_arguments("gsm8k", ["low-temp+cover@4"], 2)
+    check_arguments("bfcl", ["low-temp+cover@4", "power+cover@2"], 2, categories="parallel")
+    with pytest.raises(ConfigError, match="chooses among its n_chains"):
+        check_arguments("bfcl", ["power+cover@1"], 2, categories="parallel")
+
+
 def test_cli_refuses_bad_categories_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "powersampling.cli", "eval", "--task", "bfcl", "--categories", "simple,multiple"]

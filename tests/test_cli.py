@@ -30,6 +30,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         (["generate", "hi", "--method", "sample", "--chains", "2"], "--chains applies to methods power, smc"),
         (["generate", "hi", "--temperature", "0"], "--temperature is power's proposal temperature"),
         (["generate", "hi", "--answer-regex", "x"], "--answer-regex is used by a majority vote"),
+        (["generate", "hi", "--method", "best-of-n", "--select", "coverage"], "METHOD+cover"),
         (["generate"], "Missing argument"),
         (["no-such-command"], "No such command"),
     ],

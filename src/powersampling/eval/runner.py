@@ -300,8 +300,9 @@ def check_arguments(
                 spec.chains_field, default(spec.config, spec.chains_field)
             )
             if int(chains) < 2:
+                how = "votes over" if selection in VOTES else "chooses among"
                 raise ConfigError(
-                    f"{method} selects among its {spec.chains_field}: give --param {spec.chains_field}=N with N >= 2 "
+                    f"{method} {how} its {spec.chains_field}: give --param {spec.chains_field}=N with N >= 2 "
                     f"(or name the budget: {method.partition(BUDGET_MARK)[0]}{BUDGET_MARK}N)"
                 )
     return problems, base

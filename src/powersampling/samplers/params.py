@@ -81,6 +81,12 @@ def knob_params(
         elif strict:
             with_n = [m for m in method_names() if "n" in method_spec(m).config.model_fields]
             raise KnobError("n", f"{{knob}} applies to {_literal(' and '.join(with_n))}, not {_literal(repr(method))}")
+    if select == "coverage":  # it compares answers made of parts, which no request here can describe
+        raise KnobError(
+            "select",
+            "{knob} coverage compares answers made of parts (tool calls); it runs from the Python API "
+            "(select='coverage' with a parts_extractor) and in `powersampling eval` (METHOD+cover)",
+        )
     if select is not None:
         params["select"] = select
     if answer_regex is not None:
