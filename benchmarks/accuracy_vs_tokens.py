@@ -6,10 +6,13 @@ draws, gives a curve: its selection over the first 1, 2, 4, ... N draws, and its
 the same draws (votes: ``unbeatable`` and ``posterior``; quality: stop once a round does not raise the best score by
 more than a margin) (``powersampling.eval.curves``). Each point is compared with the reference method (default
 ``low-temp``) on the problems both ran: the paired difference with its bootstrap 95% interval, the test's p (McNemar
-for accuracy) and the token ratio. Writes accuracy_vs_tokens.{png,md,json} into the folder (or --out).
+for accuracy) and the token ratio. ``--by FIELD`` adds the same table per value of a graded field (BFCL's
+``category``), ``--indices A:B`` keeps the problems whose run index is in [A, B) (a held-out part of a run).
+Writes accuracy_vs_tokens.{png,md,json} into the folder (or --out).
 
     python benchmarks/accuracy_vs_tokens.py benchmarks/results/gsm8k-qwen05-3shot [--reference low-temp]
-        [--budgets 1,2,4,8] [--round-size 2] [--confidence 0.95] [--margins 0,0.05]
+        [--budgets 1,2,4,8] [--round-size 2] [--confidence 0.95] [--margins 0,0.05] [--by category]
+        [--indices 250:500]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from powersampling.eval.benchmarks import get_benchmark
 from powersampling.eval.curves import (
+    CurvePoint,
     markdown_table,
     paired_against,
     plot_curves,
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-size", type=int, default=2, help="draws per round of a replayed adaptive vote")
     parser.add_argument("--confidence", type=float, default=0.95, help="the posterior rule's confidence")
     parser.add_argument("--margins", default="0,0.05", help="quality margins of the replayed adaptive selections")
+    parser.add_argument("--by", default=None, help="also a table per value of this graded field (e.g. category)")
+    parser.add_argument("--indices", default=None, help="A:B keeps the problems of run index A <= i < B")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
     args = parser.parse_args(argv)
     path = args.run / RESULTS_FILE
@@ -54,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"error: {path} holds no rows yet", file=sys.stderr)
         return 2
+    if args.indices is not None:
+        try:
+            low, high = (int(x) for x in args.indices.split(":"))
+        except ValueError:
+            print(f"error: --indices takes A:B, two whole numbers (got {args.indices!r})", file=sys.stderr)
+            return 2
+        rows = [r for r in rows if low <= int(r["index"]) < high]
+        if not rows:
+            print(f"error: no row of {path} has an index in [{low}, {high})", file=sys.stderr)
+            return 2
     benchmark = get_benchmark(rows[0]["task"])
     methods = list(dict.fromkeys(r["method"] for r in rows))
     with_draws = [m for m in methods if replayable(m) and any(r.get("draws") for r in rows if r["method"] == m)]
@@ -69,11 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         labels = ", ".join(repr(p.label) for p in points)
         print(f"error: no point is named {args.reference!r}; --reference takes one of {labels}", file=sys.stderr)
         return 2
+    groups: dict[str, list[CurvePoint]] = {}  # field value -> the points on its problems, the reference first
+    if args.by is not None:
+        values = {o.graded.get(args.by) for o in reference.outcomes.values()}
+        if values == {None}:
+            print(f"error: the rows' grades have no field {args.by!r}", file=sys.stderr)
+            return 2
+        for value in sorted(values, key=str):
+            within = [_within(p, reference, args.by, value) for p in points]
+            groups[str(value)] = [within.pop(points.index(reference)), *within]
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
     title = f"{rows[0]['task']}, {rows[0]['model']}: {benchmark.curve_metric_name} against decoded tokens"
     plot_curves(points, out / "accuracy_vs_tokens.png", title, benchmark)
     table = markdown_table(points, reference, benchmark)
+    for value, (own_reference, *others) in groups.items():
+        table += ["", f"{args.by} = {value}:", "", *markdown_table([own_reference, *others], own_reference, benchmark)]
     (out / "accuracy_vs_tokens.md").write_text("\n".join([f"# {title}", "", *table, ""]))
     document = {
         "run": str(args.run),
@@ -82,10 +109,21 @@ def main(argv: list[str] | None = None) -> int:
         "confidence": args.confidence,
         "points": [p.summary(benchmark) for p in points],
         "paired": [c for p in points if p is not reference and (c := paired_against(reference, p, benchmark))],
+        "by": {
+            value: [c for p in others if (c := paired_against(own_reference, p, benchmark))]
+            for value, (own_reference, *others) in groups.items()
+        },
+        "indices": args.indices,
     }
     (out / "accuracy_vs_tokens.json").write_text(json.dumps(document, indent=2))
     print("\n".join(table))
     return 0
+
+
+def _within(point: CurvePoint, reference: CurvePoint, field: str, value) -> CurvePoint:
+    """The point on the problems whose reference outcome has ``field`` = ``value``."""
+    keep = {p for p, o in reference.outcomes.items() if o.graded.get(field) == value}
+    return CurvePoint(point.label, point.family, {p: o for p, o in point.outcomes.items() if p in keep})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ needs_module("bfcl_eval", "pip install --no-deps bfcl-eval==2026.3.23")
 from powersampling.errors import ConfigError
 from powersampling.eval.benchmarks import ExecLimits, get_benchmark
 from powersampling.eval.datasets import load_problems
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def turn(*calls: tuple[str, dict]) -> str:
@@ -177,7 +180,7 @@ def test_the_coverage_choice_compares_canonical_calls_and_runs_replays_and_regra
     each draw's calls as parts, the replay at the full budget returns the row's own pick, and regrading fills in
     the parts of rows recorded without them (best-of-n's candidates then replay as coverage of k too)."""
     from powersampling.eval.curves import replay, selection_points
-    from powersampling.eval.results import read_rows, regrade_rows
+    from powersampling.eval.results import read_rows, regrade_rows, write_rows
     from powersampling.eval.runner import run_eval
     from test_server_openai import tiny_smol_model
 
@@ -213,6 +216,21 @@ def test_the_coverage_choice_compares_canonical_calls_and_runs_replays_and_regra
     assert all(d["parts"] == parts(d["text"]) for r in best for d in r["draws"])
     labels = [p.label for p in selection_points(rows, "best-of-n", budgets=(1, 2, 3))]
     assert labels == ["best-of-n (one of the draws)", "best of 2", "best of 3", "coverage of 2", "coverage of 3"]
+
+    write_rows(out / "results.jsonl", rows)
+    script = [sys.executable, "benchmarks/accuracy_vs_tokens.py", str(out), "--reference", "greedy", "--by", "category"]
+    done = subprocess.run(script + ["--budgets", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((out / "accuracy_vs_tokens.json").read_text())
+    assert set(document["by"]) == {"parallel", "irrelevance"}
+    assert {c["label"] for c in document["by"]["parallel"]} >= {"sample coverage of 3", "coverage of 3", "best of 3"}
+    assert all(c["problems"] == 1 for c in document["by"]["parallel"])
+    held_out = subprocess.run(script + ["--indices", "1:2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert held_out.returncode == 0, held_out.stderr
+    assert set(json.loads((out / "accuracy_vs_tokens.json").read_text())["by"]) == {"irrelevance"}
+    for bad, message in ((["--indices", "5"], "--indices takes A:B"), (["--by", "nothing"], "no field 'nothing'")):
+        refused = subprocess.run(script[:5] + bad, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert refused.returncode == 2 and message in refused.stderr
 
 
 def test_the_coverage_choice_needs_answers_made_of_parts():
