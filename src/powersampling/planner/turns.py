@@ -65,6 +65,20 @@ class ToolTurn:
         return "\n".join(lines)
 
 
+def call_parts(text: str) -> list[str] | None:
+    """A turn's calls as the parts a coverage choice compares: each call's JSON with sorted keys, the calls sorted
+    (so the order of calls and of arguments does not matter); [] for a text answer, None for no complete turn."""
+    content, calls = parse_turn(text)
+    if content is None and calls is None:
+        return None
+    return canonical_calls(calls or [])
+
+
+def canonical_calls(calls: list[dict[str, Any]]) -> list[str]:
+    """Each call's JSON with sorted keys, the calls sorted: equal for the same calls in any order."""
+    return sorted(json.dumps(c, sort_keys=True, ensure_ascii=False) for c in calls)
+
+
 def parse_turn(text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
     """(content, calls) of a reply sampled under a ``ToolTurn`` grammar, calls as ``{"name", "arguments"}``;
     (None, None) when it is not a complete turn (cut by the token cap or a stop string)."""

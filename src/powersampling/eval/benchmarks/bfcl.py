@@ -202,14 +202,12 @@ def entry_problem(item: BFCLEntry, index: int) -> Problem:
     )
 
 
-def _canonical_calls(calls: list[dict] | None) -> list[str]:
-    return sorted(json.dumps(c, sort_keys=True, ensure_ascii=False) for c in calls or ())
-
-
 def _canonical(calls: list[dict] | None) -> str:
     if not calls:
         return NO_CALL
-    return json.dumps(_canonical_calls(calls), ensure_ascii=False)
+    from ...planner.turns import canonical_calls
+
+    return json.dumps(canonical_calls(calls), ensure_ascii=False)
 
 
 # the benchmark
@@ -312,16 +310,10 @@ class BFCL(Benchmark):
 
     def answer_parts(self, problem: Problem) -> Callable[[str], list[str] | None]:
         """Each call in the canonical form of ``answer_extractor`` ([] for a text answer, None for an incomplete
-        turn): the parts a coverage choice compares."""
-        from ...planner.turns import parse_turn
+        turn): the parts a coverage choice compares, as the server's coverage choice over tool calls reads them."""
+        from ...planner.turns import call_parts
 
-        def calls(text: str) -> list[str] | None:
-            content, found = parse_turn(text)
-            if content is None and found is None:
-                return None
-            return _canonical_calls(found)
-
-        return calls
+        return call_parts
 
     def add_metrics(self, summary: dict, by_method: dict[str, dict[str, dict]], *, n_boot: int) -> None:
         """Accuracy with a Wilson interval per category, for each method, and each method's paired difference from
