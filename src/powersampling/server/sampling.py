@@ -16,6 +16,7 @@ from ..backends.base import LanguageModel, TokenConstraint, check_context_length
 from ..backends.constraints import JsonSchemaConstraint, StopStringConstraint
 from ..errors import ContextLengthError, PowerSamplingError
 from ..observability.metrics import StepTimer
+from ..planner.turns import call_parts
 from ..samplers import build_sampler, method_names, validate_params
 from ..samplers.params import KnobError, knob_params
 from ..samplers.registry import CANDIDATES_METHOD, ZERO_TEMPERATURE_METHOD, method_spec, one_sample_temperature
@@ -128,6 +129,9 @@ def resolve_call(
         method = ZERO_TEMPERATURE_METHOD  # what lm-eval and most frameworks mean by temperature 0
     given = ps.model_dump(exclude_none=True) if ps is not None else {}
     params.update({name: given[name] for name in _SAMPLER_PARAMETER_FIELDS if name in given})
+    coverage = given.get("select") == "coverage"
+    if coverage:  # the parts it compares are the reply's tool calls (a reply without any gives no answer)
+        params["parts_extractor"] = call_parts
     try:
         params.update(
             knob_params(
@@ -136,7 +140,7 @@ def resolve_call(
                 temperature=body.temperature,
                 proposal_temperature=given.get("proposal_temperature"),
                 n=given.get("n"),
-                select=given.get("select"),
+                select=None if coverage else given.get("select"),
                 answer_regex=given.get("answer_regex"),
             )
         )
