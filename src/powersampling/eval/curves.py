@@ -5,8 +5,9 @@ them in the order drawn (``draws``: tokens, log p, the answer each votes for, it
 first k of them are therefore a k-sample selection, and an adaptive selection with budget N is the same stream
 stopped by its rule after a round. So one run at the largest budget gives every smaller budget and every stopping
 rule on the same problems and the same samples: paired by construction, for the cost of one run. The replays run
-the sampler's own rules (``samplers.base.majority_vote``, ``samplers.votes.vote_stop_reason``, and the quality
-selection's order of ``baselines.TemperatureSampler``); a replay at the full budget reproduces the row's verdict.
+the sampler's own rules (``samplers.base.majority_vote`` and ``coverage_choice``, ``samplers.votes.vote_stop_reason``,
+and the quality selection's order of ``baselines.TemperatureSampler``); a replay at the full budget reproduces the
+row's verdict.
 
 Methods without draws (power, SMC, ...) enter as their rows stand, one point each. The metric and its intervals
 are the benchmark's (``Benchmark.curve_metric``): accuracy with Wilson intervals, TaskBench's pooled node F1 with
