@@ -74,7 +74,7 @@ class DecodeConfig(_Config):
     def _coverage_needs_parts(self):
         if self.select == "coverage" and self.parts_extractor is None:
             raise ValueError(
-                "select='coverage' compares answers made of parts (tool calls, plan steps); it needs a "
+                "select='coverage' compares answers made of parts (such as tool calls); it needs a "
                 "parts_extractor (text -> list of parts), which the evaluation harness gives for benchmarks whose "
                 "answers have parts"
             )
