@@ -384,6 +384,18 @@ def last_number(text: str) -> str | None:
     return value[:-2] if value.endswith(".0") else value
 
 
+def _extract(extract: Callable[[str], Any], completion: Completion, what: str) -> Any:
+    """What ``extract`` reads from a finished completion; None for an unfinished one or a failed extraction (user
+    code: a failure is no answer, not a failed run)."""
+    if not completion.complete:
+        return None
+    try:
+        return extract(completion.text)
+    except Exception as exc:
+        log.warning("%s failed (%s: %s); that output gives no answer", what, type(exc).__name__, exc)
+        return None
+
+
 def majority_vote(
     completions: Sequence[Completion],
     extract: Callable[[str], str | None] | None,
@@ -397,11 +409,7 @@ def majority_vote(
     votes: dict[str, float] = {}
     answers: list[str | None] = []
     for completion, weight in zip(completions, weights):
-        try:
-            answer = extract(completion.text) if completion.complete else None
-        except Exception as exc:  # user code: a failed extraction is no vote, not a failed run
-            log.warning("answer extractor failed (%s: %s); that output casts no vote", type(exc).__name__, exc)
-            answer = None
+        answer = _extract(extract, completion, "answer extractor")
         answers.append(None if answer is None else str(answer))
         if answers[-1] is not None:
             votes[answers[-1]] = votes.get(answers[-1], 0.0) + float(weight)
@@ -447,11 +455,7 @@ def coverage_choice(
     weights = list(weights) if weights is not None else [1.0] * len(completions)
     answers: list[Counter[str] | None] = []
     for completion in completions:
-        try:
-            found = parts(completion.text) if completion.complete else None
-        except Exception as exc:  # user code: a failed extraction is no answer, not a failed run
-            log.warning("parts extractor failed (%s: %s); that output gives no answer", type(exc).__name__, exc)
-            found = None
+        found = _extract(parts, completion, "parts extractor")
         answers.append(None if found is None else Counter(str(p) for p in found))
     voters = [i for i, a in enumerate(answers) if a is not None]
     if not voters:

@@ -129,9 +129,6 @@ def resolve_call(
         method = ZERO_TEMPERATURE_METHOD  # what lm-eval and most frameworks mean by temperature 0
     given = ps.model_dump(exclude_none=True) if ps is not None else {}
     params.update({name: given[name] for name in _SAMPLER_PARAMETER_FIELDS if name in given})
-    coverage = given.get("select") == "coverage"
-    if coverage:  # the parts it compares are the reply's tool calls (a reply without any gives no answer)
-        params["parts_extractor"] = call_parts
     try:
         params.update(
             knob_params(
@@ -140,8 +137,9 @@ def resolve_call(
                 temperature=body.temperature,
                 proposal_temperature=given.get("proposal_temperature"),
                 n=given.get("n"),
-                select=None if coverage else given.get("select"),
+                select=given.get("select"),
                 answer_regex=given.get("answer_regex"),
+                parts_extractor=call_parts,  # coverage compares the reply's tool calls (none: no answer)
             )
         )
     except KnobError as exc:
