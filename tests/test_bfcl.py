@@ -175,10 +175,11 @@ def test_greedy_and_a_vote_run_and_regrade_on_a_tiny_model(tmp_path):
     write_report(out)
 
 
-def test_the_coverage_choice_compares_canonical_calls_and_runs_replays_and_regrades(problems, tmp_path):
-    """``+cover`` keeps the candidate whose calls contain the most of the other candidates' calls; its rows record
-    each draw's calls as parts, the replay at the full budget returns the row's own pick, and regrading fills in
-    the parts of rows recorded without them (best-of-n's candidates then replay as coverage of k too)."""
+def test_the_parts_choices_compare_canonical_calls_and_run_replay_and_regrade(problems, tmp_path):
+    """``+cover`` keeps the candidate whose calls contain the most of the other candidates' calls, ``+consensus``
+    the one whose calls agree best with theirs; their rows record each draw's calls as parts, the replay at the
+    full budget returns the row's own pick, and regrading fills in the parts of rows recorded without them
+    (best-of-n's candidates then replay as coverage and consensus of k too)."""
     from powersampling.eval.curves import replay, selection_points
     from powersampling.eval.results import read_rows, regrade_rows, write_rows
     from powersampling.eval.runner import run_eval
@@ -193,20 +194,21 @@ def test_the_coverage_choice_compares_canonical_calls_and_runs_replays_and_regra
 
     out = tmp_path / "run"
     run_eval(
-        "bfcl", ["greedy", "sample+cover@3", "best-of-n"], 2, tiny_smol_model(), out,
+        "bfcl", ["greedy", "sample+cover@3", "sample+consensus@3", "best-of-n"], 2, tiny_smol_model(), out,
         categories="parallel,irrelevance", extra_params={"best-of-n.n": 3}, max_new_tokens=48, progress=False,
     )  # fmt: skip
     rows = read_rows(out / "results.jsonl")
-    covered = [r for r in rows if r["method"] == "sample+cover@3"]
-    assert len(covered) == 2
-    for row in covered:
-        assert row["metadata"]["select"] == "coverage" and row["n"] == 3 and len(row["draws"]) == 3
-        assert all(d["parts"] == parts(d["text"]) for d in row["draws"])
-        assert replay(row["draws"], 3, "coverage").graded["calls"] == row["calls"]
-        if row["metadata"]["selected_by"] == "coverage":
-            assert "coverage_choice" in row["metadata"]
-    labels = [p.label for p in selection_points(rows, "sample+cover@3", budgets=(1, 2, 3))]
-    assert labels == ["sample (one of the draws)", "sample coverage of 2", "sample coverage of 3"]
+    for method, rule in (("sample+cover@3", "coverage"), ("sample+consensus@3", "consensus")):
+        chosen = [r for r in rows if r["method"] == method]
+        assert len(chosen) == 2
+        for row in chosen:
+            assert row["metadata"]["select"] == rule and row["n"] == 3 and len(row["draws"]) == 3
+            assert all(d["parts"] == parts(d["text"]) for d in row["draws"])
+            assert replay(row["draws"], 3, rule).graded["calls"] == row["calls"]
+            if row["metadata"]["selected_by"] == rule:
+                assert f"{rule}_choice" in row["metadata"]
+        labels = [p.label for p in selection_points(rows, method, budgets=(1, 2, 3))]
+        assert labels == ["sample (one of the draws)", f"sample {rule} of 2", f"sample {rule} of 3"]
 
     for row in rows:  # as rows recorded before draws carried their parts
         for draw in row.get("draws", []):
@@ -215,7 +217,10 @@ def test_the_coverage_choice_compares_canonical_calls_and_runs_replays_and_regra
     best = [r for r in rows if r["method"] == "best-of-n"]
     assert all(d["parts"] == parts(d["text"]) for r in best for d in r["draws"])
     labels = [p.label for p in selection_points(rows, "best-of-n", budgets=(1, 2, 3))]
-    assert labels == ["best-of-n (one of the draws)", "best of 2", "best of 3", "coverage of 2", "coverage of 3"]
+    assert labels == [
+        "best-of-n (one of the draws)", "best of 2", "best of 3",
+        "coverage of 2", "coverage of 3", "consensus of 2", "consensus of 3",
+    ]  # fmt: skip
 
     write_rows(out / "results.jsonl", rows)
     script = [sys.executable, "benchmarks/accuracy_vs_tokens.py", str(out), "--reference", "greedy", "--by", "category"]
@@ -233,12 +238,14 @@ def test_the_coverage_choice_compares_canonical_calls_and_runs_replays_and_regra
         assert refused.returncode == 2 and message in refused.stderr
 
 
-def test_the_coverage_choice_needs_answers_made_of_parts():
+def test_the_parts_choices_need_answers_made_of_parts():
     from powersampling.eval.runner import check_arguments
 
     with pytest.raises(ConfigError, match=r"'\+cover' needs answers made of parts"):
         check_arguments("gsm8k", ["low-temp+cover@4"], 2)
-    check_arguments("bfcl", ["low-temp+cover@4", "power+cover@2"], 2, categories="parallel")
+    with pytest.raises(ConfigError, match=r"'\+consensus' needs answers made of parts"):
+        check_arguments("gsm8k", ["sample+consensus@4"], 2)
+    check_arguments("bfcl", ["low-temp+cover@4", "power+cover@2", "smc+consensus@2"], 2, categories="parallel")
     with pytest.raises(ConfigError, match="chooses among its n_chains"):
         check_arguments("bfcl", ["power+cover@1"], 2, categories="parallel")
 

@@ -31,6 +31,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         (["generate", "hi", "--temperature", "0"], "--temperature is power's proposal temperature"),
         (["generate", "hi", "--answer-regex", "x"], "--answer-regex is used by a majority vote"),
         (["generate", "hi", "--method", "best-of-n", "--select", "coverage"], "METHOD+cover"),
+        (["generate", "hi", "--method", "best-of-n", "--select", "consensus"], "METHOD+consensus"),
         (["generate"], "Missing argument"),
         (["no-such-command"], "No such command"),
     ],

@@ -267,10 +267,11 @@ def test_the_request_span_records_tool_calls_as_the_finish_reason(smol, spans):
     assert tuple(span.attributes["gen_ai.response.finish_reasons"]) == ("tool_calls", "tool_calls")
 
 
-def test_a_coverage_choice_returns_the_candidate_whose_calls_contain_the_others(smol):
-    """``select: coverage`` over best-of-n's candidates: the reply is one of them, chosen by the coverage rule over
-    their tool calls (the response metadata holds each candidate's score); without tools there is nothing to
-    compare, and the method's own pick is returned and named."""
+@pytest.mark.parametrize("rule", ["coverage", "consensus"])
+def test_a_parts_choice_returns_the_candidate_whose_calls_match_the_others(smol, rule):
+    """``select: coverage`` (or ``consensus``) over best-of-n's candidates: the reply is one of them, chosen by the
+    rule over their tool calls (the response metadata holds each candidate's score); without tools there is
+    nothing to compare, and the method's own pick is returned and named."""
     out = sdk(smol).chat.completions.create(
         model="tiny-smol",
         messages=MESSAGES,
@@ -278,14 +279,14 @@ def test_a_coverage_choice_returns_the_candidate_whose_calls_contain_the_others(
         tool_choice="required",
         max_tokens=2 * ONE_CALL_TOKENS,
         seed=5,
-        extra_body={"method": "best-of-n", "power_sampling": {"n": 4, "select": "coverage"}},
+        extra_body={"method": "best-of-n", "power_sampling": {"n": 4, "select": rule}},
     )
     choice = out.choices[0]
     _check_calls(choice.message)
     run = out.model_dump()["power_sampling"]
-    assert run["selected_by"] == "coverage" and run["select"] == "coverage"
-    scores = run["coverage_choice"]["coverage"]
-    assert len(scores) == run["coverage_choice"]["voters"] and max(scores.values()) <= 3
-    plain = post(smol, "/v1/chat/completions", _with(method="best-of-n", power_sampling={"select": "coverage"}))
+    assert run["selected_by"] == rule and run["select"] == rule
+    scores = run[f"{rule}_choice"][rule]
+    assert len(scores) == run[f"{rule}_choice"]["voters"] and max(scores.values()) <= 3
+    plain = post(smol, "/v1/chat/completions", _with(method="best-of-n", power_sampling={"select": rule}))
     assert plain.status_code == 200, plain.text  # no tools: no calls to compare, best-of-n's own pick, said so
     assert plain.json()["power_sampling"]["selected_by"] == "mean_logprob"

@@ -5,7 +5,7 @@ them in the order drawn (``draws``: tokens, log p, the answer each votes for, it
 first k of them are therefore a k-sample selection, and an adaptive selection with budget N is the same stream
 stopped by its rule after a round. So one run at the largest budget gives every smaller budget and every stopping
 rule on the same problems and the same samples: paired by construction, for the cost of one run. The replays run
-the sampler's own rules (``samplers.base.majority_vote`` and ``coverage_choice``, ``samplers.votes.vote_stop_reason``,
+the sampler's own rules (``samplers.base.majority_vote`` and ``parts_choice``, ``samplers.votes.vote_stop_reason``,
 and the quality selection's order of ``baselines.TemperatureSampler``); a replay at the full budget reproduces the
 row's verdict.
 
@@ -21,19 +21,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..samplers.base import coverage_choice, majority_vote
+from ..samplers.base import majority_vote, parts_choice
 from ..samplers.registry import CANDIDATES_METHOD
 from ..samplers.result import Completion
 from ..samplers.votes import vote_stop_reason
 from .benchmarks import Benchmark
 from .report import save_against_tokens
-from .runner import split_method
+from .runner import PARTS_SELECTIONS, QUALITY, VOTE, split_method
 
 DEFAULT_BUDGETS = (1, 2, 4, 8)
 VOTE_RULES = ("unbeatable", "posterior")
 # the fixed selections whose draws can be replayed, and the word their points are labelled with
-SELECTIONS = {"+vote": "majority", "+quality": "quality", "+cover": "coverage"}
-WORDS = {"majority": "vote", "quality": "best quality", "coverage": "coverage"}
+SELECTIONS = {VOTE: "majority", QUALITY: "quality", **PARTS_SELECTIONS}
+WORDS = {"majority": "vote", "quality": "best quality", "coverage": "coverage", "consensus": "consensus"}
+PARTS_RULES = tuple(PARTS_SELECTIONS.values())
 LIKELIEST = CANDIDATES_METHOD  # its candidates replay too: the one of highest mean log p among the first k
 
 
@@ -107,13 +108,13 @@ def _recorded_answer(text: str) -> str | None:
     return text or None
 
 
-def _covering(draws: Sequence[dict]) -> int | None:
+def _by_parts(draws: Sequence[dict], rule: str) -> int | None:
     # each completion's text is its index; the parts are the ones recorded for that draw
     completions = [
         Completion([0] * d["tokens"], str(i), d["logprob"], d["complete"] and d.get("parts") is not None)
         for i, d in enumerate(draws)
     ]
-    return coverage_choice(completions, lambda i: draws[int(i)]["parts"])[0]
+    return parts_choice(completions, lambda i: draws[int(i)]["parts"], rule)[0]
 
 
 def _pick(draws: Sequence[dict], select: str) -> int:
@@ -126,8 +127,8 @@ def _pick(draws: Sequence[dict], select: str) -> int:
         chosen, _ = majority_vote(_as_completions(draws), _recorded_answer)
         if chosen is not None:
             return chosen
-    elif select == "coverage":
-        chosen = _covering(draws)
+    elif select in PARTS_RULES:
+        chosen = _by_parts(draws, select)
         if chosen is not None:
             return chosen
     elif select == "quality":
@@ -138,8 +139,8 @@ def _pick(draws: Sequence[dict], select: str) -> int:
 
 
 def replay(draws: Sequence[dict], k: int, select: str = "majority") -> Outcome:
-    """The selection (``majority``, ``quality``, ``coverage`` or best-of-n's ``likeliest``) over the first ``k``
-    draws."""
+    """The selection (``majority``, ``quality``, ``coverage``, ``consensus`` or best-of-n's ``likeliest``) over the
+    first ``k`` draws."""
     if not 1 <= k <= len(draws):
         raise ValueError(f"a selection over {k} draws needs 1 <= k <= {len(draws)} recorded draws")
     used = list(draws[:k])
@@ -197,17 +198,18 @@ def selection_points(
     name = method.partition("@")[0]
     most = max(len(r["draws"]) for r in mine)
     budgets = sorted({k for k in budgets if k <= most} | {most})
-    if name == LIKELIEST:  # best of k; and, where the candidates record their answers' parts, coverage of k
+    if name == LIKELIEST:  # best of k; where the candidates record their answers' parts, coverage and consensus of k
         points = _first_k_points(mine, method, budgets, "likeliest", "best of {}", name)
         if all("parts" in d for r in mine for d in r["draws"]):  # one draw is the same pick: k from 2
             wider = [k for k in budgets if k > 1]
-            points += _first_k_points(mine, f"{method} coverage", wider, "coverage", "coverage of {}", None)
+            for rule in PARTS_RULES:
+                points += _first_k_points(mine, f"{method} {rule}", wider, rule, f"{WORDS[rule]} of {{}}", None)
         return points
     suffix = next(s for s in SELECTIONS if name.endswith(s))
     unit, select = name.removesuffix(suffix), SELECTIONS[suffix]
     what = WORDS[select]
     points = _first_k_points(mine, method, budgets, select, f"{unit} {what} of {{}}", unit)
-    if select == "coverage":  # no adaptive form
+    if select in PARTS_RULES:  # no adaptive form
         return points
     adaptive = (
         [(f"{rule}", lambda d, rule=rule: replay_adaptive_vote(d, rule, round_size, confidence)) for rule in VOTE_RULES]

@@ -56,16 +56,19 @@ ADAPTIVE_VOTE = "+avote"  # method suffix: a majority vote that stops drawing on
 QUALITY = "+quality"  # method suffix: the output the task's quality score rates highest (see _run_one)
 ADAPTIVE_QUALITY = "+aquality"  # method suffix: +quality over samples drawn until the best score stops improving
 COVER = "+cover"  # method suffix: the output whose answer contains the most of the others' (see _run_one)
+CONSENSUS = "+consensus"  # method suffix: the output whose answer's parts agree best (F1) with the others'
 SELECTIONS = {
     VOTE: "a majority vote over its outputs",
     ADAPTIVE_VOTE: "a majority vote over samples drawn in rounds until the leader is settled",
     QUALITY: "its output the task's quality score rates highest",
     ADAPTIVE_QUALITY: "its output the quality score rates highest, drawn in rounds until the best stops improving",
     COVER: "its output whose answer contains the most of the parts (tool calls) its other outputs give",
+    CONSENSUS: "its output whose parts (tool calls) agree best (F1) with the parts its other outputs give",
 }
 QUALITIES = (QUALITY, ADAPTIVE_QUALITY)
 VOTES = (VOTE, ADAPTIVE_VOTE)
-AGREEMENTS = (*VOTES, COVER)  # selections by what the outputs' answers share: over chains, two chains at least
+PARTS_SELECTIONS = {COVER: "coverage", CONSENSUS: "consensus"}  # suffix -> the sampler's select (parts_choice)
+AGREEMENTS = (*VOTES, *PARTS_SELECTIONS)  # selections by what the outputs' answers share: two chains at least
 VOTE_STOP_PARAMS = ("vote_stop", "round_size", "vote_confidence")  # BestOfNConfig's; read by +avote only
 QUALITY_STOP_PARAMS = ("quality_margin", "round_size")  # BestOfNConfig's; read by +aquality only
 STOP_PARAMS = tuple(dict.fromkeys(VOTE_STOP_PARAMS + QUALITY_STOP_PARAMS))
@@ -230,8 +233,9 @@ def _check_selections(benchmark: Benchmark, methods: list[str], problem: Problem
     for suffix in VOTES:
         if any(split_method(m)[1] == suffix for m in methods) and benchmark.answer_extractor(problem) is None:
             raise ConfigError(f"'{suffix}' needs answers to compare; {benchmark.name} has none (it grades programs)")
-    if any(split_method(m)[1] == COVER for m in methods) and benchmark.answer_parts(problem) is None:
-        raise ConfigError(f"'{COVER}' needs answers made of parts (tool calls); {benchmark.name}'s have none")
+    for suffix in PARTS_SELECTIONS:
+        if any(split_method(m)[1] == suffix for m in methods) and benchmark.answer_parts(problem) is None:
+            raise ConfigError(f"'{suffix}' needs answers made of parts (tool calls); {benchmark.name}'s have none")
     for suffix in QUALITIES:
         if any(split_method(m)[1] == suffix for m in methods) and benchmark.quality_evaluator(problem) is None:
             raise ConfigError(f"'{suffix}' needs a task with a quality score; {benchmark.name} has none")
@@ -551,8 +555,8 @@ def _run_one(session: _EvalSession, problem: Problem, method: str, prompt: Bench
     if selection is not None:
         if selection in VOTES:
             params.update(select="majority", answer_extractor=benchmark.answer_extractor(problem))
-        elif selection == COVER:
-            params.update(select="coverage", parts_extractor=benchmark.answer_parts(problem))
+        elif selection in PARTS_SELECTIONS:
+            params.update(select=PARTS_SELECTIONS[selection], parts_extractor=benchmark.answer_parts(problem))
         else:
             evaluator = benchmark.quality_evaluator(problem)
         temperature = one_sample_temperature(base_method, **params)

@@ -1,6 +1,6 @@
 """What all samplers share: how a method is declared, the ``sample`` shell (seed, deadline, span, selection and the
 metadata keys every result carries), prompt handling, text decoding, evaluator calls, majority votes and the
-coverage choice."""
+choices among answers made of parts (coverage, consensus)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 from ..backends.base import Continuation, LanguageModel, TokenConstraint
 from ..errors import CapabilityError
 from ..observability.tracing import span
+from .config import PARTS_RULES
 from .result import Completion, ProgressEvent, SampleResult
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ class Sampler:
             samples, picked = self.samples(outcome, lead)
             metadata = {**self._metadata(call, seed, outcome, chosen, selected_by), **outcome.metadata, **picked}
             if vote is not None:
-                metadata["coverage_choice" if self.config.select == "coverage" else "vote"] = vote
+                metadata[f"{self.config.select}_choice" if self.config.select in PARTS_RULES else "vote"] = vote
             call.notify(outcome.done)
         completion = chosen.completion
         return SampleResult(
@@ -251,11 +252,12 @@ class Sampler:
             index, vote = majority_vote(completions, self.config.answer_extractor, weights=outcome.vote_weights)
             if index is not None:
                 return outcome.outputs[index], "majority", index, vote
-        if self.config.select == "coverage" and len(outcome.outputs) > 1:
+        if self.config.select in PARTS_RULES and len(outcome.outputs) > 1:
             completions = [o.completion for o in outcome.outputs]
-            index, vote = coverage_choice(completions, self.config.parts_extractor, weights=outcome.vote_weights)
+            rule = self.config.select
+            index, vote = parts_choice(completions, self.config.parts_extractor, rule, weights=outcome.vote_weights)
             if index is not None:
-                return outcome.outputs[index], "coverage", index, vote
+                return outcome.outputs[index], rule, index, vote
         if outcome.by_evaluator is not None:
             return outcome.by_evaluator, "evaluator", outcome.default, vote
         return outcome.outputs[outcome.default], outcome.default_rule, outcome.default, vote
@@ -440,18 +442,44 @@ def _contained(mine: Counter[str], theirs: Counter[str]) -> float:
     return sum((mine & theirs).values()) / total
 
 
-def coverage_choice(
+def _agreement(mine: Counter[str], theirs: Counter[str]) -> float:
+    """The F1 of two answers' parts (multisets): shared parts over their mean size; two answers with no parts
+    agree fully, one with none agrees with no other."""
+    total = sum(mine.values()) + sum(theirs.values())
+    if total == 0:
+        return 1.0
+    return 2 * sum((mine & theirs).values()) / total
+
+
+# the utility each rule maximizes in expectation over the other outputs (minimum Bayes risk)
+_UTILITIES: dict[str, Callable[[Counter[str], Counter[str]], float]] = {
+    "coverage": _contained,
+    "consensus": _agreement,
+}
+assert set(_UTILITIES) == set(PARTS_RULES)
+
+
+def parts_choice(
     completions: Sequence[Completion],
     parts: Callable[[str], Sequence[str] | None],
+    rule: str,
     weights: Sequence[float] | None = None,
 ) -> tuple[int | None, dict[str, Any]]:
-    """The index of the completion whose answer contains the most of the other completions' answers: each answer
-    is a multiset of parts (``parts``: text -> parts, None for no answer; for tool calls, one canonical call per
-    part), and a completion scores the sum, over the others (``weights``: votes per completion), of the share of
-    their parts it also has. A minimum-Bayes-risk choice under a recall utility: where samples stop early, each
-    holds part of the answer, and the one that holds what the others agree on and the parts a minority adds is
-    chosen over the majority's shorter answer; a majority vote picks the shorter one. Ties by the highest mean
-    log-probability per token; None when no complete completion yields an answer."""
+    """The index of the completion whose answer best matches the other completions' answers, each answer a
+    multiset of parts (``parts``: text -> parts, None for no answer; for tool calls, one canonical call per part).
+    A completion scores the sum, over the others (``weights``: votes per completion), of a utility:
+
+    - ``coverage``: the share of the other's parts it also has (recall). Where samples stop early, each holds
+      part of the answer, and the one that holds what the others agree on and the parts a minority adds is chosen
+      over the majority's shorter answer.
+    - ``consensus``: the F1 of the two answers' parts, a majority vote with partial credit. It does not reward
+      extra parts, so it suits a model that adds parts nobody asked for; coverage suits one that stops early.
+
+    Both are minimum-Bayes-risk choices; an exact-match utility would be the majority vote. Ties by the highest
+    mean log-probability per token; None when no complete completion yields an answer."""
+    utility = _UTILITIES.get(rule)
+    if utility is None:
+        raise ValueError(f"unknown parts rule {rule!r}; choose from {', '.join(PARTS_RULES)}")
     weights = list(weights) if weights is not None else [1.0] * len(completions)
     answers: list[Counter[str] | None] = []
     for completion in completions:
@@ -459,15 +487,15 @@ def coverage_choice(
         answers.append(None if found is None else Counter(str(p) for p in found))
     voters = [i for i, a in enumerate(answers) if a is not None]
     if not voters:
-        return None, {"coverage": {}, "voters": 0}
-    scores = {i: sum(weights[j] * _contained(answers[i], answers[j]) for j in voters if j != i) for i in voters}
+        return None, {rule: {}, "voters": 0}
+    scores = {i: sum(weights[j] * utility(answers[i], answers[j]) for j in voters if j != i) for i in voters}
 
     def key(i: int) -> tuple[float, float]:
         return scores[i], completions[i].logprob / max(1, len(completions[i].token_ids))
 
     chosen = max(voters, key=key)
     return chosen, {
-        "coverage": {str(i): round(s, 6) for i, s in scores.items()},
+        rule: {str(i): round(s, 6) for i, s in scores.items()},
         "voters": len(voters),
         "chosen_parts": sum(answers[chosen].values()),
     }

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 
+PARTS_RULES = ("coverage", "consensus")  # selections that compare answers made of parts (samplers.base.parts_choice)
+
 QualityEvaluator = Callable[[str], float]
 AnswerExtractor = Callable[[str], str | None]
 PartsExtractor = Callable[[str], Sequence[str] | None]
@@ -56,25 +58,28 @@ class DecodeConfig(_Config):
         None, gt=0, le=86_400, description="overall time limit (a day at most); the best so far is returned"
     )
     quality_evaluator: QualityEvaluator | None = Field(None, exclude=True)
-    select: Literal["default", "majority", "coverage"] = Field(
+    select: Literal["default", "majority", "coverage", "consensus"] = Field(
         "default",
         description="which of a run's outputs (best-of-n candidates, MH chains, SMC particles) is "
         "returned: the method's own rule, the answer most of them agree on (majority vote; ties to the highest "
-        "mean log-probability), or the answer that contains the most of the others' answer parts (coverage: "
-        "needs a parts_extractor; see samplers.base.coverage_choice)",
+        "mean log-probability), the answer that contains the most of the others' answer parts (coverage), or "
+        "the one whose parts agree best with theirs (consensus: F1); the last two need a parts_extractor (see "
+        "samplers.base.parts_choice)",
     )
     answer_extractor: AnswerExtractor | None = Field(
         None, exclude=True, description="text -> answer for the majority vote (default: the last number)"
     )
     parts_extractor: PartsExtractor | None = Field(
-        None, exclude=True, description="text -> the parts of its answer (e.g. one per tool call), for coverage"
+        None,
+        exclude=True,
+        description="text -> the parts of its answer (e.g. one per tool call), for coverage and consensus",
     )
 
     @model_validator(mode="after")
-    def _coverage_needs_parts(self):
-        if self.select == "coverage" and self.parts_extractor is None:
+    def _parts_rules_need_parts(self):
+        if self.select in PARTS_RULES and self.parts_extractor is None:
             raise ValueError(
-                "select='coverage' compares answers made of parts (such as tool calls); it needs a "
+                f"select={self.select!r} compares answers made of parts (such as tool calls); it needs a "
                 "parts_extractor (text -> list of parts), which the evaluation harness gives for benchmarks whose "
                 "answers have parts"
             )

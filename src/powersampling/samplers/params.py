@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from ..errors import ConfigError
-from .config import AnswerExtractor, PartsExtractor
+from .config import PARTS_RULES, AnswerExtractor, PartsExtractor
 from .registry import method_names, method_spec, methods_where
 
 
@@ -64,7 +64,8 @@ def knob_params(
 ) -> dict[str, Any]:
     """The config fields of ``method`` that the knobs set (None: not given); ``proposal_temperature`` is the
     method's own field when a request also names it, which ``temperature`` may then not set again.
-    ``parts_extractor`` is what the entry point can compare for ``select`` coverage (the server: tool calls)."""
+    ``parts_extractor`` is what the entry point can compare for ``select`` coverage or consensus (the server: tool
+    calls)."""
     spec = method_spec(method)
     config = spec.config
     params: dict[str, Any] = {}
@@ -83,13 +84,13 @@ def knob_params(
         elif strict:
             with_n = [m for m in method_names() if "n" in method_spec(m).config.model_fields]
             raise KnobError("n", f"{{knob}} applies to {_literal(' and '.join(with_n))}, not {_literal(repr(method))}")
-    if select == "coverage":
+    if select in PARTS_RULES:
         if parts_extractor is None:  # an entry point with no answer parts to compare
             raise KnobError(
                 "select",
-                "{knob} coverage compares answers made of parts (tool calls); it runs from the Python API "
-                "(select='coverage' with a parts_extractor), in `powersampling eval` (METHOD+cover) and on the "
-                "server with tools",
+                f"{{knob}} {select} compares answers made of parts (tool calls); it runs from the Python API "
+                f"(select={select!r} with a parts_extractor), in `powersampling eval` (METHOD+cover, "
+                "METHOD+consensus) and on the server with tools",
             )
         params["parts_extractor"] = parts_extractor
     if select is not None:

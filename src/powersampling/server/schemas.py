@@ -178,11 +178,12 @@ class PowerSamplingParams(PlanPowerSamplingParams):
         **config_bounds("entropy_threshold"),
         description="scalable-power: below this next-token entropy (nats), no rollouts",
     )
-    select: Literal["default", "majority", "coverage"] | None = Field(
+    select: Literal["default", "majority", "coverage", "consensus"] | None = Field(
         None,
         description="majority: return the answer most outputs (best-of-n candidates, MH chains, SMC "
-        "particles) agree on; coverage: the output whose tool calls contain the most of the other outputs' calls "
-        "(outputs without tool calls give no answer: with none, the method's own pick is returned and "
+        "particles) agree on; coverage: the output whose tool calls contain the most of the other outputs' calls; "
+        "consensus: the output whose tool calls agree best (F1) with the other outputs' calls "
+        "(for both, outputs without tool calls give no answer: with none, the method's own pick is returned and "
         "selected_by says which)",
     )
     answer_regex: str | None = Field(
