@@ -182,6 +182,8 @@ def test_the_parts_choices_compare_canonical_calls_and_run_replay_and_regrade(pr
     (best-of-n's candidates then replay as coverage and consensus of k too)."""
     from powersampling.eval.curves import replay, selection_points
     from powersampling.eval.results import read_rows, regrade_rows, write_rows
+    from powersampling.samplers.base import majority_vote
+    from powersampling.samplers.result import Completion
     from powersampling.eval.runner import run_eval
     from test_server_openai import tiny_smol_model
 
@@ -219,8 +221,16 @@ def test_the_parts_choices_compare_canonical_calls_and_run_replay_and_regrade(pr
     labels = [p.label for p in selection_points(rows, "best-of-n", budgets=(1, 2, 3))]
     assert labels == [
         "best-of-n (one of the draws)", "best of 2", "best of 3",
-        "coverage of 2", "coverage of 3", "consensus of 2", "consensus of 3",
+        "coverage of 2", "coverage of 3", "consensus of 2", "consensus of 3", "vote of 2", "vote of 3",
     ]  # fmt: skip
+    voted = {p.label: p for p in selection_points(rows, "best-of-n", budgets=(3,))}["vote of 3"]
+    for r in best:  # the vote over call sets, as the sampler's +vote holds it over the benchmark's canonical answers
+        extract = get_benchmark("bfcl").answer_extractor(problems[r["problem_id"]])
+        completions = [Completion([0] * d["tokens"], d["text"], d["logprob"], d["complete"]) for d in r["draws"]]
+        chosen, _ = majority_vote(completions, extract)
+        if chosen is None:  # no candidate finished a turn: the vote has no answer, the likeliest is returned
+            chosen = max(range(len(completions)), key=lambda i: r["draws"][i]["logprob"] / r["draws"][i]["tokens"])
+        assert voted.outcomes[r["problem_id"]].graded["calls"] == r["draws"][chosen]["fields"]["calls"]
 
     write_rows(out / "results.jsonl", rows)
     script = [sys.executable, "benchmarks/accuracy_vs_tokens.py", str(out), "--reference", "greedy", "--by", "category"]

@@ -16,6 +16,7 @@ bootstrap intervals.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -108,6 +109,13 @@ def _recorded_answer(text: str) -> str | None:
     return text or None
 
 
+def _voting_on_parts(draw: dict) -> dict:
+    """A candidate that votes for its parts as a multiset (the calls of a turn, in any order; [] for a text answer):
+    the answer a vote over canonical call sets compares, for candidates recorded without one."""
+    parts = draw.get("parts")
+    return {**draw, "answer": None if parts is None else json.dumps(sorted(parts), ensure_ascii=False)}
+
+
 def _by_parts(draws: Sequence[dict], rule: str) -> int | None:
     # each completion's text is its index; the parts are the ones recorded for that draw
     completions = [
@@ -198,12 +206,14 @@ def selection_points(
     name = method.partition("@")[0]
     most = max(len(r["draws"]) for r in mine)
     budgets = sorted({k for k in budgets if k <= most} | {most})
-    if name == LIKELIEST:  # best of k; where the candidates record their answers' parts, coverage and consensus of k
+    if name == LIKELIEST:  # best of k; where the candidates record their answers' parts, also chosen among by parts
         points = _first_k_points(mine, method, budgets, "likeliest", "best of {}", name)
         if all("parts" in d for r in mine for d in r["draws"]):  # one draw is the same pick: k from 2
             wider = [k for k in budgets if k > 1]
             for rule in PARTS_RULES:
                 points += _first_k_points(mine, f"{method} {rule}", wider, rule, f"{WORDS[rule]} of {{}}", None)
+            voting = [{**r, "draws": [_voting_on_parts(d) for d in r["draws"]]} for r in mine]
+            points += _first_k_points(voting, f"{method} vote", wider, "majority", "vote of {}", None)
         return points
     suffix = next(s for s in SELECTIONS if name.endswith(s))
     unit, select = name.removesuffix(suffix), SELECTIONS[suffix]
