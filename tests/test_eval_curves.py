@@ -15,6 +15,7 @@ from powersampling.eval.curves import (
     replay_adaptive_quality,
     replay_adaptive_vote,
     replayable,
+    row_points,
     selection_points,
 )
 from powersampling.eval.runner import check_arguments, method_budget, split_method
@@ -74,6 +75,19 @@ def test_a_quality_selection_replays_the_best_score_and_its_margin_rule():
     assert replay_adaptive_quality(d, margin=0.06).samples == 4
     unscored = draws(["5", "3"])
     assert replay(unscored, 2, "quality").tokens == 8
+
+
+def test_a_selection_at_several_fixed_budgets_is_one_family():
+    rows = [
+        {"method": m, "problem_id": "p1", "correct": c, "tokens_generated": t, "params": {"n_particles": k}}
+        for m, c, t, k in (("smc+vote@2", False, 250, 2), ("smc+vote", True, 1000, 8), ("low-temp", True, 130, None))
+    ]
+    points = row_points(rows, ["smc+vote@2", "smc+vote", "low-temp"])
+    assert [(p.label, p.family, p.mean_samples) for p in points] == [
+        ("smc+vote@2", "smc+vote", 2),
+        ("smc+vote", "smc+vote", 8),
+        ("low-temp", "low-temp", 1),
+    ]
 
 
 def test_taskbench_points_use_pooled_node_f1():

@@ -251,10 +251,11 @@ def _first_k_points(
 
 
 def row_points(rows: Sequence[dict], methods: Sequence[str]) -> list[CurvePoint]:
-    """One point per method from its rows as they stand."""
+    """One point per method from its rows as they stand; a selection run at several budgets (``smc+vote@2``,
+    ``smc+vote``) is one family, joined in the plot."""
     points = []
     for method in methods:
-        point = CurvePoint(method, method)
+        point = CurvePoint(method, method.partition("@")[0])
         for r in rows:
             if r["method"] == method:
                 params = r.get("params", {})
