@@ -64,6 +64,24 @@ def test_every_category_loads_interleaved_with_its_functions_as_tool_specs(probl
     assert [p.problem_id for p in chosen] == ["irrelevance_0", "parallel_0", "irrelevance_1"]
 
 
+def test_the_tool_list_says_what_each_parameter_means_and_the_prompt_is_fingerprinted(problems, monkeypatch):
+    """The prompt lists each parameter's description (where BFCL's functions say what an optional parameter
+    defaults to); a run's fingerprint covers the prompt, so rows of another prompt are not resumed or merged."""
+    from powersampling.eval.benchmarks.bfcl import BFCL
+    from powersampling.planner.turns import ToolTurn
+
+    bfcl = get_benchmark("bfcl")
+    entry = problems["simple_python_57"]
+    text = bfcl.turn(entry).instructions()
+    assert "\n    calibration_factor: The calibration factor to adjust the density, default value is 1e9" in text
+    chosen = [entry, problems["parallel_3"]]
+    before = bfcl.data_fingerprint(chosen)
+    assert bfcl.data_fingerprint(chosen) == before and bfcl.data_fingerprint(chosen[:1]) != before
+    one_call = lambda self, problem: ToolTurn(problem.fields["bfcl"].tools, "auto", 1)  # noqa: E731
+    monkeypatch.setattr(BFCL, "turn", one_call)  # a prompt that also says "Make one call."
+    assert "Make one call." in bfcl.turn(entry).instructions() and bfcl.data_fingerprint(chosen) != before
+
+
 @pytest.mark.parametrize(
     "task, categories, message",
     [

@@ -420,8 +420,12 @@ def _param_text(name: str, schema: Mapping[str, Any], required: bool) -> str:
     return text
 
 
-def tool_catalog(tools: Sequence[ToolSpec], *, with_descriptions: bool = True) -> str:
-    """The tools as compact prompt lines: ``name(param, count: integer, unit: c|f = "c") - description``."""
+def tool_catalog(
+    tools: Sequence[ToolSpec], *, with_descriptions: bool = True, with_parameter_notes: bool = False
+) -> str:
+    """The tools as compact prompt lines: ``name(param, count: integer, unit: c|f = "c"): description``; with
+    ``with_parameter_notes``, each described parameter follows on a line of its own (``  unit: the scale ...``),
+    which is where function schemas say what an optional parameter defaults to and what a value must look like."""
     lines = []
     for tool in tools:
         required = set(tool.required)
@@ -430,4 +434,9 @@ def tool_catalog(tools: Sequence[ToolSpec], *, with_descriptions: bool = True) -
         if with_descriptions and tool.description:
             line += f": {tool.description}"
         lines.append(line)
+        if with_parameter_notes:
+            for name, schema in tool.properties.items():
+                note = " ".join(str(schema.get("description", "")).split())
+                if note:
+                    lines.append(f"    {name}: {note}")
     return "\n".join(lines)

@@ -52,7 +52,7 @@ class ToolTurn:
 
     def instructions(self) -> str:
         calls = '{"tool_calls": [{"name": "<tool>", "arguments": {...}}]}'
-        lines = ["You can call these tools:", tool_catalog(self.tools), ""]
+        lines = ["You can call these tools:", tool_catalog(self.tools, with_parameter_notes=True), ""]
         if self.choice == "auto":
             lines.append(f'To call tools, answer with {calls}; otherwise answer with {{"content": "<your answer>"}}.')
         elif self.choice == "required":

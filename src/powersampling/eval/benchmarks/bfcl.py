@@ -226,11 +226,16 @@ class BFCL(Benchmark):
         return [entry_problem(item, i) for i, item in enumerate(interleave(groups))]
 
     def data_fingerprint(self, problems: Sequence[Problem]) -> str | None:
-        """The package version and the categories in the run (a resumed run on others is refused)."""
+        """The package version, the categories in the run and the instructions each entry's prompt carries: a
+        run resumed or merged with rows of other data, or of another prompt, is refused."""
         from importlib.metadata import version
 
         cats = ",".join(dict.fromkeys(p.fields["category"] for p in problems))
-        return hashlib.sha256(f"bfcl-eval {version('bfcl-eval')} {cats}".encode()).hexdigest()[:16]
+        prompts = hashlib.sha256()
+        for problem in problems:
+            prompts.update(self.turn(problem).instructions().encode())
+        text = f"bfcl-eval {version('bfcl-eval')} {cats} {prompts.hexdigest()}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def turn(self, problem: Problem):
         from ...planner.turns import ToolTurn
