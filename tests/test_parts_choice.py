@@ -63,13 +63,14 @@ def test_unfinished_outputs_and_failed_extractions_give_no_answer():
     assert parts_choice([out(["a"]), out(["b"])], broken, "coverage") == (None, {"coverage": {}, "voters": 0})
 
 
-def test_a_sampler_returns_the_covering_output_and_says_so():
+@pytest.mark.parametrize("rule", ["coverage", "consensus"])
+def test_a_sampler_returns_the_chosen_output_and_says_so(rule):
     sampler = build_sampler(
-        "best-of-n", uniform_model(), n=6, max_new_tokens=4, seed=3, select="coverage", parts_extractor=str.split
+        "best-of-n", uniform_model(), n=6, max_new_tokens=4, seed=3, select=rule, parts_extractor=str.split
     )
     result = sampler.sample([1])
-    expected, record = parts_choice(result.samples, str.split, "coverage")
-    assert result.metadata["selected_by"] == "coverage" and result.metadata["coverage_choice"] == record
+    expected, record = parts_choice(result.samples, str.split, rule)
+    assert result.metadata["selected_by"] == rule and result.metadata[f"{rule}_choice"] == record
     assert result.text == result.samples[expected].text
 
 
@@ -110,14 +111,7 @@ def test_consensus_is_the_f1_of_multisets_and_no_call_agrees_only_with_no_call()
     assert record["consensus"] == {"0": 1.0, "1": 1.0, "2": 0.0}
 
 
-def test_a_sampler_returns_the_consensus_output_and_an_unknown_rule_is_refused():
-    sampler = build_sampler(
-        "best-of-n", uniform_model(), n=6, max_new_tokens=4, seed=3, select="consensus", parts_extractor=str.split
-    )
-    result = sampler.sample([1])
-    expected, record = parts_choice(result.samples, str.split, "consensus")
-    assert result.metadata["selected_by"] == "consensus" and result.metadata["consensus_choice"] == record
-    assert result.text == result.samples[expected].text
+def test_an_unknown_rule_and_consensus_without_parts_are_refused():
     with pytest.raises(ConfigError, match="parts_extractor"):
         build_sampler("best-of-n", uniform_model(), n=2, select="consensus")
     with pytest.raises(ValueError, match="unknown parts rule 'jaccard'"):
