@@ -77,8 +77,11 @@ def test_the_tool_list_says_what_each_parameter_means_and_the_prompt_is_fingerpr
     chosen = [entry, problems["parallel_3"]]
     before = bfcl.data_fingerprint(chosen)
     assert bfcl.data_fingerprint(chosen) == before and bfcl.data_fingerprint(chosen[:1]) != before
-    one_call = lambda self, problem: ToolTurn(problem.fields["bfcl"].tools, "auto", 1)  # noqa: E731
-    monkeypatch.setattr(BFCL, "turn", one_call)  # a prompt that also says "Make one call."
+
+    def one_call(self, problem):  # a prompt that also says "Make one call."
+        return ToolTurn(problem.fields["bfcl"].tools, "auto", 1)
+
+    monkeypatch.setattr(BFCL, "turn", one_call)
     assert "Make one call." in bfcl.turn(entry).instructions() and bfcl.data_fingerprint(chosen) != before
 
 
@@ -200,9 +203,9 @@ def test_the_parts_choices_compare_canonical_calls_and_run_replay_and_regrade(pr
     (best-of-n's candidates then replay as coverage and consensus of k too)."""
     from powersampling.eval.curves import replay, selection_points
     from powersampling.eval.results import read_rows, regrade_rows, write_rows
+    from powersampling.eval.runner import run_eval
     from powersampling.samplers.base import majority_vote
     from powersampling.samplers.result import Completion
-    from powersampling.eval.runner import run_eval
     from test_server_openai import tiny_smol_model
 
     parts = get_benchmark("bfcl").answer_parts(problems["parallel_0"])

@@ -105,7 +105,7 @@ def test_consensus_does_not_reward_calls_nobody_else_made():
 
 
 def test_consensus_is_the_f1_of_multisets_and_no_call_agrees_only_with_no_call():
-    chosen, record = parts_choice([out(["x"]), out(["x", "x"])], parts_of, "consensus")
+    _, record = parts_choice([out(["x"]), out(["x", "x"])], parts_of, "consensus")
     assert record["consensus"] == {"0": pytest.approx(2 / 3, abs=1e-6), "1": pytest.approx(2 / 3, abs=1e-6)}
     _, record = parts_choice([out([]), out([]), out(["x"])], parts_of, "consensus")
     assert record["consensus"] == {"0": 1.0, "1": 1.0, "2": 0.0}

@@ -13,10 +13,11 @@ in turn, so ``--limit N`` takes about N / k of each of k categories.
 
 Calls are produced as the server's ``tools`` parameter produces them (``planner.turns.ToolTurn``): the entry's
 functions, their BFCL types mapped to JSON Schema by BFCL's own ``GORILLA_TO_OPENAPI`` table, are described in the
-system message (with each parameter's description), and the grammar admits exactly ``{"tool_calls": [{"name": <a listed function>, "arguments": <valid
-under its schema>}, ...]}`` or, with ``tool_choice`` auto as in BFCL's function-calling mode, a text answer
-``{"content": ...}`` that calls nothing. Every category gets the same turn, so the prompt never tells an irrelevance
-entry from another. Up to ``MAX_CALLS`` calls per turn (the most any gold answer has).
+system message (with each parameter's description), and the grammar admits exactly ``{"tool_calls": [{"name": <a
+listed function>, "arguments": <valid under its schema>}, ...]}`` or, with ``tool_choice`` auto as in BFCL's
+function-calling mode, a text answer ``{"content": ...}`` that calls nothing. Every category gets the same turn, so
+the prompt never tells an irrelevance entry from another. Up to ``MAX_CALLS`` calls per turn (the most any gold
+answer has).
 
 BFCL's checker reads one value from its model registry ``bfcl_eval.constants.model_config``: whether the model
 under test writes dotted function names with underscores (``underscore_to_dot``). That module imports every
