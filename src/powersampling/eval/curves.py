@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..samplers.base import majority_vote, parts_choice
+from ..samplers.config import PARTS_RULES
 from ..samplers.registry import CANDIDATES_METHOD
 from ..samplers.result import Completion
 from ..samplers.votes import vote_stop_reason
@@ -35,7 +36,6 @@ VOTE_RULES = ("unbeatable", "posterior")
 # the fixed selections whose draws can be replayed, and the word their points are labelled with
 SELECTIONS = {VOTE: "majority", QUALITY: "quality", **PARTS_SELECTIONS}
 WORDS = {"majority": "vote", "quality": "best quality", "coverage": "coverage", "consensus": "consensus"}
-PARTS_RULES = tuple(PARTS_SELECTIONS.values())
 LIKELIEST = CANDIDATES_METHOD  # its candidates replay too: the one of highest mean log p among the first k
 
 
