@@ -244,3 +244,54 @@ def test_the_curve_script_writes_a_table_plot_and_json(tmp_path):
         and "no point is named 'nope'" in unknown.stderr
         and "low-temp vote of 4" in unknown.stderr
     )
+
+
+def test_two_folders_give_one_figure_paired_by_problem(tmp_path):
+    """Two runs of one task (here two models) are compared on the problems both ran: each point is labelled with its
+    folder's name, and a point of one folder is paired with the reference of the other."""
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.results import RESULTS_FILE, read_rows
+    from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
+
+    problems = load_problems("gsm8k", limit=4)
+    for name, p_digit, limit in (("weak", 0.3, 4), ("strong", 0.9, 3)):
+        run_eval(
+            "gsm8k", ["greedy", "low-temp+vote@2"], limit, toy_model(problems, p_digit=p_digit), tmp_path / name,
+            write_report=False, **SMALL,
+        )  # fmt: skip
+    script = [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py")]
+    runs = [str(tmp_path / "weak"), str(tmp_path / "strong")]
+    options = ["--names", "a,b", "--reference", "a: greedy", "--budgets", "1,2", "--out", str(tmp_path / "ab")]
+    done = subprocess.run([*script, *runs, *options], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "ab" / "accuracy_vs_tokens.json").read_text())
+    labels = [p["label"] for p in document["points"]]
+    assert labels[0] == "a: greedy" and "b: greedy" in labels and "b: low-temp vote of 2" in labels
+    against = {c["label"]: c for c in document["paired"]}
+    assert against["a: low-temp vote of 2"]["problems"] == 4 and against["b: greedy"]["problems"] == 3
+    weak = {
+        r["problem_id"]: r["correct"] for r in read_rows(tmp_path / "weak" / RESULTS_FILE) if r["method"] == "greedy"
+    }
+    strong = {
+        r["problem_id"]: r["correct"] for r in read_rows(tmp_path / "strong" / RESULTS_FILE) if r["method"] == "greedy"
+    }
+    expected = sum(strong[p] - weak[p] for p in strong) / len(strong)
+    assert against["b: greedy"]["difference"] == pytest.approx(expected)
+    assert document["run"] == {"a": runs[0], "b": runs[1]}
+
+    def refused(*extra):
+        return subprocess.run([*script, *extra], capture_output=True, text=True, timeout=60)
+
+    no_out = refused(*runs)
+    assert no_out.returncode == 2 and "--out names the folder" in no_out.stderr
+    names = refused(*runs, "--names", "a", "--out", str(tmp_path / "x"))
+    assert names.returncode == 2 and "1 name(s) for 2 folder(s)" in names.stderr
+    same = refused(*runs, "--names", "a,a", "--out", str(tmp_path / "x"))
+    assert same.returncode == 2 and "different, non-empty names" in same.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    rows = [{**r, "task": "mbpp"} for r in read_rows(tmp_path / "weak" / RESULTS_FILE)]
+    (other / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mixed = refused(runs[0], str(other), "--out", str(tmp_path / "x"))
+    assert mixed.returncode == 2 and "different tasks (gsm8k, mbpp)" in mixed.stderr
