@@ -31,7 +31,8 @@ def eval_command(
         help="comma-separated methods of the sampler registry (generate --help lists them); METHOD+vote: a "
         "majority vote over its outputs; METHOD+quality: the output the benchmark's quality score rates highest "
         "(benchmarks that have one: taskbench); METHOD+cover: the output whose tool calls contain the most of "
-        "the other outputs' calls (bfcl); +avote and +aquality (sample, low-temp; +avote also power's chains): "
+        "the other outputs' calls (bfcl); METHOD+consensus: the one whose calls agree best with theirs by F1 (bfcl); "
+        "+avote and +aquality (sample, low-temp; +avote also power's chains): "
         "the same, drawn in rounds that stop early (--param vote_stop, vote_confidence, quality_margin, round_size; "
         "docs/samplers.md); a selection's budget is matched to power's cost unless the name fixes it: "
         "low-temp+vote@8 (8 samples), smc+vote@4 (4 particles), power+vote@2 (2 chains)",
