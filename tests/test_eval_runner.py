@@ -284,6 +284,13 @@ def test_a_method_joins_a_finished_run_with_its_own_parameters(problems, tmp_pat
             **SMALL,
         )
     assert len(read_rows(tmp_path / RESULTS_FILE)) == 6
+    # another method joins the folder without repeating the parameters of one it does not run; they stay stored
+    run_eval("gsm8k", ["low-temp"], 2, toy_model(problems), tmp_path, write_report=False, **SMALL)
+    assert len(read_rows(tmp_path / RESULTS_FILE)) == 8
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["extra_params"] == scoped
+    # but the method that has rows, run again without its parameters, would change them: refused
+    with pytest.raises(ConfigError, match="extra_params"):
+        run_eval("gsm8k", ["scalable-power"], 3, toy_model(problems), tmp_path, write_report=False, **SMALL)
 
 
 def test_a_method_run_in_its_own_folder_merges_with_its_parameters(problems, tmp_path):

@@ -148,14 +148,17 @@ def stored_settings(path: Path) -> RunSettings:
         raise ConfigError(f"{path} was not written by this version of the harness; use another --out") from None
 
 
-def open_run(out: Path, settings: RunSettings, progress: bool) -> tuple[RunSettings, list[dict]]:
+def open_run(
+    out: Path, settings: RunSettings, progress: bool, methods: Sequence[str]
+) -> tuple[RunSettings, list[dict]]:
     """The run folder ready to append to: its settings (stored on a first run, checked on a resume) and its rows
-    (a line torn by an interrupted write dropped, and said)."""
+    (a line torn by an interrupted write dropped, and said). ``methods`` are the methods run now."""
     prepare_run_dir(out)
     settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
     if settings_path.is_file():
         previous = stored_settings(settings_path)
-        settings = _admit_new_method_params(settings, previous, read_rows(results_path), settings_path, out)
+        rows = read_rows(results_path)
+        settings = _admit_new_method_params(settings, previous, rows, settings_path, out, methods)
     else:
         document = {
             "settings": asdict(settings),
@@ -179,13 +182,22 @@ def open_run(out: Path, settings: RunSettings, progress: bool) -> tuple[RunSetti
 
 
 def _admit_new_method_params(
-    settings: RunSettings, previous: RunSettings, rows: list[dict], settings_path: Path, out: Path
+    settings: RunSettings,
+    previous: RunSettings,
+    rows: list[dict],
+    settings_path: Path,
+    out: Path,
+    methods: Sequence[str],
 ) -> RunSettings:
     """Check that ``settings`` may resume the run stored in ``out`` (ConfigError if not) and return them.
 
     Everything must match, except parameters scoped to a method that has no rows in the folder yet: they decide
-    nothing stored, so they may be added or changed (and ``run.json`` is updated)."""
+    nothing stored, so they may be added or changed (and ``run.json`` is updated). Parameters scoped to a method
+    that is not run now are kept as the folder has them: its rows stand, and adding another method to the folder
+    does not ask for them again."""
     with_rows = {r["method"] for r in rows}
+    kept = {k: v for k, v in previous.extra_params.items() if "." in k and k.rpartition(".")[0] not in methods}
+    settings = replace(settings, extra_params={**settings.extra_params, **kept})
 
     def fixed(params: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in params.items() if "." not in k or k.rpartition(".")[0] in with_rows}

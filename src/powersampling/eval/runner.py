@@ -418,7 +418,7 @@ def run_eval(
         benchmark.data_fingerprint(problems),
     )
     out = Path(out_dir)
-    settings, rows = open_run(out, settings, progress)
+    settings, rows = open_run(out, settings, progress, methods)
     session = _EvalSession(benchmark, model, settings, base, exec_limits, rows, out / RESULTS_FILE, on_row)
     ordered = sorted(methods, key=method_order)
     done = {(r["problem_id"], r["method"]) for r in rows}
