@@ -66,7 +66,8 @@ def test_every_category_loads_interleaved_with_its_functions_as_tool_specs(probl
 
 def test_the_tool_list_says_what_each_parameter_means_and_the_prompt_is_fingerprinted(problems, monkeypatch):
     """The prompt lists each parameter's description (where BFCL's functions say what an optional parameter
-    defaults to); a run's fingerprint covers the prompt, so rows of another prompt are not resumed or merged."""
+    defaults to) and asks for one call per thing the request asks; a run's fingerprint covers the prompt, so rows
+    of another prompt are not resumed or merged."""
     from powersampling.eval.benchmarks.bfcl import BFCL
     from powersampling.planner.turns import ToolTurn
 
@@ -76,13 +77,18 @@ def test_the_tool_list_says_what_each_parameter_means_and_the_prompt_is_fingerpr
     assert "\n    calibration_factor: The calibration factor to adjust the density, default value is 1e9" in text
     chosen = [entry, problems["parallel_3"]]
     before = bfcl.data_fingerprint(chosen)
-    assert bfcl.data_fingerprint(chosen) == before and bfcl.data_fingerprint(chosen[:1]) != before
+    # the run's categories count, not its slice: --offset parts of one run have one fingerprint and merge
+    assert bfcl.data_fingerprint([problems["simple_python_0"], problems["parallel_9"]]) == before
+    assert bfcl.data_fingerprint(chosen[:1]) != before
 
-    def one_call(self, problem):  # a prompt that also says "Make one call."
-        return ToolTurn(problem.fields["bfcl"].tools, "auto", 1)
+    def one_call(tools):  # a prompt that also says "Make one call."
+        return ToolTurn(tuple(tools), "auto", 1)
 
-    monkeypatch.setattr(BFCL, "turn", one_call)
+    monkeypatch.setattr(BFCL, "turn_for", staticmethod(one_call))
     assert "Make one call." in bfcl.turn(entry).instructions() and bfcl.data_fingerprint(chosen) != before
+    # a turn of several calls shows a list of several and asks for one call per thing asked; a turn of one does not
+    assert "...}}, ...]}, one call for each thing the request asks;" in text
+    assert "one call for each" not in bfcl.turn(entry).instructions()
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,12 @@ class ToolTurn:
         return tool_turn_max_tokens(self._called(), max_calls=self.max_calls)
 
     def instructions(self) -> str:
+        # the list's ", ..." and "one call for each thing": with a one-element example a small model copied one call
+        # where a request asked for several (Qwen2.5-Coder-0.5B on BFCL's parallel entries: docs/evaluation.md)
         calls = '{"tool_calls": [{"name": "<tool>", "arguments": {...}}]}'
+        if self.max_calls > 1:
+            calls = '{"tool_calls": [{"name": "<tool>", "arguments": {...}}, ...]}'
+            calls += ", one call for each thing the request asks"
         lines = ["You can call these tools:", tool_catalog(self.tools, with_parameter_notes=True), ""]
         if self.choice == "auto":
             lines.append(f'To call tools, answer with {calls}; otherwise answer with {{"content": "<your answer>"}}.')

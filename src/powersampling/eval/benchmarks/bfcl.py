@@ -227,21 +227,28 @@ class BFCL(Benchmark):
         return [entry_problem(item, i) for i, item in enumerate(interleave(groups))]
 
     def data_fingerprint(self, problems: Sequence[Problem]) -> str | None:
-        """The package version, the categories in the run and the instructions each entry's prompt carries: a
-        run resumed or merged with rows of other data, or of another prompt, is refused."""
+        """The package version, the categories in the run and the instructions the prompt of every entry of those
+        categories carries (all of them, not the run's slice, so that ``--offset`` parts of one run merge): a run
+        resumed or merged with rows of other data, or of another prompt, is refused."""
         from importlib.metadata import version
 
-        cats = ",".join(dict.fromkeys(p.fields["category"] for p in problems))
+        categories = list(dict.fromkeys(p.fields["category"] for p in problems))
         prompts = hashlib.sha256()
-        for problem in problems:
-            prompts.update(self.turn(problem).instructions().encode())
-        text = f"bfcl-eval {version('bfcl-eval')} {cats} {prompts.hexdigest()}"
+        for category in categories:
+            for item in load_category(category):
+                prompts.update(self.turn_for(item.tools).instructions().encode())
+        text = f"bfcl-eval {version('bfcl-eval')} {','.join(categories)} {prompts.hexdigest()}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def turn(self, problem: Problem):
+        return self.turn_for(problem.fields["bfcl"].tools)
+
+    @staticmethod
+    def turn_for(tools: Sequence[ToolSpec]):
+        """The turn an entry offering ``tools`` is asked for: calls or a text answer, up to ``MAX_CALLS`` calls."""
         from ...planner.turns import ToolTurn
 
-        return ToolTurn(problem.fields["bfcl"].tools, "auto", MAX_CALLS)
+        return ToolTurn(tuple(tools), "auto", MAX_CALLS)
 
     def prompt(self, problem: Problem, model, style: str, shots: int | None) -> BenchmarkPrompt:
         from ...backends.constraints import JsonSchemaConstraint
