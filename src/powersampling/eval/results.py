@@ -157,8 +157,7 @@ def open_run(
     settings_path, results_path = out / SETTINGS_FILE, out / RESULTS_FILE
     if settings_path.is_file():
         previous = stored_settings(settings_path)
-        rows = read_rows(results_path)
-        settings = _admit_new_method_params(settings, previous, rows, settings_path, out, methods)
+        settings = _admit_new_method_params(settings, previous, read_rows(results_path), settings_path, out, methods)
     else:
         document = {
             "settings": asdict(settings),
