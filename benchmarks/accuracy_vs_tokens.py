@@ -161,12 +161,15 @@ def _rows(run: Path, indices: tuple[int, int] | None) -> list[dict]:
 
 
 def _points(rows: list[dict], args: argparse.Namespace) -> list[CurvePoint]:
-    """Every method's point, and the replayed points of the methods that record their draws."""
+    """Every method's point, and the replayed points of the methods that record their draws. A method whose draws
+    are recorded on only some rows (rows written before it recorded them) keeps its point over all its rows as
+    well: the replays cover only the rows with draws."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     with_draws = [m for m in methods if replayable(m) and any(r.get("draws") for r in rows if r["method"] == m)]
+    partly = {m for m in with_draws if any(not r.get("draws") for r in rows if r["method"] == m)}
     budgets = [int(b) for b in args.budgets.split(",")]
     margins = [float(m) for m in args.margins.split(",")]
-    points = row_points(rows, [m for m in methods if m not in with_draws])
+    points = row_points(rows, [m for m in methods if m not in with_draws or m in partly])
     for method in with_draws:
         points += selection_points(
             rows, method, budgets, round_size=args.round_size, confidence=args.confidence, margins=margins

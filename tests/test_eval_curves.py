@@ -295,3 +295,32 @@ def test_two_folders_give_one_figure_paired_by_problem(tmp_path):
     (other / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     mixed = refused(runs[0], str(other), "--out", str(tmp_path / "x"))
     assert mixed.returncode == 2 and "different tasks (gsm8k, mbpp)" in mixed.stderr
+
+
+def test_a_method_with_draws_on_only_some_rows_keeps_its_point_over_all_rows(tmp_path):
+    """Rows written before a method recorded its draws cannot be replayed; the method's own point still counts them,
+    and its replays count only the rows that have draws."""
+    from powersampling.eval.datasets import load_problems
+    from powersampling.eval.results import RESULTS_FILE, read_rows
+    from powersampling.eval.runner import run_eval
+    from test_eval_runner import SMALL, toy_model
+
+    problems = load_problems("gsm8k", limit=3)
+    run_eval(
+        "gsm8k", ["low-temp", "low-temp+vote@2"], 3, toy_model(problems, p_digit=0.5), tmp_path,
+        write_report=False, **SMALL,
+    )  # fmt: skip
+    rows = read_rows(tmp_path / RESULTS_FILE)
+    older = next(r["problem_id"] for r in rows if r["method"] == "low-temp+vote@2")
+    rows = [{k: v for k, v in r.items() if k != "draws"} if r["problem_id"] == older else r for r in rows]
+    (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py"), str(tmp_path), "--budgets", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    points = {p["label"]: p for p in json.loads((tmp_path / "accuracy_vs_tokens.json").read_text())["points"]}
+    assert points["low-temp+vote@2"]["problems"] == 3
+    assert points["low-temp vote of 2"]["problems"] == 2
