@@ -171,9 +171,13 @@ def _points(rows: list[dict], args: argparse.Namespace) -> list[CurvePoint]:
     margins = [float(m) for m in args.margins.split(",")]
     points = row_points(rows, [m for m in methods if m not in with_draws or m in partly])
     for method in with_draws:
-        points += selection_points(
+        replayed = selection_points(
             rows, method, budgets, round_size=args.round_size, confidence=args.confidence, margins=margins
         )
+        # low-temp+vote and low-temp+vote@8 replay to the same labels ('low-temp vote of 8'): name the run
+        if sum(m.partition("@")[0] == method.partition("@")[0] for m in with_draws) > 1:
+            replayed = [CurvePoint(f"{p.label} [{method}]", f"{p.family} [{method}]", p.outcomes) for p in replayed]
+        points += replayed
     return points
 
 
