@@ -314,27 +314,21 @@ def test_a_method_with_draws_on_only_some_rows_keeps_its_point_over_all_rows(tmp
     older = next(r["problem_id"] for r in rows if r["method"] == "low-temp+vote@2")
     rows = [{k: v for k, v in r.items() if k != "draws"} if r["problem_id"] == older else r for r in rows]
     (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py"), str(tmp_path), "--budgets", "1,2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    points = {p["label"]: p for p in json.loads((tmp_path / "accuracy_vs_tokens.json").read_text())["points"]}
+    points = {p["label"]: p for p in _curve_points(tmp_path)}
     assert points["low-temp+vote@2"]["problems"] == 3
     assert points["low-temp vote of 2"]["problems"] == 2
 
     run_eval(
         "gsm8k", ["low-temp+vote@3"], 3, toy_model(problems, p_digit=0.5), tmp_path, write_report=False, **SMALL
     )  # a second vote run replays to the same labels: each is named with its run
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py"), str(tmp_path), "--budgets", "1,2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    labels = [p["label"] for p in json.loads((tmp_path / "accuracy_vs_tokens.json").read_text())["points"]]
+    labels = [p["label"] for p in _curve_points(tmp_path)]
     assert len(labels) == len(set(labels))
     assert "low-temp vote of 2 [low-temp+vote@2]" in labels and "low-temp vote of 2 [low-temp+vote@3]" in labels
+
+
+def _curve_points(folder: Path) -> list[dict]:
+    """The points the curve script writes for ``folder`` (budgets 1 and 2)."""
+    script = [sys.executable, str(ROOT / "benchmarks" / "accuracy_vs_tokens.py"), str(folder), "--budgets", "1,2"]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads((folder / "accuracy_vs_tokens.json").read_text())["points"]
