@@ -406,7 +406,7 @@ def complete_lines(path: Path) -> int:
 
 
 def run_eval_kill(args, work: Path) -> dict:
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
 
     out = work / "eval-run"
     results = out / "results.jsonl"

@@ -119,7 +119,7 @@ def test_an_adaptive_vote_needs_a_majority_vote():
 
 
 def test_avote_in_the_eval_records_samples_used_and_stops_on_a_settled_answer(tmp_path):
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
 
@@ -152,8 +152,8 @@ def test_avote_in_the_eval_records_samples_used_and_stops_on_a_settled_answer(tm
 
 
 def test_power_avote_in_the_eval_records_each_chains_draw_and_its_decoded_tokens(tmp_path):
+    from powersampling.eval import load_problems
     from powersampling.eval.curves import selection_points
-    from powersampling.eval.datasets import load_problems
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
 

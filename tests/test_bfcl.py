@@ -16,8 +16,8 @@ from conftest import needs_module
 needs_module("bfcl_eval", "pip install --no-deps bfcl-eval==2026.3.23")
 
 from powersampling.errors import ConfigError
+from powersampling.eval import load_problems
 from powersampling.eval.benchmarks import ExecLimits, get_benchmark
-from powersampling.eval.datasets import load_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,8 +168,8 @@ def test_prompt_describes_the_functions_and_its_grammar_admits_the_gold_answer(p
 
 def test_greedy_and_a_vote_run_and_regrade_on_a_tiny_model(tmp_path):
     from powersampling.eval.report import write_report
-    from powersampling.eval.results import read_rows, regrade_rows
-    from powersampling.eval.runner import run_eval
+    from powersampling.eval.results import read_rows
+    from powersampling.eval.runner import regrade_rows, run_eval
     from test_server_openai import tiny_smol_model
 
     out = tmp_path / "run"
@@ -208,8 +208,8 @@ def test_the_parts_choices_compare_canonical_calls_and_run_replay_and_regrade(pr
     full budget returns the row's own pick, and regrading fills in the parts of rows recorded without them
     (best-of-n's candidates then replay as coverage and consensus of k too)."""
     from powersampling.eval.curves import replay, selection_points
-    from powersampling.eval.results import read_rows, regrade_rows, write_rows
-    from powersampling.eval.runner import run_eval
+    from powersampling.eval.results import read_rows, write_rows
+    from powersampling.eval.runner import regrade_rows, run_eval
     from powersampling.samplers.base import majority_vote
     from powersampling.samplers.result import Completion
     from test_server_openai import tiny_smol_model

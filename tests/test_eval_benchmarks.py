@@ -219,7 +219,7 @@ def test_a_benchmark_in_another_installed_package_is_found_through_its_entry_poi
 
 
 def test_regrading_asks_each_rows_benchmark_and_refuses_what_it_cannot_regrade():
-    from powersampling.eval.results import regrade_rows
+    from powersampling.eval.runner import regrade_rows
 
     row = {"task": "gsm8k", "problem_id": "7", "text": "So the answer is 12.", "reference": "12", "correct": False}
     assert regrade_rows([row]) == 1 and row["correct"] and row["extracted"] == "12"

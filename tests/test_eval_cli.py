@@ -112,7 +112,7 @@ def test_a_bad_run_folder_is_one_line_and_exit_2_before_the_model_loads(case, me
 
 
 def test_a_torn_last_line_is_repaired_and_said_in_one_line(tmp_path):
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
 
@@ -128,7 +128,7 @@ def test_a_torn_last_line_is_repaired_and_said_in_one_line(tmp_path):
             sys.executable,
             "-c",
             "import sys; sys.path.insert(0, 'tests'); from test_eval_runner import *; "
-            "from powersampling.eval.runner import run_eval; from powersampling.eval.datasets import load_problems; "
+            "from powersampling.eval.runner import run_eval; from powersampling.eval import load_problems; "
             f"p = load_problems('gsm8k', limit=2); run_eval('gsm8k', ['sample'], 2, toy_model(p), {str(out)!r}, "
             "write_report=False, **{**SMALL, 'progress': True})",
         ],
@@ -198,7 +198,7 @@ def test_small_fewshot_run_on_the_embedded_model(tmp_path):
 
 def test_regrade_grades_stored_rows_again_and_the_report_follows(tmp_path, monkeypatch, capsys):
     from powersampling.cli import main
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.results import read_rows, write_rows
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
@@ -227,7 +227,7 @@ def test_regrade_grades_stored_rows_again_and_the_report_follows(tmp_path, monke
 
 def test_merge_gathers_side_by_side_runs_and_prints_the_report(tmp_path, monkeypatch, capsys):
     from powersampling.cli import main
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
 

@@ -138,7 +138,7 @@ def test_the_replay_stops_and_answers_as_the_adaptive_sampler_does_on_its_own_dr
 
 
 def test_an_eval_run_records_draws_that_replay_to_its_own_verdicts(tmp_path):
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
 
@@ -168,7 +168,7 @@ def test_an_eval_run_records_draws_that_replay_to_its_own_verdicts(tmp_path):
 def test_best_of_n_candidates_replay_to_the_rows_pick_and_give_smaller_budgets(tmp_path):
     """best-of-n keeps the candidate of highest mean log p; its recorded draws replay to that pick, and the first k
     of them give best-of-k. A budget past the recorded draws is replaced by the full n."""
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
 
@@ -190,7 +190,7 @@ def test_best_of_n_candidates_replay_to_the_rows_pick_and_give_smaller_budgets(t
 
 
 def test_the_curve_script_writes_a_table_plot_and_json(tmp_path):
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
 
@@ -249,7 +249,7 @@ def test_the_curve_script_writes_a_table_plot_and_json(tmp_path):
 def test_two_folders_give_one_figure_paired_by_problem(tmp_path):
     """Two runs of one task (here two models) are compared on the problems both ran: each point is labelled with its
     folder's name, and a point of one folder is paired with the reference of the other."""
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.results import RESULTS_FILE, read_rows
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model
@@ -300,7 +300,7 @@ def test_two_folders_give_one_figure_paired_by_problem(tmp_path):
 def test_a_method_with_draws_on_only_some_rows_keeps_its_point_over_all_rows(tmp_path):
     """Rows written before a method recorded its draws cannot be replayed; the method's own point still counts them,
     and its replays count only the rows that have draws."""
-    from powersampling.eval.datasets import load_problems
+    from powersampling.eval import load_problems
     from powersampling.eval.results import RESULTS_FILE, read_rows
     from powersampling.eval.runner import run_eval
     from test_eval_runner import SMALL, toy_model

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from powersampling.errors import ConfigError
-from powersampling.eval.datasets import load_problems
+from powersampling.eval import load_problems
 from powersampling.eval.grading import (
     extract_code,
     extract_gsm8k_answer,

@@ -16,8 +16,8 @@ import pytest
 from powersampling import FunctionLM
 from powersampling.backends.constraints import StopStringConstraint
 from powersampling.errors import ConfigError
+from powersampling.eval import load_problems
 from powersampling.eval.benchmarks import get_benchmark
-from powersampling.eval.datasets import load_problems
 from powersampling.eval.report import write_report
 from powersampling.eval.results import RESULTS_FILE, merge_runs, read_rows
 from powersampling.eval.runner import check_arguments, matched_best_of_n, method_seed, prefill_prompt, run_eval

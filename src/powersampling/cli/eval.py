@@ -228,9 +228,9 @@ def _check_sandbox(unsafe_exec: bool) -> None:
 
 
 def _regrade(out: Path, data: Path | None) -> None:
-    from ..eval.benchmarks import get_benchmark
-    from ..eval.datasets import load_problems
-    from ..eval.results import RESULTS_FILE, SETTINGS_FILE, read_rows, regrade_rows, write_rows
+    from ..eval.benchmarks import get_benchmark, load_problems
+    from ..eval.results import RESULTS_FILE, SETTINGS_FILE, read_rows, write_rows
+    from ..eval.runner import regrade_rows
     from .common import fail, stderr
 
     results = out / RESULTS_FILE

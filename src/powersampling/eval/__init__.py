@@ -1,8 +1,16 @@
 """Evaluation harness: benchmarks as classes (``eval/benchmarks/``), graders, a resumable runner and a statistical
 report."""
 
-from .benchmarks import Benchmark, BenchmarkPrompt, ExecLimits, benchmark_names, get_benchmark, register_benchmark
-from .datasets import Problem, load_problems
+from .benchmarks import (
+    Benchmark,
+    BenchmarkPrompt,
+    ExecLimits,
+    benchmark_names,
+    get_benchmark,
+    load_problems,
+    register_benchmark,
+)
+from .datasets import Problem
 from .grading import Grade, grade_gsm8k, grade_math
 from .report import summarize, write_report
 from .runner import run_eval

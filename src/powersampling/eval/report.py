@@ -21,6 +21,7 @@ from .benchmarks import Benchmark, get_benchmark
 from .cost import COST_MEASURES, relative_cost
 from .results import RESULTS_FILE, SETTINGS_FILE, read_rows
 from .stats import mcnemar_exact, paired_bootstrap, wilson_interval
+from .tables import format_p
 
 PLOT_FILE = "accuracy_vs_cost.png"
 SUMMARY_MD = "summary.md"
@@ -174,55 +175,6 @@ def save_against_tokens(fig, ax, path: Path, title: str, ylabel: str, legend_siz
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def fmt(value, spec: str = ".1f", none: str = "-") -> str:
-    return none if value is None else format(value, spec)
-
-
-def format_p(p: float, n_boot: int) -> str:
-    return f"< {1 / n_boot:.0e}" if p == 0 else f"{p:.3g}"
-
-
-def oracle_note(summary: dict) -> list[str]:
-    """What best-of-n would score if an oracle picked its candidate (pass@n)."""
-    entry = summary["methods"].get(CANDIDATES_METHOD)
-    if not entry or entry.get("oracle_pass_at_n") is None:
-        return []
-    return [
-        "",
-        f"{CANDIDATES_METHOD} picks by mean log-probability; with an oracle picking any correct candidate it would "
-        f"score {entry['oracle_pass_at_n']:.1%} (pass@n, not a fair comparison).",
-    ]
-
-
-def method_label(method: str, entry: dict) -> str:
-    """A method's name in a report table, with its n values and, for an adaptive selection, the mean samples used."""
-    parts = [f"n={','.join(map(str, entry['n_values']))}"] if entry.get("n_values") else []
-    if entry.get("mean_samples_used") is not None:
-        parts.append(f"{entry['mean_samples_used']:.2f} used")
-    return method + (f" ({', '.join(parts)})" if parts else "")
-
-
-def accuracy_table(summary: dict) -> list[str]:
-    lines = []
-    lines += [
-        "| method | problems | correct | accuracy | 95% CI (Wilson) | decoded tokens / problem | token cost x sample "
-        "| wall s / problem | time x sample | final tokens | hit the token cap | MH acceptance |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for m, s in summary["methods"].items():
-        lo, hi = s["ci95"]
-        acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
-        name = method_label(m, s)
-        lines.append(
-            f"| {name} | {s['problems']} | {s['correct']} | {acc} | {lo:.1%} - {hi:.1%} | "
-            f"{fmt(s['mean_tokens_decoded'])} | {fmt(s.get('token_cost_vs_sample'), '.2f')} | "
-            f"{fmt(s['mean_wall_s'], '.2f')} | {fmt(s.get('time_cost_vs_sample'), '.2f')} | "
-            f"{fmt(s['mean_final_tokens'])} | {fmt(s.get('hit_token_cap'), 'd')} | "
-            f"{fmt(s.get('mean_acceptance_rate'), '.1%')} |"
-        )
-    return lines
 
 
 def markdown_summary(

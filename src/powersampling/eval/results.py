@@ -5,7 +5,8 @@ Resuming: ``run.json`` holds the settings that decide what a row means (task, mo
 parameters, seed); resuming with different ones is refused instead of mixing incomparable rows. Parameters scoped to
 one method (``{"scalable-power.top_k": 4}``, from ``--param scalable-power.top_k=4``) may be added or changed for a
 method that has no rows yet, so a method can join a finished run with its own settings. Runs made side by side
-(other ``--offset`` ranges) are gathered with ``merge_runs``; stored rows are graded again with ``regrade_rows``.
+(other ``--offset`` ranges) are gathered with ``merge_runs``; stored rows are graded again with
+``runner.regrade_rows``.
 """
 
 from __future__ import annotations
@@ -280,32 +281,3 @@ def merge_runs(sources: Iterable[str | Path], out_dir: str | Path) -> int:
     )
     write_rows(out / RESULTS_FILE, rows)
     return len(rows)
-
-
-def regrade_rows(rows: list[dict], problems: Sequence = ()) -> int:
-    """Grade rows again from their stored text with today's graders, in place; returns how many changed verdict.
-    Each row is graded by its benchmark (``Benchmark.regrade``): answer benchmarks against the row's stored
-    reference, TaskBench against the records of ``problems`` (loaded from the data folder the run used). Only the
-    returned text is graded, and each of a row's ``draws`` where they are stored (with ``candidates_correct``
-    recounted from them, and each draw's answer parts recorded where the benchmark has them); a vote's tally and
-    the answers the draws voted for stay as sampled."""
-    from .benchmarks import get_benchmark
-
-    by_id = {p.problem_id: p for p in problems}
-    changed = 0
-    for row in rows:
-        benchmark = get_benchmark(row.get("task"))
-        grade = benchmark.regrade(row, by_id)
-        changed += bool(grade.correct) != bool(row["correct"])
-        row.update(correct=grade.correct, extracted=grade.extracted, grade_detail=grade.detail, **grade.fields)
-        if row.get("draws") and all("text" in d for d in row["draws"]):
-            problem = benchmark.problem_for(row, by_id)
-            parts = benchmark.answer_parts(problem) if problem is not None else None
-            for draw in row["draws"]:
-                again = benchmark.regrade({**row, "text": draw["text"]}, by_id)
-                draw.update(correct=bool(again.correct), fields=again.fields)
-                if parts is not None:  # what a coverage choice compares, for eval.curves' replays
-                    found = parts(draw["text"]) if draw.get("complete", True) else None
-                    draw["parts"] = None if found is None else [str(p) for p in found]
-            row["candidates_correct"] = sum(d["correct"] for d in row["draws"])
-    return changed

@@ -45,9 +45,9 @@ from ..samplers.registry import (
     methods_where,
     one_sample_temperature,
 )
-from .benchmarks import Benchmark, BenchmarkPrompt, ExecLimits, get_benchmark, resolve_style
+from .benchmarks import Benchmark, BenchmarkPrompt, ExecLimits, get_benchmark, load_problems, resolve_style
 from .cost import mean_cost_multiplier, relative_cost
-from .datasets import Problem, load_problems
+from .datasets import Problem
 from .grading import Grade, truncate_at_stops
 from .results import RESULTS_FILE, RunSettings, append_row, open_run
 
@@ -672,3 +672,30 @@ def _extracted(extract: Callable[[str], Any] | None, completion) -> Any:
         return extract(completion.text)
     except Exception:  # user code: a failed extraction casts no vote, as in the selection itself
         return None
+
+
+def regrade_rows(rows: list[dict], problems: Sequence = ()) -> int:
+    """Grade rows again from their stored text with today's graders, in place; returns how many changed verdict.
+    Each row is graded by its benchmark (``Benchmark.regrade``): answer benchmarks against the row's stored
+    reference, TaskBench against the records of ``problems`` (loaded from the data folder the run used). Only the
+    returned text is graded, and each of a row's ``draws`` where they are stored (with ``candidates_correct``
+    recounted from them, and each draw's answer parts recorded where the benchmark has them); a vote's tally and
+    the answers the draws voted for stay as sampled."""
+    by_id = {p.problem_id: p for p in problems}
+    changed = 0
+    for row in rows:
+        benchmark = get_benchmark(row.get("task"))
+        grade = benchmark.regrade(row, by_id)
+        changed += bool(grade.correct) != bool(row["correct"])
+        row.update(correct=grade.correct, extracted=grade.extracted, grade_detail=grade.detail, **grade.fields)
+        if row.get("draws") and all("text" in d for d in row["draws"]):
+            problem = benchmark.problem_for(row, by_id)
+            parts = benchmark.answer_parts(problem) if problem is not None else None
+            for draw in row["draws"]:
+                again = benchmark.regrade({**row, "text": draw["text"]}, by_id)
+                draw.update(correct=bool(again.correct), fields=again.fields)
+                if parts is not None:  # what a coverage choice compares, for eval.curves' replays
+                    found = parts(draw["text"]) if draw.get("complete", True) else None
+                    draw["parts"] = None if found is None else [str(p) for p in found]
+            row["candidates_correct"] = sum(d["correct"] for d in row["draws"])
+    return changed

@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 import threading
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from ...errors import ConfigError
+from ..datasets import Problem
 from .base import STYLES, Benchmark, BenchmarkPrompt, ExecLimits, resolve_style
 
 BUILTIN_MODULES = ("gsm8k", "math500", "humaneval", "mbpp", "taskbench", "bfcl")
@@ -77,3 +79,33 @@ __all__ = [
     "register_benchmark",
     "resolve_style",
 ]
+
+
+def load_problems(
+    task: str,
+    limit: int | None = None,
+    offset: int = 0,
+    *,
+    data: str | Path | None = None,
+    categories: str | None = None,
+) -> list[Problem]:
+    """The first ``limit`` problems of the benchmark ``task`` after ``offset``, in the dataset's own order.
+    ``data`` is the folder of a benchmark that reads its files from one; ``categories`` (comma-separated) selects
+    the categories of a benchmark that has them (``Benchmark.categories``)."""
+    benchmark = get_benchmark(task)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (got {limit})")
+    if offset < 0:
+        raise ConfigError(f"offset must be >= 0 (got {offset})")
+    benchmark.check_data_argument(None if data is None else Path(data))
+    folder = None if data is None else Path(data)
+    if categories is None:
+        problems = benchmark.load(folder)
+    elif not benchmark.categories:
+        raise ConfigError(f"--categories is for benchmarks that have categories; {task} has none")
+    else:
+        problems = benchmark.load(folder, categories)
+    if offset >= len(problems):
+        raise ConfigError(f"offset {offset} is past the end of {task} ({len(problems)} problems)")
+    end = None if limit is None else offset + limit
+    return problems[offset:end]

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from ...errors import ConfigError
 from ..datasets import FewShotExample, Problem
 from ..grading import Grade, truncate_at_stops
+from ..tables import accuracy_table, oracle_note
 
 STYLES = ("auto", "chat", "fewshot")
 
@@ -133,13 +134,9 @@ class Benchmark:
         """Metrics of its own added to ``summary`` (per method under ``summary["methods"]``)."""
 
     def method_table(self, summary: dict) -> list[str]:
-        from ..report import accuracy_table
-
         return accuracy_table(summary)
 
     def notes(self, summary: dict) -> list[str]:
-        from ..report import oracle_note
-
         return oracle_note(summary)
 
     def comparison_tables(self, summary: dict, n_boot: int) -> list[str]:

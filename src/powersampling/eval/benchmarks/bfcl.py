@@ -43,6 +43,7 @@ from ...errors import ConfigError
 from ...planner.tools import ToolsFileError, ToolSpec
 from ..datasets import Problem, package_dir
 from ..grading import Grade
+from ..tables import accuracy_table
 from . import register_benchmark
 from .base import Benchmark, BenchmarkPrompt, ExecLimits, chat_prompt, text_prompt
 
@@ -377,8 +378,6 @@ class BFCL(Benchmark):
         summary["bfcl_versus_baseline"] = {"baseline": ZERO_TEMPERATURE_METHOD, "methods": versus}
 
     def method_table(self, summary: dict) -> list[str]:
-        from ..report import accuracy_table
-
         lines = accuracy_table(summary)
         categories = list(dict.fromkeys(c for e in summary["methods"].values() for c in e.get("by_category", {})))
         if not categories:

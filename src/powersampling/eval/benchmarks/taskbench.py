@@ -41,6 +41,7 @@ from ...planner.schema import TaskListSpec, parse_task_list
 from ...planner.tools import ToolsFileError, ToolSpec, load_tools
 from ..datasets import Problem
 from ..grading import Grade
+from ..tables import fmt, format_p, method_label
 from . import register_benchmark
 from .base import Benchmark, BenchmarkPrompt, ExecLimits, chat_prompt, text_prompt
 
@@ -401,8 +402,6 @@ class TaskBench(Benchmark):
         return []
 
     def comparison_tables(self, summary: dict, n_boot: int) -> list[str]:
-        from ..report import format_p
-
         lines = [
             "",
             "(acc: exact graph match, the node set and the link set both equal to the gold ones)",
@@ -519,7 +518,6 @@ def _group_f1(rows: list[dict]) -> dict:
 
 def plan_tables(summary: dict) -> list[str]:
     """TaskBench's graph metrics per method, the breakdowns, and the quality score against the truth."""
-    from ..report import fmt, method_label
 
     def ci(entry: dict, metric: str) -> str:
         low, high = entry.get("ci95_f1", {}).get(metric, (None, None))
