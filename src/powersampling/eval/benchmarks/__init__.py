@@ -67,20 +67,6 @@ def get_benchmark(name: str) -> Benchmark:
     return _classes[name]()
 
 
-__all__ = [
-    "BUILTIN_MODULES",
-    "ENTRY_POINT_GROUP",
-    "STYLES",
-    "Benchmark",
-    "BenchmarkPrompt",
-    "ExecLimits",
-    "benchmark_names",
-    "get_benchmark",
-    "register_benchmark",
-    "resolve_style",
-]
-
-
 def load_problems(
     task: str,
     limit: int | None = None,
@@ -109,3 +95,18 @@ def load_problems(
         raise ConfigError(f"offset {offset} is past the end of {task} ({len(problems)} problems)")
     end = None if limit is None else offset + limit
     return problems[offset:end]
+
+
+__all__ = [
+    "BUILTIN_MODULES",
+    "ENTRY_POINT_GROUP",
+    "STYLES",
+    "Benchmark",
+    "BenchmarkPrompt",
+    "ExecLimits",
+    "benchmark_names",
+    "get_benchmark",
+    "load_problems",
+    "register_benchmark",
+    "resolve_style",
+]
