@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import random_table_lm
 from powersampling.cli.eval import eval_command
 from powersampling.cli.generate import generate
 from powersampling.cli.plan import plan_command
 from powersampling.eval.benchmarks import get_benchmark
 from powersampling.eval.benchmarks.base import BLOCKS_PER_COMPLETION
+from powersampling.exactness import random_table_model
 from powersampling.planner.generation import RouteSettings
 from powersampling.samplers.config import PowerSamplingConfig, default
 from powersampling.server import create_app
@@ -91,7 +91,7 @@ def test_eval():
 
 
 def test_openapi_states_both_defaults():
-    schema = TestClient(create_app(random_table_lm())).get("/openapi.json").json()
+    schema = TestClient(create_app(random_table_model())).get("/openapi.json").json()
     props = schema["components"]["schemas"]["PowerSamplingParams"]["properties"]
     for name in ENTRY_POINT_DEFAULTS:
         serve, plan = _number(TABLE[name]["serve"]), _number(TABLE[name]["plan"])

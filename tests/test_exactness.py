@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import random_table_lm
 from powersampling import PowerSampler, PowerSamplingConfig
 from powersampling.exactness import (
     empirical,
     enumerate_completions,
     exact_sampler_tv_quantile,
     power_distribution,
+    random_table_model,
     tokenwise_tempered_distribution,
     total_variation,
 )
@@ -61,13 +61,13 @@ def _mh_tv(lm, alpha, **cfg):
     ],
 )
 def test_mh_matches_exact_power_distribution(alpha, cfg):
-    lm = random_table_lm()
+    lm = random_table_model()
     tv, bound, _ = _mh_tv(lm, alpha, **cfg)
     assert tv <= bound, f"TV {tv:.4f} above the exact-sampler bound {bound:.4f}"
 
 
 def test_tokenwise_low_temperature_is_not_the_target():
-    lm = random_table_lm()
+    lm = random_table_model()
     alpha = 2.0
     target = power_distribution(enumerate_completions(lm, PROMPT, MAX_NEW), alpha)
     low_temp = tokenwise_tempered_distribution(lm, PROMPT, MAX_NEW, alpha)
@@ -171,7 +171,7 @@ def test_entropy_cut_kernel_leaves_p_alpha_invariant_exactly(floor, mixture):
 
     from powersampling.samplers.mh import EntropyCuts
 
-    lm = random_table_lm()
+    lm = random_table_model()
     alpha = 1.5
     logp = enumerate_completions(lm, PROMPT, MAX_NEW)
     target = power_distribution(logp, alpha)
@@ -189,7 +189,7 @@ def test_entropy_cuts_without_the_reverse_cut_term_are_biased():
 
     from powersampling.samplers.mh import EntropyCuts, UniformCuts
 
-    lm = random_table_lm()
+    lm = random_table_model()
     alpha = 1.5
     target = power_distribution(enumerate_completions(lm, PROMPT, MAX_NEW), alpha)
     states, kernel = _one_step_kernel(lm, alpha, 1 / alpha, EntropyCuts(0.05), reverse_cuts=UniformCuts())
@@ -199,7 +199,7 @@ def test_entropy_cuts_without_the_reverse_cut_term_are_biased():
 
 def test_the_entropy_scan_with_a_full_floor_is_the_random_scan():
     """floor 1 makes the cut uniform: the same seed gives the same chain, draw for draw, as scan=random."""
-    lm = random_table_lm()
+    lm = random_table_model()
     runs = []
     for scan, extra in (("random", {}), ("entropy", {"entropy_floor": 1.0})):
         config = PowerSamplingConfig(
@@ -273,7 +273,7 @@ def test_sorted_entropy_block_leaves_p_alpha_invariant_exactly():
 
     from powersampling.samplers.mh import entropy_allocated_cuts
 
-    lm = random_table_lm()
+    lm = random_table_model()
     alpha, steps, floor = 1.5, 4, 0.2
     target = power_distribution(enumerate_completions(lm, PROMPT, MAX_NEW), alpha)
     states, kernels = _fixed_cut_kernels(lm, alpha, 1 / alpha)

@@ -17,7 +17,6 @@ import itertools
 import numpy as np
 import pytest
 
-from conftest import random_table_lm
 from powersampling import PowerSampler, PowerSamplingConfig
 from powersampling.backends.decoding import temperature_logprobs
 from powersampling.exactness import (
@@ -25,6 +24,7 @@ from powersampling.exactness import (
     enumerate_completions,
     exact_sampler_tv_quantile,
     power_distribution,
+    random_table_model,
     total_variation,
 )
 from powersampling.samplers import build_sampler
@@ -85,7 +85,7 @@ def enumerate_masked(model, constraint, temperature: float = 1.0) -> dict[tuple[
 
 @pytest.fixture(scope="module")
 def lm():
-    return random_table_lm(seed=4)  # a seed where the allowed mass Z_t varies enough to tell the targets apart
+    return random_table_model(seed=4)  # a seed where the allowed mass Z_t varies enough to tell the targets apart
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import random_table_lm
 from powersampling.backends.base import ContinuationRequest
+from powersampling.exactness import random_table_model
 from powersampling.samplers import build_sampler
 from powersampling.samplers.base import Output, RunOutcome, SampleCall, Sampler, declare_method
 from powersampling.samplers.config import BestOfNConfig
@@ -65,7 +65,7 @@ class ShortestOfN(Sampler):
 
 
 def test_a_method_that_supplies_only_its_run_gets_the_seed_selection_and_metadata():
-    lm = random_table_lm(vocab=5, max_len=8)
+    lm = random_table_model(vocab=5, max_len=8)
     result = ShortestOfN(lm, BestOfNConfig(n=6, max_new_tokens=6, seed=3)).sample([1, 2])
     md = result.metadata
     assert set(md) >= COMMON_KEYS and md["method"] == result.method == "shortest-of-n" and md["route"] == "baseline"
@@ -93,7 +93,7 @@ def test_a_method_that_supplies_only_its_run_gets_the_seed_selection_and_metadat
     ],
 )
 def test_every_method_selects_in_one_order_and_records_a_vote_without_a_winner(method, params):
-    lm = random_table_lm(vocab=5, max_len=8)
+    lm = random_table_model(vocab=5, max_len=8)
     common = dict(max_new_tokens=6, seed=0, alpha=1.0, **params)  # alpha: ignored by best-of-n
     voted = build_sampler(method, lm, select="majority", answer_extractor=lambda text: text[:1] or None, **common)
     result = voted.sample([1, 2])
@@ -121,11 +121,11 @@ def test_a_declared_sampler_registers_and_builds_by_name():
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_sampler_shell import ShortestOfN
-from conftest import random_table_lm
+from powersampling.exactness import random_table_model
 from powersampling.samplers import build_sampler, method_names, register_method
 
 register_method(ShortestOfN.spec)
-sampler = build_sampler("shortest-of-n", random_table_lm(vocab=5, max_len=8), n=3, max_new_tokens=4, seed=1)
+sampler = build_sampler("shortest-of-n", random_table_model(vocab=5, max_len=8), n=3, max_new_tokens=4, seed=1)
 result = sampler.sample([1, 2])
 assert isinstance(sampler, ShortestOfN) and "shortest-of-n" in method_names(), method_names()
 assert result.metadata["method"] == "shortest-of-n" and result.metadata["n"] == 3, result.metadata
@@ -139,4 +139,4 @@ def test_a_sampler_class_that_runs_no_method_is_refused():
         pass
 
     with pytest.raises(TypeError, match="declare_method"):
-        Undeclared(random_table_lm())
+        Undeclared(random_table_model())

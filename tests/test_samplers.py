@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import random_table_lm
 from powersampling import ConfigError, FunctionLM, PowerSampler, PowerSamplingConfig, build_sampler
+from powersampling.exactness import random_table_model
 from powersampling.samplers import available_methods
 
 
@@ -46,7 +46,7 @@ def test_completion_ends_with_stop_id_and_stop_in_prompt_is_ignored():
 
 
 def test_same_seed_same_result_and_different_seed_differs():
-    toy_lm = random_table_lm(vocab=5, max_len=9)
+    toy_lm = random_table_model(vocab=5, max_len=9)
     cfg = dict(alpha=1, n_mcmc=4, block_size=2, max_new_tokens=8, n_chains=16)
     a = PowerSampler(toy_lm, PowerSamplingConfig(seed=7, **cfg)).sample([1])
     b = PowerSampler(toy_lm, PowerSamplingConfig(seed=7, **cfg)).sample([1])
@@ -56,7 +56,7 @@ def test_same_seed_same_result_and_different_seed_differs():
 
 
 def test_evaluator_picks_best_complete_sample_and_errors_are_counted():
-    toy_lm = random_table_lm(vocab=5, max_len=9)
+    toy_lm = random_table_model(vocab=5, max_len=9)
     calls = []
 
     def evaluator(text: str) -> float:
@@ -161,7 +161,7 @@ def test_registry_rejects_unknown_method_and_parameter(toy_lm):
 
 
 def test_proposal_batch_reduces_backend_calls_without_changing_the_rule():
-    lm = random_table_lm(vocab=5, max_len=9)
+    lm = random_table_model(vocab=5, max_len=9)
     base = dict(alpha=3, n_mcmc=10, block_size=4, max_new_tokens=8, seed=4, n_chains=50, scan="random")
     seq = PowerSampler(lm, PowerSamplingConfig(proposal_batch=1, **base)).sample([1])
     bat = PowerSampler(lm, PowerSamplingConfig(proposal_batch=10, **base)).sample([1])
@@ -221,7 +221,7 @@ def test_entropy_scan_and_defensive_mixture_through_the_registry(toy_lm):
 
 
 def test_stop_after_rejections_ends_blocks_early_and_says_so():
-    lm = random_table_lm(vocab=5, max_len=9)
+    lm = random_table_model(vocab=5, max_len=9)
     base = dict(alpha=4, n_mcmc=30, block_size=4, max_new_tokens=8, seed=2, n_chains=20, proposal_batch=1)
     base.update(proposal_temperature=1.0)  # proposals far from the target: rejections come in runs
     full = PowerSampler(lm, PowerSamplingConfig(scan="random", **base)).sample([1]).metadata
